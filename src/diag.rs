@@ -1,0 +1,307 @@
+//! Diagnostics: stable codes, file + span, a `help:` where a fix is known.
+//!
+//! Every stage collects [`Diag`]s into a `Vec` instead of stopping at the first;
+//! the CLI renders them all with miette (file:line:col, the source line, a caret
+//! under the span) and exits 1. The codes are stable: tests and the book's
+//! diagnostics chapter refer to them.
+
+use crate::spec::model::FileId;
+use miette::{LabeledSpan, NamedSource, SourceSpan};
+use std::fmt;
+use std::sync::Arc;
+
+/// Stable diagnostic codes. Never renumber; retire a code by leaving a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Code {
+    /// The KDL text does not parse.
+    Syntax,
+    /// A node name that is not part of the spec language here.
+    UnknownNode,
+    /// A property that the node does not take.
+    UnknownProperty,
+    /// A value of the wrong type (a number where a string is needed, ...).
+    WrongType,
+    /// A required argument, property or child is missing.
+    Missing,
+    /// A mode string that is not 3-4 octal digits.
+    BadMode,
+    /// An owner string that is not `UID:GID` in numbers.
+    BadOwner,
+    /// A source path that is absolute or leaves the workspace.
+    PathEscapes,
+    /// Two targets with the same name in one package.
+    DuplicateTarget,
+    /// A label that names no target.
+    UnknownLabel,
+    /// A dependency cycle.
+    Cycle,
+    /// A dependency of the wrong kind (an image `from` a layer, `layers` naming an image...).
+    WrongKind,
+    /// A malformed label.
+    BadLabel,
+    /// More arguments than the node takes.
+    TooManyValues,
+    /// A node or property given twice where it may appear once.
+    Duplicate,
+    /// A value outside what is allowed (unknown compression, bad port, relative path...).
+    InvalidValue,
+    /// No `imgc.kdl` above the current directory, or a workspace file problem.
+    Workspace,
+    /// A command-line pattern that selects nothing.
+    NoMatch,
+}
+
+impl Code {
+    pub const ALL: [Code; 18] = [
+        Code::Syntax,
+        Code::UnknownNode,
+        Code::UnknownProperty,
+        Code::WrongType,
+        Code::Missing,
+        Code::BadMode,
+        Code::BadOwner,
+        Code::PathEscapes,
+        Code::DuplicateTarget,
+        Code::UnknownLabel,
+        Code::Cycle,
+        Code::WrongKind,
+        Code::BadLabel,
+        Code::TooManyValues,
+        Code::Duplicate,
+        Code::InvalidValue,
+        Code::Workspace,
+        Code::NoMatch,
+    ];
+
+    /// The stable code, `E001`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Syntax => "E001",
+            Code::UnknownNode => "E002",
+            Code::UnknownProperty => "E003",
+            Code::WrongType => "E004",
+            Code::Missing => "E005",
+            Code::BadMode => "E006",
+            Code::BadOwner => "E007",
+            Code::PathEscapes => "E008",
+            Code::DuplicateTarget => "E009",
+            Code::UnknownLabel => "E010",
+            Code::Cycle => "E011",
+            Code::WrongKind => "E012",
+            Code::BadLabel => "E013",
+            Code::TooManyValues => "E014",
+            Code::Duplicate => "E015",
+            Code::InvalidValue => "E016",
+            Code::Workspace => "E017",
+            Code::NoMatch => "E018",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One source file known to the diagnostics renderer.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Workspace-relative path with `/` separators, e.g. `services/api/BUILD.kdl`.
+    pub path: String,
+    pub text: Arc<String>,
+}
+
+/// All source files of a run, indexed by [`FileId`].
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    files: Vec<SourceFile>,
+}
+
+impl Sources {
+    pub fn add(&mut self, path: impl Into<String>, text: impl Into<String>) -> FileId {
+        self.files.push(SourceFile {
+            path: path.into(),
+            text: Arc::new(text.into()),
+        });
+        self.files.len() - 1
+    }
+
+    pub fn get(&self, id: FileId) -> &SourceFile {
+        &self.files[id]
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, id: FileId, offset: usize) -> (usize, usize) {
+        let text = &self.files[id].text;
+        let offset = offset.min(text.len());
+        let before = &text[..floor_char_boundary(text, offset)];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// One diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    pub code: Code,
+    pub message: String,
+    /// Where, if it comes from a file.
+    pub location: Option<(FileId, SourceSpan)>,
+    /// Text shown under the caret.
+    pub label: Option<String>,
+    pub help: Option<String>,
+}
+
+impl Diag {
+    pub fn new(code: Code, message: impl Into<String>) -> Diag {
+        Diag {
+            code,
+            message: message.into(),
+            location: None,
+            label: None,
+            help: None,
+        }
+    }
+
+    pub fn at(mut self, file: FileId, span: SourceSpan) -> Diag {
+        self.location = Some((file, span));
+        self
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Diag {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Diag {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// `path:line:col` of the diagnostic, if it has a location.
+    pub fn position(&self, sources: &Sources) -> Option<String> {
+        let (file, span) = self.location?;
+        let (line, col) = sources.line_col(file, span.offset());
+        Some(format!("{}:{line}:{col}", sources.get(file).path))
+    }
+
+    /// A miette report for rendering, with the named source attached.
+    pub fn to_report(&self, sources: &Sources) -> miette::Report {
+        let pos = self.position(sources);
+        let rendered = Rendered {
+            code: self.code,
+            message: match &pos {
+                Some(pos) => format!("{pos}: {}", self.message),
+                None => self.message.clone(),
+            },
+            source: self.location.map(|(file, _)| {
+                let f = sources.get(file);
+                NamedSource::new(f.path.clone(), f.text.clone())
+            }),
+            span: self.location.map(|(_, s)| s),
+            label: self.label.clone(),
+            help: self.help.clone(),
+        };
+        miette::Report::new(rendered)
+    }
+}
+
+/// A one-line, colour-free form: `E010 services/api/BUILD.kdl:3:10: unknown label ...`.
+impl Diag {
+    pub fn short(&self, sources: &Sources) -> String {
+        match self.position(sources) {
+            Some(pos) => format!("{} {pos}: {}", self.code, self.message),
+            None => format!("{} {}", self.code, self.message),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rendered {
+    code: Code,
+    message: String,
+    source: Option<NamedSource<Arc<String>>>,
+    span: Option<SourceSpan>,
+    label: Option<String>,
+    help: Option<String>,
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl miette::Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let span = self.span?;
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            self.label.clone(),
+            span,
+        ))))
+    }
+}
+
+/// Suggests the closest candidate to `name`, for "did you mean".
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    for c in candidates {
+        let score = strsim::jaro_winkler(name, c);
+        if score >= 0.8 && best.is_none_or(|(s, b)| score > s || (score == s && c < b)) {
+            best = Some((score, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        let mut s = Sources::default();
+        let id = s.add("a/BUILD.kdl", "ab\ncdé\nf");
+        assert_eq!(s.line_col(id, 0), (1, 1));
+        assert_eq!(s.line_col(id, 3), (2, 1));
+        assert_eq!(s.line_col(id, 5), (2, 3));
+        assert_eq!(s.line_col(id, 8), (3, 1));
+    }
+
+    #[test]
+    fn codes_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in Code::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("runtme", ["runtime", "certs"]), Some("runtime"));
+        assert_eq!(did_you_mean("zzz", ["runtime", "certs"]), None);
+    }
+}

@@ -1,0 +1,46 @@
+//! imgc: a declarative, incremental OCI image compiler for monorepos.
+//!
+//! # Data flow
+//!
+//! | # | stage | module | in → out |
+//! |---|---|---|---|
+//! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
+//! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
+//! | 3 | resolve & plan | [`label`], [`graph`] | model + patterns → graph of targets; unknown labels, cycles are errors |
+//! | 4 | key | [`action`], [`hash`] | parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
+//! | 5 | execute | [`scheduler`] | key hit in [`cache`] → fresh; miss → run on a rayon worker, blobs into [`cas`] |
+//! | 6 | assemble | [`layer`], [`oci`], [`import`] | layers, config, manifest: cached actions too (early cutoff) |
+//! | 7 | materialize | [`oci`] | an OCI image layout per image, blobs hard-linked from the CAS |
+//! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
+//!
+//! # Invariants
+//!
+//! 1. **Pure core.** [`label`], [`spec`], [`graph`] and [`action`] do no IO beyond the
+//!    bytes handed to them; they are tested with strings.
+//! 2. **Nothing unstable enters a key**: no mtime, absolute path, environment
+//!    variable, clock, hostname, uid or completion order. Stat data only decides
+//!    whether a file must be re-hashed.
+//! 3. **Keys are blake3, blobs are sha256**: [`hash::Key`], [`hash::Digest`] and
+//!    [`hash::DiffId`] are distinct types.
+//! 4. **Constructive traces, early cutoff.** A key includes its dependencies'
+//!    *output* digests, so a dependency rebuilt to the same bytes stops the cascade.
+//! 5. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
+//!    coordinating thread), [`cas`] alone writes blobs, [`report`] alone prints.
+
+pub mod action;
+pub mod cache;
+pub mod cas;
+pub mod cli;
+pub mod commands;
+pub mod diag;
+pub mod fileset;
+pub mod graph;
+pub mod hash;
+pub mod import;
+pub mod label;
+pub mod layer;
+pub mod oci;
+pub mod report;
+pub mod scheduler;
+pub mod spec;
+pub mod workspace;

@@ -1,0 +1,280 @@
+//! The typed, spanned model of the spec language (SPEC.md).
+//!
+//! Every value a user wrote keeps the span it came from, so later stages (graph,
+//! build) can point at it. Nothing here does IO. Strings are as written;
+//! validated forms (labels, modes, owners) are parsed at lowering time.
+
+use crate::label::Label;
+use miette::SourceSpan;
+
+/// A value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: SourceSpan) -> Self {
+        Spanned { value, span }
+    }
+}
+
+/// Index of a source file in [`crate::diag::Sources`].
+pub type FileId = usize;
+
+/// Layer compression, as configured in the workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// An OS/architecture pair such as `linux/amd64` or `linux/arm64/v8`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn parse(s: &str) -> Option<Platform> {
+        let mut it = s.split('/');
+        let os = it.next().filter(|x| !x.is_empty())?.to_string();
+        let architecture = it.next().filter(|x| !x.is_empty())?.to_string();
+        let variant = match it.next() {
+            Some(v) if !v.is_empty() => Some(v.to_string()),
+            Some(_) => return None,
+            None => None,
+        };
+        if it.next().is_some() {
+            return None;
+        }
+        Some(Platform {
+            os,
+            architecture,
+            variant,
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `workspace` node of `imgc.kdl`, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceConfig {
+    pub output_dir: String,
+    pub source_date_epoch: u64,
+    pub compression: Compression,
+    pub platform: Platform,
+    pub remote_cache: Option<String>,
+}
+
+impl Default for WorkspaceConfig {
+    fn default() -> Self {
+        WorkspaceConfig {
+            output_dir: "imgc-out".to_string(),
+            source_date_epoch: 0,
+            compression: Compression::Gzip,
+            platform: Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            },
+            remote_cache: None,
+        }
+    }
+}
+
+/// A file mode, parsed from an octal string (`"0644"`, `"4755"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mode(pub u32);
+
+impl Mode {
+    /// Parses 3 or 4 octal digits (optionally with a leading `0o`), at most `07777`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return None;
+        }
+        let v = u32::from_str_radix(digits, 8).ok()?;
+        (v <= 0o7777).then_some(Mode(v))
+    }
+}
+
+/// A numeric owner, `"UID:GID"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    pub const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    pub fn parse(s: &str) -> Option<Owner> {
+        let (u, g) = s.split_once(':')?;
+        let num = |x: &str| -> Option<u32> {
+            if x.is_empty() || !x.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            x.parse().ok()
+        };
+        Some(Owner {
+            uid: num(u)?,
+            gid: num(g)?,
+        })
+    }
+}
+
+/// One parsed BUILD.kdl.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// Package path relative to the workspace root (`""` for the root).
+    pub path: String,
+    pub file: FileId,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The target's name; inline layers get a generated name (see [`inline_layer_name`]).
+    pub name: Spanned<String>,
+    /// Span of the whole node.
+    pub span: SourceSpan,
+    pub kind: TargetKind,
+}
+
+/// The name given to the `n`th (0-based) inline layer of image `image`.
+/// `~` is not allowed in user-written names, so it cannot clash.
+pub fn inline_layer_name(image: &str, n: usize) -> String {
+    format!("{image}~layer{n}")
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKind {
+    Layer(LayerSpec),
+    Image(ImageSpec),
+    Import(ImportSpec),
+}
+
+impl TargetKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            TargetKind::Layer(_) => "layer",
+            TargetKind::Image(_) => "image",
+            TargetKind::Import(_) => "import",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LayerSpec {
+    pub entries: Vec<LayerEntry>,
+    /// Default owner of every entry of the layer (`owner "UID:GID"`).
+    pub owner: Option<Spanned<Owner>>,
+}
+
+/// Where a `copy` takes its files from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopySource {
+    /// A file or directory, relative to the package directory (normalized, `/`-separated).
+    Path(String),
+    /// A glob relative to the package directory (contains `*`, `?`, `[` or `{`).
+    Glob(String),
+    /// The outputs of another target.
+    Target(Label),
+}
+
+#[derive(Debug, Clone)]
+pub enum LayerEntry {
+    Copy {
+        src: Spanned<CopySource>,
+        /// Destination as written: absolute; ending in `/` means "into this directory".
+        to: Spanned<String>,
+        mode: Option<Spanned<Mode>>,
+        owner: Option<Spanned<Owner>>,
+        /// Globs relative to the package directory.
+        exclude: Vec<Spanned<String>>,
+        span: SourceSpan,
+    },
+    Text {
+        path: Spanned<String>,
+        content: String,
+        mode: Option<Spanned<Mode>>,
+        owner: Option<Spanned<Owner>>,
+        span: SourceSpan,
+    },
+    Dir {
+        path: Spanned<String>,
+        mode: Option<Spanned<Mode>>,
+        owner: Option<Spanned<Owner>>,
+        span: SourceSpan,
+    },
+    Symlink {
+        path: Spanned<String>,
+        target: Spanned<String>,
+        owner: Option<Spanned<Owner>>,
+        span: SourceSpan,
+    },
+}
+
+/// What an image is built on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseRef {
+    Scratch,
+    Target(Label),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ImageSpec {
+    /// `None` if the spec has no `from` (an error reported by the parser).
+    pub from: Option<Spanned<BaseRef>>,
+    /// Layers in the order written: `layers` labels and inline `layer {}` blocks
+    /// (lowered into separate layer targets named by [`inline_layer_name`]).
+    pub layers: Vec<Spanned<Label>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// In order written; a later key replaces an earlier one.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// Normalized to `PORT/PROTO` (`"9090"` becomes `"9090/tcp"`).
+    pub expose: Vec<String>,
+    pub volume: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+    pub stop_signal: Option<String>,
+    pub tags: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    /// An OCI image layout directory, relative to the package directory.
+    OciLayout(String),
+    /// A `docker save` tarball, relative to the package directory.
+    DockerArchive(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportSpec {
+    pub source: Spanned<ImportSource>,
+}
