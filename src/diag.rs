@@ -249,7 +249,9 @@ impl miette::Diagnostic for Rendered {
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -266,7 +268,10 @@ impl miette::Diagnostic for Rendered {
 }
 
 /// Suggests the closest candidate to `name`, for "did you mean".
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(name, c);
@@ -301,7 +306,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("runtme", ["runtime", "certs"]), Some("runtime"));
+        assert_eq!(
+            did_you_mean("runtme", ["runtime", "certs"]),
+            Some("runtime")
+        );
         assert_eq!(did_you_mean("zzz", ["runtime", "certs"]), None);
     }
 }

@@ -263,7 +263,8 @@ impl PatternSet {
     }
 
     pub fn matches(&self, label: &Label) -> bool {
-        self.include.iter().any(|p| p.matches(label)) && !self.exclude.iter().any(|p| p.matches(label))
+        self.include.iter().any(|p| p.matches(label))
+            && !self.exclude.iter().any(|p| p.matches(label))
     }
 }
 
@@ -272,16 +273,27 @@ mod tests {
     use super::*;
 
     fn p(s: &str, cwd: &str) -> String {
-        Pattern::parse(s, cwd).map(|p| p.to_string()).unwrap_or_else(|e| format!("error: {e}"))
+        Pattern::parse(s, cwd)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"))
     }
 
     #[test]
     fn labels_in_a_package() {
         let l = Label::parse_in(":image", "services/api").unwrap();
         assert_eq!(l.to_string(), "//services/api:image");
-        assert_eq!(Label::parse_in("//services/api", "x").unwrap().to_string(), "//services/api:api");
-        assert_eq!(Label::parse_in("//:root", "x").unwrap().to_string(), "//:root");
-        assert_eq!(Label::parse_in("//bases:runtime", "").unwrap().to_string(), "//bases:runtime");
+        assert_eq!(
+            Label::parse_in("//services/api", "x").unwrap().to_string(),
+            "//services/api:api"
+        );
+        assert_eq!(
+            Label::parse_in("//:root", "x").unwrap().to_string(),
+            "//:root"
+        );
+        assert_eq!(
+            Label::parse_in("//bases:runtime", "").unwrap().to_string(),
+            "//bases:runtime"
+        );
         assert!(Label::parse_in("image", "x").is_err());
         assert!(Label::parse_in("//", "x").is_err());
         assert!(Label::parse_in("//a/../b:c", "x").is_err());

@@ -112,7 +112,10 @@ impl Mode {
     /// Parses 3 or 4 octal digits (optionally with a leading `0o`), at most `07777`.
     pub fn parse(s: &str) -> Option<Mode> {
         let digits = s.strip_prefix("0o").unwrap_or(s);
-        if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        if digits.is_empty()
+            || digits.len() > 4
+            || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        {
             return None;
         }
         let v = u32::from_str_radix(digits, 8).ok()?;
