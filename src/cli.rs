@@ -1,1 +1,143 @@
-//! (in progress)
+//! Command-line definitions (clap derive) only: raw flags, no behaviour.
+//! [`crate::commands`] resolves them into settings and does the work.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgc",
+    version,
+    about = "A declarative, incremental OCI image compiler for monorepos",
+    long_about = "imgc compiles KDL image specs (imgc.kdl at the workspace root, BUILD.kdl in each package) \
+                  into reproducible OCI images, rebuilding only what changed.",
+    after_help = "Target patterns: //services/api:image, //services/api (= :api), //services/api:all, \
+                  //services/... , //... , relative forms (:image, api:image, ...). \
+                  Subtract with -PATTERN after `--`: imgc build -- //... -//legacy/..."
+)]
+pub struct Cli {
+    /// Run as if imgc was started in DIR.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+
+    /// Cache directory [default: $IMGC_CACHE_DIR, else ~/.cache/imgc].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build images (and everything they need), incrementally.
+    Build(BuildArgs),
+    /// Validate specs and the target graph without building.
+    Check(CheckArgs),
+    /// Query the target graph.
+    #[command(subcommand)]
+    Query(QueryCommand),
+    /// Tell why a target would rebuild.
+    Explain(ExplainArgs),
+    /// Inspect the local cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Remove build outputs (and, with --cache, the local cache).
+    Clean(CleanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Target patterns [default: //...].
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Number of parallel jobs [default: number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Keep building independent targets after a failure.
+    #[arg(short = 'k', long)]
+    pub keep_going: bool,
+
+    /// How to report progress and results on stdout.
+    #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+    pub message_format: MessageFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MessageFormat {
+    /// Progress on stderr, a summary line.
+    Human,
+    /// One JSON event per line on stdout.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Target patterns [default: //...].
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// Targets matching the patterns.
+    Targets(QueryArgs),
+    /// The matching targets and everything they depend on.
+    Deps(QueryArgs),
+    /// The matching targets and everything in the workspace that depends on them.
+    Rdeps(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Target patterns.
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = QueryOutput::Label)]
+    pub output: QueryOutput,
+
+    /// Only list targets of this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<TargetKindFilter>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryOutput {
+    /// One label per line.
+    Label,
+    /// A JSON array of {label, kind, deps}.
+    Json,
+    /// A Graphviz digraph (render with `dot -Tsvg`).
+    Dot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKindFilter {
+    Layer,
+    Image,
+    Import,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The target to explain.
+    #[arg(value_name = "LABEL")]
+    pub label: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Show what the local cache holds.
+    Stats,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Also remove the local cache directory (action cache and blobs).
+    #[arg(long)]
+    pub cache: bool,
+}

@@ -1,1 +1,568 @@
-//! (in progress)
+//! The target graph: labels resolved, dependencies checked, cycles found (pure).
+//!
+//! Nodes are targets (layers, images, imports); an edge `a → b` means "a needs b":
+//! an image needs its base and its layers, a layer needs the targets it copies
+//! from. Resolution collects every problem at once: unknown labels (with a "did
+//! you mean"), dependencies of the wrong kind (an image `from` a layer), duplicate
+//! targets, and every cycle, printed as the full path.
+//!
+//! Node order is deterministic: targets in package order, then in file order.
+
+use crate::diag::{Code, Diag, did_you_mean};
+use crate::label::{Label, PatternSet};
+use crate::spec::model::{BaseRef, CopySource, FileId, LayerEntry, Package, Target, TargetKind};
+use miette::SourceSpan;
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why one target depends on another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EdgeKind {
+    /// `from`: the image's base.
+    Base,
+    /// `layers` (or an inline layer).
+    Layer,
+    /// `copy ":target"`.
+    Copy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub label: Label,
+    pub file: FileId,
+    pub target: Target,
+}
+
+impl Node {
+    pub fn kind_name(&self) -> &'static str {
+        self.target.kind.kind_name()
+    }
+
+    pub fn is_image(&self) -> bool {
+        matches!(self.target.kind, TargetKind::Image(_))
+    }
+
+    /// Generated targets (inline layers) have a `~` in their name.
+    pub fn is_generated(&self) -> bool {
+        self.label.name().contains('~')
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub graph: DiGraph<Node, EdgeKind>,
+    by_label: BTreeMap<Label, NodeIndex>,
+}
+
+impl Graph {
+    pub fn get(&self, label: &Label) -> Option<NodeIndex> {
+        self.by_label.get(label).copied()
+    }
+
+    pub fn node(&self, ix: NodeIndex) -> &Node {
+        &self.graph[ix]
+    }
+
+    /// All nodes in label order.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeIndex> + '_ {
+        self.by_label.values().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// Direct dependencies of `ix` in the order written.
+    pub fn deps(&self, ix: NodeIndex) -> Vec<(EdgeKind, NodeIndex)> {
+        let mut out: Vec<(usize, EdgeKind, NodeIndex)> = self
+            .graph
+            .edges_directed(ix, Direction::Outgoing)
+            .map(|e| {
+                use petgraph::visit::EdgeRef;
+                (e.id().index(), *e.weight(), e.target())
+            })
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, k, t)| (k, t)).collect()
+    }
+
+    /// Targets selected by `patterns`, in label order.
+    pub fn select(&self, patterns: &PatternSet) -> Vec<NodeIndex> {
+        self.by_label
+            .iter()
+            .filter(|(l, _)| patterns.matches(l))
+            .map(|(_, ix)| *ix)
+            .collect()
+    }
+
+    /// `roots` and everything they depend on, transitively (label order).
+    pub fn closure(&self, roots: &[NodeIndex], dir: Direction) -> BTreeSet<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<NodeIndex> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.graph.neighbors_directed(n, dir));
+            }
+        }
+        seen
+    }
+
+    /// Labels of all targets, for "did you mean".
+    pub fn labels(&self) -> impl Iterator<Item = &Label> {
+        self.by_label.keys()
+    }
+
+    /// Targets in dependency order (dependencies first); ties broken by label.
+    /// The graph is known to be acyclic once [`build`] returned no diagnostics.
+    pub fn topo_order(&self, subset: &BTreeSet<NodeIndex>) -> Vec<NodeIndex> {
+        let mut remaining: BTreeMap<NodeIndex, usize> = subset
+            .iter()
+            .map(|&n| {
+                let deps = self
+                    .graph
+                    .neighbors_directed(n, Direction::Outgoing)
+                    .filter(|d| subset.contains(d))
+                    .collect::<BTreeSet<_>>()
+                    .len();
+                (n, deps)
+            })
+            .collect();
+        let mut ready: BTreeSet<(Label, NodeIndex)> = remaining
+            .iter()
+            .filter(|(_, c)| **c == 0)
+            .map(|(n, _)| (self.graph[*n].label.clone(), *n))
+            .collect();
+        let mut order = Vec::with_capacity(subset.len());
+        while let Some((_, n)) = ready.pop_first() {
+            order.push(n);
+            let dependents: BTreeSet<NodeIndex> = self
+                .graph
+                .neighbors_directed(n, Direction::Incoming)
+                .collect();
+            for d in dependents {
+                if let Some(c) = remaining.get_mut(&d) {
+                    *c -= 1;
+                    if *c == 0 {
+                        ready.insert((self.graph[d].label.clone(), d));
+                    }
+                }
+            }
+        }
+        order
+    }
+}
+
+/// A reference to another target, as written.
+struct Reference<'a> {
+    label: &'a Label,
+    span: SourceSpan,
+    edge: EdgeKind,
+}
+
+fn references(target: &Target) -> Vec<Reference<'_>> {
+    let mut out = Vec::new();
+    match &target.kind {
+        TargetKind::Image(img) => {
+            if let Some(from) = &img.from
+                && let BaseRef::Target(l) = &from.value
+            {
+                out.push(Reference {
+                    label: l,
+                    span: from.span,
+                    edge: EdgeKind::Base,
+                });
+            }
+            for l in &img.layers {
+                out.push(Reference {
+                    label: &l.value,
+                    span: l.span,
+                    edge: EdgeKind::Layer,
+                });
+            }
+        }
+        TargetKind::Layer(layer) => {
+            for e in &layer.entries {
+                if let LayerEntry::Copy { src, .. } = e
+                    && let CopySource::Target(l) = &src.value
+                {
+                    out.push(Reference {
+                        label: l,
+                        span: src.span,
+                        edge: EdgeKind::Copy,
+                    });
+                }
+            }
+        }
+        TargetKind::Import(_) => {}
+    }
+    out
+}
+
+/// Which kinds a reference may point at.
+fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
+    match (edge, kind) {
+        (EdgeKind::Base, TargetKind::Image(_) | TargetKind::Import(_)) => Ok(()),
+        (EdgeKind::Base, _) => Err("`from` takes an image or an import (or \"scratch\")"),
+        (EdgeKind::Layer, TargetKind::Layer(_)) => Ok(()),
+        (EdgeKind::Layer, _) => {
+            Err("`layers` takes layer targets; to build on an image, use `from`")
+        }
+        (EdgeKind::Copy, TargetKind::Layer(_)) => Ok(()),
+        (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer target"),
+    }
+}
+
+/// Builds the graph of all targets of all packages. Returns every problem found.
+pub fn build(packages: &[Package]) -> (Graph, Vec<Diag>) {
+    let mut g = Graph::default();
+    let mut diags = Vec::new();
+    for pkg in packages {
+        for t in &pkg.targets {
+            let label = Label::new(pkg.path.clone(), t.name.value.clone());
+            if g.by_label.contains_key(&label) {
+                // The parser reports duplicates within a file; this is a safety net.
+                diags.push(
+                    Diag::new(
+                        Code::DuplicateTarget,
+                        format!("target `{label}` is defined twice"),
+                    )
+                    .at(pkg.file, t.name.span)
+                    .label("second definition"),
+                );
+                continue;
+            }
+            let ix = g.graph.add_node(Node {
+                label: label.clone(),
+                file: pkg.file,
+                target: t.clone(),
+            });
+            g.by_label.insert(label, ix);
+        }
+    }
+    let packages_known: BTreeSet<&str> = packages.iter().map(|p| p.path.as_str()).collect();
+    let all_labels: Vec<String> = g.by_label.keys().map(|l| l.to_string()).collect();
+    let nodes: Vec<NodeIndex> = g.graph.node_indices().collect();
+    for ix in nodes {
+        let (file, refs): (FileId, Vec<(Label, SourceSpan, EdgeKind)>) = {
+            let n = &g.graph[ix];
+            (
+                n.file,
+                references(&n.target)
+                    .into_iter()
+                    .map(|r| (r.label.clone(), r.span, r.edge))
+                    .collect(),
+            )
+        };
+        for (label, span, edge) in refs {
+            let Some(&dep) = g.by_label.get(&label) else {
+                diags.push(unknown_label(
+                    &label,
+                    file,
+                    span,
+                    &packages_known,
+                    &all_labels,
+                ));
+                continue;
+            };
+            if let Err(why) = accepts(edge, &g.graph[dep].target.kind) {
+                diags.push(
+                    Diag::new(
+                        Code::WrongKind,
+                        format!(
+                            "`{label}` is {} {}",
+                            article(g.graph[dep].kind_name()),
+                            g.graph[dep].kind_name()
+                        ),
+                    )
+                    .at(file, span)
+                    .label(format!("{} here", g.graph[dep].kind_name()))
+                    .help(why),
+                );
+                continue;
+            }
+            g.graph.add_edge(ix, dep, edge);
+        }
+    }
+    diags.extend(cycles(&g));
+    (g, diags)
+}
+
+fn article(kind: &str) -> &'static str {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+fn unknown_label(
+    label: &Label,
+    file: FileId,
+    span: SourceSpan,
+    packages: &BTreeSet<&str>,
+    all: &[String],
+) -> Diag {
+    let text = label.to_string();
+    let mut d = if packages.contains(label.package()) {
+        Diag::new(
+            Code::UnknownLabel,
+            format!(
+                "unknown label `{text}`: package `//{}` has no target `{}`",
+                label.package(),
+                label.name()
+            ),
+        )
+    } else {
+        Diag::new(
+            Code::UnknownLabel,
+            format!(
+                "unknown label `{text}`: there is no package `//{}`",
+                label.package()
+            ),
+        )
+    }
+    .at(file, span)
+    .label("not found");
+    if let Some(s) = did_you_mean(&text, all.iter().map(String::as_str)) {
+        d = d.help(format!("did you mean `{s}`?"));
+    }
+    d
+}
+
+/// Every elementary cycle is reported once, as the full path `a -> b -> a`,
+/// at the reference that closes it.
+fn cycles(g: &Graph) -> Vec<Diag> {
+    let mut diags = Vec::new();
+    for scc in petgraph::algo::tarjan_scc(&g.graph) {
+        let self_loop = scc.len() == 1 && g.graph.contains_edge(scc[0], scc[0]);
+        if scc.len() < 2 && !self_loop {
+            continue;
+        }
+        let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+        // Start from the smallest label, walk edges inside the SCC until we return.
+        let start = *members
+            .iter()
+            .min_by_key(|n| &g.graph[**n].label)
+            .expect("non-empty scc");
+        let path = cycle_path(g, start, &members);
+        let text: Vec<String> = path.iter().map(|n| g.graph[*n].label.to_string()).collect();
+        let last = path[path.len() - 2];
+        let node = &g.graph[last];
+        let span = references(&node.target)
+            .into_iter()
+            .find(|r| g.get(r.label) == Some(start))
+            .map_or(node.target.name.span, |r| r.span);
+        diags.push(
+            Diag::new(
+                Code::Cycle,
+                format!("dependency cycle: {}", text.join(" -> ")),
+            )
+            .at(node.file, span)
+            .label("this reference closes the cycle")
+            .help("a target cannot depend on itself, directly or through others"),
+        );
+    }
+    diags
+}
+
+/// A shortest path from `start` back to `start` within `members` (BFS).
+fn cycle_path(g: &Graph, start: NodeIndex, members: &BTreeSet<NodeIndex>) -> Vec<NodeIndex> {
+    let mut prev: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(n) = queue.pop_front() {
+        let mut next: Vec<NodeIndex> = g
+            .graph
+            .neighbors_directed(n, Direction::Outgoing)
+            .filter(|m| members.contains(m))
+            .collect();
+        next.sort_by_key(|m| &g.graph[*m].label);
+        for m in next {
+            if m == start {
+                let mut chain = Vec::new();
+                let mut cur = n;
+                while cur != start {
+                    chain.push(cur);
+                    cur = prev[&cur];
+                }
+                chain.reverse();
+                let mut fwd = vec![start];
+                fwd.extend(chain);
+                fwd.push(start);
+                return fwd;
+            }
+            if let std::collections::btree_map::Entry::Vacant(e) = prev.entry(m) {
+                e.insert(n);
+                queue.push_back(m);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::{ImageSpec, LayerSpec, Spanned};
+
+    fn span() -> SourceSpan {
+        (0, 1).into()
+    }
+
+    fn image(name: &str, from: Option<&str>, layers: &[&str], pkg: &str) -> Target {
+        Target {
+            name: Spanned::new(name.into(), span()),
+            span: span(),
+            kind: TargetKind::Image(ImageSpec {
+                from: Some(Spanned::new(
+                    match from {
+                        None => BaseRef::Scratch,
+                        Some(l) => BaseRef::Target(Label::parse_in(l, pkg).unwrap()),
+                    },
+                    span(),
+                )),
+                layers: layers
+                    .iter()
+                    .map(|l| Spanned::new(Label::parse_in(l, pkg).unwrap(), span()))
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn layer(name: &str) -> Target {
+        Target {
+            name: Spanned::new(name.into(), span()),
+            span: span(),
+            kind: TargetKind::Layer(LayerSpec::default()),
+        }
+    }
+
+    fn pkg(path: &str, file: FileId, targets: Vec<Target>) -> Package {
+        Package {
+            path: path.into(),
+            file,
+            targets,
+        }
+    }
+
+    fn messages(diags: &[Diag]) -> Vec<String> {
+        diags
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {} {}",
+                    d.code,
+                    d.message,
+                    d.help.clone().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resolves_and_orders_dependencies_first() {
+        let pkgs = vec![
+            pkg(
+                "bases",
+                0,
+                vec![image("runtime", None, &[":files"], "bases"), layer("files")],
+            ),
+            pkg(
+                "svc",
+                1,
+                vec![
+                    image("svc", Some("//bases:runtime"), &[":app"], "svc"),
+                    layer("app"),
+                ],
+            ),
+        ];
+        let (g, diags) = build(&pkgs);
+        assert!(diags.is_empty(), "{diags:?}");
+        let all: BTreeSet<_> = g.nodes().collect();
+        let order: Vec<String> = g
+            .topo_order(&all)
+            .iter()
+            .map(|n| g.node(*n).label.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            ["//bases:files", "//bases:runtime", "//svc:app", "//svc:svc"]
+        );
+        let rdeps = g.closure(
+            &[g.get(&Label::new("bases", "runtime")).unwrap()],
+            Direction::Incoming,
+        );
+        let names: Vec<String> = rdeps.iter().map(|n| g.node(*n).label.to_string()).collect();
+        assert!(names.contains(&"//svc:svc".to_string()));
+        assert!(!names.contains(&"//svc:app".to_string()));
+    }
+
+    #[test]
+    fn unknown_labels_suggest_the_closest() {
+        let pkgs = vec![
+            pkg("bases", 0, vec![image("runtime", None, &[], "bases")]),
+            pkg(
+                "svc",
+                1,
+                vec![
+                    image("a", Some("//bases:runtme"), &[], "svc"),
+                    image("b", Some("//nope:x"), &[], "svc"),
+                ],
+            ),
+        ];
+        let (_, diags) = build(&pkgs);
+        assert_eq!(
+            messages(&diags),
+            [
+                "E010 unknown label `//bases:runtme`: package `//bases` has no target `runtme` did you mean `//bases:runtime`?",
+                "E010 unknown label `//nope:x`: there is no package `//nope` "
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_kinds_are_reported() {
+        let pkgs = vec![pkg(
+            "p",
+            0,
+            vec![
+                layer("l"),
+                image("i", Some(":l"), &[], "p"),
+                image("j", None, &[":i"], "p"),
+            ],
+        )];
+        let (_, diags) = build(&pkgs);
+        let m = messages(&diags);
+        assert_eq!(m.len(), 2);
+        assert!(m[0].starts_with("E012 `//p:l` is a layer"), "{m:?}");
+        assert!(m[1].starts_with("E012 `//p:i` is an image"), "{m:?}");
+    }
+
+    #[test]
+    fn cycles_print_the_whole_path() {
+        let pkgs = vec![pkg(
+            "p",
+            0,
+            vec![
+                image("a", Some(":b"), &[], "p"),
+                image("b", Some(":c"), &[], "p"),
+                image("c", Some(":a"), &[], "p"),
+                image("self", Some(":self"), &[], "p"),
+            ],
+        )];
+        let (_, diags) = build(&pkgs);
+        let m = messages(&diags);
+        assert!(m.contains(&"E011 dependency cycle: //p:a -> //p:b -> //p:c -> //p:a a target cannot depend on itself, directly or through others".to_string()), "{m:?}");
+        assert!(
+            m.iter()
+                .any(|x| x.starts_with("E011 dependency cycle: //p:self -> //p:self")),
+            "{m:?}"
+        );
+        assert_eq!(m.len(), 2);
+    }
+}

@@ -1,1 +1,13 @@
-fn main() {}
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = imgc::cli::Cli::parse();
+    match imgc::commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            imgc::report::error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,1 +1,150 @@
-//! One file per subcommand.
+//! One file per subcommand. Commands are thin: they resolve flags into settings,
+//! call the library, and hand results to [`crate::report`].
+
+pub mod check;
+pub mod query;
+
+use crate::cli::{Cli, Command};
+use crate::diag::{Code, Diag, Sources, did_you_mean};
+use crate::graph::{self, Graph};
+use crate::label::{Pattern, PatternSet};
+use crate::workspace::{self, Workspace, WorkspaceError};
+use petgraph::graph::NodeIndex;
+use std::path::PathBuf;
+
+/// How a command failed; each maps to an exit code.
+#[derive(Debug)]
+pub enum CmdError {
+    /// Spec, graph or pattern problems, with their sources: exit 1.
+    Diagnostics { sources: Sources, diags: Vec<Diag> },
+    /// A build failed (its errors were already reported): exit 1.
+    Failed(String),
+    /// Bad command line: exit 2.
+    Usage(String),
+    /// The environment failed us (IO, permissions): exit 3.
+    Env(String),
+}
+
+impl CmdError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CmdError::Diagnostics { .. } | CmdError::Failed(_) => 1,
+            CmdError::Usage(_) => 2,
+            CmdError::Env(_) => 3,
+        }
+    }
+}
+
+impl From<WorkspaceError> for CmdError {
+    fn from(e: WorkspaceError) -> CmdError {
+        match e {
+            WorkspaceError::NotFound(_) => CmdError::Diagnostics {
+                sources: Sources::default(),
+                diags: vec![workspace::not_found_diag(&e)],
+            },
+            WorkspaceError::Io { .. } => CmdError::Env(e.to_string()),
+        }
+    }
+}
+
+/// Global settings resolved from the command line and the environment.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The directory imgc acts in (`-C`, else the current directory).
+    pub cwd: PathBuf,
+    /// `--cache-dir`, if given.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// A workspace loaded, parsed and resolved into a graph without errors.
+pub struct Loaded {
+    pub ws: Workspace,
+    pub graph: Graph,
+    /// The package path of the directory imgc was started in.
+    pub cwd_package: String,
+}
+
+impl Loaded {
+    /// Loads everything; any spec or graph diagnostic fails the command.
+    pub fn load(ctx: &Context) -> Result<Loaded, CmdError> {
+        let root = workspace::find_root(&ctx.cwd)?;
+        let (ws, mut diags) = workspace::load(&root)?;
+        let (graph, graph_diags) = graph::build(&ws.packages);
+        diags.extend(graph_diags);
+        if !diags.is_empty() {
+            return Err(CmdError::Diagnostics {
+                sources: ws.sources,
+                diags,
+            });
+        }
+        let cwd_package = workspace::package_of_dir(&root, &ctx.cwd).unwrap_or_default();
+        Ok(Loaded {
+            ws,
+            graph,
+            cwd_package,
+        })
+    }
+
+    /// Resolves command-line patterns (`//...` when empty). A pattern that
+    /// selects nothing is an error, with a suggestion when one is close.
+    pub fn select(&self, args: &[String]) -> Result<Vec<NodeIndex>, CmdError> {
+        let args: Vec<String> = if args.is_empty() {
+            vec!["//...".to_string()]
+        } else {
+            args.to_vec()
+        };
+        let set = PatternSet::parse(&args, &self.cwd_package)
+            .map_err(|e| CmdError::Usage(format!("bad target pattern: {e}")))?;
+        let mut diags = Vec::new();
+        for p in &set.include {
+            if !self.graph.labels().any(|l| p.matches(l)) {
+                diags.push(self.no_match(p));
+            }
+        }
+        if !diags.is_empty() {
+            return Err(CmdError::Diagnostics {
+                sources: Sources::default(),
+                diags,
+            });
+        }
+        Ok(self.graph.select(&set))
+    }
+
+    fn no_match(&self, p: &Pattern) -> Diag {
+        let mut d = Diag::new(Code::NoMatch, format!("pattern `{p}` matches no target"));
+        let labels: Vec<String> = self.graph.labels().map(|l| l.to_string()).collect();
+        let want = p.to_string();
+        if let Some(s) = did_you_mean(&want, labels.iter().map(String::as_str)) {
+            d = d.help(format!("did you mean `{s}`?"));
+        } else if self.graph.is_empty() {
+            d = d.help("the workspace has no targets: add a BUILD.kdl");
+        }
+        d
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), CmdError> {
+    let cwd = match cli.directory {
+        Some(d) => {
+            if !d.is_dir() {
+                return Err(CmdError::Usage(format!(
+                    "`-C {}`: not a directory",
+                    d.display()
+                )));
+            }
+            d
+        }
+        None => std::env::current_dir()
+            .map_err(|e| CmdError::Env(format!("cannot read the current directory: {e}")))?,
+    };
+    let ctx = Context {
+        cwd,
+        cache_dir: cli.cache_dir,
+    };
+    match cli.command {
+        Command::Check(args) => check::run(&ctx, args),
+        Command::Query(q) => query::run(&ctx, q),
+        _ => Err(CmdError::Usage("this command is not available yet".into())),
+    }
+}

@@ -1,0 +1,17 @@
+//! `imgc check [PATTERN...]`: parse and resolve everything, build nothing.
+
+use super::{CmdError, Context, Loaded};
+use crate::cli::CheckArgs;
+use crate::report;
+
+pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
+    let loaded = Loaded::load(ctx)?;
+    let roots = loaded.select(&args.patterns)?;
+    let selected = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
+    report::result(&format!(
+        "ok: {} targets checked in {} packages",
+        selected.len(),
+        loaded.ws.packages.len()
+    ));
+    Ok(())
+}

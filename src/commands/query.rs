@@ -1,0 +1,106 @@
+//! `imgc query targets|deps|rdeps PATTERN... [--output label|json|dot]`.
+
+use super::{CmdError, Context, Loaded};
+use crate::cli::{QueryCommand, QueryOutput, TargetKindFilter};
+use crate::graph::{EdgeKind, Graph};
+use crate::report;
+use crate::spec::model::TargetKind;
+use petgraph::Direction;
+use petgraph::graph::NodeIndex;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
+    let (args, dir) = match q {
+        QueryCommand::Targets(a) => (a, None),
+        QueryCommand::Deps(a) => (a, Some(Direction::Outgoing)),
+        QueryCommand::Rdeps(a) => (a, Some(Direction::Incoming)),
+    };
+    let loaded = Loaded::load(ctx)?;
+    let roots = loaded.select(&args.patterns)?;
+    let set: BTreeSet<NodeIndex> = match dir {
+        None => roots.into_iter().collect(),
+        Some(d) => loaded.graph.closure(&roots, d),
+    };
+    let g = &loaded.graph;
+    let mut result: Vec<NodeIndex> = set
+        .into_iter()
+        .filter(|n| kind_matches(g, *n, args.kind))
+        .collect();
+    result.sort_by(|a, b| g.node(*a).label.cmp(&g.node(*b).label));
+    report::result(render(g, &result, args.output).trim_end());
+    Ok(())
+}
+
+fn kind_matches(g: &Graph, n: NodeIndex, filter: Option<TargetKindFilter>) -> bool {
+    match (filter, &g.node(n).target.kind) {
+        (None, _) => true,
+        (Some(TargetKindFilter::Layer), TargetKind::Layer(_)) => true,
+        (Some(TargetKindFilter::Image), TargetKind::Image(_)) => true,
+        (Some(TargetKindFilter::Import), TargetKind::Import(_)) => true,
+        _ => false,
+    }
+}
+
+fn edge_name(e: EdgeKind) -> &'static str {
+    match e {
+        EdgeKind::Base => "from",
+        EdgeKind::Layer => "layer",
+        EdgeKind::Copy => "copy",
+    }
+}
+
+/// Renders the result; pure, for tests.
+pub fn render(g: &Graph, nodes: &[NodeIndex], output: QueryOutput) -> String {
+    let mut out = String::new();
+    match output {
+        QueryOutput::Label => {
+            for n in nodes {
+                let _ = writeln!(out, "{}", g.node(*n).label);
+            }
+        }
+        QueryOutput::Json => {
+            let items: Vec<serde_json::Value> = nodes
+                .iter()
+                .map(|n| {
+                    let node = g.node(*n);
+                    let deps: Vec<serde_json::Value> = g
+                        .deps(*n)
+                        .into_iter()
+                        .map(|(k, d)| serde_json::json!({"label": g.node(d).label.to_string(), "edge": edge_name(k)}))
+                        .collect();
+                    serde_json::json!({"label": node.label.to_string(), "kind": node.kind_name(), "deps": deps})
+                })
+                .collect();
+            out = serde_json::to_string_pretty(&items).unwrap_or_default();
+        }
+        QueryOutput::Dot => {
+            let members: BTreeSet<NodeIndex> = nodes.iter().copied().collect();
+            out.push_str("digraph imgc {\n  rankdir=BT;\n  node [fontname=\"monospace\"];\n");
+            for n in nodes {
+                let node = g.node(*n);
+                let shape = match node.target.kind {
+                    TargetKind::Image(_) => "box",
+                    TargetKind::Layer(_) => "note",
+                    TargetKind::Import(_) => "cylinder",
+                };
+                let _ = writeln!(out, "  \"{}\" [shape={shape}];", node.label);
+            }
+            for n in nodes {
+                for (k, d) in g.deps(*n) {
+                    if members.contains(&d) {
+                        let _ = writeln!(
+                            out,
+                            "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                            g.node(*n).label,
+                            g.node(d).label,
+                            edge_name(k)
+                        );
+                    }
+                }
+            }
+            out.push_str("}\n");
+        }
+    }
+    out
+}
