@@ -49,10 +49,14 @@ pub enum Code {
     Workspace,
     /// A command-line pattern that selects nothing.
     NoMatch,
+    /// A source file, directory or glob of a layer that does not exist or cannot be read.
+    SourceMissing,
+    /// Two entries of one layer that claim the same path differently.
+    Conflict,
 }
 
 impl Code {
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 20] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -71,6 +75,8 @@ impl Code {
         Code::InvalidValue,
         Code::Workspace,
         Code::NoMatch,
+        Code::SourceMissing,
+        Code::Conflict,
     ];
 
     /// The stable code, `E001`...
@@ -94,6 +100,8 @@ impl Code {
             Code::InvalidValue => "E016",
             Code::Workspace => "E017",
             Code::NoMatch => "E018",
+            Code::SourceMissing => "E019",
+            Code::Conflict => "E020",
         }
     }
 }
