@@ -953,3 +953,7 @@ fn target(name: Spanned<String>, node: &KdlNode, kind: TargetKind) -> Target {
         kind,
     }
 }
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;
