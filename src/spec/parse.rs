@@ -356,8 +356,7 @@ impl Build<'_, '_> {
                     format!("bad label in {what}: {}", e.0),
                     "bad label",
                 );
-                let help = "write `:name` for a target of this package or `//package:name`";
-                self.cx.push(d.help(help));
+                self.cx.push(d.help(label_help(&s.value)));
                 None
             }
         }
@@ -944,6 +943,18 @@ impl Build<'_, '_> {
         };
         Some(Spanned::new(src, s.span))
     }
+}
+
+/// A fix for a malformed label: add the missing `//` or `:` when that is all it lacks.
+fn label_help(s: &str) -> String {
+    let relative = !s.starts_with(':') && !s.starts_with('/');
+    if relative && s.contains(':') {
+        return format!("did you mean `//{s}`?");
+    }
+    if relative && check_target_name(s).is_ok() {
+        return format!("did you mean `:{s}`?");
+    }
+    "labels look like `:name` (this package) or `//package:name`".to_string()
 }
 
 fn target(name: Spanned<String>, node: &KdlNode, kind: TargetKind) -> Target {
