@@ -2,3 +2,7 @@
 
 pub mod model;
 pub mod parse;
+mod paths;
+mod reader;
+
+pub use parse::{parse_build_file, parse_workspace_file};

@@ -1,0 +1,599 @@
+//! Unit tests of the spec parser: SPEC.md examples, one test per diagnostic kind,
+//! spans, and a deterministic mutation run that must never panic.
+
+use super::*;
+use crate::spec::model::Compression;
+
+const WORKSPACE: &str = r#"// imgc.kdl
+workspace {
+    output-dir "imgc-out"            // default "imgc-out"
+    source-date-epoch 0              // default 0; SOURCE_DATE_EPOCH env overrides
+    compression "gzip"               // "gzip" (default) or "zstd"
+    platform "linux/amd64"           // default platform of images
+    remote-cache "/mnt/ci/imgc"      // optional; --remote-cache overrides
+}
+"#;
+
+const LAYER: &str = r#"layer "app" {
+    copy "bin/server" to="/app/server" mode="0755"       // one file
+    copy "static" to="/app/static"                      // a directory, recursively
+    copy "conf/*.toml" to="/etc/app/" exclude="conf/dev-*.toml"   // a glob, into a directory
+    copy ":server-bin" to="/app/bin/"                   // the outputs of another target
+    text "/etc/app/version" "1.2.3\n"                   // inline file content
+    dir "/var/lib/app" mode="0700" owner="10001:10001"
+    symlink "/app/current" target="/app/server"
+    owner "0:0"                                          // default owner for this layer
+}
+"#;
+
+const IMAGE: &str = r#"image "api" {
+    from "//bases:runtime"             // "scratch", or the label of an image or import
+    layers ":app" "//shared:certs"     // layers by label, in order
+    layer {                            // an inline, anonymous layer (same body as `layer`)
+        copy "config.toml" to="/etc/api/config.toml"
+    }
+    entrypoint "/app/server"
+    cmd "--port" "8080"
+    env PATH="/usr/bin:/bin" RUST_LOG="info"
+    workdir "/app"
+    user "10001:10001"
+    expose "8080/tcp" "9090"
+    volume "/data"
+    label "org.opencontainers.image.title" "api"
+    annotation "com.example.team" "payments"
+    stop-signal "SIGTERM"
+    tag "registry.example.com/acme/api:latest"   // names used by export and push
+}
+"#;
+
+const IMPORT: &str = r#"import "debian" {
+    oci-layout "third_party/debian-12"          // an OCI image layout directory
+}
+import "alpine" {
+    docker-archive "third_party/alpine.tar"      // a `docker save` / `podman save` tarball
+}
+"#;
+
+fn build(text: &str) -> (Vec<Target>, Vec<Diag>) {
+    parse_build_file(0, "services/api", text)
+}
+
+/// Parses `text` and expects exactly one diagnostic; returns it.
+fn one_diag(text: &str) -> Diag {
+    let (_, diags) = build(text);
+    assert_eq!(diags.len(), 1, "expected one diagnostic, got {diags:#?}");
+    diags.into_iter().next().unwrap()
+}
+
+fn spanned_text<'t>(text: &'t str, d: &Diag) -> &'t str {
+    let (_, span) = d.location.expect("diagnostic has a location");
+    &text[span.offset()..span.offset() + span.len()]
+}
+
+fn layer_of(t: &Target) -> &LayerSpec {
+    match &t.kind {
+        TargetKind::Layer(l) => l,
+        other => panic!("expected a layer, got {}", other.kind_name()),
+    }
+}
+
+fn image_of(t: &Target) -> &ImageSpec {
+    match &t.kind {
+        TargetKind::Image(i) => i,
+        other => panic!("expected an image, got {}", other.kind_name()),
+    }
+}
+
+// -- SPEC.md examples ---------------------------------------------------------
+
+#[test]
+fn spec_workspace_example() {
+    let (config, diags) = parse_workspace_file(0, WORKSPACE);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(config.output_dir, "imgc-out");
+    assert_eq!(config.source_date_epoch, 0);
+    assert_eq!(config.compression, Compression::Gzip);
+    assert_eq!(config.platform.to_string(), "linux/amd64");
+    assert_eq!(config.remote_cache.as_deref(), Some("/mnt/ci/imgc"));
+}
+
+#[test]
+fn workspace_defaults_and_values() {
+    let (config, diags) = parse_workspace_file(0, "workspace {}");
+    assert!(diags.is_empty());
+    assert_eq!(config, WorkspaceConfig::default());
+    let text = "workspace {\n compression \"zstd\"\n platform \"linux/arm64/v8\"\n source-date-epoch 1700000000\n output-dir \"./out/\"\n}";
+    let (config, diags) = parse_workspace_file(0, text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(config.compression, Compression::Zstd);
+    assert_eq!(config.platform.variant.as_deref(), Some("v8"));
+    assert_eq!(config.source_date_epoch, 1_700_000_000);
+    assert_eq!(config.output_dir, "out");
+}
+
+#[test]
+fn spec_layer_example() {
+    let (targets, diags) = build(LAYER);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].name.value, "app");
+    let layer = layer_of(&targets[0]);
+    assert_eq!(layer.owner.as_ref().map(|o| o.value), Some(Owner::ROOT));
+    assert_eq!(layer.entries.len(), 7);
+    let LayerEntry::Copy { src, to, mode, .. } = &layer.entries[0] else {
+        panic!("copy expected")
+    };
+    assert_eq!(src.value, CopySource::Path("bin/server".into()));
+    assert_eq!(to.value, "/app/server");
+    assert_eq!(mode.as_ref().map(|m| m.value), Some(Mode(0o755)));
+    let LayerEntry::Copy { src, exclude, .. } = &layer.entries[2] else {
+        panic!("copy expected")
+    };
+    assert_eq!(src.value, CopySource::Glob("conf/*.toml".into()));
+    assert_eq!(exclude.len(), 1);
+    assert_eq!(exclude[0].value, "conf/dev-*.toml");
+    let LayerEntry::Copy { src, to, .. } = &layer.entries[3] else {
+        panic!("copy expected")
+    };
+    assert_eq!(
+        src.value,
+        CopySource::Target(Label::new("services/api", "server-bin"))
+    );
+    assert_eq!(to.value, "/app/bin/");
+    let LayerEntry::Text { path, content, .. } = &layer.entries[4] else {
+        panic!("text expected")
+    };
+    assert_eq!(
+        (path.value.as_str(), content.as_str()),
+        ("/etc/app/version", "1.2.3\n")
+    );
+    let LayerEntry::Dir { mode, owner, .. } = &layer.entries[5] else {
+        panic!("dir expected")
+    };
+    assert_eq!(mode.as_ref().map(|m| m.value), Some(Mode(0o700)));
+    assert_eq!(
+        owner.as_ref().map(|o| o.value),
+        Some(Owner {
+            uid: 10001,
+            gid: 10001
+        })
+    );
+    let LayerEntry::Symlink { path, target, .. } = &layer.entries[6] else {
+        panic!("symlink expected")
+    };
+    assert_eq!(
+        (path.value.as_str(), target.value.as_str()),
+        ("/app/current", "/app/server")
+    );
+}
+
+#[test]
+fn spec_image_example() {
+    let (targets, diags) = build(IMAGE);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(targets.len(), 2);
+    assert_eq!(targets[0].name.value, "api");
+    assert_eq!(targets[1].name.value, inline_layer_name("api", 0));
+    assert_eq!(layer_of(&targets[1]).entries.len(), 1);
+    let img = image_of(&targets[0]);
+    assert_eq!(
+        img.from.as_ref().map(|f| &f.value),
+        Some(&BaseRef::Target(Label::new("bases", "runtime")))
+    );
+    let layers: Vec<String> = img.layers.iter().map(|l| l.value.to_string()).collect();
+    assert_eq!(
+        layers,
+        [
+            "//services/api:app",
+            "//shared:certs",
+            "//services/api:api~layer0"
+        ]
+    );
+    assert_eq!(img.entrypoint, Some(vec!["/app/server".to_string()]));
+    assert_eq!(
+        img.cmd,
+        Some(vec!["--port".to_string(), "8080".to_string()])
+    );
+    let env: Vec<(&str, &str)> = img
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(env, [("PATH", "/usr/bin:/bin"), ("RUST_LOG", "info")]);
+    assert_eq!(img.workdir.as_deref(), Some("/app"));
+    assert_eq!(img.user.as_deref(), Some("10001:10001"));
+    assert_eq!(img.expose, ["8080/tcp", "9090/tcp"]);
+    assert_eq!(img.volume, ["/data"]);
+    assert_eq!(
+        img.labels,
+        [(
+            "org.opencontainers.image.title".to_string(),
+            "api".to_string()
+        )]
+    );
+    assert_eq!(
+        img.annotations,
+        [("com.example.team".to_string(), "payments".to_string())]
+    );
+    assert_eq!(img.stop_signal.as_deref(), Some("SIGTERM"));
+    assert_eq!(img.tags.len(), 1);
+    assert_eq!(img.tags[0].value, "registry.example.com/acme/api:latest");
+}
+
+#[test]
+fn spec_import_example() {
+    let (targets, diags) = build(IMPORT);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let sources: Vec<ImportSource> = targets
+        .iter()
+        .map(|t| match &t.kind {
+            TargetKind::Import(i) => i.source.value.clone(),
+            other => panic!("expected an import, got {}", other.kind_name()),
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            ImportSource::OciLayout("third_party/debian-12".into()),
+            ImportSource::DockerArchive("third_party/alpine.tar".into())
+        ]
+    );
+}
+
+#[test]
+fn inline_layers_keep_written_order() {
+    let text = r#"image "img" {
+        from "scratch"
+        layers ":a"
+        layer { text "/x" "1" }
+        layers ":b" ":c"
+        layer { text "/y" "2" }
+    }"#;
+    let (targets, diags) = build(text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let names: Vec<&str> = targets.iter().map(|t| t.name.value.as_str()).collect();
+    assert_eq!(names, ["img", "img~layer0", "img~layer1"]);
+    let img = image_of(&targets[0]);
+    assert_eq!(img.from.as_ref().map(|f| &f.value), Some(&BaseRef::Scratch));
+    let layers: Vec<&str> = img.layers.iter().map(|l| l.value.name()).collect();
+    assert_eq!(layers, ["a", "img~layer0", "b", "c", "img~layer1"]);
+}
+
+#[test]
+fn sources_are_normalized() {
+    let text = r#"layer "l" { copy "./a/../b//c" to="/c"; copy "../../shared/x" to="/x" }"#;
+    let (targets, diags) = build(text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let srcs: Vec<CopySource> = layer_of(&targets[0])
+        .entries
+        .iter()
+        .map(|e| match e {
+            LayerEntry::Copy { src, .. } => src.value.clone(),
+            _ => panic!("copy expected"),
+        })
+        .collect();
+    assert_eq!(
+        srcs,
+        [
+            CopySource::Path("b/c".into()),
+            CopySource::Path("../../shared/x".into())
+        ]
+    );
+}
+
+// -- one test per diagnostic kind --------------------------------------------
+
+#[test]
+fn syntax_error() {
+    let (targets, diags) = build("layer \"app\" {\n  copy \"x\n}\n");
+    assert!(targets.is_empty());
+    assert!(!diags.is_empty());
+    assert!(diags.iter().all(|d| d.code == Code::Syntax));
+    assert!(
+        diags
+            .iter()
+            .all(|d| d.location.is_some() && d.label.is_some())
+    );
+    let first = &diags[0].message;
+    assert!(first.starts_with(|c: char| c.is_lowercase()), "{first}");
+}
+
+#[test]
+fn unknown_node_suggests() {
+    let text = "layer \"app\" {\n  cpy \"x\" to=\"/x\"\n}";
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::UnknownNode);
+    assert_eq!(d.message, "unknown node `cpy` in a `layer`");
+    assert_eq!(d.help.as_deref(), Some("did you mean `copy`?"));
+    assert_eq!(spanned_text(text, &d), "cpy");
+}
+
+#[test]
+fn unknown_top_level_node() {
+    let d = one_diag("imag \"x\" { from \"scratch\" }");
+    assert_eq!(d.code, Code::UnknownNode);
+    assert_eq!(d.help.as_deref(), Some("did you mean `image`?"));
+}
+
+#[test]
+fn unknown_property_suggests() {
+    let text = r#"layer "app" { copy "x" to="/x" mdoe="0644" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::UnknownProperty);
+    assert_eq!(d.message, "unknown property `mdoe` on `copy`");
+    assert_eq!(d.help.as_deref(), Some("did you mean `mode`?"));
+    assert_eq!(spanned_text(text, &d), r#"mdoe="0644""#);
+}
+
+#[test]
+fn wrong_type() {
+    let text = r#"layer "app" { copy "x" to=42 }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::WrongType);
+    assert_eq!(d.message, "`to` must be a string, got a number (42)");
+    assert_eq!(spanned_text(text, &d), "42");
+    let d = one_diag(r#"layer "app" { copy "x" to="/x" mode=0644 }"#);
+    assert_eq!(d.code, Code::WrongType);
+    assert_eq!(d.help.as_deref(), Some("quote it: mode=\"0644\""));
+}
+
+#[test]
+fn type_annotations_are_rejected() {
+    let text = r#"layer "app" { copy (path)"x" to="/x" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::WrongType);
+    assert_eq!(spanned_text(text, &d), "path");
+}
+
+#[test]
+fn source_date_epoch_must_be_non_negative_integer() {
+    let text = "workspace {\n  source-date-epoch \"0\"\n}";
+    let (_, diags) = parse_workspace_file(0, text);
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code, Code::WrongType);
+    assert_eq!(spanned_text(text, &diags[0]), "\"0\"");
+    let (config, diags) = parse_workspace_file(0, "workspace { source-date-epoch -1 }");
+    assert_eq!(diags[0].code, Code::InvalidValue);
+    assert!(diags[0].message.contains("non-negative integer"));
+    assert_eq!(config.source_date_epoch, 0);
+}
+
+#[test]
+fn missing_from_and_to() {
+    let d = one_diag(r#"image "api" { cmd "x" }"#);
+    assert_eq!(d.code, Code::Missing);
+    assert_eq!(d.message, "`image` needs a `from`");
+    let text = r#"layer "l" { copy "x" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::Missing);
+    assert_eq!(d.message, "`copy` needs a `to=` property");
+    assert_eq!(spanned_text(text, &d), "copy \"x\"");
+}
+
+#[test]
+fn import_needs_exactly_one_source() {
+    let d = one_diag(r#"import "x" {}"#);
+    assert_eq!(d.code, Code::Missing);
+    let d = one_diag(r#"import "x" { oci-layout "a"; docker-archive "b.tar" }"#);
+    assert_eq!(d.code, Code::Duplicate);
+    assert!(d.message.contains("exactly one of"), "{}", d.message);
+}
+
+#[test]
+fn too_many_values() {
+    let text = r#"image "i" { from "scratch" "//x:y" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::TooManyValues);
+    assert_eq!(spanned_text(text, &d), "\"//x:y\"");
+    let d = one_diag(r#"image "i" { from "scratch"; layer "named" {} }"#);
+    assert_eq!(d.code, Code::TooManyValues);
+}
+
+#[test]
+fn duplicate_singleton() {
+    let text = "image \"i\" {\n  from \"scratch\"\n  entrypoint \"/a\"\n  from \"scratch\"\n}";
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::Duplicate);
+    assert_eq!(d.message, "`from` is given twice (first on line 2)");
+    assert_eq!(spanned_text(text, &d), "from \"scratch\"");
+    let d = one_diag(r#"layer "l" { owner "0:0"; owner "1:1" }"#);
+    assert_eq!(d.code, Code::Duplicate);
+    let d = one_diag(r#"layer "l" { copy "a" to="/a" to="/b" }"#);
+    assert_eq!(d.code, Code::Duplicate);
+}
+
+#[test]
+fn bad_mode() {
+    let text = r#"layer "l" { dir "/d" mode="rwx" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::BadMode);
+    assert_eq!(
+        d.message,
+        "`mode` must be an octal string like \"0644\", got \"rwx\""
+    );
+    assert_eq!(spanned_text(text, &d), "\"rwx\"");
+}
+
+#[test]
+fn bad_owner() {
+    let text = r#"layer "l" { dir "/d" owner="app:app" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::BadOwner);
+    assert!(d.message.contains("\"app:app\""));
+    assert_eq!(spanned_text(text, &d), "\"app:app\"");
+}
+
+#[test]
+fn paths_escaping_the_workspace() {
+    let d = one_diag(r#"layer "l" { copy "../../../etc/passwd" to="/x" }"#);
+    assert_eq!(d.code, Code::PathEscapes);
+    assert_eq!(
+        d.message,
+        "source path `../../../etc/passwd` leaves the workspace"
+    );
+    let d = one_diag(r#"layer "l" { copy "/etc/passwd" to="/x" }"#);
+    assert_eq!(d.code, Code::PathEscapes);
+    let d = one_diag(r#"import "i" { oci-layout "../../../x" }"#);
+    assert_eq!(d.code, Code::PathEscapes);
+}
+
+#[test]
+fn image_paths_are_absolute() {
+    let d = one_diag(r#"layer "l" { copy "a" to="app/" }"#);
+    assert_eq!(d.code, Code::InvalidValue);
+    assert_eq!(
+        d.message,
+        "`to` must be an absolute path in the image, got \"app/\""
+    );
+    let d = one_diag(r#"layer "l" { text "/a/../b" "x" }"#);
+    assert_eq!(d.code, Code::InvalidValue);
+    let d = one_diag(r#"layer "l" { symlink "rel" target="x" }"#);
+    assert_eq!(d.code, Code::InvalidValue);
+}
+
+#[test]
+fn duplicate_target() {
+    let text = "layer \"app\" {}\n\nimage \"app\" { from \"scratch\" }";
+    let (targets, diags) = build(text);
+    assert_eq!(targets.len(), 1);
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code, Code::DuplicateTarget);
+    assert!(diags[0].message.contains("line 1"), "{}", diags[0].message);
+    assert_eq!(diags[0].location.map(|l| l.1.offset()), Some(22));
+}
+
+#[test]
+fn bad_labels() {
+    for text in [
+        r#"image "i" { from "bases:runtime" }"#,
+        r#"image "i" { from "scratch"; layers ":a" "//x/../y:z" }"#,
+        r#"layer "l" { copy ":bad name" to="/x" }"#,
+    ] {
+        let d = one_diag(text);
+        assert_eq!(d.code, Code::BadLabel, "{text}");
+        assert!(d.help.is_some());
+    }
+}
+
+#[test]
+fn invalid_target_name() {
+    let d = one_diag(r#"layer "all" {}"#);
+    assert_eq!(d.code, Code::InvalidValue);
+    let d = one_diag(r#"layer "a~b" {}"#);
+    assert_eq!(d.code, Code::InvalidValue);
+}
+
+#[test]
+fn invalid_values() {
+    let (_, diags) =
+        parse_workspace_file(0, "workspace { compression \"gzp\"; platform \"linux\" }");
+    let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+    assert_eq!(codes, [Code::InvalidValue, Code::InvalidValue]);
+    assert_eq!(diags[0].help.as_deref(), Some("did you mean \"gzip\"?"));
+    for text in [
+        r#"image "i" { from "scratch"; expose "80/xyz" }"#,
+        r#"image "i" { from "scratch"; expose "abc" }"#,
+        r#"image "i" { from "scratch"; env ""="x" }"#,
+        r#"image "i" { from "scratch"; env "A=B"="x" }"#,
+    ] {
+        assert_eq!(one_diag(text).code, Code::InvalidValue, "{text}");
+    }
+}
+
+#[test]
+fn all_errors_of_a_file_are_reported() {
+    let text = r#"layer "a" {
+    cpy "x" to="/x"
+    copy "y" to="rel" mode="9"
+}
+image "a" { from "scratch" }
+image "b" {
+    from "nope"
+    expose "http"
+}
+"#;
+    let (_, diags) = build(text);
+    let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::UnknownNode,
+            Code::InvalidValue,
+            Code::BadMode,
+            Code::DuplicateTarget,
+            Code::BadLabel,
+            Code::InvalidValue
+        ]
+    );
+}
+
+#[test]
+fn every_diag_has_location_label_and_lowercase_message() {
+    let texts = [
+        r#"layer "a" { cpy "x"; copy 1 to=2 mode="x" owner="y" exclude=3 }"#,
+        r#"image "b" { from "x"; layers; env 1; expose 1 "a"; label "k" }"#,
+        r#"import "c" { oci-layout "/abs"; docker-archive "x" }"#,
+        r#"foo; layer; layer 1 2; layer "x" y=1"#,
+    ];
+    for text in texts {
+        let (_, diags) = build(text);
+        assert!(!diags.is_empty());
+        for d in diags {
+            assert!(d.location.is_some() && d.label.is_some(), "{d:?}");
+            assert!(!d.message.starts_with(char::is_uppercase), "{d:?}");
+        }
+    }
+}
+
+// -- robustness ----------------------------------------------------------------
+
+/// A tiny deterministic xorshift generator.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn mutate(rng: &mut XorShift, text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(bytes.len() + 1);
+        match rng.below(3) {
+            0 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            1 => {
+                let inserts = b"{}\"=/*;()#.-0\n\\:";
+                bytes.insert(at.min(bytes.len()), inserts[rng.below(inserts.len())]);
+            }
+            _ => bytes.truncate(at),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn mutations_never_panic() {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let seeds = [WORKSPACE, LAYER, IMAGE, IMPORT];
+    let mut sources = crate::diag::Sources::default();
+    for i in 0..3000 {
+        let text = mutate(&mut rng, seeds[i % seeds.len()]);
+        let file = sources.add("BUILD.kdl", text.clone());
+        let (_, d1) = parse_workspace_file(file, &text);
+        let (_, d2) = parse_build_file(file, "services/api", &text);
+        for d in d1.iter().chain(&d2) {
+            let _ = d.short(&sources);
+            let _ = format!("{:?}", d.to_report(&sources));
+        }
+    }
+}
