@@ -1,1 +1,451 @@
-//! (in progress)
+//! From a layer's spec to the exact list of entries it holds, and the content
+//! hashes of its input files.
+//!
+//! Expansion follows the `copy`, `text`, `dir` and `symlink` entries of a layer:
+//!
+//! | spec | entries |
+//! |---|---|
+//! | `copy "f" to="/a/b"` | file `a/b` |
+//! | `copy "f" to="/a/"` | file `a/f` (`/` at the end: into the directory) |
+//! | `copy "d" to="/a/d"` | `a/d/` and everything below it, recursively |
+//! | `copy "d" to="/a/"` | `a/d/` and everything below it (as `cp -r d /a/`) |
+//! | `copy "c/*.toml" to="/etc/x/"` | each match, relative to the glob's literal directory `c`, into `/etc/x/` |
+//! | `copy ":layer" to="/a/"` | every entry of that layer, re-rooted under `/a/` |
+//!
+//! Files get their mode from the spec, else 0755 if any executable bit is set and
+//! 0644 otherwise, whatever the checkout's umask; directories get 0755; owner is
+//! the entry's, else the layer's, else `0:0`. Symlinks are copied as symlinks and
+//! never followed, and a source reached through a symlink that leaves the
+//! workspace is refused.
+//!
+//! Hashing goes through the file-hash memo: a file whose stat data (size, mtime,
+//! inode, mode) matches the memo is not re-read. The stat data itself never enters
+//! a key; only the blake3 of the content does.
+
+use crate::cache::{FileMemo, MemoEntry, StatKey};
+use crate::diag::{Code, Diag};
+use crate::graph::Graph;
+use crate::hash::Key;
+use crate::layer::{Entry, EntryData};
+use crate::spec::model::{CopySource, FileId, LayerEntry, LayerSpec, Mode, Owner, Spanned, TargetKind};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use miette::SourceSpan;
+use petgraph::graph::NodeIndex;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// One planned entry of a layer, and the workspace-relative source file it is read from.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub entry: Entry,
+    pub source: Option<String>,
+}
+
+struct Ctx<'a> {
+    root: &'a Path,
+    canonical_root: PathBuf,
+    graph: &'a Graph,
+}
+
+/// Expands the layer target `node` into its entries (unsorted; see
+/// [`crate::layer::normalize`]). Every problem is a diagnostic pointing at the
+/// spec entry that caused it.
+pub fn expand_layer(root: &Path, graph: &Graph, node: NodeIndex) -> Result<Vec<Planned>, Diag> {
+    let canonical_root = root
+        .canonicalize()
+        .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read the workspace root: {e}")))?;
+    let ctx = Ctx {
+        root,
+        canonical_root,
+        graph,
+    };
+    let mut out = Vec::new();
+    expand_into(&ctx, node, &mut out)?;
+    Ok(out)
+}
+
+fn expand_into(ctx: &Ctx<'_>, node: NodeIndex, out: &mut Vec<Planned>) -> Result<(), Diag> {
+    let n = ctx.graph.node(node);
+    let TargetKind::Layer(spec) = &n.target.kind else {
+        return Ok(());
+    };
+    let package = n.label.package();
+    for e in &spec.entries {
+        expand_entry(ctx, package, n.file, spec, e, out)?;
+    }
+    Ok(())
+}
+
+fn owner_of(spec: &LayerSpec, own: &Option<Spanned<Owner>>) -> Owner {
+    own.as_ref()
+        .or(spec.owner.as_ref())
+        .map_or(Owner::ROOT, |o| o.value)
+}
+
+fn mode_of(m: &Option<Spanned<Mode>>) -> Option<u32> {
+    m.as_ref().map(|m| m.value.0)
+}
+
+/// In-image path without the leading `/`, with `//` and a trailing `/` removed.
+pub fn image_path(p: &str) -> String {
+    p.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+}
+
+fn join_image(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn pkg_join(package: &str, rel: &str) -> String {
+    if package.is_empty() {
+        rel.to_string()
+    } else if rel.is_empty() {
+        package.to_string()
+    } else {
+        format!("{package}/{rel}")
+    }
+}
+
+fn entry(path: String, data: EntryData, mode: u32, owner: Owner) -> Entry {
+    Entry {
+        path,
+        data,
+        mode,
+        uid: owner.uid,
+        gid: owner.gid,
+    }
+}
+
+fn expand_entry(
+    ctx: &Ctx<'_>,
+    package: &str,
+    file: FileId,
+    spec: &LayerSpec,
+    e: &LayerEntry,
+    out: &mut Vec<Planned>,
+) -> Result<(), Diag> {
+    match e {
+        LayerEntry::Text {
+            path,
+            content,
+            mode,
+            owner,
+            ..
+        } => out.push(Planned {
+            entry: entry(
+                image_path(&path.value),
+                EntryData::Bytes(content.clone().into_bytes()),
+                mode_of(mode).unwrap_or(0o644),
+                owner_of(spec, owner),
+            ),
+            source: None,
+        }),
+        LayerEntry::Dir { path, mode, owner, .. } => out.push(Planned {
+            entry: entry(
+                image_path(&path.value),
+                EntryData::Dir,
+                mode_of(mode).unwrap_or(0o755),
+                owner_of(spec, owner),
+            ),
+            source: None,
+        }),
+        LayerEntry::Symlink {
+            path, target, owner, ..
+        } => out.push(Planned {
+            entry: entry(
+                image_path(&path.value),
+                EntryData::Symlink(target.value.clone()),
+                0o777,
+                owner_of(spec, owner),
+            ),
+            source: None,
+        }),
+        LayerEntry::Copy {
+            src,
+            to,
+            mode,
+            owner,
+            exclude,
+            ..
+        } => {
+            let into_dir = to.value.ends_with('/');
+            let dest = image_path(&to.value);
+            let owner = owner_of(spec, owner);
+            let excludes = build_excludes(exclude, file)?;
+            match &src.value {
+                CopySource::Target(label) => {
+                    let dep = ctx.graph.get(label).ok_or_else(|| {
+                        Diag::new(Code::UnknownLabel, format!("unknown label `{label}`")).at(file, src.span)
+                    })?;
+                    let mut inner = Vec::new();
+                    expand_into(ctx, dep, &mut inner)?;
+                    for mut p in inner {
+                        p.entry.path = join_image(&dest, &p.entry.path);
+                        out.push(p);
+                    }
+                }
+                CopySource::Path(rel) => {
+                    let ws_rel = pkg_join(package, rel);
+                    let abs = checked_source(ctx, &ws_rel, file, src.span)?;
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    let target = if into_dir { join_image(&dest, name) } else { dest };
+                    copy_path(ctx, &abs, &ws_rel, &target, mode_of(mode), owner, &excludes, package, out)
+                        .map_err(|d| d.at(file, src.span))?;
+                }
+                CopySource::Glob(pattern) => {
+                    copy_glob(ctx, package, pattern, &dest, mode_of(mode), owner, &excludes, out)
+                        .map_err(|d| d.at(file, src.span))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_excludes(exclude: &[Spanned<String>], file: FileId) -> Result<GlobSet, Diag> {
+    let mut b = GlobSetBuilder::new();
+    for x in exclude {
+        b.add(glob(&x.value).map_err(|d| d.at(file, x.span))?);
+    }
+    b.build()
+        .map_err(|e| Diag::new(Code::InvalidValue, format!("bad exclude pattern: {e}")))
+}
+
+fn glob(pattern: &str) -> Result<Glob, Diag> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| Diag::new(Code::InvalidValue, format!("bad glob `{pattern}`: {e}")))
+}
+
+/// The absolute path of a workspace-relative source, refusing one that does not
+/// exist or whose parent directory resolves (through symlinks) outside the workspace.
+fn checked_source(ctx: &Ctx<'_>, ws_rel: &str, file: FileId, span: SourceSpan) -> Result<PathBuf, Diag> {
+    let abs = ctx.root.join(ws_rel);
+    if std::fs::symlink_metadata(&abs).is_err() {
+        return Err(Diag::new(Code::SourceMissing, format!("source `{ws_rel}` does not exist"))
+            .at(file, span)
+            .label("not found")
+            .help("source paths are relative to the directory of the BUILD.kdl"));
+    }
+    let parent = abs.parent().unwrap_or(ctx.root);
+    match parent.canonicalize() {
+        Ok(p) if p.starts_with(&ctx.canonical_root) => Ok(abs),
+        _ => Err(Diag::new(
+            Code::PathEscapes,
+            format!("source `{ws_rel}` resolves outside the workspace through a symlink"),
+        )
+        .at(file, span)),
+    }
+}
+
+fn default_file_mode(meta: &std::fs::Metadata) -> u32 {
+    if meta.mode() & 0o111 != 0 { 0o755 } else { 0o644 }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_path(
+    ctx: &Ctx<'_>,
+    abs: &Path,
+    ws_rel: &str,
+    dest: &str,
+    mode: Option<u32>,
+    owner: Owner,
+    excludes: &GlobSet,
+    package: &str,
+    out: &mut Vec<Planned>,
+) -> Result<(), Diag> {
+    let meta = std::fs::symlink_metadata(abs)
+        .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}")))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(abs)
+            .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read the symlink `{ws_rel}`: {e}")))?;
+        out.push(Planned {
+            entry: entry(dest.to_string(), EntryData::Symlink(target.to_string_lossy().into_owned()), 0o777, owner),
+            source: None,
+        });
+    } else if ft.is_file() {
+        out.push(Planned {
+            entry: entry(
+                dest.to_string(),
+                EntryData::File {
+                    source: abs.to_path_buf(),
+                    size: meta.len(),
+                },
+                mode.unwrap_or_else(|| default_file_mode(&meta)),
+                owner,
+            ),
+            source: Some(ws_rel.to_string()),
+        });
+    } else if ft.is_dir() {
+        out.push(Planned {
+            entry: entry(dest.to_string(), EntryData::Dir, 0o755, owner),
+            source: None,
+        });
+        let mut children: Vec<_> = std::fs::read_dir(abs)
+            .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}")))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        children.sort();
+        for name in children {
+            let name = name.to_string_lossy().into_owned();
+            let child_rel = format!("{ws_rel}/{name}");
+            let pkg_rel = child_rel.strip_prefix(package).unwrap_or(&child_rel).trim_start_matches('/');
+            if excludes.is_match(pkg_rel) {
+                continue;
+            }
+            copy_path(
+                ctx,
+                &abs.join(&name),
+                &child_rel,
+                &join_image(dest, &name),
+                mode,
+                owner,
+                excludes,
+                package,
+                out,
+            )?;
+        }
+    } else {
+        return Err(Diag::new(
+            Code::SourceMissing,
+            format!("source `{ws_rel}` is not a regular file, directory or symlink"),
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_glob(
+    ctx: &Ctx<'_>,
+    package: &str,
+    pattern: &str,
+    dest: &str,
+    mode: Option<u32>,
+    owner: Owner,
+    excludes: &GlobSet,
+    out: &mut Vec<Planned>,
+) -> Result<(), Diag> {
+    let matcher = glob(pattern)?.compile_matcher();
+    // The literal directory before the first component holding a metacharacter.
+    let base: Vec<&str> = pattern
+        .split('/')
+        .take_while(|c| !c.contains(['*', '?', '[', '{']))
+        .collect();
+    let base = base.join("/");
+    let base_abs = ctx.root.join(pkg_join(package, &base));
+    let mut matched = 0usize;
+    if base_abs.is_dir() {
+        let walker = walkdir::WalkDir::new(&base_abs).follow_links(false).sort_by_file_name();
+        for item in walker.into_iter().filter_map(|e| e.ok()) {
+            if item.depth() == 0 || item.file_type().is_dir() {
+                continue;
+            }
+            let Ok(rel_to_base) = item.path().strip_prefix(&base_abs) else {
+                continue;
+            };
+            let rel_to_base = rel_to_base.to_string_lossy().replace('\\', "/");
+            let pkg_rel = if base.is_empty() {
+                rel_to_base.clone()
+            } else {
+                format!("{base}/{rel_to_base}")
+            };
+            if !matcher.is_match(&pkg_rel) || excludes.is_match(&pkg_rel) {
+                continue;
+            }
+            matched += 1;
+            let ws_rel = pkg_join(package, &pkg_rel);
+            copy_path(
+                ctx,
+                item.path(),
+                &ws_rel,
+                &join_image(dest, &rel_to_base),
+                mode,
+                owner,
+                excludes,
+                package,
+                out,
+            )?;
+        }
+    }
+    if matched == 0 {
+        return Err(Diag::new(Code::SourceMissing, format!("glob `{pattern}` matches no file"))
+            .label("no match")
+            .help("globs are relative to the directory of the BUILD.kdl; `*` stops at `/`, `**` does not"));
+    }
+    Ok(())
+}
+
+/// Stat data of a file, for the memo.
+pub fn stat_key(meta: &std::fs::Metadata) -> StatKey {
+    StatKey {
+        size: meta.len(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        inode: meta.ino(),
+        mode: meta.mode(),
+    }
+}
+
+/// blake3 of a file's contents, streamed.
+pub fn hash_file(path: &Path) -> std::io::Result<Key> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Key(*h.finalize().as_bytes()))
+}
+
+/// Content hashes of input files, and memo entries learnt on the way.
+#[derive(Debug, Default)]
+pub struct Hashed {
+    pub hashes: BTreeMap<String, Key>,
+    pub learnt: Vec<(String, MemoEntry)>,
+}
+
+/// Hashes every file `(workspace-relative path, absolute path)`, through the memo.
+/// `trust_before_ns`: stat data with an mtime at or after it is too fresh to be
+/// remembered (the file may change again within the filesystem's timestamp
+/// granularity without its stat data changing).
+pub fn hash_files<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a Path)>,
+    memo: &FileMemo,
+    trust_before_ns: i64,
+) -> std::io::Result<Hashed> {
+    let mut out = Hashed::default();
+    for (rel, abs) in files {
+        if out.hashes.contains_key(rel) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(abs)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
+        let stat = stat_key(&meta);
+        let key = match memo.lookup(rel, &stat) {
+            Some(k) => k,
+            None => {
+                let k = hash_file(abs).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
+                if stat.mtime_ns < trust_before_ns {
+                    out.learnt.push((rel.to_string(), MemoEntry { stat, hash: k }));
+                }
+                k
+            }
+        };
+        out.hashes.insert(rel.to_string(), key);
+    }
+    Ok(out)
+}

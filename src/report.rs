@@ -6,8 +6,13 @@
 
 use crate::commands::CmdError;
 use crate::diag::{Diag, Sources};
+use crate::hash::{Digest, Key};
+use crate::label::Label;
+use crate::scheduler::ActionError;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Whether stderr gets colour.
 pub fn color_enabled() -> bool {
@@ -62,4 +67,212 @@ pub fn error(err: &CmdError) {
         CmdError::Failed(msg) | CmdError::Env(msg) => writeln!(e, "error: {msg}"),
         CmdError::Usage(msg) => writeln!(e, "error: {msg}\n\nFor more information, try '--help'."),
     };
+}
+
+/// Something that happened during a build. The scheduler emits; the
+/// [`Reporter`] alone decides how it is shown.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The build will consider this many actions.
+    Planned { actions: usize },
+    /// An action starts running (its key missed the cache), and why.
+    Started {
+        label: &'a Label,
+        kind: &'a str,
+        key: &'a Key,
+        reason: &'a str,
+    },
+    /// An action finished, from the cache or by running.
+    Finished {
+        label: &'a Label,
+        kind: &'a str,
+        key: &'a Key,
+        cached: bool,
+        digest: &'a Digest,
+        duration: Duration,
+    },
+    /// Dry runs: this action would run.
+    WouldRun { label: &'a Label, reason: &'a str },
+    Failed {
+        label: &'a Label,
+        error: &'a ActionError,
+    },
+    Skipped { label: &'a Label, because: &'a str },
+    /// An image layout was written (or found current) at `path`.
+    Materialized {
+        label: &'a Label,
+        path: &'a Path,
+        digest: &'a Digest,
+    },
+    Warning { message: &'a str },
+}
+
+/// Renders build events: human progress on stderr (a live bar on a terminal,
+/// plain lines otherwise) or one JSON object per line on stdout.
+pub struct Reporter {
+    json: bool,
+    /// Workspace root, to print paths relative to it.
+    root: PathBuf,
+    sources: Sources,
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+    quiet_plan: bool,
+}
+
+impl Reporter {
+    pub fn new(json: bool, root: &Path, sources: Sources) -> Reporter {
+        Reporter {
+            json,
+            root: root.to_path_buf(),
+            sources,
+            bar: None,
+            total: 0,
+            done: 0,
+            quiet_plan: false,
+        }
+    }
+
+    /// No progress output (for `explain`).
+    pub fn quiet(mut self) -> Reporter {
+        self.quiet_plan = true;
+        self
+    }
+
+    fn json_line(&self, v: serde_json::Value) {
+        result(&v.to_string());
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => status(text),
+        }
+    }
+
+    fn relative<'p>(&self, p: &'p Path) -> std::borrow::Cow<'p, str> {
+        match p.strip_prefix(&self.root) {
+            Ok(r) => std::borrow::Cow::Owned(r.to_string_lossy().into_owned()),
+            Err(_) => p.to_string_lossy(),
+        }
+    }
+
+    pub fn event(&mut self, e: &Event<'_>) {
+        if self.json {
+            self.event_json(e);
+        } else {
+            self.event_human(e);
+        }
+    }
+
+    fn event_json(&self, e: &Event<'_>) {
+        use serde_json::json;
+        let v = match e {
+            Event::Planned { actions } => json!({"event": "planned", "actions": actions}),
+            Event::Started { label, kind, key, reason } => json!({
+                "event": "started", "label": label.to_string(), "kind": kind, "key": key.to_hex(), "reason": reason
+            }),
+            Event::Finished { label, kind, key, cached, digest, duration } => json!({
+                "event": "finished", "label": label.to_string(), "kind": kind, "key": key.to_hex(),
+                "cached": cached, "digest": digest.to_string(), "duration_ms": duration.as_millis() as u64
+            }),
+            Event::WouldRun { label, reason } => json!({"event": "would-run", "label": label.to_string(), "reason": reason}),
+            Event::Failed { label, error } => json!({"event": "failed", "label": label.to_string(), "error": self.error_text(error)}),
+            Event::Skipped { label, because } => json!({"event": "skipped", "label": label.to_string(), "reason": because}),
+            Event::Materialized { label, path, digest } => json!({
+                "event": "materialized", "label": label.to_string(), "path": self.relative(path), "digest": digest.to_string()
+            }),
+            Event::Warning { message } => json!({"event": "warning", "message": message}),
+        };
+        self.json_line(v);
+    }
+
+    fn error_text(&self, error: &ActionError) -> String {
+        match error {
+            ActionError::Spec(d) => d.short(&self.sources),
+            ActionError::Message(m) => m.clone(),
+        }
+    }
+
+    fn event_human(&mut self, e: &Event<'_>) {
+        match e {
+            Event::Planned { actions } => {
+                self.total = *actions;
+                if !self.quiet_plan && color_enabled() && *actions > 0 {
+                    let bar = indicatif::ProgressBar::new(*actions as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg} {elapsed}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    self.bar = Some(bar);
+                }
+            }
+            Event::Started { label, kind, reason, .. } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("{kind} {label}"));
+                } else if !self.quiet_plan {
+                    status(&format!("building {kind} {label} ({reason})"));
+                }
+            }
+            Event::Finished { label, kind, cached, duration, .. } => {
+                self.done += 1;
+                if let Some(bar) = &self.bar {
+                    bar.set_position(self.done as u64);
+                }
+                if !cached && !self.quiet_plan {
+                    self.line(&format!(
+                        "[{}/{}] built {kind} {label} in {:.2}s",
+                        self.done,
+                        self.total,
+                        duration.as_secs_f64()
+                    ));
+                }
+            }
+            Event::WouldRun { .. } => {}
+            Event::Failed { label, error } => {
+                let text = match error {
+                    ActionError::Spec(d) => render_diagnostics_only(&self.sources, std::slice::from_ref(d)),
+                    ActionError::Message(m) => format!("error: {m}"),
+                };
+                self.line(&format!("failed: {label}\n{}", text.trim_end()));
+            }
+            Event::Skipped { label, because } => self.line(&format!("skipped {label}: {because}")),
+            Event::Materialized { label, path, digest } => {
+                if let Some(bar) = &self.bar {
+                    bar.suspend(|| result(&format!("{label} {} {digest}", self.relative(path))));
+                } else {
+                    result(&format!("{label} {} {digest}", self.relative(path)));
+                }
+            }
+            Event::Warning { message } => self.line(&format!("warning: {message}")),
+        }
+    }
+
+    /// The closing line: "N images, M actions run, K from cache, X s".
+    pub fn summary(&mut self, images: usize, ran: usize, cached: usize, failed: usize, elapsed: Duration) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.json {
+            self.json_line(serde_json::json!({
+                "event": "summary", "images": images, "ran": ran, "cached": cached, "failed": failed,
+                "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0
+            }));
+        } else {
+            let failed = if failed > 0 { format!(", {failed} failed") } else { String::new() };
+            status(&format!(
+                "{images} image{}, {ran} action{} run, {cached} from cache{failed}, {:.2} s",
+                if images == 1 { "" } else { "s" },
+                if ran == 1 { "" } else { "s" },
+                elapsed.as_secs_f64()
+            ));
+        }
+    }
+}
+
+/// Rendered diagnostics without the closing count.
+fn render_diagnostics_only(sources: &Sources, diags: &[Diag]) -> String {
+    let full = render_diagnostics(sources, diags, color_enabled());
+    full.rsplit_once("error: ").map_or(full.clone(), |(body, _)| body.to_string())
 }

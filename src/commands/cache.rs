@@ -1,0 +1,75 @@
+//! `imgc cache stats`, and opening the local stores for other commands.
+
+use super::{CmdError, Context};
+use crate::cache::Cache;
+use crate::cas::Cas;
+use crate::cli::CacheCommand;
+use crate::report;
+use std::path::PathBuf;
+
+/// Versioned subdirectory: a format change bumps the name, no migrations.
+pub const CACHE_VERSION_DIR: &str = "v1";
+
+/// The cache directory: `--cache-dir`, else `$IMGC_CACHE_DIR`, else `~/.cache/imgc`.
+pub fn cache_root(ctx: &Context) -> Result<PathBuf, CmdError> {
+    if let Some(d) = &ctx.cache_dir {
+        return Ok(std::path::absolute(d).unwrap_or_else(|_| d.clone()));
+    }
+    if let Some(d) = std::env::var_os("IMGC_CACHE_DIR").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("imgc")),
+        None => Err(CmdError::Env(
+            "cannot find a cache directory: set `--cache-dir`, `IMGC_CACHE_DIR` or `HOME`".into(),
+        )),
+    }
+}
+
+/// The local blob store and action cache.
+pub struct Stores {
+    pub dir: PathBuf,
+    pub cas: Cas,
+    pub cache: Cache,
+    /// A problem the cache recovered from (e.g. a corrupt database replaced).
+    pub warning: Option<String>,
+}
+
+impl Stores {
+    pub fn open(ctx: &Context) -> Result<Stores, CmdError> {
+        let dir = cache_root(ctx)?.join(CACHE_VERSION_DIR);
+        let cas = Cas::open(&dir).map_err(|e| CmdError::Env(format!("cannot open the blob store in `{}`: {e}", dir.display())))?;
+        let (cache, warning) = Cache::open(&dir.join("imgc.sqlite"))
+            .map_err(|e| CmdError::Env(format!("cannot open the action cache in `{}`: {e}", dir.display())))?;
+        Ok(Stores {
+            dir,
+            cas,
+            cache,
+            warning,
+        })
+    }
+}
+
+pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
+    match cmd {
+        CacheCommand::Stats => {
+            let stores = Stores::open(ctx)?;
+            let stats = stores
+                .cache
+                .stats()
+                .map_err(|e| CmdError::Env(format!("cannot read the action cache: {e}")))?;
+            let (blobs, bytes) = stores
+                .cas
+                .usage()
+                .map_err(|e| CmdError::Env(format!("cannot read the blob store: {e}")))?;
+            report::result(&format!(
+                "cache directory  {}\nactions          {}\nfile hashes      {}\nblobs            {blobs}\nblob bytes       {bytes} ({:.1} MiB)",
+                stores.dir.display(),
+                stats.actions,
+                stats.memo_entries,
+                bytes as f64 / (1024.0 * 1024.0),
+            ));
+            Ok(())
+        }
+    }
+}

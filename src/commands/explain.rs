@@ -1,0 +1,45 @@
+//! `imgc explain LABEL`: why a target would rebuild, without building anything.
+
+use super::{CmdError, Context, Loaded};
+use crate::cli::ExplainArgs;
+use crate::label::Pattern;
+use crate::report::{self, Reporter};
+use crate::scheduler::{Engine, Outcome};
+use petgraph::Direction;
+
+pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
+    let loaded = Loaded::load(ctx)?;
+    let pattern = Pattern::parse(&args.label, &loaded.cwd_package)
+        .map_err(|e| CmdError::Usage(format!("bad label: {e}")))?;
+    let Pattern::Target(_) = &pattern else {
+        return Err(CmdError::Usage(format!("`{}` is a pattern: explain takes one label", args.label)));
+    };
+    let selected = loaded.select(std::slice::from_ref(&args.label))?;
+    let settings = super::build::settings(&loaded, None, true, true)?;
+    let mut stores = super::cache::Stores::open(ctx)?;
+    let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
+    let summary = Engine {
+        root: &loaded.ws.root,
+        graph: &loaded.graph,
+        cas: &stores.cas,
+        cache: &mut stores.cache,
+        settings,
+        reporter: &mut reporter,
+    }
+    .build(&selected);
+    let g = &loaded.graph;
+    let mut lines = Vec::new();
+    for n in g.topo_order(&g.closure(&selected, Direction::Outgoing)) {
+        let label = &g.node(n).label;
+        let line = match summary.outcomes.get(&n) {
+            Some(Outcome::Cached(o)) => format!("{label}: up to date ({})", o.digest()),
+            Some(Outcome::WouldRun(reason)) => format!("{label}: would rebuild: {reason}"),
+            Some(Outcome::Skipped(why)) => format!("{label}: would rebuild: {why}"),
+            Some(Outcome::Failed(e)) => format!("{label}: cannot tell: {e}"),
+            Some(Outcome::Ran(_)) | None => continue,
+        };
+        lines.push(line);
+    }
+    report::result(&lines.join("\n"));
+    Ok(())
+}

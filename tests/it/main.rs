@@ -1,0 +1,10 @@
+//! The integration test binary: drives the real `imgc` binary on fixture
+//! workspaces in temp dirs, each with its own cache directory.
+
+mod support;
+
+mod build;
+mod cli;
+mod conformance;
+mod determinism;
+mod robustness;

@@ -1,0 +1,266 @@
+//! Fixtures and helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A workspace in a temp dir with its own cache directory.
+pub struct Ws {
+    pub dir: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+}
+
+pub fn imgc_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_imgc")
+}
+
+impl Ws {
+    /// A workspace made of `(path, contents)` pairs.
+    pub fn new(files: &[(&str, &str)]) -> Ws {
+        let ws = Ws {
+            dir: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+        };
+        for (p, c) in files {
+            ws.write(p, c);
+        }
+        ws
+    }
+
+    /// A copy of a directory of the repository (e.g. `spec-examples`).
+    pub fn copy_of(src: &Path) -> Ws {
+        let ws = Ws::new(&[]);
+        copy_tree(src, ws.root());
+        ws
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: &str) {
+        self.write_bytes(rel, contents.as_bytes());
+    }
+
+    pub fn write_bytes(&self, rel: &str, contents: &[u8]) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(imgc_bin());
+        c.current_dir(self.root())
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("IMGC_CACHE_DIR");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "imgc {args:?} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Builds with JSON events and returns them.
+    pub fn build(&self, extra: &[&str]) -> Events {
+        let mut args = vec!["build", "--message-format", "json"];
+        args.extend_from_slice(extra);
+        Events::parse(&self.ok(&args).stdout)
+    }
+
+    /// The image layout directory of `//pkg:name`.
+    pub fn layout(&self, pkg: &str, name: &str) -> PathBuf {
+        self.path(&format!("imgc-out/{pkg}/{name}"))
+    }
+}
+
+pub fn copy_tree(src: &Path, dst: &Path) {
+    for e in walkdir::WalkDir::new(src).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(src).unwrap();
+        if rel.components().any(|c| c.as_os_str() == "imgc-out") {
+            continue;
+        }
+        let to = dst.join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &to).unwrap();
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// The JSON events of one build.
+pub struct Events(pub Vec<serde_json::Value>);
+
+impl Events {
+    pub fn parse(stdout: &[u8]) -> Events {
+        Events(
+            String::from_utf8_lossy(stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+                .collect(),
+        )
+    }
+
+    fn of(&self, kind: &str) -> impl Iterator<Item = &serde_json::Value> {
+        let kind = kind.to_string();
+        self.0.iter().filter(move |e| e["event"] == kind.as_str())
+    }
+
+    /// Labels of the actions that ran (not from the cache), sorted.
+    pub fn ran(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .of("finished")
+            .filter(|e| e["cached"] == false)
+            .map(|e| e["label"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Labels served from the cache, sorted.
+    pub fn cached(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .of("finished")
+            .filter(|e| e["cached"] == true)
+            .map(|e| e["label"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The reason given when `label` started.
+    pub fn reason(&self, label: &str) -> Option<String> {
+        self.of("started")
+            .find(|e| e["label"] == label)
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+    }
+
+    pub fn summary(&self) -> &serde_json::Value {
+        self.of("summary").last().expect("no summary event")
+    }
+
+    /// Manifest digests of the materialized images.
+    pub fn images(&self) -> BTreeMap<String, String> {
+        self.of("materialized")
+            .map(|e| (e["label"].as_str().unwrap().to_string(), e["digest"].as_str().unwrap().to_string()))
+            .collect()
+    }
+}
+
+/// Every file under `dir` (relative path → bytes), for byte-for-byte comparisons.
+pub fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            out.insert(rel, std::fs::read(e.path()).unwrap());
+        }
+    }
+    out
+}
+
+/// Asserts two trees hold the same files with the same bytes, naming the first difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree_bytes(a), tree_bytes(b));
+    let ka: Vec<&String> = ta.keys().collect();
+    let kb: Vec<&String> = tb.keys().collect();
+    assert_eq!(ka, kb, "different files in {} and {}", a.display(), b.display());
+    for (k, v) in &ta {
+        assert!(v == &tb[k], "`{k}` differs between {} and {}", a.display(), b.display());
+    }
+    assert!(!ta.is_empty(), "nothing was built in {}", a.display());
+}
+
+/// Is `tool` on PATH?
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The repository's example workspace.
+pub fn spec_examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("spec-examples")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A small two-image workspace: a base with one layer, an app on it with two
+/// layers (one inline).
+pub fn small_ws() -> Ws {
+    Ws::new(&[
+        ("imgc.kdl", "workspace {\n    source-date-epoch 1700000000\n}\n"),
+        (
+            "base/BUILD.kdl",
+            r#"
+layer "files" {
+    text "/etc/os-release" "ID=imgc-test\n"
+    dir "/tmp" mode="1777"
+}
+image "base" {
+    from "scratch"
+    layers ":files"
+    env PATH="/bin"
+}
+"#,
+        ),
+        (
+            "app/BUILD.kdl",
+            r#"
+layer "code" {
+    copy "src" to="/app/"
+    copy "run.sh" to="/app/run.sh" mode="0755"
+}
+image "app" {
+    from "//base:base"
+    layers ":code"
+    layer {
+        copy "config.toml" to="/etc/app/config.toml"
+    }
+    entrypoint "/app/run.sh"
+    tag "example.com/app:1.0"
+}
+"#,
+        ),
+        ("app/src/main.txt", "hello\n"),
+        ("app/src/lib/util.txt", "util\n"),
+        ("app/run.sh", "#!/bin/sh\necho hi\n"),
+        ("app/config.toml", "port = 8080\n"),
+    ])
+}
