@@ -1,0 +1,54 @@
+-- imgc local cache index: schema of `<cache-dir>/v1/imgc.sqlite`.
+--
+-- Loaded by src/cache.rs with include_str!, inside one transaction that also sets
+-- `PRAGMA user_version` to `cache::SCHEMA_VERSION`. Any change to this file must
+-- bump SCHEMA_VERSION (a test pins a hash of this text): there are no migrations,
+-- an old database is simply moved aside and rebuilt, because it is only an index.
+--
+-- Conventions:
+--   * blake3 keys and sha256 digests are stored as 32-byte BLOBs, never as hex text
+--     (use `hex(key)` in the sqlite3 shell to read them);
+--   * times are integers: unix seconds for bookkeeping, nanoseconds for file stat;
+--   * no foreign-key pragmas are relied on: src/cache.rs deletes dependent rows itself.
+
+-- Action cache: an action key -> what the action produced.
+CREATE TABLE action (
+    key         BLOB    NOT NULL PRIMARY KEY CHECK (length(key) = 32),
+    kind        TEXT    NOT NULL,            -- "layer", "image", ... (for humans and stats)
+    label       TEXT    NOT NULL,            -- the target that last produced it (for humans)
+    outputs     TEXT    NOT NULL,            -- opaque JSON, defined by the scheduler
+    created_at  INTEGER NOT NULL,            -- unix seconds, when recorded
+    used_at     INTEGER NOT NULL             -- unix seconds, last hit (for LRU garbage collection)
+) WITHOUT ROWID;
+
+-- The blobs an action's outputs reference: verified present before a hit is trusted,
+-- and the roots of garbage collection in the CAS.
+CREATE TABLE action_blob (
+    key     BLOB    NOT NULL CHECK (length(key) = 32),
+    digest  BLOB    NOT NULL CHECK (length(digest) = 32),
+    size    INTEGER NOT NULL CHECK (size >= 0),
+    PRIMARY KEY (key, digest)
+) WITHOUT ROWID;
+CREATE INDEX action_blob_by_digest ON action_blob (digest);
+
+-- File-hash memo: stat data -> blake3 of the contents, only to skip re-hashing.
+-- Never part of any key. Rows are only written for files whose mtime and ctime are
+-- safely older than the start of the build that hashed them (racy-git rule).
+CREATE TABLE file_memo (
+    path      TEXT    NOT NULL PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,
+    hash      BLOB    NOT NULL CHECK (length(hash) = 32)
+) WITHOUT ROWID;
+
+-- The last build of each label: its key and the JSON of the key's named components,
+-- so the next build can say why it rebuilt ("`src/main.rs` changed").
+CREATE TABLE last_build (
+    label       TEXT    NOT NULL PRIMARY KEY,
+    key         BLOB    NOT NULL CHECK (length(key) = 32),
+    components  TEXT    NOT NULL,
+    built_at    INTEGER NOT NULL             -- unix seconds
+) WITHOUT ROWID;
