@@ -1,1 +1,418 @@
-//! (in progress)
+//! The content-addressed blob store: the only writer of blobs.
+//!
+//! Every byte sequence that becomes an OCI blob (a compressed layer, a config, a
+//! manifest, an imported blob) is stored here once, under the sha256 of its
+//! content: `<cache>/v1/cas/sha256/ab/<hex>` (the first two hex digits fan the
+//! files out over 256 directories). Because the address is the OCI digest, the
+//! store is directly a source of OCI blobs: image layouts hard-link from it.
+//!
+//! # How a blob is written
+//!
+//! [`Cas::writer`] opens a uniquely named temp file (the `tempfile` crate: random
+//! name, `O_EXCL`, so unique across threads and processes) in the store's `tmp`
+//! directory, which lives on the same filesystem as the blobs. The
+//! [`BlobWriter`] hashes everything written through it. [`BlobWriter::commit`]
+//! then flushes, fsyncs, makes the file read-only (`0444`), and publishes it
+//! under its final name with a no-clobber rename (`renameat2(RENAME_NOREPLACE)`
+//! or link + unlink): if the blob is already there, the existing file is kept and
+//! the temp file dropped ("first writer wins"; both had the same content). The
+//! containing directory is fsynced so the name survives a crash.
+//!
+//! So a process killed at any moment leaves at most a temp file in `tmp/`, never
+//! a partial blob under a final name. Stale temp files are garbage for a later
+//! `gc` to sweep; this module never deletes files it did not create, because
+//! another process may be writing them right now.
+//!
+//! # What it deliberately does not do
+//!
+//! - No bookkeeping (sizes, last use, reference counts): that is SQLite's job in
+//!   [`crate::cache`], and SQLite must not live on network filesystems. The store
+//!   is plain immutable files, so the same code serves a **remote directory
+//!   cache**: [`Cas::open_at`] takes any blob and temp directory, and
+//!   [`Cas::open_at_flat`] the flat `cas/sha256/<hex>` layout of DESIGN.md.
+//! - No trust in what is on disk: [`Cas::contains`] is a cheap `stat` for the
+//!   local fast path, but [`Cas::read`] and [`Cas::verify`] re-hash, and a
+//!   mismatch is an error of kind [`io::ErrorKind::InvalidData`]. A caller that
+//!   finds a corrupt blob drops it with [`Cas::remove`] and rebuilds it.
+//! - No compression, no knowledge of media types: a blob is bytes.
+
+use crate::hash::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Size of the read and write buffers used when streaming blobs.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// A content-addressed store of sha256-named, immutable blobs.
+#[derive(Debug, Clone)]
+pub struct Cas {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    /// `ab/<hex>` (local store) or `<hex>` (flat remote layout).
+    fanout: bool,
+}
+
+impl Cas {
+    /// Opens (creating if needed) the local store under a versioned cache root
+    /// (`<cache>/v1`): blobs in `cas/sha256/ab/<hex>`, temp files in `tmp/`.
+    pub fn open(cache_root_v1: &Path) -> io::Result<Cas> {
+        Cas::open_at(
+            &cache_root_v1.join("cas").join("sha256"),
+            &cache_root_v1.join("tmp"),
+        )
+    }
+
+    /// Opens a store with blobs in `blobs_dir/ab/<hex>` and temp files in
+    /// `tmp_dir`, which must be on the same filesystem (renames publish blobs).
+    pub fn open_at(blobs_dir: &Path, tmp_dir: &Path) -> io::Result<Cas> {
+        Cas::open_with(blobs_dir, tmp_dir, true)
+    }
+
+    /// Like [`Cas::open_at`] but with blobs directly in `blobs_dir/<hex>` (the
+    /// remote directory cache layout).
+    pub fn open_at_flat(blobs_dir: &Path, tmp_dir: &Path) -> io::Result<Cas> {
+        Cas::open_with(blobs_dir, tmp_dir, false)
+    }
+
+    fn open_with(blobs_dir: &Path, tmp_dir: &Path, fanout: bool) -> io::Result<Cas> {
+        fs::create_dir_all(blobs_dir).map_err(|e| with_path(e, "create", blobs_dir))?;
+        fs::create_dir_all(tmp_dir).map_err(|e| with_path(e, "create", tmp_dir))?;
+        Ok(Cas {
+            blobs: blobs_dir.to_path_buf(),
+            tmp: tmp_dir.to_path_buf(),
+            fanout,
+        })
+    }
+
+    /// Where the blob with digest `d` lives (whether or not it exists).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        if self.fanout {
+            self.blobs.join(&hex[..2]).join(hex)
+        } else {
+            self.blobs.join(hex)
+        }
+    }
+
+    /// Whether a blob is present (a `stat`, no hashing).
+    pub fn contains(&self, d: &Digest) -> bool {
+        fs::symlink_metadata(self.blob_path(d)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Re-hashes a stored blob. `Ok(false)` if it is missing, has the wrong size,
+    /// or does not hash to `d`; `Err` only for other IO errors.
+    pub fn verify(&self, d: &Digest, expected_size: Option<u64>) -> io::Result<bool> {
+        let path = self.blob_path(d);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(with_path(e, "open", &path)),
+        };
+        let meta = file.metadata().map_err(|e| with_path(e, "stat", &path))?;
+        if !meta.is_file() || expected_size.is_some_and(|s| s != meta.len()) {
+            return Ok(false);
+        }
+        let (digest, size) = hash_reader(&mut file).map_err(|e| with_path(e, "read", &path))?;
+        Ok(digest == *d && size == meta.len())
+    }
+
+    /// Starts writing a new blob; see [`BlobWriter`].
+    pub fn writer(&self) -> io::Result<BlobWriter> {
+        let tmp = tempfile::Builder::new()
+            .prefix(".blob-")
+            .tempfile_in(&self.tmp)
+            .map_err(|e| with_path(e, "create a temp file in", &self.tmp))?;
+        Ok(BlobWriter {
+            out: BufWriter::with_capacity(BUF_SIZE, tmp),
+            sha: Sha256::new(),
+            size: 0,
+            cas: self.clone(),
+        })
+    }
+
+    /// Stores `bytes`, returning their digest and size.
+    pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<(Digest, u64)> {
+        let digest = Digest::of_bytes(bytes);
+        if self.contains(&digest) {
+            return Ok((digest, bytes.len() as u64));
+        }
+        let mut w = self.writer()?;
+        w.write_all(bytes)?;
+        w.commit()
+    }
+
+    /// Reads a whole blob, verifying its digest. A blob that does not hash to
+    /// `d` is an error of kind [`io::ErrorKind::InvalidData`]. Meant for small
+    /// blobs (configs, manifests); stream layers with [`Cas::blob_path`].
+    pub fn read(&self, d: &Digest) -> io::Result<Vec<u8>> {
+        let path = self.blob_path(d);
+        let bytes = fs::read(&path).map_err(|e| with_path(e, "read", &path))?;
+        let actual = Digest::of_bytes(&bytes);
+        if actual != *d {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "corrupt blob `{}`: its content hashes to {actual}",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Copies an external file into the store, verifying that it hashes to
+    /// `expected` (else an [`io::ErrorKind::InvalidData`] error naming `src`, and
+    /// nothing is stored). Returns its size. The source is hashed even when the
+    /// blob is already stored, so a corrupt source is always noticed.
+    pub fn import_file(&self, src: &Path, expected: &Digest) -> io::Result<u64> {
+        let mut file = File::open(src).map_err(|e| with_path(e, "open", src))?;
+        if self.contains(expected) {
+            let (digest, size) = hash_reader(&mut file).map_err(|e| with_path(e, "read", src))?;
+            check_expected(src, expected, &digest)?;
+            return Ok(size);
+        }
+        let mut w = self.writer()?;
+        copy_stream(&mut file, &mut w).map_err(|e| with_path(e, "copy", src))?;
+        let (_, size) = w
+            .commit_expecting(expected)
+            .map_err(|e| with_path(e, "import", src))?;
+        Ok(size)
+    }
+
+    /// Removes a blob (a corrupt one, or garbage collection). Missing is fine.
+    pub fn remove(&self, d: &Digest) -> io::Result<()> {
+        let path = self.blob_path(d);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(with_path(e, "remove", &path)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A blob being written: a temp file plus a running sha256. Dropping it without
+/// [`BlobWriter::commit`] deletes the temp file.
+pub struct BlobWriter {
+    out: BufWriter<tempfile::NamedTempFile>,
+    sha: Sha256,
+    size: u64,
+    cas: Cas,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.size
+    }
+
+    /// Publishes the blob under its digest (see the module docs) and returns
+    /// its digest and size. If the blob already exists, the existing file is kept.
+    pub fn commit(self) -> io::Result<(Digest, u64)> {
+        self.publish(None)
+    }
+
+    /// Like [`BlobWriter::commit`], but stores nothing and fails with
+    /// [`io::ErrorKind::InvalidData`] unless the content hashes to `expected`.
+    pub fn commit_expecting(self, expected: &Digest) -> io::Result<(Digest, u64)> {
+        self.publish(Some(expected))
+    }
+
+    fn publish(self, expected: Option<&Digest>) -> io::Result<(Digest, u64)> {
+        let BlobWriter {
+            out,
+            sha,
+            size,
+            cas,
+        } = self;
+        let digest = sha.finish();
+        let tmp = out.into_inner().map_err(|e| e.into_error())?;
+        if let Some(expected) = expected {
+            check_expected(tmp.path(), expected, &digest)?;
+        }
+        let dest = cas.blob_path(&digest);
+        if cas.contains(&digest) {
+            return Ok((digest, size)); // `tmp` is deleted on drop
+        }
+        let file = tmp.as_file();
+        file.sync_all()
+            .map_err(|e| with_path(e, "fsync", tmp.path()))?;
+        file.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(|e| with_path(e, "chmod", tmp.path()))?;
+        let dir = dest.parent().expect("a blob path has a parent");
+        fs::create_dir_all(dir).map_err(|e| with_path(e, "create", dir))?;
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => {}
+            // Another writer published the same content first: keep theirs.
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(with_path(e.error, "publish", &dest)),
+        }
+        // Make the new name durable; failing to fsync a directory is not fatal
+        // on filesystems that do not support it.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok((digest, size))
+    }
+}
+
+fn check_expected(path: &Path, expected: &Digest, actual: &Digest) -> io::Result<()> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "`{}` does not match its digest: expected {expected}, found {actual}",
+            path.display()
+        ),
+    ))
+}
+
+/// Hashes a whole reader: (sha256, byte count).
+pub(crate) fn hash_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut n_total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        sha.update(&buf[..n]);
+        n_total += n as u64;
+    }
+    Ok((sha.finish(), n_total))
+}
+
+fn copy_stream(r: &mut dyn Read, w: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut n_total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(n_total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        n_total += n as u64;
+    }
+}
+
+/// Adds what was being done and to which path to an IO error, keeping its kind.
+fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {what} `{}`: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Cas) {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("v1")).unwrap();
+        (dir, cas)
+    }
+
+    #[test]
+    fn put_read_and_layout() {
+        let (dir, cas) = store();
+        let (d, n) = cas.put_bytes(b"hello").unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(d, Digest::of_bytes(b"hello"));
+        let p = cas.blob_path(&d);
+        assert_eq!(p, dir.path().join("v1/cas/sha256/2c").join(d.hex()));
+        assert!(cas.contains(&d));
+        assert_eq!(cas.read(&d).unwrap(), b"hello");
+        assert!(cas.verify(&d, Some(5)).unwrap());
+        assert!(!cas.verify(&d, Some(6)).unwrap());
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o444);
+        // Writing it again keeps the one file and leaves no temp files.
+        assert_eq!(cas.put_bytes(b"hello").unwrap(), (d, 5));
+        let mut w = cas.writer().unwrap();
+        w.write_all(b"hel").unwrap();
+        w.write_all(b"lo").unwrap();
+        assert_eq!(w.commit().unwrap(), (d, 5));
+        assert_eq!(fs::read_dir(dir.path().join("v1/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let (dir, cas) = store();
+        let mut w = cas.writer().unwrap();
+        w.write_all(b"partial").unwrap();
+        drop(w);
+        assert_eq!(fs::read_dir(dir.path().join("v1/tmp")).unwrap().count(), 0);
+        assert!(!cas.contains(&Digest::of_bytes(b"partial")));
+    }
+
+    #[test]
+    fn corruption_is_detected_and_removable() {
+        let (_dir, cas) = store();
+        let (d, _) = cas.put_bytes(b"good").unwrap();
+        let p = cas.blob_path(&d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, b"evil").unwrap();
+        assert!(cas.contains(&d));
+        assert!(!cas.verify(&d, None).unwrap());
+        assert_eq!(cas.read(&d).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        cas.remove(&d).unwrap();
+        assert!(!cas.contains(&d));
+        assert!(!cas.verify(&d, None).unwrap());
+        cas.remove(&d).unwrap();
+    }
+
+    #[test]
+    fn import_file_verifies() {
+        let (dir, cas) = store();
+        let src = dir.path().join("src");
+        fs::write(&src, b"payload").unwrap();
+        let good = Digest::of_bytes(b"payload");
+        let bad = Digest::of_bytes(b"other");
+        let e = cas.import_file(&src, &bad).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("src"), "{e}");
+        assert!(!cas.contains(&bad) && !cas.contains(&good));
+        assert_eq!(cas.import_file(&src, &good).unwrap(), 7);
+        assert!(cas.verify(&good, Some(7)).unwrap());
+        // Already present: the source is still checked.
+        fs::write(&src, b"tampered").unwrap();
+        assert!(cas.import_file(&src, &good).is_err());
+    }
+
+    #[test]
+    fn flat_layout_and_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open_at_flat(&dir.path().join("cas"), &dir.path().join("tmp")).unwrap();
+        let d = Digest::of_bytes(b"same");
+        assert_eq!(cas.blob_path(&d), dir.path().join("cas").join(d.hex()));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let mut w = cas.writer().unwrap();
+                    w.write_all(b"same").unwrap();
+                    assert_eq!(w.commit().unwrap(), (d, 4));
+                });
+            }
+        });
+        assert!(cas.verify(&d, Some(4)).unwrap());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,1 +1,928 @@
-//! (in progress)
+//! Deterministic layer tars, compressed and stored while streaming.
+//!
+//! A layer is a list of [`Entry`]s (in-image path, content, mode, owner). This
+//! module turns it into the exact same bytes on every machine:
+//!
+//! 1. [`normalize`] validates paths, sorts entries bytewise by path (so parents
+//!    come before children), adds implicit parent directories (`0755`, `0:0`),
+//!    drops exact duplicates and rejects conflicts (two different entries for one
+//!    path, or a path that is both a non-directory and a parent).
+//! 2. [`write_layer`] writes the tar itself, header by header, with every field
+//!    set explicitly: type, path (directories end with `/`), mode including
+//!    setuid/setgid/sticky bits, uid/gid, empty uname/gname, device numbers 0,
+//!    mtime = the given source-date-epoch, size. No atime/ctime, no xattrs, no
+//!    sparse files. It does not use `tar::Builder` or
+//!    `tar::HeaderMode::Deterministic` (which neither sorts nor lets us choose
+//!    the mtime); `tar::Header` is only used as a typed view of the 512 bytes.
+//! 3. The stream goes tar → sha256 (the `diff_id`) → compressor → sha256 (the
+//!    blob digest, done by [`crate::cas::BlobWriter`]) → a temp file in the CAS. Nothing
+//!    holds a whole layer in memory; a file is read in fixed-size chunks.
+//!
+//! # Tar format
+//!
+//! Every header is POSIX ustar. The one long-path format is **PAX**: a path
+//! longer than 100 bytes (the ustar `name` field; the ustar `prefix` field is
+//! never used, so there is exactly one encoding per path), a link target longer
+//! than 100 bytes, a uid/gid above `0o7777777` or a size above `0o77777777777`
+//! is written as a PAX extended header (`typeflag 'x'`, name
+//! `././@PaxHeader`) right before its entry, with records in a fixed order
+//! (`gid`, `linkpath`, `path`, `size`, `uid`). PAX is the POSIX format and the
+//! one Go's `archive/tar` (Docker, BuildKit, containerd) writes; GNU
+//! `././@LongLink` entries are never produced. The ustar field for such a value
+//! holds the first 100 bytes (paths) or the GNU base-256 number (numbers), as
+//! the `tar` crate encodes it; readers use the PAX record.
+//!
+//! # Compression
+//!
+//! - gzip: flate2 with the zlib-rs backend, level 6, header written by
+//!   `GzBuilder` with mtime 0, OS byte 255, no file name, no comment, no extra
+//!   field (the XFL byte is 0 for level 6).
+//! - zstd: level 3, one thread (the scheduler parallelizes across layers), the
+//!   frame checksum on, no content size (it is unknown while streaming), no
+//!   dictionary id. All set explicitly, not left to library defaults.
+//!
+//! A compressor may emit different (equally valid) bytes for the same input
+//! when it arrives cut into different pieces, so the tar stream reaches the
+//! compressor in fixed 128 KiB chunks whatever the sizes of headers, inline
+//! contents and file reads (a test checks a file source and the same bytes
+//! inline give the same blob).
+//!
+//! The format's [`LayerFormat::identity`] names the tar format revision, the
+//! compressor and its level; it enters layer keys, so changing any of them
+//! rebuilds layers instead of mixing outputs. The diff_id does not depend on the
+//! compressor: it is the stable identity of the layer's content.
+//!
+//! # What it deliberately does not do
+//!
+//! - It does not read the workspace, expand globs or decide modes and owners:
+//!   [`crate::fileset`] does, and hands over finished entries.
+//! - It does not follow symlinks when reading a [`EntryData::File`] source
+//!   (`O_NOFOLLOW` on the last component; directories on the way are the
+//!   fileset's business). A source that became a symlink, is no longer a
+//!   regular file, or whose size differs from the size given (at open time or
+//!   while reading) is an error naming the path, never a silently different
+//!   layer. The caller hashed the file earlier; a change since then must fail
+//!   the build rather than store content the key does not describe.
+//! - No hard links, device nodes or whiteouts: imgc layers are additive.
+
+use crate::cas::Cas;
+use crate::hash::{DiffId, Digest, Sha256};
+use crate::spec::model::Compression;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+/// Revision of the tar encoding below; part of [`LayerFormat::identity`].
+const TAR_FORMAT: &str = "tar-pax-1";
+const BLOCK: usize = 512;
+/// Largest value of an 8-byte octal ustar field (uid, gid).
+const MAX_OCTAL_8: u64 = 0o7777777;
+/// Largest value of a 12-byte octal ustar field (size).
+const MAX_OCTAL_12: u64 = 0o77777777777;
+const PAX_HEADER_NAME: &str = "././@PaxHeader";
+
+/// What an entry holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryData {
+    /// A regular file read from `source`, which must still have `size` bytes.
+    File {
+        source: PathBuf,
+        size: u64,
+    },
+    /// A regular file with inline content.
+    Bytes(Vec<u8>),
+    Dir,
+    /// A symbolic link to the given target (stored as written).
+    Symlink(String),
+}
+
+/// One entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// In-image path without a leading or trailing `/`, e.g. `app/server`.
+    pub path: String,
+    pub data: EntryData,
+    /// Permission bits including setuid/setgid/sticky (`0o7777` at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How a layer is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerFormat {
+    pub compression: Compression,
+    pub level: i32,
+}
+
+impl LayerFormat {
+    /// gzip level 6 or zstd level 3.
+    pub fn default_for(c: Compression) -> Self {
+        let level = match c {
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+        };
+        LayerFormat {
+            compression: c,
+            level,
+        }
+    }
+
+    /// Names everything that decides the blob's bytes besides the entries, e.g.
+    /// `tar-pax-1+gzip/zlib-rs/6` or `tar-pax-1+zstd/3`. Part of layer keys.
+    pub fn identity(&self) -> String {
+        match self.compression {
+            Compression::Gzip => format!("{TAR_FORMAT}+gzip/zlib-rs/{}", self.level),
+            Compression::Zstd => format!("{TAR_FORMAT}+zstd/{}", self.level),
+        }
+    }
+
+    pub fn media_type(&self) -> &'static str {
+        match self.compression {
+            Compression::Gzip => MEDIA_TYPE_GZIP,
+            Compression::Zstd => MEDIA_TYPE_ZSTD,
+        }
+    }
+}
+
+pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+/// Errors building a layer; each names the in-image path or source it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("invalid path `{path}` in layer: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("invalid mode {mode:#o} for `{path}` (at most 0o7777)")]
+    InvalidMode { path: String, mode: u32 },
+    #[error("two different entries write `{path}`")]
+    Conflict { path: String },
+    #[error("`{parent}` is not a directory but `{child}` is inside it")]
+    NotADirectory { parent: String, child: String },
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("`{}` changed while building the layer: {reason}", path.display())]
+    SourceChanged { path: PathBuf, reason: String },
+    #[error("cannot write the layer blob: {0}")]
+    Store(#[source] io::Error),
+}
+
+/// Validates, sorts, de-duplicates and completes (implicit parents) entries.
+pub fn normalize(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
+    let mut map: BTreeMap<String, Entry> = BTreeMap::new();
+    for e in entries {
+        validate_path(&e.path)?;
+        if e.mode > 0o7777 {
+            return Err(LayerError::InvalidMode {
+                path: e.path,
+                mode: e.mode,
+            });
+        }
+        match map.get(&e.path) {
+            Some(prev) if *prev != e => return Err(LayerError::Conflict { path: e.path }),
+            Some(_) => {}
+            None => {
+                map.insert(e.path.clone(), e);
+            }
+        }
+    }
+    let mut implicit = Vec::new();
+    for (path, _) in map.iter() {
+        let mut end = 0;
+        while let Some(i) = path[end..].find('/') {
+            let parent = &path[..end + i];
+            end += i + 1;
+            match map.get(parent) {
+                Some(p) if p.data == EntryData::Dir => {}
+                Some(_) => {
+                    return Err(LayerError::NotADirectory {
+                        parent: parent.to_string(),
+                        child: path.clone(),
+                    });
+                }
+                None => implicit.push(parent.to_string()),
+            }
+        }
+    }
+    for path in implicit {
+        map.entry(path.clone()).or_insert(Entry {
+            path,
+            data: EntryData::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    Ok(map.into_values().collect())
+}
+
+fn validate_path(path: &str) -> Result<(), LayerError> {
+    let bad = |reason| {
+        Err(LayerError::InvalidPath {
+            path: path.to_string(),
+            reason,
+        })
+    };
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.starts_with('/') {
+        return bad("starts with `/`");
+    }
+    if path.contains('\0') {
+        return bad("contains a NUL byte");
+    }
+    for c in path.split('/') {
+        match c {
+            "" => return bad("has an empty component (`//` or a trailing `/`)"),
+            "." | ".." => return bad("has a `.` or `..` component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// What [`write_layer`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerOutput {
+    /// sha256 of the compressed blob (stored in the CAS).
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: DiffId,
+    /// Size of the compressed blob.
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Writes `entries` (as returned by [`normalize`]) as a compressed tar into the
+/// CAS. `mtime` is the source-date-epoch, used for every entry.
+pub fn write_layer(
+    entries: &[Entry],
+    format: &LayerFormat,
+    mtime: u64,
+    cas: &Cas,
+) -> Result<LayerOutput, LayerError> {
+    let blob = cas.writer().map_err(LayerError::Store)?;
+    let (diff_id, blob) = match format.compression {
+        Compression::Gzip => {
+            let level = flate2::Compression::new(format.level.clamp(0, 9) as u32);
+            let enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(255)
+                .write(blob, level);
+            let (diff_id, enc) = write_tar(entries, mtime, enc)?;
+            (diff_id, enc.finish().map_err(LayerError::Store)?)
+        }
+        Compression::Zstd => {
+            let mut enc =
+                zstd::stream::write::Encoder::new(blob, format.level).map_err(LayerError::Store)?;
+            enc.include_checksum(true).map_err(LayerError::Store)?;
+            enc.include_contentsize(false).map_err(LayerError::Store)?;
+            enc.include_dictid(false).map_err(LayerError::Store)?;
+            enc.long_distance_matching(false)
+                .map_err(LayerError::Store)?;
+            let (diff_id, enc) = write_tar(entries, mtime, enc)?;
+            (diff_id, enc.finish().map_err(LayerError::Store)?)
+        }
+    };
+    let (digest, size) = blob.commit().map_err(LayerError::Store)?;
+    Ok(LayerOutput {
+        digest,
+        diff_id: DiffId(diff_id),
+        size,
+        media_type: format.media_type().to_string(),
+    })
+}
+
+/// Size of the chunks handed to the compressor.
+const CHUNK: usize = 128 * 1024;
+
+/// The tar stream's sink: hashes it (the diff_id) and hands it to the
+/// compressor in chunks of exactly [`CHUNK`] bytes (the last one shorter).
+/// Compressors may emit different (equally valid) bytes for the same input cut
+/// into different pieces; fixed chunks make the blob independent of how entries
+/// and files happen to be read.
+struct TarSink<W: Write> {
+    inner: W,
+    sha: Sha256,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> TarSink<W> {
+    fn new(inner: W) -> Self {
+        TarSink {
+            inner,
+            sha: Sha256::new(),
+            buf: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn finish(mut self) -> io::Result<(Digest, W)> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+        }
+        Ok((self.sha.finish(), self.inner))
+    }
+}
+
+impl<W: Write> Write for TarSink<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.sha.update(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+
+    /// Does nothing: flushing a partial chunk would change the chunking.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the tar stream into `out`, returning its sha256 and `out`.
+fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> Result<(Digest, W), LayerError> {
+    let mut w = TarSink::new(out);
+    for e in entries {
+        write_entry(&mut w, e, mtime)?;
+    }
+    // End of archive: two zero blocks.
+    w.write_all(&[0u8; 2 * BLOCK]).map_err(LayerError::Store)?;
+    w.finish().map_err(LayerError::Store)
+}
+
+fn write_entry(w: &mut impl Write, e: &Entry, mtime: u64) -> Result<(), LayerError> {
+    let (kind, size, link) = match &e.data {
+        EntryData::File { size, .. } => (tar::EntryType::Regular, *size, None),
+        EntryData::Bytes(b) => (tar::EntryType::Regular, b.len() as u64, None),
+        EntryData::Dir => (tar::EntryType::Directory, 0, None),
+        EntryData::Symlink(t) => (tar::EntryType::Symlink, 0, Some(t.as_str())),
+    };
+    let name = match e.data {
+        EntryData::Dir => format!("{}/", e.path),
+        _ => e.path.clone(),
+    };
+
+    // PAX records, in a fixed (sorted) key order.
+    let mut pax: Vec<(&str, String)> = Vec::new();
+    if u64::from(e.gid) > MAX_OCTAL_8 {
+        pax.push(("gid", e.gid.to_string()));
+    }
+    if let Some(t) = link.filter(|t| t.len() > 100) {
+        pax.push(("linkpath", t.to_string()));
+    }
+    if name.len() > 100 {
+        pax.push(("path", name.clone()));
+    }
+    if size > MAX_OCTAL_12 {
+        pax.push(("size", size.to_string()));
+    }
+    if u64::from(e.uid) > MAX_OCTAL_8 {
+        pax.push(("uid", e.uid.to_string()));
+    }
+    if !pax.is_empty() {
+        let mut body = Vec::new();
+        for (k, v) in &pax {
+            body.extend_from_slice(&pax_record(k, v));
+        }
+        let h = header(
+            PAX_HEADER_NAME.as_bytes(),
+            tar::EntryType::XHeader,
+            body.len() as u64,
+            None,
+            0o644,
+            0,
+            0,
+            mtime,
+        );
+        w.write_all(h.as_bytes()).map_err(LayerError::Store)?;
+        w.write_all(&body).map_err(LayerError::Store)?;
+        pad(w, body.len() as u64)?;
+    }
+
+    let h = header(
+        name.as_bytes(),
+        kind,
+        size,
+        link.map(str::as_bytes),
+        e.mode,
+        e.uid.into(),
+        e.gid.into(),
+        mtime,
+    );
+    w.write_all(h.as_bytes()).map_err(LayerError::Store)?;
+    match &e.data {
+        EntryData::File { source, size } => copy_source(w, source, *size)?,
+        EntryData::Bytes(b) => w.write_all(b).map_err(LayerError::Store)?,
+        EntryData::Dir | EntryData::Symlink(_) => {}
+    }
+    pad(w, size)
+}
+
+/// One ustar header with every field set explicitly. Values too long or too
+/// large for their field are truncated (names) or base-256 encoded (numbers);
+/// the caller has written a PAX header with the real value before it.
+#[allow(clippy::too_many_arguments)]
+fn header(
+    name: &[u8],
+    kind: tar::EntryType,
+    size: u64,
+    link: Option<&[u8]>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+) -> tar::Header {
+    let mut h = tar::Header::new_ustar(); // magic "ustar\0", version "00"
+    {
+        let u = h.as_ustar_mut().expect("a ustar header");
+        copy_truncated(&mut u.name, name);
+        copy_truncated(&mut u.linkname, link.unwrap_or(b""));
+        u.uname = [0; 32];
+        u.gname = [0; 32];
+        u.prefix = [0; 155];
+    }
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(gid);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_device_major(0).expect("ustar has device fields");
+    h.set_device_minor(0).expect("ustar has device fields");
+    h.set_cksum();
+    h
+}
+
+fn copy_truncated(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+/// A PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    format!("{len} {key}={value}\n").into_bytes()
+}
+
+fn pad(w: &mut impl Write, size: u64) -> Result<(), LayerError> {
+    let rem = (size % BLOCK as u64) as usize;
+    if rem != 0 {
+        w.write_all(&[0u8; BLOCK][..BLOCK - rem])
+            .map_err(LayerError::Store)?;
+    }
+    Ok(())
+}
+
+/// Copies exactly `size` bytes of a regular file, refusing symlinks and any
+/// change of size before or during the copy.
+fn copy_source(w: &mut impl Write, source: &PathBuf, size: u64) -> Result<(), LayerError> {
+    let changed = |reason: String| LayerError::SourceChanged {
+        path: source.clone(),
+        reason,
+    };
+    let read_err = |e: io::Error| LayerError::Read {
+        path: source.clone(),
+        source: e,
+    };
+    let mut f = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(source)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(changed("it is now a symbolic link".into()));
+        }
+        Err(e) => return Err(read_err(e)),
+    };
+    let meta = f.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(changed("it is no longer a regular file".into()));
+    }
+    if meta.len() != size {
+        return Err(changed(format!(
+            "its size is {} bytes, expected {size}",
+            meta.len()
+        )));
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(changed(format!(
+                    "it shrank while being read ({} of {size} bytes)",
+                    size - left
+                )));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        w.write_all(&buf[..n]).map_err(LayerError::Store)?;
+        left -= n as u64;
+    }
+    let mut one = [0u8; 1];
+    loop {
+        match f.read(&mut one) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(changed("it grew while being read".into())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn e(path: &str, data: EntryData, mode: u32) -> Entry {
+        Entry {
+            path: path.into(),
+            data,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn file(path: &str, content: &str) -> Entry {
+        e(path, EntryData::Bytes(content.as_bytes().to_vec()), 0o644)
+    }
+
+    fn cas() -> (tempfile::TempDir, Cas) {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(&dir.path().join("v1")).unwrap();
+        (dir, cas)
+    }
+
+    fn decompress(cas: &Cas, out: &LayerOutput) -> Vec<u8> {
+        let blob = cas.read(&out.digest).unwrap();
+        let mut tar = Vec::new();
+        if out.media_type == MEDIA_TYPE_GZIP {
+            flate2::read::GzDecoder::new(&blob[..])
+                .read_to_end(&mut tar)
+                .unwrap();
+        } else {
+            zstd::stream::read::Decoder::new(&blob[..])
+                .unwrap()
+                .read_to_end(&mut tar)
+                .unwrap();
+        }
+        tar
+    }
+
+    fn fixture() -> Vec<Entry> {
+        let mut suid = file("usr/bin/tool", "#!/bin/sh\n");
+        suid.mode = 0o4755;
+        let mut owned = e("var/lib/app", EntryData::Dir, 0o700);
+        owned.uid = 10001;
+        owned.gid = 10001;
+        normalize(vec![
+            file("etc/app/version", "1.2.3\n"),
+            suid,
+            owned,
+            e(
+                "app/current",
+                EntryData::Symlink("/app/server".into()),
+                0o777,
+            ),
+            file("app/server", "binary"),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn golden_digests() {
+        let (_d, cas) = cas();
+        let entries = fixture();
+        let gz = write_layer(
+            &entries,
+            &LayerFormat::default_for(Compression::Gzip),
+            0,
+            &cas,
+        )
+        .unwrap();
+        let zs = write_layer(
+            &entries,
+            &LayerFormat::default_for(Compression::Zstd),
+            0,
+            &cas,
+        )
+        .unwrap();
+        assert_eq!(gz.diff_id, zs.diff_id);
+        assert_eq!(
+            gz.diff_id.to_string(),
+            "sha256:2e145d91ba9bc4a666e435c134644eb9f49fbd3b4d629663d5e344f2e5df407a"
+        );
+        assert_eq!(
+            gz.digest.to_string(),
+            "sha256:30c083723ffabfea45dfbb73fd0eeefde1b5cd03a21d2991b643e2b03d14ee07"
+        );
+        assert_eq!(
+            zs.digest.to_string(),
+            "sha256:0b4e8c1608c84fa16f7f605e31c89cefeb80e908ec3fc8be686122c7c5e0e04d"
+        );
+        assert_eq!(gz.media_type, MEDIA_TYPE_GZIP);
+        assert_eq!(zs.media_type, MEDIA_TYPE_ZSTD);
+        // gzip header: magic, deflate, no flags, mtime 0, XFL 0, OS 255.
+        let blob = cas.read(&gz.digest).unwrap();
+        assert_eq!(&blob[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+        assert_eq!(gz.size, blob.len() as u64);
+    }
+
+    #[test]
+    fn diff_id_is_sha256_of_decompressed_blob() {
+        let (_d, cas) = cas();
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let out = write_layer(&fixture(), &LayerFormat::default_for(c), 7, &cas).unwrap();
+            assert_eq!(out.diff_id.0, Digest::of_bytes(&decompress(&cas, &out)));
+        }
+    }
+
+    #[test]
+    fn header_fields() {
+        let (_d, cas) = cas();
+        let out = write_layer(
+            &fixture(),
+            &LayerFormat::default_for(Compression::Gzip),
+            1_700_000_000,
+            &cas,
+        )
+        .unwrap();
+        let tar = decompress(&cas, &out);
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for ent in ar.entries().unwrap() {
+            let mut ent = ent.unwrap();
+            let h = ent.header().clone();
+            let path = String::from_utf8(ent.path_bytes().to_vec()).unwrap();
+            assert_eq!(h.mtime().unwrap(), 1_700_000_000, "{path}");
+            assert_eq!(h.username_bytes(), Some(&b""[..]), "{path}");
+            assert_eq!(h.groupname_bytes(), Some(&b""[..]), "{path}");
+            assert!(h.as_ustar().is_some(), "{path}");
+            assert_eq!(h.device_major().unwrap(), Some(0));
+            let mut body = Vec::new();
+            ent.read_to_end(&mut body).unwrap();
+            let link = h.link_name().unwrap().map(|l| l.display().to_string());
+            seen.push((
+                path,
+                h.entry_type(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.size().unwrap(),
+                link,
+                body,
+            ));
+        }
+        use tar::EntryType::{Directory as D, Regular as R, Symlink as S};
+        type Row<'a> = (
+            &'a str,
+            tar::EntryType,
+            u32,
+            u64,
+            u64,
+            u64,
+            Option<&'a str>,
+            &'a [u8],
+        );
+        let expect: Vec<Row> = vec![
+            ("app/", D, 0o755, 0, 0, 0, None, b""),
+            ("app/current", S, 0o777, 0, 0, 0, Some("/app/server"), b""),
+            ("app/server", R, 0o644, 0, 0, 6, None, b"binary"),
+            ("etc/", D, 0o755, 0, 0, 0, None, b""),
+            ("etc/app/", D, 0o755, 0, 0, 0, None, b""),
+            ("etc/app/version", R, 0o644, 0, 0, 6, None, b"1.2.3\n"),
+            ("usr/", D, 0o755, 0, 0, 0, None, b""),
+            ("usr/bin/", D, 0o755, 0, 0, 0, None, b""),
+            ("usr/bin/tool", R, 0o4755, 0, 0, 10, None, b"#!/bin/sh\n"),
+            ("var/", D, 0o755, 0, 0, 0, None, b""),
+            ("var/lib/", D, 0o755, 0, 0, 0, None, b""),
+            ("var/lib/app/", D, 0o700, 10001, 10001, 0, None, b""),
+        ];
+        assert_eq!(seen.len(), expect.len());
+        for (s, x) in seen.iter().zip(&expect) {
+            assert_eq!(s.0, x.0);
+            assert_eq!(s.1, x.1, "{}", x.0);
+            assert_eq!((s.2, s.3, s.4, s.5), (x.2, x.3, x.4, x.5), "{}", x.0);
+            assert_eq!(s.6.as_deref(), x.6, "{}", x.0);
+            assert_eq!(s.7, x.7, "{}", x.0);
+        }
+    }
+
+    #[test]
+    fn sorting_parents_and_duplicates() {
+        let n = normalize(vec![
+            file("b", "x"),
+            file("a-b", "x"),
+            file("a/z", "x"),
+            file("a/b", "x"),
+            file("a/b", "x"), // exact duplicate: dropped
+        ])
+        .unwrap();
+        let paths: Vec<&str> = n.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a", "a-b", "a/b", "a/z", "b"]);
+        assert_eq!(n[0].data, EntryData::Dir);
+        assert_eq!((n[0].mode, n[0].uid, n[0].gid), (0o755, 0, 0));
+        // An explicit dir overrides the implicit one, in any order.
+        let n = normalize(vec![file("tmp/x", "x"), e("tmp", EntryData::Dir, 0o1777)]).unwrap();
+        assert_eq!(n[0].mode, 0o1777);
+    }
+
+    #[test]
+    fn conflicts_and_bad_paths() {
+        let err = normalize(vec![file("a", "x"), file("a", "y")]).unwrap_err();
+        assert!(
+            matches!(err, LayerError::Conflict { ref path } if path == "a"),
+            "{err}"
+        );
+        let err = normalize(vec![
+            e("d", EntryData::Dir, 0o755),
+            e("d", EntryData::Dir, 0o700),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, LayerError::Conflict { .. }));
+        let err = normalize(vec![file("a/b/c", "x"), file("a/b", "y")]).unwrap_err();
+        assert!(
+            matches!(err, LayerError::NotADirectory { ref parent, ref child } if parent == "a/b" && child == "a/b/c"),
+            "{err}"
+        );
+        let err = normalize(vec![
+            e("l", EntryData::Symlink("/x".into()), 0o777),
+            file("l/f", "x"),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, LayerError::NotADirectory { .. }));
+        for bad in ["", "/abs", "a//b", "a/", "a/../b", "./a"] {
+            assert!(
+                matches!(
+                    normalize(vec![file(bad, "x")]),
+                    Err(LayerError::InvalidPath { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            normalize(vec![e("a", EntryData::Dir, 0o17777)]),
+            Err(LayerError::InvalidMode { .. })
+        ));
+    }
+
+    #[test]
+    fn long_paths_and_links_use_pax() {
+        let (_d, cas) = cas();
+        let long_dir = "d".repeat(60);
+        let long = format!("{long_dir}/{}", "f".repeat(120));
+        let target = format!("/{}", "t".repeat(150));
+        let mut big = file("big-ids", "x");
+        big.uid = 3_000_000;
+        big.gid = 4_000_000;
+        let entries = normalize(vec![
+            file(&long, "long"),
+            e("link", EntryData::Symlink(target.clone()), 0o777),
+            big,
+        ])
+        .unwrap();
+        let out = write_layer(
+            &entries,
+            &LayerFormat::default_for(Compression::Zstd),
+            0,
+            &cas,
+        )
+        .unwrap();
+        let tar = decompress(&cas, &out);
+        let mut ar = tar::Archive::new(&tar[..]);
+        let got: Vec<(String, Option<String>, u64, u64)> = ar
+            .entries()
+            .unwrap()
+            .map(|en| {
+                let en = en.unwrap();
+                (
+                    en.path().unwrap().display().to_string(),
+                    en.link_name().unwrap().map(|l| l.display().to_string()),
+                    en.header().uid().unwrap(),
+                    en.header().gid().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("big-ids".to_string(), None, 3_000_000, 4_000_000),
+                (format!("{long_dir}/"), None, 0, 0),
+                (long.clone(), None, 0, 0),
+                ("link".to_string(), Some(target), 0, 0),
+            ]
+        );
+        // PAX, never GNU long names.
+        assert!(!tar.windows(13).any(|w| w == b"././@LongLink"));
+        assert!(tar.windows(14).any(|w| w == PAX_HEADER_NAME.as_bytes()));
+        assert_eq!(pax_record("path", "abc"), b"12 path=abc\n");
+        assert_eq!(pax_record("a", "bcde"), b"9 a=bcde\n");
+        // 9 bytes + 1 digit would be 10, which needs 2 digits: 11.
+        assert_eq!(pax_record("a", "bcdef"), b"11 a=bcdef\n");
+    }
+
+    #[test]
+    fn file_sources_are_streamed_and_checked() {
+        let (dir, cas) = cas();
+        let src = dir.path().join("src.bin");
+        let content: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &content).unwrap();
+        let entry = |size| {
+            normalize(vec![e(
+                "data.bin",
+                EntryData::File {
+                    source: src.clone(),
+                    size,
+                },
+                0o644,
+            )])
+            .unwrap()
+        };
+        // Same blob as inline content, whatever the read pattern.
+        for c in [Compression::Zstd, Compression::Gzip] {
+            let fmt = LayerFormat::default_for(c);
+            let from_file = write_layer(&entry(content.len() as u64), &fmt, 0, &cas).unwrap();
+            let inline = normalize(vec![e(
+                "data.bin",
+                EntryData::Bytes(content.clone()),
+                0o644,
+            )])
+            .unwrap();
+            assert_eq!(write_layer(&inline, &fmt, 0, &cas).unwrap(), from_file);
+        }
+        let fmt = LayerFormat::default_for(Compression::Gzip);
+        let out = write_layer(&entry(content.len() as u64), &fmt, 0, &cas).unwrap();
+        let tar = decompress(&cas, &out);
+        let mut ar = tar::Archive::new(&tar[..]);
+        let mut body = Vec::new();
+        ar.entries()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, content);
+        // Same bytes as inline content.
+        let inline = normalize(vec![e(
+            "data.bin",
+            EntryData::Bytes(content.clone()),
+            0o644,
+        )])
+        .unwrap();
+        assert_eq!(write_layer(&inline, &fmt, 0, &cas).unwrap(), out);
+
+        let err = write_layer(&entry(5), &fmt, 0, &cas).unwrap_err();
+        assert!(matches!(err, LayerError::SourceChanged { .. }), "{err}");
+        assert!(err.to_string().contains("src.bin"), "{err}");
+
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&src, &link).unwrap();
+        let entries = vec![e(
+            "l",
+            EntryData::File {
+                source: link,
+                size: content.len() as u64,
+            },
+            0o644,
+        )];
+        let err = write_layer(&entries, &fmt, 0, &cas).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+
+        let entries = vec![e(
+            "m",
+            EntryData::File {
+                source: dir.path().join("missing"),
+                size: 1,
+            },
+            0o644,
+        )];
+        let err = write_layer(&entries, &fmt, 0, &cas).unwrap_err();
+        assert!(matches!(err, LayerError::Read { .. }), "{err}");
+        // Failed layers leave no temp files behind.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("v1/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}
