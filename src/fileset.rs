@@ -386,16 +386,6 @@ fn copy_glob(
     Ok(())
 }
 
-/// Stat data of a file, for the memo.
-pub fn stat_key(meta: &std::fs::Metadata) -> StatKey {
-    StatKey {
-        size: meta.len(),
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        inode: meta.ino(),
-        mode: meta.mode(),
-    }
-}
-
 /// blake3 of a file's contents, streamed.
 pub fn hash_file(path: &Path) -> std::io::Result<Key> {
     let mut f = std::fs::File::open(path)?;
@@ -419,13 +409,12 @@ pub struct Hashed {
 }
 
 /// Hashes every file `(workspace-relative path, absolute path)`, through the memo.
-/// `trust_before_ns`: stat data with an mtime at or after it is too fresh to be
-/// remembered (the file may change again within the filesystem's timestamp
-/// granularity without its stat data changing).
+/// The stat is taken before the contents are read, so an edit during the read
+/// shows up as a stat change next time. (Whether a learnt entry is fresh enough
+/// to be trusted later is decided by [`crate::cache::Cache::store_memo`].)
 pub fn hash_files<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a Path)>,
     memo: &FileMemo,
-    trust_before_ns: i64,
 ) -> std::io::Result<Hashed> {
     let mut out = Hashed::default();
     for (rel, abs) in files {
@@ -434,14 +423,12 @@ pub fn hash_files<'a>(
         }
         let meta = std::fs::symlink_metadata(abs)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
-        let stat = stat_key(&meta);
+        let stat = StatKey::from_metadata(&meta);
         let key = match memo.lookup(rel, &stat) {
             Some(k) => k,
             None => {
                 let k = hash_file(abs).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
-                if stat.mtime_ns < trust_before_ns {
-                    out.learnt.push((rel.to_string(), MemoEntry { stat, hash: k }));
-                }
+                out.learnt.push((rel.to_string(), MemoEntry { stat, hash: k }));
                 k
             }
         };

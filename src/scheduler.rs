@@ -26,7 +26,7 @@
 //! function of the inputs alone, which the `-j1` vs `-jN` tests check.
 
 use crate::action::{Components, ImageOut, Output, Reason, params_hash};
-use crate::cache::{Cache, FileMemo, MemoEntry};
+use crate::cache::{BlobRef, Cache, FileMemo, MemoEntry, StatKey};
 use crate::cas::Cas;
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
@@ -140,10 +140,6 @@ pub struct Engine<'a> {
     pub reporter: &'a mut Reporter,
 }
 
-/// Slack for filesystems with coarse timestamps: a file modified less than this
-/// before the build started is hashed every time until it is older.
-const MEMO_RACE_WINDOW_NS: i64 = 2_000_000_000;
-
 impl Engine<'_> {
     /// Builds `requested` and everything they depend on; materializes the
     /// requested images.
@@ -159,7 +155,7 @@ impl Engine<'_> {
                 FileMemo::default()
             }
         };
-        let trust_before_ns = now_ns() - MEMO_RACE_WINDOW_NS;
+        let build_start = std::time::SystemTime::now();
         let pool = match rayon::ThreadPoolBuilder::new().num_threads(self.settings.jobs.max(1)).build() {
             Ok(p) => p,
             Err(e) => {
@@ -179,7 +175,13 @@ impl Engine<'_> {
             })
             .collect();
         let mut keys: BTreeMap<NodeIndex, (Key, Components)> = BTreeMap::new();
+        let memo = &memo;
         let mut learnt: Vec<(String, MemoEntry)> = Vec::new();
+        let mut checks = BlobChecks {
+            memo,
+            learnt: Vec::new(),
+            verified: BTreeSet::new(),
+        };
         let mut in_flight = 0usize;
         let mut stop = false;
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -187,7 +189,6 @@ impl Engine<'_> {
         let root = self.root;
         let cas = self.cas;
         let settings = self.settings.clone();
-        let memo = &memo;
 
         pool.in_place_scope(|scope| {
             let mut ready: Vec<NodeIndex> =
@@ -217,7 +218,7 @@ impl Engine<'_> {
                         let settings = &settings;
                         in_flight += 1;
                         scope.spawn(move |_| {
-                            let r = key_with_io(root, graph, n, settings, memo, trust_before_ns);
+                            let r = key_with_io(root, graph, n, settings, memo);
                             let _ = tx.send(Msg::Keyed(n, r));
                         });
                     }
@@ -236,7 +237,7 @@ impl Engine<'_> {
                         learnt.extend(k.learnt);
                         let label = graph.node(n).label.to_string();
                         let last = self.cache.last_build(&label).ok().flatten();
-                        match self.lookup(&k.key) {
+                        match self.lookup(&k.key, &mut checks) {
                             Some(output) => {
                                 if last.as_ref().map(|(key, _)| *key) != Some(k.key) {
                                     let _ = self.cache.set_last_build(&label, &k.key, &k.components.to_json());
@@ -292,7 +293,8 @@ impl Engine<'_> {
                     Msg::Ran(n, Ok(output), took) => {
                         let (key, components) = keys.remove(&n).expect("ran without a key");
                         let label = graph.node(n).label.to_string();
-                        let blobs: Vec<Digest> = output.blobs().into_iter().map(|(d, _)| d).collect();
+                        let blobs: Vec<BlobRef> =
+                            output.blobs().into_iter().map(|(digest, size)| BlobRef { digest, size }).collect();
                         if let Err(e) = self.cache.put_action(&key, graph.node(n).kind_name(), &label, &output.to_json(), &blobs) {
                             summary.warnings.push(format!("cannot record `{label}` in the action cache: {e}"));
                         }
@@ -355,9 +357,10 @@ impl Engine<'_> {
             }
         });
 
+        learnt.append(&mut checks.learnt);
         if !learnt.is_empty()
             && !self.settings.dry_run
-            && let Err(e) = self.cache.store_memo(&learnt)
+            && let Err(e) = self.cache.store_memo(build_start, &learnt)
         {
             summary.warnings.push(format!("cannot update the file-hash memo: {e}"));
         }
@@ -414,13 +417,13 @@ impl Engine<'_> {
         }
     }
 
-    /// A cache hit whose every blob is present with its recorded size.
-    fn lookup(&mut self, key: &Key) -> Option<Output> {
+    /// A cache hit whose every blob is present and intact.
+    fn lookup(&mut self, key: &Key, checks: &mut BlobChecks<'_>) -> Option<Output> {
         let record = self.cache.get_action(key).ok().flatten()?;
         let output = Output::from_json(&record.outputs_json)?;
         let mut ok = true;
         for (digest, size) in output.blobs() {
-            if !self.cas.has_valid_size(&digest, size) {
+            if !checks.intact(self.cas, &digest, size) {
                 let _ = self.cas.remove(&digest);
                 ok = false;
             }
@@ -477,10 +480,67 @@ impl Engine<'_> {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
+/// Checks that blobs of cache hits are in the CAS, of the recorded size, with
+/// the content their name says.
+///
+/// Re-hashing every blob of every hit would make a no-op build read every
+/// layer, so verification is remembered like file hashes are: once a blob has
+/// been verified, its stat data goes into the memo (as `cas:<hex>`, with the
+/// blake3 of its content), and later hits only compare the stat data. A blob
+/// changed in place (even to the same size) changes its mtime and ctime, and is
+/// verified again, found bad, and not used.
+struct BlobChecks<'m> {
+    memo: &'m FileMemo,
+    learnt: Vec<(String, MemoEntry)>,
+    /// Blobs already found intact in this build (shared base layers are checked once).
+    verified: BTreeSet<Digest>,
+}
+
+impl BlobChecks<'_> {
+    fn intact(&mut self, cas: &Cas, d: &Digest, size: u64) -> bool {
+        if self.verified.contains(d) {
+            return true;
+        }
+        let path = cas.blob_path(d);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return false;
+        };
+        if meta.len() != size {
+            return false;
+        }
+        let stat = StatKey::from_metadata(&meta);
+        let memo_path = format!("cas:{}", d.hex());
+        let ok = if self.memo.lookup(&memo_path, &stat).is_some() {
+            true
+        } else if let Ok(Some(content)) = verify_blob(&path, d) {
+            self.learnt.push((memo_path, MemoEntry { stat, hash: content }));
+            true
+        } else {
+            false
+        };
+        if ok {
+            self.verified.insert(*d);
+        }
+        ok
+    }
+}
+
+/// Reads a blob once: its sha256 must equal `d`; returns its blake3.
+fn verify_blob(path: &Path, d: &Digest) -> std::io::Result<Option<Key>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut sha = crate::hash::Sha256::new();
+    let mut b3 = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        b3.update(&buf[..n]);
+    }
+    Ok((sha.finish() == *d).then(|| Key(*b3.finalize().as_bytes())))
 }
 
 /// The canonical hash of everything in an image spec that shapes its config.
@@ -567,7 +627,6 @@ fn key_with_io(
     n: NodeIndex,
     settings: &Settings,
     memo: &FileMemo,
-    trust_before_ns: i64,
 ) -> Result<Keyed, ActionError> {
     let node = graph.node(n);
     match &node.target.kind {
@@ -580,7 +639,7 @@ fn key_with_io(
                     _ => None,
                 })
                 .collect();
-            let hashed = fileset::hash_files(files, memo, trust_before_ns)
+            let hashed = fileset::hash_files(files, memo)
                 .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
             let mut c = Components::new("layer");
             c.set("format", settings.format.identity());
@@ -631,7 +690,7 @@ fn key_with_io(
                 }
                 files.push((ws_rel.clone(), abs.clone()));
             }
-            let hashed = fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path())), memo, trust_before_ns)
+            let hashed = fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path())), memo)
                 .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
             let mut c = Components::new("import");
             c.set("platform", settings.platform.to_string());
