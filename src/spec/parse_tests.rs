@@ -597,3 +597,41 @@ fn mutations_never_panic() {
         }
     }
 }
+
+// -- the book's examples ---------------------------------------------------------
+
+/// The ```kdl blocks of a markdown text (```kdl,invalid blocks are skipped).
+fn kdl_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_end()) {
+            (None, "```kdl") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), l) => {
+                block.push_str(l);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn book_spec_reference_examples_parse_cleanly() {
+    let book = include_str!("../../book/src/spec-reference.md");
+    let blocks = kdl_blocks(book);
+    assert!(blocks.len() >= 10, "found only {} kdl blocks", blocks.len());
+    for block in blocks {
+        let diags = if block.trim_start().starts_with("workspace") {
+            parse_workspace_file(0, &block).1
+        } else {
+            parse_build_file(0, "services/api", &block).1
+        };
+        assert!(diags.is_empty(), "book example:\n{block}\n{diags:#?}");
+    }
+}
