@@ -621,13 +621,23 @@ mod tests {
 
     /// Builds a one-layer scratch image into `cas`; returns (manifest, blobs).
     fn scratch_image(cas: &Cas, content: &str) -> ((Digest, u64), Vec<(Digest, u64)>) {
-        let entries = normalize(vec![Entry {
-            path: "app/hello".into(),
-            data: EntryData::Bytes(content.as_bytes().to_vec()),
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        }])
+        let long = format!("app/{}/{}", "d".repeat(90), "f".repeat(90));
+        let entries = normalize(vec![
+            Entry {
+                path: "app/hello".into(),
+                data: EntryData::Bytes(content.as_bytes().to_vec()),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+            Entry {
+                path: long,
+                data: EntryData::Bytes(b"long".to_vec()),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        ])
         .unwrap();
         let layer = write_layer(
             &entries,
@@ -915,5 +925,23 @@ mod tests {
             fs::read_to_string(bundle.join("rootfs/app/hello")).unwrap(),
             "hello from imgc\n"
         );
+        let long = format!("rootfs/app/{}/{}", "d".repeat(90), "f".repeat(90));
+        assert_eq!(fs::read_to_string(bundle.join(long)).unwrap(), "long");
+        // skopeo reads it too, when installed.
+        if Path::new("/usr/bin/skopeo").exists() {
+            let out = std::process::Command::new("/usr/bin/skopeo")
+                .arg("inspect")
+                .arg(format!("oci:{}:latest", dest.display()))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "skopeo failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["Architecture"], "amd64");
+            assert_eq!(v["Layers"][0], blobs[1].0.to_string());
+        }
     }
 }
