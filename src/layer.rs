@@ -925,4 +925,95 @@ mod tests {
             0
         );
     }
+
+    /// Throughput of `write_layer` on ~200 MB of semi-compressible data.
+    /// `cargo test --release --lib layer::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let (dir, cas) = cas();
+        const WORDS: &[&str] = &[
+            "layer",
+            "image",
+            "the",
+            "of",
+            "container",
+            "digest",
+            "build",
+            "cache",
+            "and",
+            "monorepo",
+            "a",
+            "deterministic",
+            "tar",
+            "compression",
+            "to",
+            "manifest",
+            "config",
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        for f in 0..20 {
+            let mut data = Vec::with_capacity(10 << 20);
+            while data.len() < 10 << 20 {
+                if rnd() % 4 == 0 {
+                    for _ in 0..(16 * 1024 / 8) {
+                        data.extend_from_slice(&rnd().to_le_bytes());
+                    }
+                } else {
+                    let start = data.len();
+                    while data.len() - start < 48 * 1024 {
+                        data.extend_from_slice(
+                            WORDS[(rnd() % WORDS.len() as u64) as usize].as_bytes(),
+                        );
+                        data.push(if rnd() % 12 == 0 { b'\n' } else { b' ' });
+                    }
+                }
+            }
+            let src = dir.path().join(format!("f{f}"));
+            std::fs::write(&src, &data).unwrap();
+            total += data.len() as u64;
+            entries.push(e(
+                &format!("data/f{f}"),
+                EntryData::File {
+                    source: src,
+                    size: data.len() as u64,
+                },
+                0o644,
+            ));
+        }
+        let entries = normalize(entries).unwrap();
+        // The bare compressors on the same bytes, in memory, for comparison.
+        let data = std::fs::read(dir.path().join("f0")).unwrap();
+        let t = std::time::Instant::now();
+        let mut gz = flate2::write::GzEncoder::new(io::sink(), flate2::Compression::new(6));
+        gz.write_all(&data).unwrap();
+        gz.finish().unwrap();
+        let mb = data.len() as f64 / 1e6;
+        println!("bare gzip-6: {:.1} MB/s", mb / t.elapsed().as_secs_f64());
+        let t = std::time::Instant::now();
+        zstd::stream::copy_encode(&data[..], io::sink(), 3).unwrap();
+        println!("bare zstd-3: {:.1} MB/s", mb / t.elapsed().as_secs_f64());
+        for c in [Compression::Gzip, Compression::Zstd] {
+            let fmt = LayerFormat::default_for(c);
+            let t = std::time::Instant::now();
+            let out = write_layer(&entries, &fmt, 0, &cas).unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{}: {:.0} MB in {:.2} s = {:.1} MB/s (ratio {:.2})",
+                fmt.identity(),
+                total as f64 / 1e6,
+                secs,
+                total as f64 / 1e6 / secs,
+                out.size as f64 / total as f64
+            );
+        }
+    }
 }
