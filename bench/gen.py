@@ -19,7 +19,7 @@ so a cold `imgc build //...` hashes, tars and compresses about
     gen.py --out /tmp/w --images 100 --files-per-layer 1000 --file-size 4096    # 101k small files
 
 File contents are deterministic for a seed (same arguments, same bytes, on any
-machine and Python 3 version) and semi-compressible like real images: a mix of
+machine, Python 3.9 or later) and semi-compressible like real images: a mix of
 text-like lines and random bytes, about 2.5x with gzip -6 at the default
 --random-fraction 0.1 (more random bytes: less compressible). Every file is
 distinct (it starts with its own path), so no two files deduplicate. Files are

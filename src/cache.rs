@@ -64,6 +64,11 @@
 //! [`FileMemo::lookup`] only compares stat data. Callers must take the stat *before*
 //! reading the contents they hash, so a concurrent edit shows up as a stat change. The
 //! ctime is part of [`StatKey`] because, unlike mtime, no user tool can set it back.
+//!
+//! Memo rows are keyed by the path the caller gives. Use the file's absolute path:
+//! the memo never enters a key, so absolute paths are harmless there, and two
+//! checkouts sharing one cache directory then keep separate rows instead of
+//! overwriting each other's on every build.
 
 use crate::hash::{Digest, Key};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
