@@ -15,8 +15,8 @@ Build mode (default) writes:
 
 so a cold `imgc build //...` hashes, tars and compresses about
 (N + 1) * F * BYTES bytes. Examples:
-    gen.py --out /tmp/w --images 10 --files-per-layer 100 --file-size 1048576   # ~1.1 GB
-    gen.py --out /tmp/w --images 100 --files-per-layer 1000 --file-size 4096    # 101k small files
+    gen.py --out bench-ws --images 10 --files-per-layer 100 --file-size 1048576   # ~1.1 GB
+    gen.py --out bench-ws --images 100 --files-per-layer 1000 --file-size 4096    # 101k small files
 
 File contents are deterministic for a seed (same arguments, same bytes, on any
 machine, Python 3.9 or later) and semi-compressible like real images: a mix of
