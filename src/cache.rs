@@ -27,6 +27,9 @@
 //! a file that is not a database, a corrupt one, or one with another schema version is
 //! moved aside (to `imgc.sqlite.bad`) and a fresh one is created, with a warning
 //! returned to the caller. Only environment errors (permissions, a full disk) fail.
+//! Damage found later, by a query (an error with [`CacheError::is_corrupt`]), is
+//! handled the same way by [`Cache::recover`]: the caller warns and goes on with an
+//! empty index.
 //!
 //! The remote cache never holds SQLite: SQLite's locking and WAL do not work on
 //! network filesystems. It is a directory of immutable files handled by `cas`.
@@ -64,6 +67,11 @@
 //! [`FileMemo::lookup`] only compares stat data. Callers must take the stat *before*
 //! reading the contents they hash, so a concurrent edit shows up as a stat change. The
 //! ctime is part of [`StatKey`] because, unlike mtime, no user tool can set it back.
+//!
+//! Memo rows are keyed by the path the caller gives. Use the file's absolute path:
+//! the memo never enters a key, so absolute paths are harmless there, and two
+//! checkouts sharing one cache directory then keep separate rows instead of
+//! overwriting each other's on every build.
 
 use crate::hash::{Digest, Key};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -382,6 +390,34 @@ impl Cache {
         c.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
         Ok(())
+    }
+
+    /// Replaces a database found corrupt after opening (any call returned an error
+    /// with [`CacheError::is_corrupt`]): moves the file aside and starts a new one, like
+    /// [`Cache::open`] does. Returns the warning to show. An in-memory cache is simply
+    /// emptied.
+    pub fn recover(&mut self) -> Result<String, CacheError> {
+        let memory = Connection::open_in_memory().map_err(|e| self.db_err(e))?;
+        // Closes the damaged file before it is renamed.
+        drop(std::mem::replace(&mut self.conn, memory));
+        if self.path == ":memory:" {
+            *self = Cache::open_in_memory()?;
+            return Ok("the in-memory cache was corrupt and was emptied".to_string());
+        }
+        let path = PathBuf::from(&self.path);
+        let aside = move_aside(&path)?;
+        *self = Cache::try_open(&path).map_err(|u| match u {
+            Unusable::Fail(e) => e,
+            Unusable::Replace(what) => CacheError::Corrupt {
+                path: path.display().to_string(),
+                what,
+            },
+        })?;
+        Ok(format!(
+            "cache database `{}` is corrupt; moved it to `{}` and started a new one",
+            path.display(),
+            aside.display()
+        ))
     }
 
     fn db_err(&self, source: rusqlite::Error) -> CacheError {
@@ -1075,6 +1111,41 @@ mod tests {
         let (c, warning) = Cache::open(&path).unwrap();
         assert!(warning.is_some());
         assert_eq!(c.get_action(&key(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn corruption_found_after_open_is_reported_and_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        let page_size: usize;
+        {
+            let (mut c, _) = Cache::open(&path).unwrap();
+            c.put_action(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)])
+                .unwrap();
+            page_size = c
+                .conn
+                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+                .unwrap() as usize;
+            c.conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+        }
+        // Page 1 (header and schema) intact, every table page garbage: opening works,
+        // reading an action does not.
+        let mut bytes = std::fs::read(&path).unwrap();
+        for b in &mut bytes[page_size..] {
+            *b = 0x5A;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut c, warning) = Cache::open(&path).unwrap();
+        assert_eq!(warning, None);
+        let err = c.get_action(&key(1)).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+        let warning = c.recover().unwrap();
+        assert!(warning.contains("imgc.sqlite.bad"), "{warning}");
+        assert_eq!(c.get_action(&key(1)).unwrap(), None);
+        c.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+        assert!(dir.path().join("imgc.sqlite.bad").exists());
     }
 
     #[test]
