@@ -1325,19 +1325,58 @@ mod tests {
         let t = std::time::Instant::now();
         zstd::stream::copy_encode(&data[..], io::sink(), 3).unwrap();
         println!("bare zstd-3: {:.1} MB/s", mb / t.elapsed().as_secs_f64());
-        for c in [Compression::Gzip, Compression::Zstd] {
+        let mut gz_size = 0;
+        for (c, threads) in [
+            (Compression::Gzip, 1),
+            (Compression::Gzip, 0),
+            (Compression::Zstd, 0),
+        ] {
             let fmt = LayerFormat::default_for(c);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads) // 0: one per core
+                .build()
+                .unwrap();
             let t = std::time::Instant::now();
-            let out = write_layer(&entries, &fmt, 0, &cas).unwrap();
+            let out = pool.install(|| write_layer(&entries, &fmt, 0, &cas).unwrap());
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "{}: {:.0} MB in {:.2} s = {:.1} MB/s (ratio {:.2})",
+                "{} ({} threads): {:.0} MB in {:.2} s = {:.1} MB/s (ratio {:.3})",
                 fmt.identity(),
+                pool.current_num_threads(),
                 total as f64 / 1e6,
                 secs,
                 total as f64 / 1e6 / secs,
                 out.size as f64 / total as f64
             );
+            if c == Compression::Gzip {
+                gz_size = out.size;
+            }
+        }
+        // GNU gzip -6 on the same tar, from a file, for comparison.
+        let tar_path = dir.path().join("layer.tar");
+        write_tar(&entries, 0, File::create(&tar_path).unwrap()).unwrap();
+        let gz_path = dir.path().join("layer.tar.gz");
+        let t = std::time::Instant::now();
+        let status = std::process::Command::new("gzip")
+            .arg("-6")
+            .arg("-c")
+            .arg(&tar_path)
+            .stdout(File::create(&gz_path).unwrap())
+            .status();
+        let secs = t.elapsed().as_secs_f64();
+        match status {
+            Ok(s) if s.success() => {
+                let size = std::fs::metadata(&gz_path).unwrap().len();
+                println!(
+                    "gzip -6: {:.0} MB in {:.2} s = {:.1} MB/s (ratio {:.3}); imgc gzip is {:.2}% larger",
+                    total as f64 / 1e6,
+                    secs,
+                    total as f64 / 1e6 / secs,
+                    size as f64 / total as f64,
+                    (gz_size as f64 / size as f64 - 1.0) * 100.0
+                );
+            }
+            other => println!("gzip -6 not measured: {other:?}"),
         }
     }
 }
