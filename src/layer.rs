@@ -36,8 +36,8 @@
 //!
 //! - gzip: a series of independent gzip **members**, one per 1 MiB of the tar
 //!   stream (the last one shorter), each compressed by libdeflate at level 6.
-//!   RFC 1952 defines a gzip file as a series of members, and every reader
-//!   that matters decodes them as one stream: Go's `compress/gzip` (containerd,
+//!   RFC 1952 defines a gzip file as a series of members, and the readers
+//!   that matter decode them as one stream: Go's `compress/gzip` (containerd,
 //!   umoci, skopeo, Docker), GNU gzip, zlib's `gzread`, Python, flate2's
 //!   `MultiGzDecoder`. This is how gzip layers get fast: libdeflate is about
 //!   1.5× zlib per core but only compresses whole buffers, and independent
@@ -68,15 +68,16 @@
 //!
 //! A streaming compressor (zstd here) may emit different (equally valid) bytes
 //! for the same input when it arrives cut into different pieces, so the tar
-//! stream reaches the compressor in fixed 128 KiB chunks whatever the sizes of headers, inline
-//! contents and file reads (a test checks a file source and the same bytes
-//! inline give the same blob).
+//! stream reaches the compressor in fixed 128 KiB chunks whatever the sizes of
+//! headers, inline contents and file reads (a test checks a file source and
+//! the same bytes inline give the same blob).
 //!
 //! The format's [`LayerFormat::identity`] names the tar format revision, the
 //! compressor and its level (and for gzip the member size, e.g.
-//! `tar-pax-1+gzip/libdeflate/6/members-1MiB`); it enters layer keys, so changing any of them
-//! rebuilds layers instead of mixing outputs. The diff_id does not depend on the
-//! compressor: it is the stable identity of the layer's content.
+//! `tar-pax-1+gzip/libdeflate/6/members-1MiB`); it enters layer keys, so
+//! changing any of them rebuilds layers instead of mixing outputs. The diff_id
+//! does not depend on the compressor: it is the stable identity of the layer's
+//! content.
 //!
 //! # What it deliberately does not do
 //!
@@ -157,7 +158,8 @@ impl LayerFormat {
     }
 
     /// Names everything that decides the blob's bytes besides the entries, e.g.
-    /// `tar-pax-1+gzip/libdeflate/6/members-1MiB` or `tar-pax-1+zstd/3`. Part of layer keys.
+    /// `tar-pax-1+gzip/libdeflate/6/members-1MiB` or `tar-pax-1+zstd/3`. Part
+    /// of layer keys.
     pub fn identity(&self) -> String {
         match self.compression {
             Compression::Gzip => format!(
