@@ -142,7 +142,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn between(current: &Components, last: Option<&Components>, detail_if_same: &str) -> Reason {
+    pub fn between(
+        current: &Components,
+        last: Option<&Components>,
+        detail_if_same: &str,
+    ) -> Reason {
         match last {
             None => Reason::NeverBuilt,
             Some(old) => {
@@ -164,7 +168,8 @@ impl fmt::Display for Reason {
             Reason::CacheMiss(why) => f.write_str(why),
             Reason::Changed(changes) => {
                 const SHOWN: usize = 3;
-                let parts: Vec<String> = changes.iter().take(SHOWN).map(|c| c.to_string()).collect();
+                let parts: Vec<String> =
+                    changes.iter().take(SHOWN).map(|c| c.to_string()).collect();
                 f.write_str(&parts.join(", "))?;
                 if changes.len() > SHOWN {
                     write!(f, " and {} more", changes.len() - SHOWN)?;

@@ -96,6 +96,19 @@ impl Cas {
         }
     }
 
+    /// How many blobs the store holds and their total size in bytes.
+    pub fn usage(&self) -> io::Result<(u64, u64)> {
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for entry in walkdir::WalkDir::new(&self.blobs) {
+            let entry = entry.map_err(io::Error::other)?;
+            if entry.file_type().is_file() {
+                count += 1;
+                bytes += entry.metadata().map_err(io::Error::other)?.len();
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// Whether a blob is present (a `stat`, no hashing).
     pub fn contains(&self, d: &Digest) -> bool {
         fs::symlink_metadata(self.blob_path(d)).is_ok_and(|m| m.is_file())

@@ -27,7 +27,9 @@ use crate::diag::{Code, Diag};
 use crate::graph::Graph;
 use crate::hash::Key;
 use crate::layer::{Entry, EntryData};
-use crate::spec::model::{CopySource, FileId, LayerEntry, LayerSpec, Mode, Owner, Spanned, TargetKind};
+use crate::spec::model::{
+    CopySource, FileId, LayerEntry, LayerSpec, Mode, Owner, Spanned, TargetKind,
+};
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use miette::SourceSpan;
 use petgraph::graph::NodeIndex;
@@ -53,9 +55,12 @@ struct Ctx<'a> {
 /// [`crate::layer::normalize`]). Every problem is a diagnostic pointing at the
 /// spec entry that caused it.
 pub fn expand_layer(root: &Path, graph: &Graph, node: NodeIndex) -> Result<Vec<Planned>, Diag> {
-    let canonical_root = root
-        .canonicalize()
-        .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read the workspace root: {e}")))?;
+    let canonical_root = root.canonicalize().map_err(|e| {
+        Diag::new(
+            Code::SourceMissing,
+            format!("cannot read the workspace root: {e}"),
+        )
+    })?;
     let ctx = Ctx {
         root,
         canonical_root,
@@ -90,7 +95,10 @@ fn mode_of(m: &Option<Spanned<Mode>>) -> Option<u32> {
 
 /// In-image path without the leading `/`, with `//` and a trailing `/` removed.
 pub fn image_path(p: &str) -> String {
-    p.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    p.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn join_image(dir: &str, name: &str) -> String {
@@ -147,7 +155,9 @@ fn expand_entry(
             ),
             source: None,
         }),
-        LayerEntry::Dir { path, mode, owner, .. } => out.push(Planned {
+        LayerEntry::Dir {
+            path, mode, owner, ..
+        } => out.push(Planned {
             entry: entry(
                 image_path(&path.value),
                 EntryData::Dir,
@@ -157,7 +167,10 @@ fn expand_entry(
             source: None,
         }),
         LayerEntry::Symlink {
-            path, target, owner, ..
+            path,
+            target,
+            owner,
+            ..
         } => out.push(Planned {
             entry: entry(
                 image_path(&path.value),
@@ -182,7 +195,8 @@ fn expand_entry(
             match &src.value {
                 CopySource::Target(label) => {
                     let dep = ctx.graph.get(label).ok_or_else(|| {
-                        Diag::new(Code::UnknownLabel, format!("unknown label `{label}`")).at(file, src.span)
+                        Diag::new(Code::UnknownLabel, format!("unknown label `{label}`"))
+                            .at(file, src.span)
                     })?;
                     let mut inner = Vec::new();
                     expand_into(ctx, dep, &mut inner)?;
@@ -195,13 +209,36 @@ fn expand_entry(
                     let ws_rel = pkg_join(package, rel);
                     let abs = checked_source(ctx, &ws_rel, file, src.span)?;
                     let name = rel.rsplit('/').next().unwrap_or(rel);
-                    let target = if into_dir { join_image(&dest, name) } else { dest };
-                    copy_path(ctx, &abs, &ws_rel, &target, mode_of(mode), owner, &excludes, package, out)
-                        .map_err(|d| d.at(file, src.span))?;
+                    let target = if into_dir {
+                        join_image(&dest, name)
+                    } else {
+                        dest
+                    };
+                    copy_path(
+                        ctx,
+                        &abs,
+                        &ws_rel,
+                        &target,
+                        mode_of(mode),
+                        owner,
+                        &excludes,
+                        package,
+                        out,
+                    )
+                    .map_err(|d| d.at(file, src.span))?;
                 }
                 CopySource::Glob(pattern) => {
-                    copy_glob(ctx, package, pattern, &dest, mode_of(mode), owner, &excludes, out)
-                        .map_err(|d| d.at(file, src.span))?;
+                    copy_glob(
+                        ctx,
+                        package,
+                        pattern,
+                        &dest,
+                        mode_of(mode),
+                        owner,
+                        &excludes,
+                        out,
+                    )
+                    .map_err(|d| d.at(file, src.span))?;
                 }
             }
         }
@@ -228,13 +265,21 @@ fn glob(pattern: &str) -> Result<Glob, Diag> {
 
 /// The absolute path of a workspace-relative source, refusing one that does not
 /// exist or whose parent directory resolves (through symlinks) outside the workspace.
-fn checked_source(ctx: &Ctx<'_>, ws_rel: &str, file: FileId, span: SourceSpan) -> Result<PathBuf, Diag> {
+fn checked_source(
+    ctx: &Ctx<'_>,
+    ws_rel: &str,
+    file: FileId,
+    span: SourceSpan,
+) -> Result<PathBuf, Diag> {
     let abs = ctx.root.join(ws_rel);
     if std::fs::symlink_metadata(&abs).is_err() {
-        return Err(Diag::new(Code::SourceMissing, format!("source `{ws_rel}` does not exist"))
-            .at(file, span)
-            .label("not found")
-            .help("source paths are relative to the directory of the BUILD.kdl"));
+        return Err(Diag::new(
+            Code::SourceMissing,
+            format!("source `{ws_rel}` does not exist"),
+        )
+        .at(file, span)
+        .label("not found")
+        .help("source paths are relative to the directory of the BUILD.kdl"));
     }
     let parent = abs.parent().unwrap_or(ctx.root);
     match parent.canonicalize() {
@@ -248,7 +293,11 @@ fn checked_source(ctx: &Ctx<'_>, ws_rel: &str, file: FileId, span: SourceSpan) -
 }
 
 fn default_file_mode(meta: &std::fs::Metadata) -> u32 {
-    if meta.mode() & 0o111 != 0 { 0o755 } else { 0o644 }
+    if meta.mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -267,10 +316,19 @@ fn copy_path(
         .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}")))?;
     let ft = meta.file_type();
     if ft.is_symlink() {
-        let target = std::fs::read_link(abs)
-            .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read the symlink `{ws_rel}`: {e}")))?;
+        let target = std::fs::read_link(abs).map_err(|e| {
+            Diag::new(
+                Code::SourceMissing,
+                format!("cannot read the symlink `{ws_rel}`: {e}"),
+            )
+        })?;
         out.push(Planned {
-            entry: entry(dest.to_string(), EntryData::Symlink(target.to_string_lossy().into_owned()), 0o777, owner),
+            entry: entry(
+                dest.to_string(),
+                EntryData::Symlink(target.to_string_lossy().into_owned()),
+                0o777,
+                owner,
+            ),
             source: None,
         });
     } else if ft.is_file() {
@@ -300,7 +358,10 @@ fn copy_path(
         for name in children {
             let name = name.to_string_lossy().into_owned();
             let child_rel = format!("{ws_rel}/{name}");
-            let pkg_rel = child_rel.strip_prefix(package).unwrap_or(&child_rel).trim_start_matches('/');
+            let pkg_rel = child_rel
+                .strip_prefix(package)
+                .unwrap_or(&child_rel)
+                .trim_start_matches('/');
             if excludes.is_match(pkg_rel) {
                 continue;
             }
@@ -346,7 +407,9 @@ fn copy_glob(
     let base_abs = ctx.root.join(pkg_join(package, &base));
     let mut matched = 0usize;
     if base_abs.is_dir() {
-        let walker = walkdir::WalkDir::new(&base_abs).follow_links(false).sort_by_file_name();
+        let walker = walkdir::WalkDir::new(&base_abs)
+            .follow_links(false)
+            .sort_by_file_name();
         for item in walker.into_iter().filter_map(|e| e.ok()) {
             if item.depth() == 0 || item.file_type().is_dir() {
                 continue;
@@ -379,9 +442,14 @@ fn copy_glob(
         }
     }
     if matched == 0 {
-        return Err(Diag::new(Code::SourceMissing, format!("glob `{pattern}` matches no file"))
-            .label("no match")
-            .help("globs are relative to the directory of the BUILD.kdl; `*` stops at `/`, `**` does not"));
+        return Err(Diag::new(
+            Code::SourceMissing,
+            format!("glob `{pattern}` matches no file"),
+        )
+        .label("no match")
+        .help(
+            "globs are relative to the directory of the BUILD.kdl; `*` stops at `/`, `**` does not",
+        ));
     }
     Ok(())
 }
@@ -424,11 +492,16 @@ pub fn hash_files<'a>(
         let meta = std::fs::symlink_metadata(abs)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
         let stat = StatKey::from_metadata(&meta);
-        let key = match memo.lookup(rel, &stat) {
+        // The memo is keyed by absolute path: two checkouts may share one cache.
+        let memo_path = abs.to_string_lossy();
+        let key = match memo.lookup(&memo_path, &stat) {
             Some(k) => k,
             None => {
-                let k = hash_file(abs).map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
-                out.learnt.push((rel.to_string(), MemoEntry { stat, hash: k }));
+                let k = hash_file(abs).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
+                })?;
+                out.learnt
+                    .push((memo_path.into_owned(), MemoEntry { stat, hash: k }));
                 k
             }
         };

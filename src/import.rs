@@ -61,6 +61,7 @@ pub struct ImportedImage {
     pub config_size: u64,
     pub layers: Vec<LayerDesc>,
     pub manifest_digest: Digest,
+    pub manifest_size: u64,
 }
 
 /// Why an import failed; every variant names the file concerned.
@@ -194,6 +195,7 @@ pub fn import_oci_layout(
         config_size: cdesc.size(),
         layers,
         manifest_digest: mdigest,
+        manifest_size: mdesc.size(),
     })
 }
 
@@ -527,7 +529,7 @@ pub fn import_docker_archive(
         });
     }
     let manifest = build_manifest((config_digest, config_size), &layers, BTreeMap::new());
-    let (manifest_digest, _) =
+    let (manifest_digest, manifest_size) =
         cas.put_bytes(&canonical_json(&manifest))
             .map_err(|e| ImportError::Store {
                 path: tarball.to_path_buf(),
@@ -539,6 +541,7 @@ pub fn import_docker_archive(
         config_size,
         layers,
         manifest_digest,
+        manifest_size,
     })
 }
 
@@ -659,7 +662,7 @@ mod tests {
         let src = cas_in(dir.path(), "a");
         let (m, blobs) = image(&src, "hi", &amd64());
         let layout = dir.path().join("layout");
-        write_layout(&layout, &src, m, &blobs, "latest").unwrap();
+        write_layout(&layout, &src, m, &blobs, &["latest".to_string()]).unwrap();
         let dst = cas_in(dir.path(), "b");
         let img = import_oci_layout(&layout, &amd64(), &dst).unwrap();
         assert_eq!(img.manifest_digest, m.0);
@@ -733,7 +736,7 @@ mod tests {
         let src = cas_in(dir.path(), "a");
         let (m, blobs) = image(&src, "hi", &amd64());
         let layout = dir.path().join("layout");
-        write_layout(&layout, &src, m, &blobs, "latest").unwrap();
+        write_layout(&layout, &src, m, &blobs, &["latest".to_string()]).unwrap();
         // Same size, different bytes (the file is a hard link: replace it).
         let p = layout.join("blobs/sha256").join(blobs[1].hex());
         let mut bytes = fs::read(&p).unwrap();
@@ -890,7 +893,7 @@ mod tests {
                 &cas,
                 (img.manifest_digest, m.len() as u64),
                 &blobs,
-                "x",
+                &["x".to_string()],
             )
             .unwrap();
             check_layout(&out).unwrap();

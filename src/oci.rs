@@ -298,17 +298,18 @@ pub fn build_manifest(
 }
 
 /// The `index.json` of a layout holding one manifest named `ref_name`.
-pub fn build_index(manifest: (Digest, u64), ref_name: &str) -> ImageIndex {
-    let ann = HashMap::from([(ANNOTATION_REF_NAME.to_string(), ref_name.to_string())]);
+pub fn build_index(manifest: (Digest, u64), ref_names: &[String]) -> ImageIndex {
+    let manifests = ref_names
+        .iter()
+        .map(|r| {
+            let ann = HashMap::from([(ANNOTATION_REF_NAME.to_string(), r.clone())]);
+            descriptor(MEDIA_TYPE_MANIFEST, &manifest.0, manifest.1, Some(ann))
+        })
+        .collect::<Vec<_>>();
     ImageIndexBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageIndex)
-        .manifests(vec![descriptor(
-            MEDIA_TYPE_MANIFEST,
-            &manifest.0,
-            manifest.1,
-            Some(ann),
-        )])
+        .manifests(manifests)
         .build()
         .expect("all index fields are set")
 }
@@ -320,7 +321,7 @@ pub fn write_layout(
     cas: &Cas,
     manifest: (Digest, u64),
     blobs: &[Digest],
-    ref_name: &str,
+    ref_names: &[String],
 ) -> io::Result<()> {
     let parent = dest
         .parent()
@@ -338,7 +339,7 @@ pub fn write_layout(
     write_file(&root.join("oci-layout"), OCI_LAYOUT)?;
     write_file(
         &root.join("index.json"),
-        &canonical_json(&build_index(manifest, ref_name)),
+        &canonical_json(&build_index(manifest, ref_names)),
     )?;
     let blob_dir = root.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir).map_err(|e| ctx(e, "create", &blob_dir))?;
@@ -401,25 +402,36 @@ fn swap_into_place(new: &Path, dest: &Path) -> io::Result<()> {
 
 /// Whether `dest` already is the layout [`write_layout`] would write: same
 /// `oci-layout` and `index.json` bytes, and every blob (the manifest and
-/// `blobs`) present with its size. Stats only; no hashing.
+/// `blobs`) present with its size and, where it was hard-linked, still the very
+/// file the CAS holds (so a blob the CAS replaced after damage is linked
+/// again). Stats only; no hashing.
 pub fn layout_is_current(
     dest: &Path,
+    cas: &Cas,
     manifest: (Digest, u64),
     blobs: &[(Digest, u64)],
-    ref_name: &str,
+    ref_names: &[String],
 ) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let same = |p: PathBuf, want: &[u8]| fs::read(p).is_ok_and(|b| b == want);
     if !same(dest.join("oci-layout"), OCI_LAYOUT)
         || !same(
             dest.join("index.json"),
-            &canonical_json(&build_index(manifest, ref_name)),
+            &canonical_json(&build_index(manifest, ref_names)),
         )
     {
         return false;
     }
     std::iter::once(&manifest).chain(blobs).all(|(d, size)| {
-        fs::symlink_metadata(dest.join("blobs").join("sha256").join(d.hex()))
-            .is_ok_and(|m| m.is_file() && m.len() == *size)
+        let Ok(out) = fs::symlink_metadata(dest.join("blobs").join("sha256").join(d.hex())) else {
+            return false;
+        };
+        let Ok(stored) = fs::metadata(cas.blob_path(d)) else {
+            return false;
+        };
+        let same_file = out.dev() == stored.dev() && out.ino() == stored.ino();
+        let copied = out.dev() != stored.dev();
+        out.is_file() && out.len() == *size && (same_file || copied)
     })
 }
 
@@ -861,11 +873,29 @@ mod tests {
         let (manifest, blobs) = scratch_image(&cas, "hi\n");
         let digests: Vec<Digest> = blobs.iter().map(|b| b.0).collect();
         let dest = dir.path().join("out/pkg/image");
-        assert!(!layout_is_current(&dest, manifest, &blobs, "latest"));
-        write_layout(&dest, &cas, manifest, &digests, "latest").unwrap();
+        assert!(!layout_is_current(
+            &dest,
+            &cas,
+            manifest,
+            &blobs,
+            &["latest".to_string()]
+        ));
+        write_layout(&dest, &cas, manifest, &digests, &["latest".to_string()]).unwrap();
         check_layout(&dest).unwrap();
-        assert!(layout_is_current(&dest, manifest, &blobs, "latest"));
-        assert!(!layout_is_current(&dest, manifest, &blobs, "other"));
+        assert!(layout_is_current(
+            &dest,
+            &cas,
+            manifest,
+            &blobs,
+            &["latest".to_string()]
+        ));
+        assert!(!layout_is_current(
+            &dest,
+            &cas,
+            manifest,
+            &blobs,
+            &["other".to_string()]
+        ));
         let index = fs::read_to_string(dest.join("index.json")).unwrap();
         assert!(
             index.contains(r#""org.opencontainers.image.ref.name":"latest""#),
@@ -875,9 +905,15 @@ mod tests {
         // Replace with another image: old blobs go, nothing is left beside it.
         let (manifest2, blobs2) = scratch_image(&cas, "bye\n");
         let digests2: Vec<Digest> = blobs2.iter().map(|b| b.0).collect();
-        write_layout(&dest, &cas, manifest2, &digests2, "latest").unwrap();
+        write_layout(&dest, &cas, manifest2, &digests2, &["latest".to_string()]).unwrap();
         check_layout(&dest).unwrap();
-        assert!(layout_is_current(&dest, manifest2, &blobs2, "latest"));
+        assert!(layout_is_current(
+            &dest,
+            &cas,
+            manifest2,
+            &blobs2,
+            &["latest".to_string()]
+        ));
         assert!(!dest.join("blobs/sha256").join(manifest.0.hex()).exists());
         let siblings: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().collect();
         assert_eq!(siblings.len(), 1);
@@ -889,7 +925,13 @@ mod tests {
         let errs = check_layout(&dest).unwrap_err();
         assert!(errs.iter().any(|e| e.contains("hashes to")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("size")), "{errs:?}");
-        assert!(!layout_is_current(&dest, manifest2, &blobs2, "latest"));
+        assert!(!layout_is_current(
+            &dest,
+            &cas,
+            manifest2,
+            &blobs2,
+            &["latest".to_string()]
+        ));
     }
 
     #[test]
@@ -906,7 +948,7 @@ mod tests {
         let (manifest, blobs) = scratch_image(&cas, "hello from imgc\n");
         let digests: Vec<Digest> = blobs.iter().map(|b| b.0).collect();
         let dest = dir.path().join("layout");
-        write_layout(&dest, &cas, manifest, &digests, "latest").unwrap();
+        write_layout(&dest, &cas, manifest, &digests, &["latest".to_string()]).unwrap();
         let bundle = dir.path().join("bundle");
         let out = std::process::Command::new(umoci)
             .arg("unpack")

@@ -74,7 +74,9 @@ pub fn error(err: &CmdError) {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// The build will consider this many actions.
-    Planned { actions: usize },
+    Planned {
+        actions: usize,
+    },
     /// An action starts running (its key missed the cache), and why.
     Started {
         label: &'a Label,
@@ -92,19 +94,27 @@ pub enum Event<'a> {
         duration: Duration,
     },
     /// Dry runs: this action would run.
-    WouldRun { label: &'a Label, reason: &'a str },
+    WouldRun {
+        label: &'a Label,
+        reason: &'a str,
+    },
     Failed {
         label: &'a Label,
         error: &'a ActionError,
     },
-    Skipped { label: &'a Label, because: &'a str },
+    Skipped {
+        label: &'a Label,
+        because: &'a str,
+    },
     /// An image layout was written (or found current) at `path`.
     Materialized {
         label: &'a Label,
         path: &'a Path,
         digest: &'a Digest,
     },
-    Warning { message: &'a str },
+    Warning {
+        message: &'a str,
+    },
 }
 
 /// Renders build events: human progress on stderr (a live bar on a terminal,
@@ -118,6 +128,8 @@ pub struct Reporter {
     total: usize,
     done: usize,
     quiet_plan: bool,
+    /// Why each running action started, shown when it finishes.
+    reasons: std::collections::BTreeMap<String, String>,
 }
 
 impl Reporter {
@@ -130,6 +142,7 @@ impl Reporter {
             total: 0,
             done: 0,
             quiet_plan: false,
+            reasons: Default::default(),
         }
     }
 
@@ -169,17 +182,39 @@ impl Reporter {
         use serde_json::json;
         let v = match e {
             Event::Planned { actions } => json!({"event": "planned", "actions": actions}),
-            Event::Started { label, kind, key, reason } => json!({
+            Event::Started {
+                label,
+                kind,
+                key,
+                reason,
+            } => json!({
                 "event": "started", "label": label.to_string(), "kind": kind, "key": key.to_hex(), "reason": reason
             }),
-            Event::Finished { label, kind, key, cached, digest, duration } => json!({
+            Event::Finished {
+                label,
+                kind,
+                key,
+                cached,
+                digest,
+                duration,
+            } => json!({
                 "event": "finished", "label": label.to_string(), "kind": kind, "key": key.to_hex(),
                 "cached": cached, "digest": digest.to_string(), "duration_ms": duration.as_millis() as u64
             }),
-            Event::WouldRun { label, reason } => json!({"event": "would-run", "label": label.to_string(), "reason": reason}),
-            Event::Failed { label, error } => json!({"event": "failed", "label": label.to_string(), "error": self.error_text(error)}),
-            Event::Skipped { label, because } => json!({"event": "skipped", "label": label.to_string(), "reason": because}),
-            Event::Materialized { label, path, digest } => json!({
+            Event::WouldRun { label, reason } => {
+                json!({"event": "would-run", "label": label.to_string(), "reason": reason})
+            }
+            Event::Failed { label, error } => {
+                json!({"event": "failed", "label": label.to_string(), "error": self.error_text(error)})
+            }
+            Event::Skipped { label, because } => {
+                json!({"event": "skipped", "label": label.to_string(), "reason": because})
+            }
+            Event::Materialized {
+                label,
+                path,
+                digest,
+            } => json!({
                 "event": "materialized", "label": label.to_string(), "path": self.relative(path), "digest": digest.to_string()
             }),
             Event::Warning { message } => json!({"event": "warning", "message": message}),
@@ -201,28 +236,41 @@ impl Reporter {
                 if !self.quiet_plan && color_enabled() && *actions > 0 {
                     let bar = indicatif::ProgressBar::new(*actions as u64);
                     bar.set_style(
-                        indicatif::ProgressStyle::with_template("{spinner} [{pos}/{len}] {wide_msg} {elapsed}")
-                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} [{pos}/{len}] {wide_msg} {elapsed}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                     );
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bar = Some(bar);
                 }
             }
-            Event::Started { label, kind, reason, .. } => {
+            Event::Started {
+                label,
+                kind,
+                reason,
+                ..
+            } => {
                 if let Some(bar) = &self.bar {
                     bar.set_message(format!("{kind} {label}"));
-                } else if !self.quiet_plan {
-                    status(&format!("building {kind} {label} ({reason})"));
                 }
+                self.reasons.insert(label.to_string(), reason.to_string());
             }
-            Event::Finished { label, kind, cached, duration, .. } => {
+            Event::Finished {
+                label,
+                kind,
+                cached,
+                duration,
+                ..
+            } => {
                 self.done += 1;
                 if let Some(bar) = &self.bar {
                     bar.set_position(self.done as u64);
                 }
                 if !cached && !self.quiet_plan {
+                    let reason = self.reasons.remove(&label.to_string()).unwrap_or_default();
                     self.line(&format!(
-                        "[{}/{}] built {kind} {label} in {:.2}s",
+                        "[{}/{}] built {kind} {label} in {:.2}s ({reason})",
                         self.done,
                         self.total,
                         duration.as_secs_f64()
@@ -232,13 +280,19 @@ impl Reporter {
             Event::WouldRun { .. } => {}
             Event::Failed { label, error } => {
                 let text = match error {
-                    ActionError::Spec(d) => render_diagnostics_only(&self.sources, std::slice::from_ref(d)),
+                    ActionError::Spec(d) => {
+                        render_diagnostics_only(&self.sources, std::slice::from_ref(d))
+                    }
                     ActionError::Message(m) => format!("error: {m}"),
                 };
                 self.line(&format!("failed: {label}\n{}", text.trim_end()));
             }
             Event::Skipped { label, because } => self.line(&format!("skipped {label}: {because}")),
-            Event::Materialized { label, path, digest } => {
+            Event::Materialized {
+                label,
+                path,
+                digest,
+            } => {
                 if let Some(bar) = &self.bar {
                     bar.suspend(|| result(&format!("{label} {} {digest}", self.relative(path))));
                 } else {
@@ -250,7 +304,14 @@ impl Reporter {
     }
 
     /// The closing line: "N images, M actions run, K from cache, X s".
-    pub fn summary(&mut self, images: usize, ran: usize, cached: usize, failed: usize, elapsed: Duration) {
+    pub fn summary(
+        &mut self,
+        images: usize,
+        ran: usize,
+        cached: usize,
+        failed: usize,
+        elapsed: Duration,
+    ) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -260,7 +321,11 @@ impl Reporter {
                 "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0
             }));
         } else {
-            let failed = if failed > 0 { format!(", {failed} failed") } else { String::new() };
+            let failed = if failed > 0 {
+                format!(", {failed} failed")
+            } else {
+                String::new()
+            };
             status(&format!(
                 "{images} image{}, {ran} action{} run, {cached} from cache{failed}, {:.2} s",
                 if images == 1 { "" } else { "s" },
@@ -274,5 +339,6 @@ impl Reporter {
 /// Rendered diagnostics without the closing count.
 fn render_diagnostics_only(sources: &Sources, diags: &[Diag]) -> String {
     let full = render_diagnostics(sources, diags, color_enabled());
-    full.rsplit_once("error: ").map_or(full.clone(), |(body, _)| body.to_string())
+    full.rsplit_once("error: ")
+        .map_or(full.clone(), |(body, _)| body.to_string())
 }

@@ -127,7 +127,7 @@ struct Keyed {
 enum Msg {
     Keyed(NodeIndex, Result<Keyed, ActionError>),
     Ran(NodeIndex, Result<Output, ActionError>, Duration),
-    Materialized(NodeIndex, Result<Option<(PathBuf, Digest)>, ActionError>),
+    Materialized(NodeIndex, Result<(PathBuf, Digest), ActionError>),
 }
 
 /// Runs builds. Borrowed pieces: the loaded graph, the stores, the reporter.
@@ -151,15 +151,22 @@ impl Engine<'_> {
         let memo = match self.cache.load_memo() {
             Ok(m) => m,
             Err(e) => {
-                summary.warnings.push(format!("file-hash memo unavailable, hashing every file: {e}"));
+                summary.warnings.push(format!(
+                    "file-hash memo unavailable, hashing every file: {e}"
+                ));
                 FileMemo::default()
             }
         };
         let build_start = std::time::SystemTime::now();
-        let pool = match rayon::ThreadPoolBuilder::new().num_threads(self.settings.jobs.max(1)).build() {
+        let pool = match rayon::ThreadPoolBuilder::new()
+            .num_threads(self.settings.jobs.max(1))
+            .build()
+        {
             Ok(p) => p,
             Err(e) => {
-                summary.warnings.push(format!("cannot start worker threads: {e}"));
+                summary
+                    .warnings
+                    .push(format!("cannot start worker threads: {e}"));
                 return summary;
             }
         };
@@ -170,7 +177,11 @@ impl Engine<'_> {
         let mut waiting: BTreeMap<NodeIndex, usize> = closure
             .iter()
             .map(|&n| {
-                let deps: BTreeSet<NodeIndex> = self.graph.graph.neighbors_directed(n, Direction::Outgoing).collect();
+                let deps: BTreeSet<NodeIndex> = self
+                    .graph
+                    .graph
+                    .neighbors_directed(n, Direction::Outgoing)
+                    .collect();
                 (n, deps.len())
             })
             .collect();
@@ -191,8 +202,11 @@ impl Engine<'_> {
         let settings = self.settings.clone();
 
         pool.in_place_scope(|scope| {
-            let mut ready: Vec<NodeIndex> =
-                waiting.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+            let mut ready: Vec<NodeIndex> = waiting
+                .iter()
+                .filter(|(_, c)| **c == 0)
+                .map(|(n, _)| *n)
+                .collect();
             loop {
                 // Start every ready target.
                 while let Some(n) = ready.pop() {
@@ -240,7 +254,11 @@ impl Engine<'_> {
                         match self.lookup(&k.key, &mut checks) {
                             Some(output) => {
                                 if last.as_ref().map(|(key, _)| *key) != Some(k.key) {
-                                    let _ = self.cache.set_last_build(&label, &k.key, &k.components.to_json());
+                                    let _ = self.cache.set_last_build(
+                                        &label,
+                                        &k.key,
+                                        &k.components.to_json(),
+                                    );
                                 }
                                 self.reporter.event(&Event::Finished {
                                     label: &graph.node(n).label,
@@ -255,7 +273,8 @@ impl Engine<'_> {
                                 ready.extend(self.release(n, &mut waiting));
                             }
                             None => {
-                                let last_components = last.as_ref().and_then(|(_, j)| Components::from_json(j));
+                                let last_components =
+                                    last.as_ref().and_then(|(_, j)| Components::from_json(j));
                                 let reason = Reason::between(
                                     &k.components,
                                     last_components.as_ref(),
@@ -284,7 +303,8 @@ impl Engine<'_> {
                                 in_flight += 1;
                                 scope.spawn(move |_| {
                                     let t = Instant::now();
-                                    let r = run_action(root, graph, n, prepared, &deps, settings, cas);
+                                    let r =
+                                        run_action(root, graph, n, prepared, &deps, settings, cas);
                                     let _ = tx.send(Msg::Ran(n, r, t.elapsed()));
                                 });
                             }
@@ -293,12 +313,25 @@ impl Engine<'_> {
                     Msg::Ran(n, Ok(output), took) => {
                         let (key, components) = keys.remove(&n).expect("ran without a key");
                         let label = graph.node(n).label.to_string();
-                        let blobs: Vec<BlobRef> =
-                            output.blobs().into_iter().map(|(digest, size)| BlobRef { digest, size }).collect();
-                        if let Err(e) = self.cache.put_action(&key, graph.node(n).kind_name(), &label, &output.to_json(), &blobs) {
-                            summary.warnings.push(format!("cannot record `{label}` in the action cache: {e}"));
+                        let blobs: Vec<BlobRef> = output
+                            .blobs()
+                            .into_iter()
+                            .map(|(digest, size)| BlobRef { digest, size })
+                            .collect();
+                        if let Err(e) = self.cache.put_action(
+                            &key,
+                            graph.node(n).kind_name(),
+                            &label,
+                            &output.to_json(),
+                            &blobs,
+                        ) {
+                            summary
+                                .warnings
+                                .push(format!("cannot record `{label}` in the action cache: {e}"));
                         }
-                        let _ = self.cache.set_last_build(&label, &key, &components.to_json());
+                        let _ = self
+                            .cache
+                            .set_last_build(&label, &key, &components.to_json());
                         self.reporter.event(&Event::Finished {
                             label: &graph.node(n).label,
                             kind: graph.node(n).kind_name(),
@@ -320,7 +353,9 @@ impl Engine<'_> {
                 && let Some(out_dir) = &settings.output_dir
             {
                 for &n in &requested {
-                    let Some(Output::Image(img)) = summary.outcomes.get(&n).and_then(Outcome::output).cloned() else {
+                    let Some(Output::Image(img)) =
+                        summary.outcomes.get(&n).and_then(Outcome::output).cloned()
+                    else {
                         continue;
                     };
                     let TargetKind::Image(spec) = &graph.node(n).target.kind else {
@@ -336,22 +371,26 @@ impl Engine<'_> {
                         let _ = tx.send(Msg::Materialized(n, r));
                     });
                 }
+                let mut written = BTreeMap::new();
                 while in_flight > 0 {
                     let Ok(msg) = rx.recv() else { break };
                     in_flight -= 1;
                     if let Msg::Materialized(n, r) = msg {
-                        match r {
-                            Ok(Some((path, digest))) => {
-                                self.reporter.event(&Event::Materialized {
-                                    label: &graph.node(n).label,
-                                    path: &path,
-                                    digest: &digest,
-                                });
-                                summary.layouts.insert(n, (path, digest));
-                            }
-                            Ok(None) => {}
-                            Err(e) => self.fail(n, e, &mut summary, &mut stop),
+                        written.insert(graph.node(n).label.clone(), (n, r));
+                    }
+                }
+                // Reported in label order, whatever order the workers finished in.
+                for (_, (n, r)) in written {
+                    match r {
+                        Ok((path, digest)) => {
+                            self.reporter.event(&Event::Materialized {
+                                label: &graph.node(n).label,
+                                path: &path,
+                                digest: &digest,
+                            });
+                            summary.layouts.insert(n, (path, digest));
                         }
+                        Err(e) => self.fail(n, e, &mut summary, &mut stop),
                     }
                 }
             }
@@ -362,11 +401,16 @@ impl Engine<'_> {
             && !self.settings.dry_run
             && let Err(e) = self.cache.store_memo(build_start, &learnt)
         {
-            summary.warnings.push(format!("cannot update the file-hash memo: {e}"));
+            summary
+                .warnings
+                .push(format!("cannot update the file-hash memo: {e}"));
         }
         summary.images = requested
             .iter()
-            .filter(|n| graph.node(**n).is_image() && summary.outcomes.get(n).and_then(Outcome::output).is_some())
+            .filter(|n| {
+                graph.node(**n).is_image()
+                    && summary.outcomes.get(n).and_then(Outcome::output).is_some()
+            })
             .count();
         summary.elapsed = start.elapsed();
         for w in &summary.warnings {
@@ -378,7 +422,11 @@ impl Engine<'_> {
     /// Dependents of `n` whose last dependency this was.
     fn release(&self, n: NodeIndex, waiting: &mut BTreeMap<NodeIndex, usize>) -> Vec<NodeIndex> {
         let mut ready = Vec::new();
-        let dependents: BTreeSet<NodeIndex> = self.graph.graph.neighbors_directed(n, Direction::Incoming).collect();
+        let dependents: BTreeSet<NodeIndex> = self
+            .graph
+            .graph
+            .neighbors_directed(n, Direction::Incoming)
+            .collect();
         for d in dependents {
             if let Some(c) = waiting.get_mut(&d) {
                 *c -= 1;
@@ -390,14 +438,21 @@ impl Engine<'_> {
         ready
     }
 
-    fn failed_dependency(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Option<String> {
+    fn failed_dependency(
+        &self,
+        n: NodeIndex,
+        outcomes: &BTreeMap<NodeIndex, Outcome>,
+    ) -> Option<String> {
         for (_, d) in self.graph.deps(n) {
             match outcomes.get(&d) {
                 Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_)) => {
                     return Some(format!("dependency `{}` failed", self.graph.node(d).label));
                 }
                 Some(Outcome::WouldRun(_)) => {
-                    return Some(format!("dependency `{}` would rebuild", self.graph.node(d).label));
+                    return Some(format!(
+                        "dependency `{}` would rebuild",
+                        self.graph.node(d).label
+                    ));
                 }
                 _ => {}
             }
@@ -435,7 +490,11 @@ impl Engine<'_> {
         Some(output)
     }
 
-    fn dep_outputs(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Vec<(EdgeKind, String, Output)> {
+    fn dep_outputs(
+        &self,
+        n: NodeIndex,
+        outcomes: &BTreeMap<NodeIndex, Outcome>,
+    ) -> Vec<(EdgeKind, String, Output)> {
         self.graph
             .deps(n)
             .into_iter()
@@ -447,10 +506,17 @@ impl Engine<'_> {
     }
 
     /// An image's key: from its spec and its dependencies' outputs, no IO.
-    fn image_key(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Result<Keyed, ActionError> {
+    fn image_key(
+        &self,
+        n: NodeIndex,
+        outcomes: &BTreeMap<NodeIndex, Outcome>,
+    ) -> Result<Keyed, ActionError> {
         let node = self.graph.node(n);
         let TargetKind::Image(spec) = &node.target.kind else {
-            return Err(ActionError::Message(format!("`{}` is not an image", node.label)));
+            return Err(ActionError::Message(format!(
+                "`{}` is not an image",
+                node.label
+            )));
         };
         let mut c = Components::new("image");
         c.set("platform", self.settings.platform.to_string());
@@ -513,7 +579,13 @@ impl BlobChecks<'_> {
         let ok = if self.memo.lookup(&memo_path, &stat).is_some() {
             true
         } else if let Ok(Some(content)) = verify_blob(&path, d) {
-            self.learnt.push((memo_path, MemoEntry { stat, hash: content }));
+            self.learnt.push((
+                memo_path,
+                MemoEntry {
+                    stat,
+                    hash: content,
+                },
+            ));
             true
         } else {
             false
@@ -588,7 +660,10 @@ fn config_params(spec: &ImageSpec) -> String {
 
 /// `org.opencontainers.image.base.name` for image `n`: the base's first tag, else its label.
 fn base_name(graph: &Graph, n: NodeIndex) -> Option<String> {
-    let (_, base) = graph.deps(n).into_iter().find(|(k, _)| *k == EdgeKind::Base)?;
+    let (_, base) = graph
+        .deps(n)
+        .into_iter()
+        .find(|(k, _)| *k == EdgeKind::Base)?;
     let node = graph.node(base);
     if let TargetKind::Image(spec) = &node.target.kind
         && let Some(tag) = spec.tags.first()
@@ -635,7 +710,9 @@ fn key_with_io(
             let files: Vec<(&str, &Path)> = planned
                 .iter()
                 .filter_map(|p| match (&p.source, &p.entry.data) {
-                    (Some(rel), EntryData::File { source, .. }) => Some((rel.as_str(), source.as_path())),
+                    (Some(rel), EntryData::File { source, .. }) => {
+                        Some((rel.as_str(), source.as_path()))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -670,31 +747,55 @@ fn key_with_io(
             if is_layout {
                 if !abs.is_dir() {
                     return Err(ActionError::Spec(
-                        Diag::new(Code::SourceMissing, format!("OCI layout directory `{ws_rel}` does not exist"))
-                            .at(node.file, spec.source.span),
+                        Diag::new(
+                            Code::SourceMissing,
+                            format!("OCI layout directory `{ws_rel}` does not exist"),
+                        )
+                        .at(node.file, spec.source.span),
                     ));
                 }
-                for e in walkdir::WalkDir::new(&abs).follow_links(false).sort_by_file_name() {
-                    let e = e.map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+                for e in walkdir::WalkDir::new(&abs)
+                    .follow_links(false)
+                    .sort_by_file_name()
+                {
+                    let e = e.map_err(|e| {
+                        ActionError::Message(format!("import `{}`: {e}", node.label))
+                    })?;
                     if e.file_type().is_file() {
-                        let r = e.path().strip_prefix(root).unwrap_or(e.path()).to_string_lossy().into_owned();
+                        let r = e
+                            .path()
+                            .strip_prefix(root)
+                            .unwrap_or(e.path())
+                            .to_string_lossy()
+                            .into_owned();
                         files.push((r, e.path().to_path_buf()));
                     }
                 }
             } else {
                 if !abs.is_file() {
                     return Err(ActionError::Spec(
-                        Diag::new(Code::SourceMissing, format!("docker archive `{ws_rel}` does not exist"))
-                            .at(node.file, spec.source.span),
+                        Diag::new(
+                            Code::SourceMissing,
+                            format!("docker archive `{ws_rel}` does not exist"),
+                        )
+                        .at(node.file, spec.source.span),
                     ));
                 }
                 files.push((ws_rel.clone(), abs.clone()));
             }
-            let hashed = fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path())), memo)
-                .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+            let hashed =
+                fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path())), memo)
+                    .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
             let mut c = Components::new("import");
             c.set("platform", settings.platform.to_string());
-            c.set("source", if is_layout { "oci-layout" } else { "docker-archive" });
+            c.set(
+                "source",
+                if is_layout {
+                    "oci-layout"
+                } else {
+                    "docker-archive"
+                },
+            );
             for (rel, k) in &hashed.hashes {
                 c.set(format!("file:{rel}"), k.to_hex());
             }
@@ -705,7 +806,9 @@ fn key_with_io(
                 learnt: hashed.learnt,
             })
         }
-        TargetKind::Image(_) => Err(ActionError::Message("images are keyed on the coordinator".into())),
+        TargetKind::Image(_) => Err(ActionError::Message(
+            "images are keyed on the coordinator".into(),
+        )),
     }
 }
 
@@ -717,7 +820,10 @@ fn entries_params(planned: &[Planned]) -> String {
         h.seq(sorted.len());
         for p in sorted {
             let e = &p.entry;
-            h.str(&e.path).u64(u64::from(e.mode)).u64(u64::from(e.uid)).u64(u64::from(e.gid));
+            h.str(&e.path)
+                .u64(u64::from(e.mode))
+                .u64(u64::from(e.uid))
+                .u64(u64::from(e.gid));
             match &e.data {
                 EntryData::File { .. } => {
                     h.str("file").opt_str(p.source.as_deref());
@@ -749,13 +855,16 @@ fn run_action(
     let node = graph.node(n);
     match prepared {
         Prepared::Layer(planned) => {
-            let entries = layer::normalize(planned.into_iter().map(|p| p.entry).collect()).map_err(|e| {
-                ActionError::Spec(
-                    Diag::new(Code::Conflict, format!("layer `{}`: {e}", node.label)).at(node.file, node.target.span),
-                )
-            })?;
-            let out = layer::write_layer(&entries, &settings.format, settings.source_date_epoch, cas)
-                .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+            let entries = layer::normalize(planned.into_iter().map(|p| p.entry).collect())
+                .map_err(|e| {
+                    ActionError::Spec(
+                        Diag::new(Code::Conflict, format!("layer `{}`: {e}", node.label))
+                            .at(node.file, node.target.span),
+                    )
+                })?;
+            let out =
+                layer::write_layer(&entries, &settings.format, settings.source_date_epoch, cas)
+                    .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
             Ok(Output::Layer(LayerDesc {
                 digest: out.digest,
                 diff_id: out.diff_id,
@@ -792,7 +901,10 @@ fn assemble_image(
 ) -> Result<ImageOut, ActionError> {
     let node = graph.node(n);
     let TargetKind::Image(spec) = &node.target.kind else {
-        return Err(ActionError::Message(format!("`{}` is not an image", node.label)));
+        return Err(ActionError::Message(format!(
+            "`{}` is not an image",
+            node.label
+        )));
     };
     let io_err = |e: std::io::Error| ActionError::Message(format!("image `{}`: {e}", node.label));
     let mut base: Option<(&ImageOut, oci_spec::image::ImageConfiguration)> = None;
@@ -802,7 +914,12 @@ fn assemble_image(
             (EdgeKind::Base, Output::Image(img)) => {
                 let bytes = cas.read(&img.config).map_err(io_err)?;
                 let cfg: oci_spec::image::ImageConfiguration = serde_json::from_slice(&bytes)
-                    .map_err(|e| ActionError::Message(format!("image `{}`: base config of `{label}` is not valid: {e}", node.label)))?;
+                    .map_err(|e| {
+                        ActionError::Message(format!(
+                            "image `{}`: base config of `{label}` is not valid: {e}",
+                            node.label
+                        ))
+                    })?;
                 base = Some((img, cfg));
             }
             (EdgeKind::Layer, Output::Layer(l)) => own.push((label.clone(), l.clone())),
@@ -821,17 +938,25 @@ fn assemble_image(
     );
     let config_bytes = oci::canonical_json(&config);
     let (config_digest, config_size) = cas.put_bytes(&config_bytes).map_err(io_err)?;
-    let mut layers: Vec<LayerDesc> = base.as_ref().map(|(b, _)| b.layers.clone()).unwrap_or_default();
+    let mut layers: Vec<LayerDesc> = base
+        .as_ref()
+        .map(|(b, _)| b.layers.clone())
+        .unwrap_or_default();
     layers.extend(own.into_iter().map(|(_, l)| l));
     let mut annotations = BTreeMap::new();
     if let Some((b, _)) = &base {
-        annotations.insert("org.opencontainers.image.base.digest".to_string(), b.manifest.to_string());
+        annotations.insert(
+            "org.opencontainers.image.base.digest".to_string(),
+            b.manifest.to_string(),
+        );
         if let Some(name) = base_name(graph, n) {
             annotations.insert("org.opencontainers.image.base.name".to_string(), name);
         }
     }
     let manifest = oci::build_manifest((config_digest, config_size), &layers, annotations);
-    let (manifest_digest, manifest_size) = cas.put_bytes(&oci::canonical_json(&manifest)).map_err(io_err)?;
+    let (manifest_digest, manifest_size) = cas
+        .put_bytes(&oci::canonical_json(&manifest))
+        .map_err(io_err)?;
     Ok(ImageOut {
         manifest: manifest_digest,
         manifest_size,
@@ -842,12 +967,18 @@ fn assemble_image(
 }
 
 /// Writes (or leaves in place, if already current) an image's OCI layout.
-fn materialize(cas: &Cas, dest: &Path, img: &ImageOut, refs: &[String]) -> Result<Option<(PathBuf, Digest)>, ActionError> {
-    let mut blobs = vec![img.manifest, img.config];
-    blobs.extend(img.layers.iter().map(|l| l.digest));
-    if !oci::layout_is_current(dest, (img.manifest, img.manifest_size), &blobs, refs) {
+fn materialize(
+    cas: &Cas,
+    dest: &Path,
+    img: &ImageOut,
+    refs: &[String],
+) -> Result<(PathBuf, Digest), ActionError> {
+    let mut sized = vec![(img.config, img.config_size)];
+    sized.extend(img.layers.iter().map(|l| (l.digest, l.size)));
+    let blobs: Vec<Digest> = sized.iter().map(|(d, _)| *d).collect();
+    if !oci::layout_is_current(dest, cas, (img.manifest, img.manifest_size), &sized, refs) {
         oci::write_layout(dest, cas, (img.manifest, img.manifest_size), &blobs, refs)
             .map_err(|e| ActionError::Message(format!("cannot write `{}`: {e}", dest.display())))?;
     }
-    Ok(Some((dest.to_path_buf(), img.manifest)))
+    Ok((dest.to_path_buf(), img.manifest))
 }

@@ -10,14 +10,21 @@ use crate::scheduler::{Engine, Settings};
 pub fn source_date_epoch(configured: u64) -> Result<u64, CmdError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-            CmdError::Usage(format!("SOURCE_DATE_EPOCH must be a non-negative integer (seconds), got `{v}`"))
+            CmdError::Usage(format!(
+                "SOURCE_DATE_EPOCH must be a non-negative integer (seconds), got `{v}`"
+            ))
         }),
         _ => Ok(configured),
     }
 }
 
 /// Settings from the workspace config and the command line.
-pub fn settings(loaded: &Loaded, jobs: Option<usize>, keep_going: bool, dry_run: bool) -> Result<Settings, CmdError> {
+pub fn settings(
+    loaded: &Loaded,
+    jobs: Option<usize>,
+    keep_going: bool,
+    dry_run: bool,
+) -> Result<Settings, CmdError> {
     let jobs = match jobs {
         Some(0) => return Err(CmdError::Usage("`--jobs` must be at least 1".into())),
         Some(j) => j,
@@ -57,7 +64,13 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         reporter: &mut reporter,
     }
     .build(&selected);
-    reporter.summary(summary.images, summary.ran, summary.cached, summary.failed, summary.elapsed);
+    reporter.summary(
+        summary.images,
+        summary.ran,
+        summary.cached,
+        summary.failed,
+        summary.elapsed,
+    );
     if summary.failed > 0 {
         return Err(CmdError::Failed(format!(
             "{} target{} failed",

@@ -38,9 +38,18 @@ pub struct Stores {
 impl Stores {
     pub fn open(ctx: &Context) -> Result<Stores, CmdError> {
         let dir = cache_root(ctx)?.join(CACHE_VERSION_DIR);
-        let cas = Cas::open(&dir).map_err(|e| CmdError::Env(format!("cannot open the blob store in `{}`: {e}", dir.display())))?;
-        let (cache, warning) = Cache::open(&dir.join("imgc.sqlite"))
-            .map_err(|e| CmdError::Env(format!("cannot open the action cache in `{}`: {e}", dir.display())))?;
+        let cas = Cas::open(&dir).map_err(|e| {
+            CmdError::Env(format!(
+                "cannot open the blob store in `{}`: {e}",
+                dir.display()
+            ))
+        })?;
+        let (cache, warning) = Cache::open(&dir.join("imgc.sqlite")).map_err(|e| {
+            CmdError::Env(format!(
+                "cannot open the action cache in `{}`: {e}",
+                dir.display()
+            ))
+        })?;
         Ok(Stores {
             dir,
             cas,

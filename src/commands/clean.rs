@@ -30,6 +30,9 @@ fn remove(dir: &std::path::Path) -> Result<(), CmdError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(CmdError::Env(format!("cannot remove `{}`: {e}", dir.display()))),
+        Err(e) => Err(CmdError::Env(format!(
+            "cannot remove `{}`: {e}",
+            dir.display()
+        ))),
     }
 }

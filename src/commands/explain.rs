@@ -12,7 +12,10 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
     let pattern = Pattern::parse(&args.label, &loaded.cwd_package)
         .map_err(|e| CmdError::Usage(format!("bad label: {e}")))?;
     let Pattern::Target(_) = &pattern else {
-        return Err(CmdError::Usage(format!("`{}` is a pattern: explain takes one label", args.label)));
+        return Err(CmdError::Usage(format!(
+            "`{}` is a pattern: explain takes one label",
+            args.label
+        )));
     };
     let selected = loaded.select(std::slice::from_ref(&args.label))?;
     let settings = super::build::settings(&loaded, None, true, true)?;

@@ -1,7 +1,11 @@
 //! One file per subcommand. Commands are thin: they resolve flags into settings,
 //! call the library, and hand results to [`crate::report`].
 
+pub mod build;
+pub mod cache;
 pub mod check;
+pub mod clean;
+pub mod explain;
 pub mod query;
 
 use crate::cli::{Cli, Command};
@@ -143,8 +147,11 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         cache_dir: cli.cache_dir,
     };
     match cli.command {
+        Command::Build(args) => build::run(&ctx, args),
         Command::Check(args) => check::run(&ctx, args),
         Command::Query(q) => query::run(&ctx, q),
-        _ => Err(CmdError::Usage("this command is not available yet".into())),
+        Command::Explain(args) => explain::run(&ctx, args),
+        Command::Cache(c) => cache::run(&ctx, c),
+        Command::Clean(args) => clean::run(&ctx, args),
     }
 }

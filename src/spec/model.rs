@@ -172,6 +172,9 @@ pub fn inline_layer_name(image: &str, n: usize) -> String {
     format!("{image}~layer{n}")
 }
 
+/// Targets are few (one per spec node), so the size difference between variants
+/// does not matter; boxing would only add noise to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum TargetKind {
     Layer(LayerSpec),

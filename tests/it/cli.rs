@@ -9,8 +9,14 @@ fn graph_ws() -> Ws {
             "bases/BUILD.kdl",
             "layer \"files\" {\n    text \"/etc/motd\" \"hi\\n\"\n}\nimage \"runtime\" {\n    from \"scratch\"\n    layers \":files\"\n}\n",
         ),
-        ("services/api/BUILD.kdl", "image \"api\" {\n    from \"//bases:runtime\"\n}\n"),
-        ("services/web/BUILD.kdl", "image \"web\" {\n    from \"//bases:runtime\"\n}\nimage \"web-debug\" {\n    from \":web\"\n}\n"),
+        (
+            "services/api/BUILD.kdl",
+            "image \"api\" {\n    from \"//bases:runtime\"\n}\n",
+        ),
+        (
+            "services/web/BUILD.kdl",
+            "image \"web\" {\n    from \"//bases:runtime\"\n}\nimage \"web-debug\" {\n    from \":web\"\n}\n",
+        ),
     ])
 }
 
@@ -39,21 +45,35 @@ fn query_rdeps_lists_every_image_built_on_a_base() {
 #[test]
 fn query_deps_and_relative_patterns_from_a_subdirectory() {
     let ws = graph_ws();
-    let out = ws.cmd(&["query", "deps", ":web-debug"]).current_dir(ws.path("services/web")).output().unwrap();
+    let out = ws
+        .cmd(&["query", "deps", ":web-debug"])
+        .current_dir(ws.path("services/web"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
         "//bases:files\n//bases:runtime\n//services/web:web\n//services/web:web-debug\n"
     );
-    let out = ws.cmd(&["query", "targets", "..."]).current_dir(ws.path("services")).output().unwrap();
-    assert_eq!(stdout(&out), "//services/api:api\n//services/web:web\n//services/web:web-debug\n");
+    let out = ws
+        .cmd(&["query", "targets", "..."])
+        .current_dir(ws.path("services"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "//services/api:api\n//services/web:web\n//services/web:web-debug\n"
+    );
 }
 
 #[test]
 fn subtraction_after_double_dash() {
     let ws = graph_ws();
     let out = ws.ok(&["query", "targets", "--", "//...", "-//services/web/..."]);
-    assert_eq!(stdout(&out), "//bases:files\n//bases:runtime\n//services/api:api\n");
+    assert_eq!(
+        stdout(&out),
+        "//bases:files\n//bases:runtime\n//services/api:api\n"
+    );
 }
 
 #[test]
@@ -67,7 +87,10 @@ fn query_output_json_and_dot() {
     let out = ws.ok(&["query", "rdeps", "//bases:runtime", "--output", "dot"]);
     let dot = stdout(&out);
     assert!(dot.starts_with("digraph imgc {"));
-    assert!(dot.contains("\"//services/api:api\" -> \"//bases:runtime\" [label=\"from\"];"), "{dot}");
+    assert!(
+        dot.contains("\"//services/api:api\" -> \"//bases:runtime\" [label=\"from\"];"),
+        "{dot}"
+    );
     if have("dot") {
         let mut child = std::process::Command::new("dot")
             .arg("-Tsvg")
@@ -76,7 +99,12 @@ fn query_output_json_and_dot() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(dot.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dot.as_bytes())
+            .unwrap();
         let svg = child.wait_with_output().unwrap();
         assert!(svg.status.success());
         assert!(String::from_utf8_lossy(&svg.stdout).contains("<svg"));
@@ -87,7 +115,10 @@ fn query_output_json_and_dot() {
 fn usage_errors_exit_2() {
     let ws = graph_ws();
     assert_eq!(ws.run(&["build", "--no-such-flag"]).status.code(), Some(2));
-    assert_eq!(ws.run(&["query", "targets", "//a/.../b"]).status.code(), Some(2));
+    assert_eq!(
+        ws.run(&["query", "targets", "//a/.../b"]).status.code(),
+        Some(2)
+    );
     assert_eq!(ws.run(&["build", "-j", "0"]).status.code(), Some(2));
     assert_eq!(ws.run(&["frobnicate"]).status.code(), Some(2));
 }
@@ -103,7 +134,10 @@ fn pattern_matching_nothing_is_an_error_with_a_suggestion() {
 #[test]
 fn unknown_label_reports_file_line_and_suggestion() {
     let ws = graph_ws();
-    ws.write("services/api/BUILD.kdl", "image \"api\" {\n    from \"//bases:runtme\"\n}\n");
+    ws.write(
+        "services/api/BUILD.kdl",
+        "image \"api\" {\n    from \"//bases:runtme\"\n}\n",
+    );
     let out = ws.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("unknown_label", redact(&ws, &stderr(&out)));
@@ -112,7 +146,10 @@ fn unknown_label_reports_file_line_and_suggestion() {
 #[test]
 fn cycle_is_printed_as_the_whole_path() {
     let ws = graph_ws();
-    ws.write("bases/BUILD.kdl", "image \"runtime\" {\n    from \"//services/web:web\"\n}\n");
+    ws.write(
+        "bases/BUILD.kdl",
+        "image \"runtime\" {\n    from \"//services/web:web\"\n}\n",
+    );
     let out = ws.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("cycle", redact(&ws, &stderr(&out)));
@@ -121,7 +158,10 @@ fn cycle_is_printed_as_the_whole_path() {
 #[test]
 fn image_from_a_layer_is_an_error() {
     let ws = graph_ws();
-    ws.write("services/api/BUILD.kdl", "image \"api\" {\n    from \"//bases:files\"\n}\n");
+    ws.write(
+        "services/api/BUILD.kdl",
+        "image \"api\" {\n    from \"//bases:files\"\n}\n",
+    );
     let out = ws.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("from_a_layer", redact(&ws, &stderr(&out)));
@@ -130,8 +170,14 @@ fn image_from_a_layer_is_an_error() {
 #[test]
 fn all_problems_of_a_run_are_reported() {
     let ws = graph_ws();
-    ws.write("services/api/BUILD.kdl", "image \"api\" {\n    from \"//nope:x\"\n}\n");
-    ws.write("services/web/BUILD.kdl", "image \"web\" {\n    from \"//bases:files\"\n}\n");
+    ws.write(
+        "services/api/BUILD.kdl",
+        "image \"api\" {\n    from \"//nope:x\"\n}\n",
+    );
+    ws.write(
+        "services/web/BUILD.kdl",
+        "image \"web\" {\n    from \"//bases:files\"\n}\n",
+    );
     let out = ws.run(&["check"]);
     let err = stderr(&out);
     assert!(err.contains("E010"), "{err}");
@@ -142,7 +188,11 @@ fn all_problems_of_a_run_are_reported() {
 #[test]
 fn outside_a_workspace_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(imgc_bin()).current_dir(dir.path()).args(["check"]).output().unwrap();
+    let out = std::process::Command::new(imgc_bin())
+        .current_dir(dir.path())
+        .args(["check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("E017"), "{}", stderr(&out));
 }
@@ -156,5 +206,8 @@ fn dash_c_runs_elsewhere() {
         .args(["query", "targets", "..."])
         .output()
         .unwrap();
-    assert_eq!(stdout(&out), "//services/api:api\n//services/web:web\n//services/web:web-debug\n");
+    assert_eq!(
+        stdout(&out),
+        "//services/api:api\n//services/web:web\n//services/web:web-debug\n"
+    );
 }

@@ -30,7 +30,9 @@ fn image_layouts(ws: &Ws, ev: &Events) -> Vec<(String, std::path::PathBuf)> {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}{}",
@@ -45,7 +47,10 @@ fn run(cmd: &mut Command) -> String {
 fn every_example_image_passes_the_independent_checker() {
     let (ws, ev) = examples();
     let layouts = image_layouts(&ws, &ev);
-    assert!(layouts.len() >= 4, "expected the base and three services, got {layouts:?}");
+    assert!(
+        layouts.len() >= 4,
+        "expected the base and three services, got {layouts:?}"
+    );
     for (label, dir) in layouts {
         if let Err(problems) = imgc::oci::check_layout(&dir) {
             panic!("{label}: {problems:#?}");
@@ -67,17 +72,22 @@ fn every_example_image_unpacks_with_umoci_and_inspects_with_skopeo() {
             .arg(format!("{}:{refname}", dir.display()))
             .arg(&target));
         assert!(target.join("rootfs").is_dir(), "{label}");
-        let json = run(Command::new("skopeo").args(["inspect", "--raw"]).arg(format!("oci:{}:{refname}", dir.display())));
+        let json = run(Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:{refname}", dir.display())));
         let manifest: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(manifest["schemaVersion"], 2, "{label}");
-        let cfg = run(Command::new("skopeo").args(["inspect", "--config"]).arg(format!("oci:{}:{refname}", dir.display())));
+        let cfg = run(Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("oci:{}:{refname}", dir.display())));
         let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
         assert_eq!(cfg["os"], "linux", "{label}");
     }
 }
 
 fn ref_name(layout: &Path) -> String {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
         .as_str()
         .unwrap()
@@ -94,7 +104,8 @@ fn runc_run(layout: &Path) -> String {
         .arg(&b));
     // This environment cannot apply rlimits or cgroup resources.
     let cfg_path = b.join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     if let Some(p) = cfg["process"].as_object_mut() {
         p.remove("rlimits");
         p.insert("terminal".into(), serde_json::Value::Bool(false));
@@ -119,5 +130,8 @@ fn example_images_run_under_runc_and_print_what_their_layers_hold() {
     require("runc");
     let (ws, _) = examples();
     let out = runc_run(&ws.layout("services/api", "api"));
-    assert!(out.contains("EXPECTED_API_OUTPUT"), "unexpected output: {out:?}");
+    assert!(
+        out.contains("EXPECTED_API_OUTPUT"),
+        "unexpected output: {out:?}"
+    );
 }

@@ -10,7 +10,12 @@ fn fresh_output(ws: &Ws, extra: &[&str]) -> tempfile::TempDir {
     let _ = std::fs::remove_dir_all(ws.path("imgc-out"));
     let mut args = vec!["build"];
     args.extend_from_slice(extra);
-    let out = ws.cmd(&args).arg("--cache-dir").arg(cache.path()).output().unwrap();
+    let out = ws
+        .cmd(&args)
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let copy = tempfile::tempdir().unwrap();
     copy_tree(&ws.path("imgc-out"), copy.path());
@@ -66,7 +71,11 @@ fn another_umask_and_other_mtimes_give_identical_layouts() {
     let mut cmd = std::process::Command::new("sh");
     cmd.current_dir(b.root())
         .arg("-c")
-        .arg(format!("umask 077 && exec {} --cache-dir {} build", imgc_bin(), cache.path().display()))
+        .arg(format!(
+            "umask 077 && exec {} --cache-dir {} build",
+            imgc_bin(),
+            cache.path().display()
+        ))
         .env("NO_COLOR", "1");
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -30,7 +30,8 @@ fn keep_going_builds_what_does_not_depend_on_a_failure() {
 
 fn as_nobody_available() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 } && have("setpriv")
+    unsafe { libc::geteuid() == 0 }
+    &&have("setpriv")
 }
 
 #[test]
@@ -71,7 +72,10 @@ fn unreadable_file_is_a_clear_error() {
 #[test]
 fn corrupt_import_tarball_is_a_clear_error() {
     let ws = small_ws();
-    ws.write_bytes("third_party/broken.tar", b"this is not a tar archive at all, just some bytes");
+    ws.write_bytes(
+        "third_party/broken.tar",
+        b"this is not a tar archive at all, just some bytes",
+    );
     ws.write(
         "third_party/BUILD.kdl",
         "import \"broken\" {\n    docker-archive \"broken.tar\"\n}\nimage \"on-broken\" {\n    from \":broken\"\n}\n",
@@ -92,7 +96,12 @@ fn assert_cas_sound(ws: &Ws) {
         if e.file_type().is_file() {
             let name = e.file_name().to_string_lossy().into_owned();
             let digest = imgc::hash::Digest::of_bytes(&std::fs::read(e.path()).unwrap());
-            assert_eq!(digest.hex(), name, "blob {} does not match its name", e.path().display());
+            assert_eq!(
+                digest.hex(),
+                name,
+                "blob {} does not match its name",
+                e.path().display()
+            );
             n += 1;
         }
     }
@@ -101,17 +110,31 @@ fn assert_cas_sound(ws: &Ws) {
 
 fn layer_blob_paths(ws: &Ws, pkg: &str, name: &str) -> Vec<std::path::PathBuf> {
     let layout = ws.layout(pkg, name);
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let m = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&m)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&m)).unwrap())
+            .unwrap();
     manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
-            let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-            ws.cache.path().join("v1/cas/sha256").join(&hex[..2]).join(&hex)
+            let hex = l["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+                .to_string();
+            ws.cache
+                .path()
+                .join("v1/cas/sha256")
+                .join(&hex[..2])
+                .join(&hex)
         })
         .collect()
 }
@@ -128,7 +151,11 @@ fn truncated_blob_in_the_cache_is_rebuilt_not_used() {
     f.set_len(len / 2).unwrap();
     drop(f);
     let ev = ws.build(&[]);
-    assert_eq!(ev.ran(), ["//app:app~layer0"], "the damaged layer must be rebuilt");
+    assert_eq!(
+        ev.ran(),
+        ["//app:app~layer0"],
+        "the damaged layer must be rebuilt"
+    );
     assert_eq!(tree_bytes(&ws.path("imgc-out")), good);
     assert_cas_sound(&ws);
 }
@@ -154,7 +181,11 @@ fn blob_damaged_in_place_is_rebuilt_not_used() {
 fn corrupt_cache_database_is_replaced_with_a_warning() {
     let ws = small_ws();
     ws.build(&[]);
-    std::fs::write(ws.cache.path().join("v1/imgc.sqlite"), b"garbage garbage garbage").unwrap();
+    std::fs::write(
+        ws.cache.path().join("v1/imgc.sqlite"),
+        b"garbage garbage garbage",
+    )
+    .unwrap();
     for ext in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(ws.cache.path().join(format!("v1/imgc.sqlite{ext}")));
     }
@@ -192,7 +223,12 @@ fn killed_build_then_build_again_is_correct() {
     let after_kill = tree_bytes(&ws.path("imgc-out"));
     let clean = tempfile::tempdir().unwrap();
     std::fs::remove_dir_all(ws.path("imgc-out")).unwrap();
-    let out = ws.cmd(&["build"]).arg("--cache-dir").arg(clean.path()).output().unwrap();
+    let out = ws
+        .cmd(&["build"])
+        .arg("--cache-dir")
+        .arg(clean.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(after_kill, tree_bytes(&ws.path("imgc-out")));
 }

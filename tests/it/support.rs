@@ -123,7 +123,9 @@ impl Events {
         Events(
             String::from_utf8_lossy(stdout)
                 .lines()
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+                })
                 .collect(),
         )
     }
@@ -169,7 +171,12 @@ impl Events {
     /// Manifest digests of the materialized images.
     pub fn images(&self) -> BTreeMap<String, String> {
         self.of("materialized")
-            .map(|e| (e["label"].as_str().unwrap().to_string(), e["digest"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    e["label"].as_str().unwrap().to_string(),
+                    e["digest"].as_str().unwrap().to_string(),
+                )
+            })
             .collect()
     }
 }
@@ -180,7 +187,12 @@ pub fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let e = e.unwrap();
         if e.file_type().is_file() {
-            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.insert(rel, std::fs::read(e.path()).unwrap());
         }
     }
@@ -192,9 +204,20 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let (ta, tb) = (tree_bytes(a), tree_bytes(b));
     let ka: Vec<&String> = ta.keys().collect();
     let kb: Vec<&String> = tb.keys().collect();
-    assert_eq!(ka, kb, "different files in {} and {}", a.display(), b.display());
+    assert_eq!(
+        ka,
+        kb,
+        "different files in {} and {}",
+        a.display(),
+        b.display()
+    );
     for (k, v) in &ta {
-        assert!(v == &tb[k], "`{k}` differs between {} and {}", a.display(), b.display());
+        assert!(
+            v == &tb[k],
+            "`{k}` differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
     assert!(!ta.is_empty(), "nothing was built in {}", a.display());
 }
@@ -225,7 +248,10 @@ pub fn stdout(out: &Output) -> String {
 /// layers (one inline).
 pub fn small_ws() -> Ws {
     Ws::new(&[
-        ("imgc.kdl", "workspace {\n    source-date-epoch 1700000000\n}\n"),
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n}\n",
+        ),
         (
             "base/BUILD.kdl",
             r#"
