@@ -42,7 +42,9 @@ pub fn render_diagnostics(sources: &Sources, diags: &[Diag], color: bool) -> Str
     } else {
         GraphicalTheme::unicode_nocolor()
     };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(120)
+        .with_wrap_lines(false);
     let mut out = String::new();
     for d in diags {
         let report = d.to_report(sources);

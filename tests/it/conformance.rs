@@ -129,9 +129,16 @@ fn example_images_run_under_runc_and_print_what_their_layers_hold() {
     require("umoci");
     require("runc");
     let (ws, _) = examples();
-    let out = runc_run(&ws.layout("services/api", "api"));
-    assert!(
-        out.contains("EXPECTED_API_OUTPUT"),
-        "unexpected output: {out:?}"
+    // api: `cat` of its banner and, through a symlink, its production config.
+    let expected = std::fs::read_to_string(ws.path("services/api/banner.txt")).unwrap()
+        + &std::fs::read_to_string(ws.path("services/api/config/production.toml")).unwrap();
+    assert_eq!(runc_run(&ws.layout("services/api", "api")), expected);
+    // api-migrate inherits everything from api and only changes `cmd`.
+    let migrations = ws.path("services/api/migrations");
+    let expected = std::fs::read_to_string(migrations.join("0001_init.sql")).unwrap()
+        + &std::fs::read_to_string(migrations.join("0002_orders.sql")).unwrap();
+    assert_eq!(
+        runc_run(&ws.layout("services/api", "api-migrate")),
+        expected
     );
 }

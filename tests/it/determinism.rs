@@ -105,6 +105,12 @@ fn golden_digests_of_the_small_fixture() {
     let ws = small_ws();
     let ev = ws.build(&[]);
     let images = ev.images();
-    assert_eq!(images["//base:base"], "GOLDEN_BASE");
-    assert_eq!(images["//app:app"], "GOLDEN_APP");
+    assert_eq!(
+        images["//base:base"],
+        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164"
+    );
+    assert_eq!(
+        images["//app:app"],
+        "sha256:8f830eafdfe8cf3e005302d56601f0cf116a7d3eb0fd7a93c53955c89ea60743"
+    );
 }

@@ -7,4 +7,5 @@ mod build;
 mod cli;
 mod conformance;
 mod determinism;
+mod diagnostics;
 mod robustness;
