@@ -215,7 +215,6 @@ fn expand_entry(
                         dest
                     };
                     copy_path(
-                        ctx,
                         &abs,
                         &ws_rel,
                         &target,
@@ -302,7 +301,6 @@ fn default_file_mode(meta: &std::fs::Metadata) -> u32 {
 
 #[allow(clippy::too_many_arguments)]
 fn copy_path(
-    ctx: &Ctx<'_>,
     abs: &Path,
     ws_rel: &str,
     dest: &str,
@@ -366,7 +364,6 @@ fn copy_path(
                 continue;
             }
             copy_path(
-                ctx,
                 &abs.join(&name),
                 &child_rel,
                 &join_image(dest, &name),
@@ -429,7 +426,6 @@ fn copy_glob(
             matched += 1;
             let ws_rel = pkg_join(package, &pkg_rel);
             copy_path(
-                ctx,
                 item.path(),
                 &ws_rel,
                 &join_image(dest, &rel_to_base),

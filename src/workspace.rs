@@ -91,7 +91,7 @@ pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Vec<String>, W
             }
             e.path()
                 .strip_prefix(root)
-                .map_or(true, |rel| rel != output_dir)
+                .is_ok_and(|rel| rel != output_dir)
         });
     for entry in walker {
         let entry = entry.map_err(|e| WorkspaceError::Io {

@@ -33,13 +33,13 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
 }
 
 fn kind_matches(g: &Graph, n: NodeIndex, filter: Option<TargetKindFilter>) -> bool {
-    match (filter, &g.node(n).target.kind) {
-        (None, _) => true,
-        (Some(TargetKindFilter::Layer), TargetKind::Layer(_)) => true,
-        (Some(TargetKindFilter::Image), TargetKind::Image(_)) => true,
-        (Some(TargetKindFilter::Import), TargetKind::Import(_)) => true,
-        _ => false,
-    }
+    matches!(
+        (filter, &g.node(n).target.kind),
+        (None, _)
+            | (Some(TargetKindFilter::Layer), TargetKind::Layer(_))
+            | (Some(TargetKindFilter::Image), TargetKind::Image(_))
+            | (Some(TargetKindFilter::Import), TargetKind::Import(_))
+    )
 }
 
 fn edge_name(e: EdgeKind) -> &'static str {
