@@ -576,6 +576,8 @@ fn resolve_member(dir: &str, target: &str) -> String {
 fn is_blob_candidate(name: &str) -> bool {
     name.starts_with("blobs/sha256/")
         || name.ends_with("/layer.tar")
+        // skopeo and podman write layers as `<hex>.tar` at the top level
+        || (name.ends_with(".tar") && !name.contains('/'))
         || (name.ends_with(".json") && !name.contains('/') && name != "index.json")
 }
 

@@ -303,8 +303,7 @@ impl Engine<'_> {
                                 in_flight += 1;
                                 scope.spawn(move |_| {
                                     let t = Instant::now();
-                                    let r =
-                                        run_action(root, graph, n, prepared, &deps, settings, cas);
+                                    let r = run_action(graph, n, prepared, &deps, settings, cas);
                                     let _ = tx.send(Msg::Ran(n, r, t.elapsed()));
                                 });
                             }
@@ -844,7 +843,6 @@ fn entries_params(planned: &[Planned]) -> String {
 
 /// Runs one action on a worker.
 fn run_action(
-    _root: &Path,
     graph: &Graph,
     n: NodeIndex,
     prepared: Prepared,

@@ -183,3 +183,164 @@ fn index_names_the_manifest_by_tag() {
         "latest"
     );
 }
+
+#[test]
+fn copy_from_a_layer_target_rebases_its_files() {
+    let ws = small_ws();
+    ws.write(
+        "app/extra/BUILD.kdl",
+        "layer \"bundle\" {\n    copy \"//app:code\" to=\"/opt/bundle/\"\n}\nimage \"extra\" {\n    from \"scratch\"\n    layers \":bundle\"\n}\n",
+    );
+    let ev = ws.build(&["//app/extra/..."]);
+    assert!(ev.ran().contains(&"//app/extra:bundle".to_string()));
+    let listing = layer_listing(&ws.layout("app/extra", "extra"), 0);
+    assert_eq!(
+        listing,
+        [
+            "opt/",
+            "opt/bundle/",
+            "opt/bundle/app/",
+            "opt/bundle/app/run.sh",
+            "opt/bundle/app/src/",
+            "opt/bundle/app/src/lib/",
+            "opt/bundle/app/src/lib/util.txt",
+            "opt/bundle/app/src/main.txt",
+        ]
+    );
+    // an edit to a file of the copied layer rebuilds the layer that copies it
+    ws.write("app/src/main.txt", "changed\n");
+    let ev = ws.build(&["//app/extra/..."]);
+    assert_eq!(
+        ev.ran(),
+        ["//app/extra:bundle", "//app/extra:extra", "//app:code"]
+    );
+}
+
+/// Paths in the `n`th layer of the image at `layout` (decompressed with flate2).
+fn layer_listing(layout: &std::path::Path, n: usize) -> Vec<String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let file =
+        std::fs::File::open(blob(manifest["layers"][n]["digest"].as_str().unwrap())).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Layer digests of the image at `layout`.
+fn layer_digests(layout: &std::path::Path) -> Vec<String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let m = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
+            .unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn imported_oci_layout_layers_are_reused_byte_for_byte() {
+    let ws = small_ws();
+    ws.build(&["//base:base"]);
+    copy_tree(
+        &ws.layout("base", "base"),
+        &ws.path("third_party/base-layout"),
+    );
+    ws.write(
+        "third_party/BUILD.kdl",
+        "import \"upstream\" {\n    oci-layout \"base-layout\"\n}\nimage \"on-upstream\" {\n    from \":upstream\"\n    layer {\n        text \"/hello\" \"hi\\n\"\n    }\n}\n",
+    );
+    let ev = ws.build(&["//third_party/..."]);
+    assert!(ev.ran().contains(&"//third_party:upstream".to_string()));
+    let upstream = layer_digests(&ws.path("third_party/base-layout"));
+    let mine = layer_digests(&ws.layout("third_party", "on-upstream"));
+    assert_eq!(mine.len(), upstream.len() + 1);
+    assert_eq!(mine[..upstream.len()], upstream[..]);
+    imgc::oci::check_layout(&ws.layout("third_party", "on-upstream")).unwrap();
+    assert!(ws.build(&["//third_party/..."]).ran().is_empty());
+}
+
+#[test]
+fn imported_docker_archive_is_a_base() {
+    if !have("skopeo") {
+        panic!("`skopeo` is not installed: the README's test command installs it");
+    }
+    let ws = small_ws();
+    ws.build(&["//base:base"]);
+    std::fs::create_dir_all(ws.path("third_party")).unwrap();
+    let out = std::process::Command::new("skopeo")
+        .arg("copy")
+        .arg(format!(
+            "oci:{}:latest",
+            ws.layout("base", "base").display()
+        ))
+        .arg(format!(
+            "docker-archive:{}:base:latest",
+            ws.path("third_party/base.tar").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    ws.write(
+        "third_party/BUILD.kdl",
+        "import \"saved\" {\n    docker-archive \"base.tar\"\n}\nimage \"on-saved\" {\n    from \":saved\"\n    entrypoint \"/bin/true\"\n}\n",
+    );
+    ws.build(&["//third_party/..."]);
+    let layout = ws.layout("third_party", "on-saved");
+    imgc::oci::check_layout(&layout).unwrap();
+    assert_eq!(layer_digests(&layout).len(), 1);
+}
+
+#[test]
+fn zstd_workspaces_build_valid_images() {
+    let ws = small_ws();
+    ws.write("imgc.kdl", "workspace {\n    compression \"zstd\"\n}\n");
+    ws.build(&[]);
+    let layout = ws.layout("app", "app");
+    imgc::oci::check_layout(&layout).unwrap();
+    let manifest_media: Vec<String> = {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let m = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
+                .unwrap();
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        manifest_media
+            .iter()
+            .all(|m| m == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{manifest_media:?}"
+    );
+}
