@@ -214,7 +214,22 @@ fn killed_build_then_build_again_is_correct() {
         "layer \"blobs\" {\n    copy \"data\" to=\"/data\"\n}\nimage \"big\" {\n    from \"//base:base\"\n    layers \":blobs\"\n}\n",
     );
     let mut child = ws.cmd(&["build", "-j", "1"]).spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    // Kill it once it has published some blobs, but before it is done.
+    let blobs = ws.cache.path().join("v1/cas/sha256");
+    let started = std::time::Instant::now();
+    while walkdir::WalkDir::new(&blobs)
+        .into_iter()
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_type().is_file()))
+        .count()
+        < 2
+        && started.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the build finished before it could be killed"
+    );
     // SAFETY: kill with a valid pid of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
