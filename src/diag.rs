@@ -313,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_documented_in_the_book() {
+        let book = include_str!("../book/src/diagnostics.md");
+        for c in Code::ALL {
+            assert!(
+                book.contains(&format!("## {c} — ")),
+                "{c} has no section in the diagnostics chapter"
+            );
+            assert!(
+                book.contains(&format!("| {c} |")),
+                "{c} is missing from the diagnostics table"
+            );
+        }
+    }
+
+    #[test]
     fn suggestions() {
         assert_eq!(
             did_you_mean("runtme", ["runtime", "certs"]),
