@@ -44,3 +44,28 @@ pub mod report;
 pub mod scheduler;
 pub mod spec;
 pub mod workspace;
+
+#[cfg(test)]
+mod architecture {
+    /// The pure core must not reach for IO or threads: it is tested with strings.
+    #[test]
+    fn pure_core_does_no_io() {
+        let core: &[(&str, &str)] = &[
+            ("label.rs", include_str!("label.rs")),
+            ("diag.rs", include_str!("diag.rs")),
+            ("hash.rs", include_str!("hash.rs")),
+            ("graph.rs", include_str!("graph.rs")),
+            ("action.rs", include_str!("action.rs")),
+            ("spec/model.rs", include_str!("spec/model.rs")),
+            ("spec/parse.rs", include_str!("spec/parse.rs")),
+            ("spec/reader.rs", include_str!("spec/reader.rs")),
+            ("spec/paths.rs", include_str!("spec/paths.rs")),
+        ];
+        let forbidden = ["std::fs", "rusqlite", "rayon", "tar::", "walkdir", "std::process", "std::env"];
+        for (file, text) in core {
+            for word in forbidden {
+                assert!(!text.contains(word), "src/{file} uses `{word}`: the core stays pure");
+            }
+        }
+    }
+}
