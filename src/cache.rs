@@ -462,6 +462,36 @@ impl Cache {
         }
     }
 
+    /// Starts a long write transaction for a build: every lookup and record of the
+    /// build then shares it instead of paying for one transaction each. The caller
+    /// calls [`Cache::checkpoint_batch`] now and then (so a killed build keeps what
+    /// it recorded, and other processes get their turn) and
+    /// [`Cache::end_batch`] at the end. Within it, [`Cache::batch`] nests.
+    pub fn begin_batch(&mut self) -> Result<(), CacheError> {
+        if !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Commits what a long transaction holds so far and starts a new one.
+    pub fn checkpoint_batch(&mut self) -> Result<(), CacheError> {
+        self.end_batch()?;
+        self.begin_batch()
+    }
+
+    /// Commits a long transaction, if one is open.
+    pub fn end_batch(&mut self) -> Result<(), CacheError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| self.db_err(e))
+    }
+
     // ---- action cache ----
 
     /// The recorded outputs of `key`, if any. Does not check that the blobs exist:

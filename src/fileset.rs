@@ -42,7 +42,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub entry: Entry,
-    pub source: Option<String>,
+    pub source: Option<Source>,
+}
+
+/// A workspace file read into a layer, with the stat data taken when it was
+/// found (so it is stat-ed once per build).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Workspace-relative path, `/`-separated.
+    pub rel: String,
+    pub stat: StatKey,
 }
 
 struct Ctx<'a> {
@@ -340,7 +349,10 @@ fn copy_path(
                 mode.unwrap_or_else(|| default_file_mode(&meta)),
                 owner,
             ),
-            source: Some(ws_rel.to_string()),
+            source: Some(Source {
+                rel: ws_rel.to_string(),
+                stat: StatKey::from_metadata(&meta),
+            }),
         });
     } else if ft.is_dir() {
         out.push(Planned {
@@ -472,22 +484,26 @@ pub struct Hashed {
     pub learnt: Vec<(String, MemoEntry)>,
 }
 
-/// Hashes every file `(workspace-relative path, absolute path)`, through the memo.
-/// The stat is taken before the contents are read, so an edit during the read
-/// shows up as a stat change next time. (Whether a learnt entry is fresh enough
-/// to be trusted later is decided by [`crate::cache::Cache::store_memo`].)
+/// Hashes every file `(workspace-relative path, absolute path, stat data if
+/// already taken)`, through the memo. The stat is taken before the contents are
+/// read, so an edit during the read shows up as a stat change next time.
+/// (Whether a learnt entry is fresh enough to be trusted later is decided by
+/// [`crate::cache::Cache::store_memo`].)
 pub fn hash_files<'a>(
-    files: impl IntoIterator<Item = (&'a str, &'a Path)>,
+    files: impl IntoIterator<Item = (&'a str, &'a Path, Option<StatKey>)>,
     memo: &FileMemo,
 ) -> std::io::Result<Hashed> {
     let mut out = Hashed::default();
-    for (rel, abs) in files {
+    for (rel, abs, stat) in files {
         if out.hashes.contains_key(rel) {
             continue;
         }
-        let meta = std::fs::symlink_metadata(abs)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}")))?;
-        let stat = StatKey::from_metadata(&meta);
+        let stat = match stat {
+            Some(s) => s,
+            None => StatKey::from_metadata(&std::fs::symlink_metadata(abs).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
+            })?),
+        };
         // The memo is keyed by absolute path: two checkouts may share one cache.
         let memo_path = abs.to_string_lossy();
         let key = match memo.lookup(&memo_path, &stat) {

@@ -140,6 +140,9 @@ pub struct Engine<'a> {
     pub reporter: &'a mut Reporter,
 }
 
+/// How long records may wait in the build's transaction before they are committed.
+const COMMIT_EVERY: Duration = Duration::from_millis(250);
+
 impl Engine<'_> {
     /// Builds `requested` and everything they depend on; materializes the
     /// requested images.
@@ -173,6 +176,11 @@ impl Engine<'_> {
         self.reporter.event(&Event::Planned {
             actions: closure.len(),
         });
+        // One transaction for the build's lookups and records, committed now and then.
+        if let Err(e) = self.cache.begin_batch() {
+            summary.warnings.push(format!("action cache busy, recording without a batch: {e}"));
+        }
+        let mut last_commit = Instant::now();
 
         let mut waiting: BTreeMap<NodeIndex, usize> = closure
             .iter()
@@ -242,6 +250,10 @@ impl Engine<'_> {
                 }
                 let Ok(msg) = rx.recv() else { break };
                 in_flight -= 1;
+                if last_commit.elapsed() > COMMIT_EVERY {
+                    let _ = self.cache.checkpoint_batch();
+                    last_commit = Instant::now();
+                }
                 match msg {
                     Msg::Keyed(n, Err(e)) | Msg::Ran(n, Err(e), _) => {
                         self.fail(n, e, &mut summary, &mut stop);
@@ -396,6 +408,9 @@ impl Engine<'_> {
         });
 
         learnt.append(&mut checks.learnt);
+        if let Err(e) = self.cache.end_batch() {
+            summary.warnings.push(format!("cannot commit the action cache: {e}"));
+        }
         if !learnt.is_empty()
             && !self.settings.dry_run
             && let Err(e) = self.cache.store_memo(build_start, &learnt)
@@ -706,11 +721,11 @@ fn key_with_io(
     match &node.target.kind {
         TargetKind::Layer(_) => {
             let planned = fileset::expand_layer(root, graph, n).map_err(ActionError::Spec)?;
-            let files: Vec<(&str, &Path)> = planned
+            let files: Vec<(&str, &Path, Option<StatKey>)> = planned
                 .iter()
                 .filter_map(|p| match (&p.source, &p.entry.data) {
-                    (Some(rel), EntryData::File { source, .. }) => {
-                        Some((rel.as_str(), source.as_path()))
+                    (Some(src), EntryData::File { source, .. }) => {
+                        Some((src.rel.as_str(), source.as_path(), Some(src.stat)))
                     }
                     _ => None,
                 })
@@ -783,7 +798,7 @@ fn key_with_io(
                 files.push((ws_rel.clone(), abs.clone()));
             }
             let hashed =
-                fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path())), memo)
+                fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path(), None)), memo)
                     .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
             let mut c = Components::new("import");
             c.set("platform", settings.platform.to_string());
@@ -825,7 +840,7 @@ fn entries_params(planned: &[Planned]) -> String {
                 .u64(u64::from(e.gid));
             match &e.data {
                 EntryData::File { .. } => {
-                    h.str("file").opt_str(p.source.as_deref());
+                    h.str("file").opt_str(p.source.as_ref().map(|s| s.rel.as_str()));
                 }
                 EntryData::Bytes(b) => {
                     h.str("bytes").bytes(b);
