@@ -56,20 +56,21 @@ pub struct Source {
 
 struct Ctx<'a> {
     root: &'a Path,
-    canonical_root: PathBuf,
+    canonical_root: &'a Path,
     graph: &'a Graph,
 }
 
 /// Expands the layer target `node` into its entries (unsorted; see
 /// [`crate::layer::normalize`]). Every problem is a diagnostic pointing at the
-/// spec entry that caused it.
-pub fn expand_layer(root: &Path, graph: &Graph, node: NodeIndex) -> Result<Vec<Planned>, Diag> {
-    let canonical_root = root.canonicalize().map_err(|e| {
-        Diag::new(
-            Code::SourceMissing,
-            format!("cannot read the workspace root: {e}"),
-        )
-    })?;
+/// spec entry that caused it. `canonical_root` is the workspace root with
+/// symlinks resolved (computed once per build), to refuse sources reached
+/// through a symlink that leaves the workspace.
+pub fn expand_layer(
+    root: &Path,
+    canonical_root: &Path,
+    graph: &Graph,
+    node: NodeIndex,
+) -> Result<Vec<Planned>, Diag> {
     let ctx = Ctx {
         root,
         canonical_root,
@@ -291,7 +292,7 @@ fn checked_source(
     }
     let parent = abs.parent().unwrap_or(ctx.root);
     match parent.canonicalize() {
-        Ok(p) if p.starts_with(&ctx.canonical_root) => Ok(abs),
+        Ok(p) if p.starts_with(ctx.canonical_root) => Ok(abs),
         _ => Err(Diag::new(
             Code::PathEscapes,
             format!("source `{ws_rel}` resolves outside the workspace through a symlink"),

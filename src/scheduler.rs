@@ -161,6 +161,13 @@ impl Engine<'_> {
             }
         };
         let build_start = std::time::SystemTime::now();
+        let canonical_root = match self.root.canonicalize() {
+            Ok(p) => p,
+            Err(e) => {
+                summary.warnings.push(format!("cannot resolve the workspace root: {e}"));
+                return summary;
+            }
+        };
         let pool = match rayon::ThreadPoolBuilder::new()
             .num_threads(self.settings.jobs.max(1))
             .build()
@@ -195,6 +202,7 @@ impl Engine<'_> {
             .collect();
         let mut keys: BTreeMap<NodeIndex, (Key, Components)> = BTreeMap::new();
         let memo = &memo;
+        let canonical_root = canonical_root.as_path();
         let mut learnt: Vec<(String, MemoEntry)> = Vec::new();
         let mut checks = BlobChecks {
             memo,
@@ -240,7 +248,7 @@ impl Engine<'_> {
                         let settings = &settings;
                         in_flight += 1;
                         scope.spawn(move |_| {
-                            let r = key_with_io(root, graph, n, settings, memo);
+                            let r = key_with_io(root, canonical_root, graph, n, settings, memo);
                             let _ = tx.send(Msg::Keyed(n, r));
                         });
                     }
@@ -712,6 +720,7 @@ pub fn ref_names(spec: &ImageSpec) -> Vec<String> {
 /// Key of a layer or import: needs file IO (expansion, hashing through the memo).
 fn key_with_io(
     root: &Path,
+    canonical_root: &Path,
     graph: &Graph,
     n: NodeIndex,
     settings: &Settings,
@@ -720,7 +729,7 @@ fn key_with_io(
     let node = graph.node(n);
     match &node.target.kind {
         TargetKind::Layer(_) => {
-            let planned = fileset::expand_layer(root, graph, n).map_err(ActionError::Spec)?;
+            let planned = fileset::expand_layer(root, canonical_root, graph, n).map_err(ActionError::Spec)?;
             let files: Vec<(&str, &Path, Option<StatKey>)> = planned
                 .iter()
                 .filter_map(|p| match (&p.source, &p.entry.data) {
