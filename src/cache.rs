@@ -733,6 +733,31 @@ impl Cache {
         }
     }
 
+    /// The key of the last build of every label, in one query (a build compares
+    /// each hit with it, and fetches the components only for what must rebuild).
+    pub fn last_build_keys(&self) -> Result<HashMap<String, Key>, CacheError> {
+        let rows: Vec<(String, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT label, key FROM last_build")
+            .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(|e| self.db_err(e))?;
+        rows.into_iter()
+            .map(|(label, k)| {
+                let key = Key(blob32(&k, "a last-build key").map_err(|w| self.corrupt(w))?);
+                Ok((label, key))
+            })
+            .collect()
+    }
+
+    /// The recorded outputs of `key` (the scheduler's JSON) without the blob list:
+    /// one indexed read, for the hot path of a no-op build.
+    pub fn get_outputs(&self, key: &Key) -> Result<Option<String>, CacheError> {
+        self.conn
+            .prepare_cached("SELECT outputs FROM action WHERE key = ?1")
+            .and_then(|mut st| st.query_row(params![&key.0[..]], |r| r.get(0)).optional())
+            .map_err(|e| self.db_err(e))
+    }
+
     /// Records the last build of `label`: its key and the JSON of the key's named
     /// components (component name → hash hex), defined by the caller.
     pub fn set_last_build(

@@ -499,12 +499,13 @@ pub fn hash_files<'a>(
         if out.hashes.contains_key(rel) {
             continue;
         }
-        let stat = match stat {
-            Some(s) => s,
-            None => StatKey::from_metadata(&std::fs::symlink_metadata(abs).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
-            })?),
-        };
+        let stat =
+            match stat {
+                Some(s) => s,
+                None => StatKey::from_metadata(&std::fs::symlink_metadata(abs).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
+                })?),
+            };
         // The memo is keyed by absolute path: two checkouts may share one cache.
         let memo_path = abs.to_string_lossy();
         let key = match memo.lookup(&memo_path, &stat) {

@@ -164,7 +164,9 @@ impl Engine<'_> {
         let canonical_root = match self.root.canonicalize() {
             Ok(p) => p,
             Err(e) => {
-                summary.warnings.push(format!("cannot resolve the workspace root: {e}"));
+                summary
+                    .warnings
+                    .push(format!("cannot resolve the workspace root: {e}"));
                 return summary;
             }
         };
@@ -185,9 +187,12 @@ impl Engine<'_> {
         });
         // One transaction for the build's lookups and records, committed now and then.
         if let Err(e) = self.cache.begin_batch() {
-            summary.warnings.push(format!("action cache busy, recording without a batch: {e}"));
+            summary
+                .warnings
+                .push(format!("action cache busy, recording without a batch: {e}"));
         }
         let mut last_commit = Instant::now();
+        let mut last_keys = self.cache.last_build_keys().unwrap_or_default();
 
         let mut waiting: BTreeMap<NodeIndex, usize> = closure
             .iter()
@@ -270,15 +275,15 @@ impl Engine<'_> {
                     Msg::Keyed(n, Ok(k)) => {
                         learnt.extend(k.learnt);
                         let label = graph.node(n).label.to_string();
-                        let last = self.cache.last_build(&label).ok().flatten();
                         match self.lookup(&k.key, &mut checks) {
                             Some(output) => {
-                                if last.as_ref().map(|(key, _)| *key) != Some(k.key) {
+                                if last_keys.get(&label) != Some(&k.key) {
                                     let _ = self.cache.set_last_build(
                                         &label,
                                         &k.key,
                                         &k.components.to_json(),
                                     );
+                                    last_keys.insert(label, k.key);
                                 }
                                 self.reporter.event(&Event::Finished {
                                     label: &graph.node(n).label,
@@ -293,6 +298,7 @@ impl Engine<'_> {
                                 ready.extend(self.release(n, &mut waiting));
                             }
                             None => {
+                                let last = self.cache.last_build(&label).ok().flatten();
                                 let last_components =
                                     last.as_ref().and_then(|(_, j)| Components::from_json(j));
                                 let reason = Reason::between(
@@ -417,7 +423,9 @@ impl Engine<'_> {
 
         learnt.append(&mut checks.learnt);
         if let Err(e) = self.cache.end_batch() {
-            summary.warnings.push(format!("cannot commit the action cache: {e}"));
+            summary
+                .warnings
+                .push(format!("cannot commit the action cache: {e}"));
         }
         if !learnt.is_empty()
             && !self.settings.dry_run
@@ -496,8 +504,8 @@ impl Engine<'_> {
 
     /// A cache hit whose every blob is present and intact.
     fn lookup(&mut self, key: &Key, checks: &mut BlobChecks<'_>) -> Option<Output> {
-        let record = self.cache.get_action(key).ok().flatten()?;
-        let output = Output::from_json(&record.outputs_json)?;
+        let outputs = self.cache.get_outputs(key).ok().flatten()?;
+        let output = Output::from_json(&outputs)?;
         let mut ok = true;
         for (digest, size) in output.blobs() {
             if !checks.intact(self.cas, &digest, size) {
@@ -729,7 +737,8 @@ fn key_with_io(
     let node = graph.node(n);
     match &node.target.kind {
         TargetKind::Layer(_) => {
-            let planned = fileset::expand_layer(root, canonical_root, graph, n).map_err(ActionError::Spec)?;
+            let planned =
+                fileset::expand_layer(root, canonical_root, graph, n).map_err(ActionError::Spec)?;
             let files: Vec<(&str, &Path, Option<StatKey>)> = planned
                 .iter()
                 .filter_map(|p| match (&p.source, &p.entry.data) {
@@ -806,9 +815,11 @@ fn key_with_io(
                 }
                 files.push((ws_rel.clone(), abs.clone()));
             }
-            let hashed =
-                fileset::hash_files(files.iter().map(|(r, a)| (r.as_str(), a.as_path(), None)), memo)
-                    .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+            let hashed = fileset::hash_files(
+                files.iter().map(|(r, a)| (r.as_str(), a.as_path(), None)),
+                memo,
+            )
+            .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
             let mut c = Components::new("import");
             c.set("platform", settings.platform.to_string());
             c.set(
@@ -849,7 +860,8 @@ fn entries_params(planned: &[Planned]) -> String {
                 .u64(u64::from(e.gid));
             match &e.data {
                 EntryData::File { .. } => {
-                    h.str("file").opt_str(p.source.as_ref().map(|s| s.rel.as_str()));
+                    h.str("file")
+                        .opt_str(p.source.as_ref().map(|s| s.rel.as_str()));
                 }
                 EntryData::Bytes(b) => {
                     h.str("bytes").bytes(b);
