@@ -290,6 +290,17 @@ fn checked_source(
         .label("not found")
         .help("source paths are relative to the directory of the BUILD.kdl"));
     }
+    // Only a symlink on the way can lead outside: lstat the parents inside the
+    // workspace, and resolve the path fully only if one of them is a link.
+    let mut prefix = ctx.root.to_path_buf();
+    let parents: Vec<&str> = ws_rel.split('/').collect();
+    let through_link = parents[..parents.len().saturating_sub(1)].iter().any(|c| {
+        prefix.push(c);
+        std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink())
+    });
+    if !through_link {
+        return Ok(abs);
+    }
     let parent = abs.parent().unwrap_or(ctx.root);
     match parent.canonicalize() {
         Ok(p) if p.starts_with(ctx.canonical_root) => Ok(abs),

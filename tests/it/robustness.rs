@@ -247,3 +247,31 @@ fn killed_build_then_build_again_is_correct() {
     assert!(out.status.success());
     assert_eq!(after_kill, tree_bytes(&ws.path("imgc-out")));
 }
+
+#[test]
+fn source_behind_a_symlink_leaving_the_workspace_is_refused() {
+    let ws = small_ws();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "not yours\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path("app/escape")).unwrap();
+    ws.write(
+        "app/BUILD.kdl",
+        "layer \"code\" {\n    copy \"escape/secret\" to=\"/secret\"\n}\n",
+    );
+    let out = ws.run(&["build", "//app:code"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("E008"), "{err}");
+    assert!(
+        err.contains("resolves outside the workspace through a symlink"),
+        "{err}"
+    );
+    // a symlink that stays inside the workspace is fine
+    std::fs::remove_file(ws.path("app/escape")).unwrap();
+    std::os::unix::fs::symlink("src", ws.path("app/inside")).unwrap();
+    ws.write(
+        "app/BUILD.kdl",
+        "layer \"code\" {\n    copy \"inside/main.txt\" to=\"/main.txt\"\n}\n",
+    );
+    ws.ok(&["build", "//app:code"]);
+}
