@@ -218,19 +218,13 @@ fn copy_from_a_layer_target_rebases_its_files() {
 
 /// Paths in the `n`th layer of the image at `layout` (decompressed with flate2).
 fn layer_listing(layout: &std::path::Path, n: usize) -> Vec<String> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digests = layer_field(layout, "digest");
     let blob = |d: &str| {
         layout
             .join("blobs/sha256")
             .join(d.trim_start_matches("sha256:"))
     };
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
-    )
-    .unwrap();
-    let file =
-        std::fs::File::open(blob(manifest["layers"][n]["digest"].as_str().unwrap())).unwrap();
+    let file = std::fs::File::open(blob(&digests[n])).unwrap();
     let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
     archive
         .entries()
@@ -241,22 +235,7 @@ fn layer_listing(layout: &std::path::Path, n: usize) -> Vec<String> {
 
 /// Layer digests of the image at `layout`.
 fn layer_digests(layout: &std::path::Path) -> Vec<String> {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let m = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
-            .unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    layer_field(layout, "digest")
 }
 
 #[test]
@@ -319,24 +298,7 @@ fn zstd_workspaces_build_valid_images() {
     ws.build(&[]);
     let layout = ws.layout("app", "app");
     imgc::oci::check_layout(&layout).unwrap();
-    let manifest_media: Vec<String> = {
-        let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-        let m = index["manifests"][0]["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:")
-            .to_string();
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(m)).unwrap())
-                .unwrap();
-        manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["mediaType"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let manifest_media = layer_field(&layout, "mediaType");
     assert!(
         manifest_media
             .iter()

@@ -109,32 +109,15 @@ fn assert_cas_sound(ws: &Ws) {
 }
 
 fn layer_blob_paths(ws: &Ws, pkg: &str, name: &str) -> Vec<std::path::PathBuf> {
-    let layout = ws.layout(pkg, name);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let m = index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&m)).unwrap())
-            .unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
+    layer_field(&ws.layout(pkg, name), "digest")
         .iter()
-        .map(|l| {
-            let hex = l["digest"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("sha256:")
-                .to_string();
+        .map(|d| {
+            let hex = d.trim_start_matches("sha256:");
             ws.cache
                 .path()
                 .join("v1/cas/sha256")
                 .join(&hex[..2])
-                .join(&hex)
+                .join(hex)
         })
         .collect()
 }

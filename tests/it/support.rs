@@ -290,3 +290,25 @@ image "app" {
         ("app/config.toml", "port = 8080\n"),
     ])
 }
+
+/// The manifest (as JSON) of the image in the OCI layout at `layout`.
+pub fn manifest_of(layout: &Path) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let hex = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+/// One string field of every layer descriptor of the image at `layout`.
+pub fn layer_field(layout: &Path, field: &str) -> Vec<String> {
+    manifest_of(layout)["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l[field].as_str().unwrap().to_string())
+        .collect()
+}
