@@ -211,3 +211,12 @@ fn dash_c_runs_elsewhere() {
         "//services/api:api\n//services/web:web\n//services/web:web-debug\n"
     );
 }
+
+#[test]
+fn help_texts() {
+    let ws = graph_ws();
+    let out = ws.ok(&["--help"]);
+    insta::assert_snapshot!("help", stdout(&out));
+    let out = ws.ok(&["build", "--help"]);
+    insta::assert_snapshot!("build_help", stdout(&out));
+}
