@@ -202,6 +202,24 @@ impl Cas {
             _ => Ok(()),
         }
     }
+
+    /// Removes temp files older than `age` (left by killed processes; a live
+    /// writer's file is younger). Returns how many were removed.
+    pub fn sweep_tmp(&self, age: std::time::Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        let now = std::time::SystemTime::now();
+        for entry in fs::read_dir(&self.tmp).map_err(|e| with_path(e, "list", &self.tmp))? {
+            let entry = entry.map_err(|e| with_path(e, "list", &self.tmp))?;
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age));
+            if old && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// A blob being written: a temp file plus a running sha256. Dropping it without
@@ -341,6 +359,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cas = Cas::open(&dir.path().join("v1")).unwrap();
         (dir, cas)
+    }
+
+    #[test]
+    fn sweep_removes_only_old_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::open(dir.path()).unwrap();
+        let old = dir.path().join("tmp/.old-blob");
+        let young = dir.path().join("tmp/.young-blob");
+        fs::write(&old, b"x").unwrap();
+        fs::write(&young, b"y").unwrap();
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        assert_eq!(
+            cas.sweep_tmp(std::time::Duration::from_secs(86400))
+                .unwrap(),
+            1
+        );
+        assert!(!old.exists());
+        assert!(young.exists());
     }
 
     #[test]

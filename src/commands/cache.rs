@@ -44,6 +44,8 @@ impl Stores {
                 dir.display()
             ))
         })?;
+        // Temp files of killed builds; a day is far longer than any write.
+        let _ = cas.sweep_tmp(std::time::Duration::from_secs(24 * 3600));
         let (cache, warning) = Cache::open(&dir.join("imgc.sqlite")).map_err(|e| {
             CmdError::Env(format!(
                 "cannot open the action cache in `{}`: {e}",
