@@ -61,10 +61,21 @@ mod architecture {
             ("spec/reader.rs", include_str!("spec/reader.rs")),
             ("spec/paths.rs", include_str!("spec/paths.rs")),
         ];
-        let forbidden = ["std::fs", "rusqlite", "rayon", "tar::", "walkdir", "std::process", "std::env"];
+        let forbidden = [
+            "std::fs",
+            "rusqlite",
+            "rayon",
+            "tar::",
+            "walkdir",
+            "std::process",
+            "std::env",
+        ];
         for (file, text) in core {
             for word in forbidden {
-                assert!(!text.contains(word), "src/{file} uses `{word}`: the core stays pure");
+                assert!(
+                    !text.contains(word),
+                    "src/{file} uses `{word}`: the core stays pure"
+                );
             }
         }
     }

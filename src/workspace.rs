@@ -8,11 +8,27 @@
 //!
 //! This module reads files; it hands their text to the pure [`crate::spec`] parser
 //! and collects every diagnostic of every file.
+//!
+//! # The parse cache
+//!
+//! Parsing KDL is the bulk of loading a large workspace, so results are remembered in
+//! the local [`Cache`], keyed by [`parse_key`]: the parser format version
+//! ([`crate::spec::PARSE_FORMAT_VERSION`]) and imgc's version, the file kind, the
+//! package path and the exact text. The value is the model serialized as JSON (spans
+//! included: they stay valid because the text is identical by construction; nothing in
+//! a [`Target`] or [`WorkspaceConfig`] holds a [`crate::spec::model::FileId`]). Only
+//! files that parsed without any diagnostic are stored, so diagnostics are always
+//! fresh and complete. The cache is an optimization only: a value that does not
+//! deserialize is parsed again, and a cache that fails is dropped with a warning.
 
+use crate::cache::{Cache, CacheError};
 use crate::diag::{Code, Diag, Sources};
-use crate::spec::model::{Package, WorkspaceConfig};
+use crate::hash::{Key, KeyHasher};
+use crate::spec::PARSE_FORMAT_VERSION;
+use crate::spec::model::{Package, Target, WorkspaceConfig};
 use crate::spec::parse::{parse_build_file, parse_workspace_file};
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const WORKSPACE_FILE: &str = "imgc.kdl";
@@ -38,6 +54,42 @@ pub struct Workspace {
     pub sources: Sources,
     /// Sorted by package path.
     pub packages: Vec<Package>,
+    /// What the parse cache did during the load.
+    pub parse_cache: ParseCacheReport,
+}
+
+/// What the parse cache did while loading (all zero without a cache).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParseCacheReport {
+    /// Files whose parse result came from the cache.
+    pub hits: usize,
+    /// Files parsed.
+    pub parsed: usize,
+    /// Parse results stored.
+    pub stored: usize,
+    /// A problem with the cache, which was then not used (or not written).
+    pub warning: Option<String>,
+}
+
+/// Which kind of spec file a parse-cache entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Workspace,
+    Build,
+}
+
+/// The parse-cache key of a file: see the module docs.
+pub fn parse_key(kind: FileKind, package: &str, text: &str) -> Key {
+    let mut h = KeyHasher::new("parse");
+    h.field("format").u64(PARSE_FORMAT_VERSION);
+    h.field("imgc").str(env!("CARGO_PKG_VERSION"));
+    h.field("kind").str(match kind {
+        FileKind::Workspace => "workspace",
+        FileKind::Build => "build",
+    });
+    h.field("package").str(package);
+    h.field("text").str(text);
+    h.finish()
 }
 
 /// Finds the workspace root at or above `start`.
@@ -127,54 +179,176 @@ pub fn build_file_path(package: &str) -> String {
     }
 }
 
+/// The parse cache as used by one load: turns itself off at the first failure.
+struct ParseCache<'c> {
+    cache: Option<&'c mut Cache>,
+    report: ParseCacheReport,
+}
+
+impl ParseCache<'_> {
+    /// The stored values of `keys` (JSON), and the hits to refresh.
+    fn get(&mut self, keys: &[Key]) -> (BTreeMap<Key, String>, Vec<Key>) {
+        let Some(cache) = self.cache.as_deref_mut() else {
+            return Default::default();
+        };
+        match cache.get_parsed(keys) {
+            Ok(hits) => (hits.values, hits.stale),
+            Err(e) => {
+                self.fail("read", e);
+                Default::default()
+            }
+        }
+    }
+
+    fn put(&mut self, entries: &[(Key, String)], touch: &[Key]) {
+        let Some(cache) = self.cache.as_deref_mut() else {
+            return;
+        };
+        match cache.put_parsed(entries, touch) {
+            Ok(_) => self.report.stored += entries.len(),
+            Err(e) => self.fail("write", e),
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: CacheError) {
+        let Some(cache) = self.cache.take() else {
+            return;
+        };
+        let mut warning = format!("cannot {what} the parse cache, going on without it: {e}");
+        if e.is_corrupt() {
+            match cache.recover() {
+                Ok(w) => warning = w,
+                Err(e2) => warning.push_str(&format!(" (and could not replace it: {e2})")),
+            }
+        }
+        self.report.warning.get_or_insert(warning);
+    }
+}
+
 /// Loads and parses the whole workspace at `root`. IO errors stop the load;
-/// spec errors are collected and returned beside the (partial) workspace.
-pub fn load(root: &Path) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+/// spec errors are collected and returned beside the (partial) workspace. With a
+/// `cache`, parse results of unchanged files are reused (see the module docs); a
+/// cache problem never fails the load (it is reported in
+/// [`Workspace::parse_cache`]).
+pub fn load(
+    root: &Path,
+    cache: Option<&mut Cache>,
+) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+    let mut pc = ParseCache {
+        cache,
+        report: ParseCacheReport::default(),
+    };
     let mut sources = Sources::default();
     let mut diags = Vec::new();
+    let mut new_entries: Vec<(Key, String)> = Vec::new();
+
     let ws_text = read(&root.join(WORKSPACE_FILE))?;
     let ws_file = sources.add(WORKSPACE_FILE, ws_text.clone());
-    let (config, ws_diags) = parse_workspace_file(ws_file, &ws_text);
-    diags.extend(ws_diags);
+    let ws_key = parse_key(FileKind::Workspace, "", &ws_text);
+    let (ws_hit, mut touch) = pc.get(std::slice::from_ref(&ws_key));
+    let cached_config = ws_hit
+        .get(&ws_key)
+        .and_then(|json| serde_json::from_str::<WorkspaceConfig>(json).ok());
+    let config = match cached_config {
+        Some(config) => {
+            pc.report.hits += 1;
+            config
+        }
+        None => {
+            let (config, ws_diags) = parse_workspace_file(ws_file, &ws_text);
+            pc.report.parsed += 1;
+            if ws_diags.is_empty() {
+                if let Ok(json) = serde_json::to_string(&config) {
+                    new_entries.push((ws_key, json));
+                }
+            }
+            diags.extend(ws_diags);
+            config
+        }
+    };
 
     let package_paths = discover_packages(root, &config.output_dir)?;
-    let texts: Vec<(String, String)> = package_paths
-        .par_iter()
-        .map(|pkg| Ok((pkg.clone(), read(&root.join(build_file_path(pkg)))?)))
+    let texts: Vec<(String, String, Key)> = package_paths
+        .into_par_iter()
+        .map(|pkg| {
+            let text = read(&root.join(build_file_path(&pkg)))?;
+            let key = parse_key(FileKind::Build, &pkg, &text);
+            Ok((pkg, text, key))
+        })
         .collect::<Result<_, WorkspaceError>>()?;
+    let keys: Vec<Key> = texts.iter().map(|(_, _, k)| *k).collect();
+    let (hits, stale) = pc.get(&keys);
+    touch.extend(stale);
     let ids: Vec<usize> = texts
         .iter()
-        .map(|(pkg, text)| sources.add(build_file_path(pkg), text.clone()))
+        .map(|(pkg, text, _)| sources.add(build_file_path(pkg), text.clone()))
         .collect();
-    let parsed: Vec<(Package, Vec<Diag>)> = texts
-        .par_iter()
-        .zip(ids.par_iter())
-        .map(|((pkg, text), &file)| {
-            let (targets, d) = parse_build_file(file, pkg, text);
-            (
-                Package {
-                    path: pkg.clone(),
+    let parsed: Vec<Parsed> = texts
+        .into_par_iter()
+        .zip(ids.into_par_iter())
+        .map(|((pkg, text, key), file)| {
+            if let Some(targets) = hits
+                .get(&key)
+                .and_then(|json| serde_json::from_str::<Vec<Target>>(json).ok())
+            {
+                return Parsed {
+                    package: Package {
+                        path: pkg,
+                        file,
+                        targets,
+                    },
+                    diags: Vec::new(),
+                    store: None,
+                };
+            }
+            let (targets, d) = parse_build_file(file, &pkg, &text);
+            let store = if d.is_empty() {
+                serde_json::to_string(&targets).ok().map(|json| (key, json))
+            } else {
+                None
+            };
+            Parsed {
+                package: Package {
+                    path: pkg,
                     file,
                     targets,
                 },
-                d,
-            )
+                diags: d,
+                store: Some(store),
+            }
         })
         .collect();
     let mut packages = Vec::with_capacity(parsed.len());
-    for (p, d) in parsed {
-        packages.push(p);
-        diags.extend(d);
+    for p in parsed {
+        match p.store {
+            None => pc.report.hits += 1,
+            Some(store) => {
+                pc.report.parsed += 1;
+                new_entries.extend(store);
+            }
+        }
+        packages.push(p.package);
+        diags.extend(p.diags);
     }
+    pc.put(&new_entries, &touch);
     Ok((
         Workspace {
             root: root.to_path_buf(),
             config,
             sources,
             packages,
+            parse_cache: pc.report,
         },
         diags,
     ))
+}
+
+/// One BUILD.kdl, parsed or taken from the cache.
+struct Parsed {
+    package: Package,
+    diags: Vec<Diag>,
+    /// `None` for a cache hit; else the entry to store, if the file had no diagnostic.
+    store: Option<Option<(Key, String)>>,
 }
 
 /// A diagnostic for a workspace that could not be found.
