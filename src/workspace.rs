@@ -123,43 +123,59 @@ pub fn package_of_dir(root: &Path, dir: &Path) -> Option<String> {
 }
 
 /// Lists the package paths below `root`, sorted.
+///
+/// Directories are read in parallel (a large workspace has thousands, most of them
+/// data directories of packages) and the result is sorted once at the end. Symbolic
+/// links are not followed, and a `BUILD.kdl` that is not a regular file does not make
+/// a package.
 pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Vec<String>, WorkspaceError> {
     let output_dir = Path::new(output_dir.trim_end_matches('/'));
-    let mut packages = Vec::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            if e.depth() == 0 {
-                return true;
+    let mut packages = walk(root, Path::new(""), output_dir)?;
+    packages.sort();
+    Ok(packages)
+}
+
+/// The packages at and below `root/rel`.
+fn walk(root: &Path, rel: &Path, output_dir: &Path) -> Result<Vec<String>, WorkspaceError> {
+    let dir = root.join(rel);
+    let io = |path: &Path, source| WorkspaceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut subdirs = Vec::new();
+    let mut is_package = false;
+    for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        let entry = entry.map_err(|e| io(&dir, e))?;
+        let name = entry.file_name();
+        // Usually from the directory entry itself: no stat.
+        let file_type = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+        if file_type.is_dir() {
+            let shown = name.to_string_lossy();
+            if shown.starts_with('.') || shown == "imgc-out" {
+                continue;
             }
-            if !e.file_type().is_dir() {
-                return e.file_name() == BUILD_FILE;
+            let sub = rel.join(&name);
+            if sub != output_dir {
+                subdirs.push(sub);
             }
-            let name = e.file_name().to_string_lossy();
-            if name.starts_with('.') || name == "imgc-out" {
-                return false;
-            }
-            e.path()
-                .strip_prefix(root)
-                .is_ok_and(|rel| rel != output_dir)
-        });
-    for entry in walker {
-        let entry = entry.map_err(|e| WorkspaceError::Io {
-            path: e.path().unwrap_or(root).to_path_buf(),
-            source: e
-                .into_io_error()
-                .unwrap_or_else(|| std::io::Error::other("walk error")),
-        })?;
-        if entry.file_type().is_file() && entry.file_name() == BUILD_FILE {
-            let dir = entry.path().parent().unwrap_or(root);
-            if let Some(pkg) = package_of_dir(root, dir) {
-                packages.push(pkg);
-            }
+        } else if file_type.is_file() && name == BUILD_FILE {
+            is_package = true;
         }
     }
-    packages.sort();
+    let mut packages: Vec<String> = subdirs
+        .par_iter()
+        .map(|sub| walk(root, sub, output_dir))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if is_package {
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        packages.push(parts.join("/"));
+    }
     Ok(packages)
 }
 
@@ -371,10 +387,16 @@ mod tests {
             std::fs::write(root.join(d).join(BUILD_FILE), "").unwrap();
         }
         std::fs::write(root.join(WORKSPACE_FILE), "").unwrap();
+        // Symbolic links are not followed, and a linked BUILD.kdl makes no package.
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+        std::fs::create_dir_all(root.join("c")).unwrap();
+        std::os::unix::fs::symlink(root.join("b").join(BUILD_FILE), root.join("c/BUILD.kdl"))
+            .unwrap();
         assert_eq!(
             discover_packages(root, "imgc-out").unwrap(),
             vec!["a/x", "b", "out/z"]
         );
+        assert_eq!(discover_packages(root, "out/").unwrap(), vec!["a/x", "b"]);
         assert_eq!(discover_packages(root, "out").unwrap(), vec!["a/x", "b"]);
         assert_eq!(
             find_root(&root.join("a/x")).unwrap(),
@@ -384,5 +406,97 @@ mod tests {
             package_of_dir(&std::path::absolute(root).unwrap(), &root.join("a/x")).unwrap(),
             "a/x"
         );
+    }
+
+    fn small_workspace() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join(WORKSPACE_FILE), "workspace {\n}\n").unwrap();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(
+            root.join("app").join(BUILD_FILE),
+            "layer \"files\" {\n    text \"/etc/x\" \"x\"\n}\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn summary(ws: &Workspace) -> String {
+        format!("{:?} {:?}", ws.config, ws.packages)
+    }
+
+    #[test]
+    fn parse_cache_hits_and_gives_the_same_result() {
+        let dir = small_workspace();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (cold, d) = load(dir.path(), Some(&mut cache)).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!((cold.parse_cache.hits, cold.parse_cache.parsed), (0, 2));
+        assert_eq!(cold.parse_cache.stored, 2);
+        let (warm, d) = load(dir.path(), Some(&mut cache)).unwrap();
+        assert!(d.is_empty());
+        assert_eq!((warm.parse_cache.hits, warm.parse_cache.parsed), (2, 0));
+        assert_eq!(warm.parse_cache.stored, 0, "nothing written when all hit");
+        assert_eq!(summary(&cold), summary(&warm));
+        let (uncached, _) = load(dir.path(), None).unwrap();
+        assert_eq!(summary(&uncached), summary(&warm));
+    }
+
+    #[test]
+    fn a_corrupt_parse_cache_value_is_parsed_again() {
+        let dir = small_workspace();
+        let root = dir.path();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (cold, _) = load(root, Some(&mut cache)).unwrap();
+        let text = std::fs::read_to_string(root.join("app").join(BUILD_FILE)).unwrap();
+        let ws_text = std::fs::read_to_string(root.join(WORKSPACE_FILE)).unwrap();
+        let keys = [
+            parse_key(FileKind::Build, "app", &text),
+            parse_key(FileKind::Workspace, "", &ws_text),
+        ];
+        cache
+            .put_parsed(
+                &[
+                    (keys[0], "not json".to_string()),
+                    (keys[1], r#"{"output_dir": 7}"#.to_string()),
+                ],
+                &[],
+            )
+            .unwrap();
+        let (ws, d) = load(root, Some(&mut cache)).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(ws.parse_cache.warning, None);
+        assert_eq!((ws.parse_cache.hits, ws.parse_cache.parsed), (0, 2));
+        assert_eq!(summary(&ws), summary(&cold));
+        // ... and the bad values were replaced.
+        let (ws, _) = load(root, Some(&mut cache)).unwrap();
+        assert_eq!(ws.parse_cache.hits, 2);
+    }
+
+    #[test]
+    fn files_with_diagnostics_are_not_cached() {
+        let dir = small_workspace();
+        let root = dir.path();
+        std::fs::write(
+            root.join("app").join(BUILD_FILE),
+            "layer \"files\" {\n    bogus\n}\n",
+        )
+        .unwrap();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (ws, d) = load(root, Some(&mut cache)).unwrap();
+        assert!(!d.is_empty());
+        assert_eq!(ws.parse_cache.stored, 1, "only imgc.kdl");
+        let (ws, d2) = load(root, Some(&mut cache)).unwrap();
+        assert_eq!(d.len(), d2.len());
+        assert_eq!((ws.parse_cache.hits, ws.parse_cache.parsed), (1, 1));
+    }
+
+    #[test]
+    fn keys_separate_kind_package_and_text() {
+        let k = parse_key(FileKind::Build, "a", "x");
+        assert_ne!(k, parse_key(FileKind::Workspace, "a", "x"));
+        assert_ne!(k, parse_key(FileKind::Build, "b", "x"));
+        assert_ne!(k, parse_key(FileKind::Build, "a", "x "));
+        assert_eq!(k, parse_key(FileKind::Build, "a", "x"));
     }
 }
