@@ -52,3 +52,14 @@ CREATE TABLE last_build (
     components  TEXT    NOT NULL,
     built_at    INTEGER NOT NULL             -- unix seconds
 ) WITHOUT ROWID;
+
+-- Parse cache: a key over (parser format version, file kind, package path, exact file
+-- text) -> the parse result as JSON (defined by src/workspace.rs). Only files that
+-- parsed without any diagnostic are stored. Rows unused for a while are deleted when
+-- new rows are written; used_at is refreshed at most once a day per row.
+CREATE TABLE parse_cache (
+    key      BLOB    NOT NULL PRIMARY KEY CHECK (length(key) = 32),
+    value    TEXT    NOT NULL,
+    used_at  INTEGER NOT NULL             -- unix seconds, last hit (coarse, see above)
+);
+CREATE INDEX parse_cache_by_used_at ON parse_cache (used_at);

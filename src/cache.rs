@@ -3,7 +3,7 @@
 //! # What is stored
 //!
 //! `<cache-dir>/v1/imgc.sqlite` (schema: `cache-schema.sql`, loaded with
-//! `include_str!`) holds four small tables:
+//! `include_str!`) holds five small tables:
 //!
 //! - **the action cache**: an action [`Key`] → the action's outputs, as an opaque JSON
 //!   text that the scheduler defines, plus the list of blob [`Digest`]s (and their sizes)
@@ -14,12 +14,18 @@
 //!   again. Stat data only decides whether to re-hash: it never enters a key;
 //! - **the last build of each label**: its key and the JSON of the key's named
 //!   components, so the next build can print *why* something rebuilt;
+//! - **the parse cache**: a [`Key`] over a spec file's exact text (and the parser
+//!   version, file kind and package) → the parse result as opaque JSON, defined by
+//!   `workspace`. Only files that parsed without any diagnostic are stored, so errors
+//!   are always reported fresh. Rows not used for [`PARSE_KEEP`] are dropped whenever
+//!   new rows are written, which keeps the table about the size of the workspace;
 //! - bookkeeping: when each action was recorded and last used, blob sizes.
 //!
 //! # What is deliberately not stored
 //!
 //! No blob contents (those live in the content-addressed store, `cas/`, as plain
-//! immutable files that are valid OCI blobs), no spec text, no build logs, no absolute
+//! immutable files that are valid OCI blobs), no spec text (only parse results keyed
+//! by its hash), no build logs, no absolute
 //! workspace paths inside keys, nothing from a remote cache. The database is a
 //! **per-machine index**: everything in it can be recomputed from the workspace and the
 //! CAS. It is never the only copy of anything, so losing it costs one cold build, never
@@ -75,7 +81,7 @@
 
 use crate::hash::{Digest, Key};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,11 +89,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SCHEMA: &str = include_str!("../cache-schema.sql");
 
 /// `PRAGMA user_version` of a database made from [`SCHEMA`]. Bump on any schema change.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How much older than the build start a file's mtime and ctime must be before its
 /// hash is remembered (covers coarse filesystem timestamps, e.g. 2 s on FAT).
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Parse-cache rows not used for this long are deleted when new rows are written.
+pub const PARSE_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A parse-cache hit refreshes its `used_at` only when it is older than this, so a
+/// run in which every file hits writes nothing.
+pub const PARSE_TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How long to wait for another imgc process holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -218,6 +231,8 @@ impl FileMemo {
 pub struct CacheStats {
     pub actions: u64,
     pub memo_entries: u64,
+    /// Rows of the parse cache.
+    pub parsed_files: u64,
     pub last_builds: u64,
     /// Distinct blobs referenced by at least one action.
     pub blobs_referenced: u64,
@@ -225,6 +240,16 @@ pub struct CacheStats {
     pub bytes_referenced: u64,
     /// Size of the database file itself (pages in use), in bytes.
     pub db_bytes: u64,
+}
+
+/// What [`Cache::get_parsed`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedHits {
+    /// Key → the stored value (opaque JSON), for the keys that hit.
+    pub values: BTreeMap<Key, String>,
+    /// Hits whose `used_at` is older than [`PARSE_TOUCH_AFTER`]: pass them to
+    /// [`Cache::put_parsed`] to keep them from being dropped as unused.
+    pub stale: Vec<Key>,
 }
 
 /// What [`Cache::store_memo`] did.
@@ -712,6 +737,78 @@ impl Cache {
         Ok(gone.len())
     }
 
+    // ---- parse cache ----
+
+    /// The stored values of those `keys` that are present (one prepared statement).
+    /// Reads only: refreshing the stale hits is [`Cache::put_parsed`]'s job.
+    pub fn get_parsed(&self, keys: &[Key]) -> Result<ParsedHits, CacheError> {
+        let stale_before = now_unix() - PARSE_TOUCH_AFTER.as_secs() as i64;
+        let mut hits = ParsedHits::default();
+        // One read transaction: one snapshot and one WAL read lock for all the keys,
+        // instead of taking and releasing the lock for each (measurably slower).
+        let _read = if self.conn.is_autocommit() {
+            Some(
+                self.conn
+                    .unchecked_transaction()
+                    .map_err(|e| self.db_err(e))?,
+            )
+        } else {
+            None
+        };
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT value, used_at FROM parse_cache WHERE key = ?1")
+            .map_err(|e| self.db_err(e))?;
+        for k in keys {
+            let row: Option<(String, i64)> = st
+                .query_row(params![&k.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(|e| self.db_err(e))?;
+            if let Some((value, used_at)) = row {
+                if used_at < stale_before {
+                    hits.stale.push(*k);
+                }
+                hits.values.insert(*k, value);
+            }
+        }
+        Ok(hits)
+    }
+
+    /// In one transaction: stores (or replaces) `entries`, marks `touch` as used now,
+    /// and, if anything was stored, deletes the rows unused for [`PARSE_KEEP`].
+    /// Does not write at all when both lists are empty. Returns how many rows were
+    /// deleted.
+    pub fn put_parsed(
+        &mut self,
+        entries: &[(Key, String)],
+        touch: &[Key],
+    ) -> Result<usize, CacheError> {
+        if entries.is_empty() && touch.is_empty() {
+            return Ok(0);
+        }
+        let now = now_unix();
+        let mut dropped = 0;
+        self.write(|c| {
+            let mut ins = c.prepare_cached(
+                "INSERT OR REPLACE INTO parse_cache (key, value, used_at) VALUES (?1, ?2, ?3)",
+            )?;
+            for (k, v) in entries {
+                ins.execute(params![&k.0[..], v, now])?;
+            }
+            let mut upd = c.prepare_cached("UPDATE parse_cache SET used_at = ?2 WHERE key = ?1")?;
+            for k in touch {
+                upd.execute(params![&k.0[..], now])?;
+            }
+            if !entries.is_empty() {
+                dropped = c
+                    .prepare_cached("DELETE FROM parse_cache WHERE used_at < ?1")?
+                    .execute(params![now - PARSE_KEEP.as_secs() as i64])?;
+            }
+            Ok(())
+        })?;
+        Ok(dropped)
+    }
+
     // ---- last builds ----
 
     /// The key and components JSON of the last build of `label`.
@@ -789,6 +886,7 @@ impl Cache {
         Ok(CacheStats {
             actions: count("SELECT count(*) FROM action")?,
             memo_entries: count("SELECT count(*) FROM file_memo")?,
+            parsed_files: count("SELECT count(*) FROM parse_cache")?,
             last_builds: count("SELECT count(*) FROM last_build")?,
             blobs_referenced: count("SELECT count(DISTINCT digest) FROM action_blob")?,
             bytes_referenced: count(
@@ -887,7 +985,7 @@ mod tests {
     /// If this fails, the schema changed: bump SCHEMA_VERSION and update the hash.
     #[test]
     fn schema_is_pinned_to_its_version() {
-        assert_eq!(SCHEMA_VERSION, 1);
+        assert_eq!(SCHEMA_VERSION, 2);
         // Comments and layout do not count, only the statements.
         let normalized: Vec<&str> = SCHEMA
             .lines()
@@ -896,7 +994,7 @@ mod tests {
             .collect();
         assert_eq!(
             Key::of_bytes(normalized.join(" ").as_bytes()).to_hex(),
-            "6b11a9ff748bd987794dd253490f2084d10519e86ade8f8104bdbc8b0cbf5497",
+            "b44b06f2222500fedef4ba2a0bd6e2a8c3cefa39fab64217506f3403e7594346",
             "cache-schema.sql changed: bump SCHEMA_VERSION and update this hash"
         );
     }
@@ -956,6 +1054,52 @@ mod tests {
         assert_eq!(s.last_builds, 1);
         assert_eq!(s.memo_entries, 0);
         assert!(s.db_bytes > 0);
+    }
+
+    #[test]
+    fn parse_cache_round_trip_touch_and_cleanup() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let hits = c.get_parsed(&[key(1), key(2)]).unwrap();
+        assert_eq!(hits, ParsedHits::default());
+        assert_eq!(c.put_parsed(&[], &[]).unwrap(), 0);
+        c.put_parsed(
+            &[(key(1), "[1]".to_string()), (key(2), "[2]".to_string())],
+            &[],
+        )
+        .unwrap();
+        c.put_parsed(&[(key(2), "[22]".to_string())], &[]).unwrap();
+        let hits = c.get_parsed(&[key(1), key(2), key(3)]).unwrap();
+        assert_eq!(hits.values.len(), 2);
+        assert_eq!(hits.values[&key(1)], "[1]");
+        assert_eq!(hits.values[&key(2)], "[22]");
+        assert!(hits.stale.is_empty(), "just written");
+        assert_eq!(c.stats().unwrap().parsed_files, 2);
+
+        // Age key 1 past the touch interval, key 2 past the keep limit.
+        let now = now_unix();
+        let age = |c: &Cache, k: &Key, secs: u64| {
+            c.conn
+                .execute(
+                    "UPDATE parse_cache SET used_at = ?2 WHERE key = ?1",
+                    params![&k.0[..], now - secs as i64],
+                )
+                .unwrap();
+        };
+        age(&c, &key(1), PARSE_TOUCH_AFTER.as_secs() + 10);
+        age(&c, &key(2), PARSE_KEEP.as_secs() + 10);
+        let hits = c.get_parsed(&[key(1), key(2)]).unwrap();
+        let mut stale = hits.stale.clone();
+        stale.sort();
+        assert_eq!(stale, vec![key(1), key(2)]);
+        // Touching key 1 only, and storing key 3, drops the long-unused key 2.
+        let dropped = c
+            .put_parsed(&[(key(3), "[3]".to_string())], &[key(1)])
+            .unwrap();
+        assert_eq!(dropped, 1);
+        let hits = c.get_parsed(&[key(1), key(2), key(3)]).unwrap();
+        assert_eq!(hits.values.len(), 2);
+        assert!(hits.stale.is_empty());
+        assert!(!hits.values.contains_key(&key(2)));
     }
 
     #[test]
@@ -1216,7 +1360,10 @@ mod tests {
         }
         let (c, warning) = Cache::open(&path).unwrap();
         let warning = warning.expect("a warning");
-        assert!(warning.contains("schema version 2"), "{warning}");
+        assert!(
+            warning.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{warning}"
+        );
         assert_eq!(c.get_action(&key(1)).unwrap(), None);
         let (_, again) = Cache::open(&path).unwrap();
         assert_eq!(again, None);

@@ -9,6 +9,7 @@
 //! `api:image`, `api/...`) resolved against the package directory the user stands in.
 //! A leading `-` subtracts ([`PatternSet`]).
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Why a label or pattern could not be parsed. The message is lowercase and
@@ -67,7 +68,7 @@ pub fn check_target_name(name: &str) -> Result<(), LabelError> {
 }
 
 /// A fully qualified target label.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Label {
     package: String,
     name: String,

@@ -8,11 +8,27 @@
 //!
 //! This module reads files; it hands their text to the pure [`crate::spec`] parser
 //! and collects every diagnostic of every file.
+//!
+//! # The parse cache
+//!
+//! Parsing KDL is the bulk of loading a large workspace, so results are remembered in
+//! the local [`Cache`], keyed by [`parse_key`]: the parser format version
+//! ([`crate::spec::PARSE_FORMAT_VERSION`]) and imgc's version, the file kind, the
+//! package path and the exact text. The value is the model serialized as JSON (spans
+//! included: they stay valid because the text is identical by construction; nothing in
+//! a [`Target`] or [`WorkspaceConfig`] holds a [`crate::spec::model::FileId`]). Only
+//! files that parsed without any diagnostic are stored, so diagnostics are always
+//! fresh and complete. The cache is an optimization only: a value that does not
+//! deserialize is parsed again, and a cache that fails is dropped with a warning.
 
+use crate::cache::{Cache, CacheError};
 use crate::diag::{Code, Diag, Sources};
-use crate::spec::model::{Package, WorkspaceConfig};
+use crate::hash::{Key, KeyHasher};
+use crate::spec::PARSE_FORMAT_VERSION;
+use crate::spec::model::{Package, Target, WorkspaceConfig};
 use crate::spec::parse::{parse_build_file, parse_workspace_file};
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const WORKSPACE_FILE: &str = "imgc.kdl";
@@ -38,6 +54,42 @@ pub struct Workspace {
     pub sources: Sources,
     /// Sorted by package path.
     pub packages: Vec<Package>,
+    /// What the parse cache did during the load.
+    pub parse_cache: ParseCacheReport,
+}
+
+/// What the parse cache did while loading (all zero without a cache).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParseCacheReport {
+    /// Files whose parse result came from the cache.
+    pub hits: usize,
+    /// Files parsed.
+    pub parsed: usize,
+    /// Parse results stored.
+    pub stored: usize,
+    /// A problem with the cache, which was then not used (or not written).
+    pub warning: Option<String>,
+}
+
+/// Which kind of spec file a parse-cache entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Workspace,
+    Build,
+}
+
+/// The parse-cache key of a file: see the module docs.
+pub fn parse_key(kind: FileKind, package: &str, text: &str) -> Key {
+    let mut h = KeyHasher::new("parse");
+    h.field("format").u64(PARSE_FORMAT_VERSION);
+    h.field("imgc").str(env!("CARGO_PKG_VERSION"));
+    h.field("kind").str(match kind {
+        FileKind::Workspace => "workspace",
+        FileKind::Build => "build",
+    });
+    h.field("package").str(package);
+    h.field("text").str(text);
+    h.finish()
 }
 
 /// Finds the workspace root at or above `start`.
@@ -71,43 +123,59 @@ pub fn package_of_dir(root: &Path, dir: &Path) -> Option<String> {
 }
 
 /// Lists the package paths below `root`, sorted.
+///
+/// Directories are read in parallel (a large workspace has thousands, most of them
+/// data directories of packages) and the result is sorted once at the end. Symbolic
+/// links are not followed, and a `BUILD.kdl` that is not a regular file does not make
+/// a package.
 pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Vec<String>, WorkspaceError> {
     let output_dir = Path::new(output_dir.trim_end_matches('/'));
-    let mut packages = Vec::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            if e.depth() == 0 {
-                return true;
+    let mut packages = walk(root, Path::new(""), output_dir)?;
+    packages.sort();
+    Ok(packages)
+}
+
+/// The packages at and below `root/rel`.
+fn walk(root: &Path, rel: &Path, output_dir: &Path) -> Result<Vec<String>, WorkspaceError> {
+    let dir = root.join(rel);
+    let io = |path: &Path, source| WorkspaceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut subdirs = Vec::new();
+    let mut is_package = false;
+    for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        let entry = entry.map_err(|e| io(&dir, e))?;
+        let name = entry.file_name();
+        // Usually from the directory entry itself: no stat.
+        let file_type = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+        if file_type.is_dir() {
+            let shown = name.to_string_lossy();
+            if shown.starts_with('.') || shown == "imgc-out" {
+                continue;
             }
-            if !e.file_type().is_dir() {
-                return e.file_name() == BUILD_FILE;
+            let sub = rel.join(&name);
+            if sub != output_dir {
+                subdirs.push(sub);
             }
-            let name = e.file_name().to_string_lossy();
-            if name.starts_with('.') || name == "imgc-out" {
-                return false;
-            }
-            e.path()
-                .strip_prefix(root)
-                .is_ok_and(|rel| rel != output_dir)
-        });
-    for entry in walker {
-        let entry = entry.map_err(|e| WorkspaceError::Io {
-            path: e.path().unwrap_or(root).to_path_buf(),
-            source: e
-                .into_io_error()
-                .unwrap_or_else(|| std::io::Error::other("walk error")),
-        })?;
-        if entry.file_type().is_file() && entry.file_name() == BUILD_FILE {
-            let dir = entry.path().parent().unwrap_or(root);
-            if let Some(pkg) = package_of_dir(root, dir) {
-                packages.push(pkg);
-            }
+        } else if file_type.is_file() && name == BUILD_FILE {
+            is_package = true;
         }
     }
-    packages.sort();
+    let mut packages: Vec<String> = subdirs
+        .par_iter()
+        .map(|sub| walk(root, sub, output_dir))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if is_package {
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        packages.push(parts.join("/"));
+    }
     Ok(packages)
 }
 
@@ -127,54 +195,176 @@ pub fn build_file_path(package: &str) -> String {
     }
 }
 
+/// The parse cache as used by one load: turns itself off at the first failure.
+struct ParseCache<'c> {
+    cache: Option<&'c mut Cache>,
+    report: ParseCacheReport,
+}
+
+impl ParseCache<'_> {
+    /// The stored values of `keys` (JSON), and the hits to refresh.
+    fn get(&mut self, keys: &[Key]) -> (BTreeMap<Key, String>, Vec<Key>) {
+        let Some(cache) = self.cache.as_deref_mut() else {
+            return Default::default();
+        };
+        match cache.get_parsed(keys) {
+            Ok(hits) => (hits.values, hits.stale),
+            Err(e) => {
+                self.fail("read", e);
+                Default::default()
+            }
+        }
+    }
+
+    fn put(&mut self, entries: &[(Key, String)], touch: &[Key]) {
+        let Some(cache) = self.cache.as_deref_mut() else {
+            return;
+        };
+        match cache.put_parsed(entries, touch) {
+            Ok(_) => self.report.stored += entries.len(),
+            Err(e) => self.fail("write", e),
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: CacheError) {
+        let Some(cache) = self.cache.take() else {
+            return;
+        };
+        let mut warning = format!("cannot {what} the parse cache, going on without it: {e}");
+        if e.is_corrupt() {
+            match cache.recover() {
+                Ok(w) => warning = w,
+                Err(e2) => warning.push_str(&format!(" (and could not replace it: {e2})")),
+            }
+        }
+        self.report.warning.get_or_insert(warning);
+    }
+}
+
 /// Loads and parses the whole workspace at `root`. IO errors stop the load;
-/// spec errors are collected and returned beside the (partial) workspace.
-pub fn load(root: &Path) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+/// spec errors are collected and returned beside the (partial) workspace. With a
+/// `cache`, parse results of unchanged files are reused (see the module docs); a
+/// cache problem never fails the load (it is reported in
+/// [`Workspace::parse_cache`]).
+pub fn load(
+    root: &Path,
+    cache: Option<&mut Cache>,
+) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+    let mut pc = ParseCache {
+        cache,
+        report: ParseCacheReport::default(),
+    };
     let mut sources = Sources::default();
     let mut diags = Vec::new();
+    let mut new_entries: Vec<(Key, String)> = Vec::new();
+
     let ws_text = read(&root.join(WORKSPACE_FILE))?;
     let ws_file = sources.add(WORKSPACE_FILE, ws_text.clone());
-    let (config, ws_diags) = parse_workspace_file(ws_file, &ws_text);
-    diags.extend(ws_diags);
+    let ws_key = parse_key(FileKind::Workspace, "", &ws_text);
+    let (ws_hit, mut touch) = pc.get(std::slice::from_ref(&ws_key));
+    let cached_config = ws_hit
+        .get(&ws_key)
+        .and_then(|json| serde_json::from_str::<WorkspaceConfig>(json).ok());
+    let config = match cached_config {
+        Some(config) => {
+            pc.report.hits += 1;
+            config
+        }
+        None => {
+            let (config, ws_diags) = parse_workspace_file(ws_file, &ws_text);
+            pc.report.parsed += 1;
+            if ws_diags.is_empty() {
+                if let Ok(json) = serde_json::to_string(&config) {
+                    new_entries.push((ws_key, json));
+                }
+            }
+            diags.extend(ws_diags);
+            config
+        }
+    };
 
     let package_paths = discover_packages(root, &config.output_dir)?;
-    let texts: Vec<(String, String)> = package_paths
-        .par_iter()
-        .map(|pkg| Ok((pkg.clone(), read(&root.join(build_file_path(pkg)))?)))
+    let texts: Vec<(String, String, Key)> = package_paths
+        .into_par_iter()
+        .map(|pkg| {
+            let text = read(&root.join(build_file_path(&pkg)))?;
+            let key = parse_key(FileKind::Build, &pkg, &text);
+            Ok((pkg, text, key))
+        })
         .collect::<Result<_, WorkspaceError>>()?;
+    let keys: Vec<Key> = texts.iter().map(|(_, _, k)| *k).collect();
+    let (hits, stale) = pc.get(&keys);
+    touch.extend(stale);
     let ids: Vec<usize> = texts
         .iter()
-        .map(|(pkg, text)| sources.add(build_file_path(pkg), text.clone()))
+        .map(|(pkg, text, _)| sources.add(build_file_path(pkg), text.clone()))
         .collect();
-    let parsed: Vec<(Package, Vec<Diag>)> = texts
-        .par_iter()
-        .zip(ids.par_iter())
-        .map(|((pkg, text), &file)| {
-            let (targets, d) = parse_build_file(file, pkg, text);
-            (
-                Package {
-                    path: pkg.clone(),
+    let parsed: Vec<Parsed> = texts
+        .into_par_iter()
+        .zip(ids.into_par_iter())
+        .map(|((pkg, text, key), file)| {
+            if let Some(targets) = hits
+                .get(&key)
+                .and_then(|json| serde_json::from_str::<Vec<Target>>(json).ok())
+            {
+                return Parsed {
+                    package: Package {
+                        path: pkg,
+                        file,
+                        targets,
+                    },
+                    diags: Vec::new(),
+                    store: None,
+                };
+            }
+            let (targets, d) = parse_build_file(file, &pkg, &text);
+            let store = if d.is_empty() {
+                serde_json::to_string(&targets).ok().map(|json| (key, json))
+            } else {
+                None
+            };
+            Parsed {
+                package: Package {
+                    path: pkg,
                     file,
                     targets,
                 },
-                d,
-            )
+                diags: d,
+                store: Some(store),
+            }
         })
         .collect();
     let mut packages = Vec::with_capacity(parsed.len());
-    for (p, d) in parsed {
-        packages.push(p);
-        diags.extend(d);
+    for p in parsed {
+        match p.store {
+            None => pc.report.hits += 1,
+            Some(store) => {
+                pc.report.parsed += 1;
+                new_entries.extend(store);
+            }
+        }
+        packages.push(p.package);
+        diags.extend(p.diags);
     }
+    pc.put(&new_entries, &touch);
     Ok((
         Workspace {
             root: root.to_path_buf(),
             config,
             sources,
             packages,
+            parse_cache: pc.report,
         },
         diags,
     ))
+}
+
+/// One BUILD.kdl, parsed or taken from the cache.
+struct Parsed {
+    package: Package,
+    diags: Vec<Diag>,
+    /// `None` for a cache hit; else the entry to store, if the file had no diagnostic.
+    store: Option<Option<(Key, String)>>,
 }
 
 /// A diagnostic for a workspace that could not be found.
@@ -197,10 +387,16 @@ mod tests {
             std::fs::write(root.join(d).join(BUILD_FILE), "").unwrap();
         }
         std::fs::write(root.join(WORKSPACE_FILE), "").unwrap();
+        // Symbolic links are not followed, and a linked BUILD.kdl makes no package.
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+        std::fs::create_dir_all(root.join("c")).unwrap();
+        std::os::unix::fs::symlink(root.join("b").join(BUILD_FILE), root.join("c/BUILD.kdl"))
+            .unwrap();
         assert_eq!(
             discover_packages(root, "imgc-out").unwrap(),
             vec!["a/x", "b", "out/z"]
         );
+        assert_eq!(discover_packages(root, "out/").unwrap(), vec!["a/x", "b"]);
         assert_eq!(discover_packages(root, "out").unwrap(), vec!["a/x", "b"]);
         assert_eq!(
             find_root(&root.join("a/x")).unwrap(),
@@ -210,5 +406,97 @@ mod tests {
             package_of_dir(&std::path::absolute(root).unwrap(), &root.join("a/x")).unwrap(),
             "a/x"
         );
+    }
+
+    fn small_workspace() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join(WORKSPACE_FILE), "workspace {\n}\n").unwrap();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(
+            root.join("app").join(BUILD_FILE),
+            "layer \"files\" {\n    text \"/etc/x\" \"x\"\n}\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn summary(ws: &Workspace) -> String {
+        format!("{:?} {:?}", ws.config, ws.packages)
+    }
+
+    #[test]
+    fn parse_cache_hits_and_gives_the_same_result() {
+        let dir = small_workspace();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (cold, d) = load(dir.path(), Some(&mut cache)).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!((cold.parse_cache.hits, cold.parse_cache.parsed), (0, 2));
+        assert_eq!(cold.parse_cache.stored, 2);
+        let (warm, d) = load(dir.path(), Some(&mut cache)).unwrap();
+        assert!(d.is_empty());
+        assert_eq!((warm.parse_cache.hits, warm.parse_cache.parsed), (2, 0));
+        assert_eq!(warm.parse_cache.stored, 0, "nothing written when all hit");
+        assert_eq!(summary(&cold), summary(&warm));
+        let (uncached, _) = load(dir.path(), None).unwrap();
+        assert_eq!(summary(&uncached), summary(&warm));
+    }
+
+    #[test]
+    fn a_corrupt_parse_cache_value_is_parsed_again() {
+        let dir = small_workspace();
+        let root = dir.path();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (cold, _) = load(root, Some(&mut cache)).unwrap();
+        let text = std::fs::read_to_string(root.join("app").join(BUILD_FILE)).unwrap();
+        let ws_text = std::fs::read_to_string(root.join(WORKSPACE_FILE)).unwrap();
+        let keys = [
+            parse_key(FileKind::Build, "app", &text),
+            parse_key(FileKind::Workspace, "", &ws_text),
+        ];
+        cache
+            .put_parsed(
+                &[
+                    (keys[0], "not json".to_string()),
+                    (keys[1], r#"{"output_dir": 7}"#.to_string()),
+                ],
+                &[],
+            )
+            .unwrap();
+        let (ws, d) = load(root, Some(&mut cache)).unwrap();
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(ws.parse_cache.warning, None);
+        assert_eq!((ws.parse_cache.hits, ws.parse_cache.parsed), (0, 2));
+        assert_eq!(summary(&ws), summary(&cold));
+        // ... and the bad values were replaced.
+        let (ws, _) = load(root, Some(&mut cache)).unwrap();
+        assert_eq!(ws.parse_cache.hits, 2);
+    }
+
+    #[test]
+    fn files_with_diagnostics_are_not_cached() {
+        let dir = small_workspace();
+        let root = dir.path();
+        std::fs::write(
+            root.join("app").join(BUILD_FILE),
+            "layer \"files\" {\n    bogus\n}\n",
+        )
+        .unwrap();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (ws, d) = load(root, Some(&mut cache)).unwrap();
+        assert!(!d.is_empty());
+        assert_eq!(ws.parse_cache.stored, 1, "only imgc.kdl");
+        let (ws, d2) = load(root, Some(&mut cache)).unwrap();
+        assert_eq!(d.len(), d2.len());
+        assert_eq!((ws.parse_cache.hits, ws.parse_cache.parsed), (1, 1));
+    }
+
+    #[test]
+    fn keys_separate_kind_package_and_text() {
+        let k = parse_key(FileKind::Build, "a", "x");
+        assert_ne!(k, parse_key(FileKind::Workspace, "a", "x"));
+        assert_ne!(k, parse_key(FileKind::Build, "b", "x"));
+        assert_ne!(k, parse_key(FileKind::Build, "a", "x "));
+        assert_eq!(k, parse_key(FileKind::Build, "a", "x"));
     }
 }

@@ -43,10 +43,10 @@ pub fn settings(
 }
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
-    let loaded = Loaded::load(ctx)?;
+    let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
     let settings = settings(&loaded, args.jobs, args.keep_going, false)?;
-    let mut stores = super::cache::Stores::open(ctx)?;
+    let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,
         &loaded.ws.root,

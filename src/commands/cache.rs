@@ -37,7 +37,13 @@ pub struct Stores {
 
 impl Stores {
     pub fn open(ctx: &Context) -> Result<Stores, CmdError> {
-        let dir = cache_root(ctx)?.join(CACHE_VERSION_DIR);
+        Stores::open_with(ctx, None)
+    }
+
+    /// Like [`Stores::open`], reusing an index already opened by [`open_index`]
+    /// (e.g. by [`super::Loaded::load`]) instead of opening the database again.
+    pub fn open_with(ctx: &Context, index: Option<Cache>) -> Result<Stores, CmdError> {
+        let dir = cache_dir(ctx)?;
         let cas = Cas::open(&dir).map_err(|e| {
             CmdError::Env(format!(
                 "cannot open the blob store in `{}`: {e}",
@@ -46,12 +52,10 @@ impl Stores {
         })?;
         // Temp files of killed builds; a day is far longer than any write.
         let _ = cas.sweep_tmp(std::time::Duration::from_secs(24 * 3600));
-        let (cache, warning) = Cache::open(&dir.join("imgc.sqlite")).map_err(|e| {
-            CmdError::Env(format!(
-                "cannot open the action cache in `{}`: {e}",
-                dir.display()
-            ))
-        })?;
+        let (cache, warning) = match index {
+            Some(cache) => (cache, None),
+            None => open_index(ctx)?,
+        };
         Ok(Stores {
             dir,
             cas,
@@ -59,6 +63,23 @@ impl Stores {
             warning,
         })
     }
+}
+
+/// This version's cache directory, `<cache-root>/v1`.
+pub fn cache_dir(ctx: &Context) -> Result<PathBuf, CmdError> {
+    Ok(cache_root(ctx)?.join(CACHE_VERSION_DIR))
+}
+
+/// Opens only the cache index (the SQLite database), not the blob store: enough for
+/// the parse cache. The warning says if a damaged database was replaced.
+pub fn open_index(ctx: &Context) -> Result<(Cache, Option<String>), CmdError> {
+    let dir = cache_dir(ctx)?;
+    Cache::open(&dir.join("imgc.sqlite")).map_err(|e| {
+        CmdError::Env(format!(
+            "cannot open the action cache in `{}`: {e}",
+            dir.display()
+        ))
+    })
 }
 
 pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
@@ -74,10 +95,11 @@ pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
                 .usage()
                 .map_err(|e| CmdError::Env(format!("cannot read the blob store: {e}")))?;
             report::result(&format!(
-                "cache directory  {}\nactions          {}\nfile hashes      {}\nblobs            {blobs}\nblob bytes       {bytes} ({:.1} MiB)",
+                "cache directory  {}\nactions          {}\nfile hashes      {}\nparsed files     {}\nblobs            {blobs}\nblob bytes       {bytes} ({:.1} MiB)",
                 stores.dir.display(),
                 stats.actions,
                 stats.memo_entries,
+                stats.parsed_files,
                 bytes as f64 / (1024.0 * 1024.0),
             ));
             Ok(())

@@ -7,7 +7,7 @@ use crate::workspace;
 
 pub fn run(ctx: &Context, args: CleanArgs) -> Result<(), CmdError> {
     let root = workspace::find_root(&ctx.cwd)?;
-    let (ws, _) = workspace::load(&root)?;
+    let (ws, _) = workspace::load(&root, None)?;
     let out = root.join(&ws.config.output_dir);
     let inside = std::path::absolute(&out).is_ok_and(|o| o.starts_with(&root) && o != root);
     if !inside {

@@ -8,7 +8,7 @@ use crate::scheduler::{Engine, Outcome};
 use petgraph::Direction;
 
 pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
-    let loaded = Loaded::load(ctx)?;
+    let mut loaded = Loaded::load(ctx)?;
     let pattern = Pattern::parse(&args.label, &loaded.cwd_package)
         .map_err(|e| CmdError::Usage(format!("bad label: {e}")))?;
     let Pattern::Target(_) = &pattern else {
@@ -19,7 +19,7 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
     };
     let selected = loaded.select(std::slice::from_ref(&args.label))?;
     let settings = super::build::settings(&loaded, None, true, true)?;
-    let mut stores = super::cache::Stores::open(ctx)?;
+    let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
     let summary = Engine {
         root: &loaded.ws.root,

@@ -12,6 +12,7 @@ use crate::cli::{Cli, Command};
 use crate::diag::{Code, Diag, Sources, did_you_mean};
 use crate::graph::{self, Graph};
 use crate::label::{Pattern, PatternSet};
+use crate::report;
 use crate::workspace::{self, Workspace, WorkspaceError};
 use petgraph::graph::NodeIndex;
 use std::path::PathBuf;
@@ -66,13 +67,36 @@ pub struct Loaded {
     pub graph: Graph,
     /// The package path of the directory imgc was started in.
     pub cwd_package: String,
+    /// The cache index opened for the parse cache (`None` if it could not be
+    /// opened): pass it to [`cache::Stores::open_with`] rather than opening it twice.
+    pub index: Option<crate::cache::Cache>,
 }
 
 impl Loaded {
     /// Loads everything; any spec or graph diagnostic fails the command.
     pub fn load(ctx: &Context) -> Result<Loaded, CmdError> {
         let root = workspace::find_root(&ctx.cwd)?;
-        let (ws, mut diags) = workspace::load(&root)?;
+        let mut index = match cache::open_index(ctx) {
+            Ok((index, warning)) => {
+                if let Some(w) = warning {
+                    report::warning(&w);
+                }
+                Some(index)
+            }
+            // Only an optimization: never fail a command because of it.
+            Err(e) => {
+                let why = match e {
+                    CmdError::Env(m) | CmdError::Usage(m) | CmdError::Failed(m) => m,
+                    CmdError::Diagnostics { .. } => "cannot open the cache".to_string(),
+                };
+                report::warning(&format!("{why}; parsing every file"));
+                None
+            }
+        };
+        let (ws, mut diags) = workspace::load(&root, index.as_mut())?;
+        if let Some(w) = &ws.parse_cache.warning {
+            report::warning(w);
+        }
         let (graph, graph_diags) = graph::build(&ws.packages);
         diags.extend(graph_diags);
         if !diags.is_empty() {
@@ -86,6 +110,7 @@ impl Loaded {
             ws,
             graph,
             cwd_package,
+            index,
         })
     }
 

@@ -6,9 +6,10 @@
 
 use crate::label::Label;
 use miette::SourceSpan;
+use serde::{Deserialize, Serialize};
 
 /// A value and where it was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spanned<T> {
     pub value: T,
     pub span: SourceSpan,
@@ -24,7 +25,7 @@ impl<T> Spanned<T> {
 pub type FileId = usize;
 
 /// Layer compression, as configured in the workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Compression {
     Gzip,
     Zstd,
@@ -40,7 +41,7 @@ impl Compression {
 }
 
 /// An OS/architecture pair such as `linux/amd64` or `linux/arm64/v8`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Platform {
     pub os: String,
     pub architecture: String,
@@ -79,7 +80,7 @@ impl std::fmt::Display for Platform {
 }
 
 /// The `workspace` node of `imgc.kdl`, with defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceConfig {
     pub output_dir: String,
     pub source_date_epoch: u64,
@@ -105,7 +106,7 @@ impl Default for WorkspaceConfig {
 }
 
 /// A file mode, parsed from an octal string (`"0644"`, `"4755"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Mode(pub u32);
 
 impl Mode {
@@ -124,7 +125,7 @@ impl Mode {
 }
 
 /// A numeric owner, `"UID:GID"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
@@ -157,7 +158,7 @@ pub struct Package {
     pub targets: Vec<Target>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Target {
     /// The target's name; inline layers get a generated name (see [`inline_layer_name`]).
     pub name: Spanned<String>,
@@ -175,7 +176,7 @@ pub fn inline_layer_name(image: &str, n: usize) -> String {
 /// Targets are few (one per spec node), so the size difference between variants
 /// does not matter; boxing would only add noise to every match.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TargetKind {
     Layer(LayerSpec),
     Image(ImageSpec),
@@ -192,7 +193,7 @@ impl TargetKind {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LayerSpec {
     pub entries: Vec<LayerEntry>,
     /// Default owner of every entry of the layer (`owner "UID:GID"`).
@@ -200,7 +201,7 @@ pub struct LayerSpec {
 }
 
 /// Where a `copy` takes its files from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CopySource {
     /// A file or directory, relative to the package directory (normalized, `/`-separated).
     Path(String),
@@ -210,7 +211,7 @@ pub enum CopySource {
     Target(Label),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LayerEntry {
     Copy {
         src: Spanned<CopySource>,
@@ -244,13 +245,13 @@ pub enum LayerEntry {
 }
 
 /// What an image is built on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BaseRef {
     Scratch,
     Target(Label),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImageSpec {
     /// `None` if the spec has no `from` (an error reported by the parser).
     pub from: Option<Spanned<BaseRef>>,
@@ -272,7 +273,7 @@ pub struct ImageSpec {
     pub tags: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ImportSource {
     /// An OCI image layout directory, relative to the package directory.
     OciLayout(String),
@@ -280,7 +281,7 @@ pub enum ImportSource {
     DockerArchive(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportSpec {
     pub source: Spanned<ImportSource>,
 }

@@ -8,4 +8,5 @@ mod cli;
 mod conformance;
 mod determinism;
 mod diagnostics;
+mod parse_cache;
 mod robustness;
