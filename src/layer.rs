@@ -1340,7 +1340,7 @@ mod tests {
         let t = std::time::Instant::now();
         zstd::stream::copy_encode(&data[..], io::sink(), 3).unwrap();
         println!("bare zstd-3: {:.1} MB/s", mb / t.elapsed().as_secs_f64());
-        let mut gz_size = 0;
+        let mut sizes = BTreeMap::new();
         for (c, threads) in [
             (Compression::Gzip, 1),
             (Compression::Gzip, 0),
@@ -1366,38 +1366,44 @@ mod tests {
                 total as f64 / 1e6 / cpu,
                 out.size as f64 / total as f64
             );
-            if c == Compression::Gzip {
-                gz_size = out.size;
-            }
+            sizes.insert(fmt.media_type(), out.size);
         }
-        // GNU gzip -6 on the same tar, from a file, for comparison.
+        // The CLIs on the same tar, from a file, for comparison: GNU gzip, and
+        // zstd single-threaded and on every core (what `tar | zstd -T0` does).
         let tar_path = dir.path().join("layer.tar");
         write_tar(&entries, 0, File::create(&tar_path).unwrap()).unwrap();
-        let gz_path = dir.path().join("layer.tar.gz");
-        let cpu = cpu_secs(libc::RUSAGE_CHILDREN);
-        let t = std::time::Instant::now();
-        let status = std::process::Command::new("gzip")
-            .arg("-6")
-            .arg("-c")
-            .arg(&tar_path)
-            .stdout(File::create(&gz_path).unwrap())
-            .status();
-        let secs = t.elapsed().as_secs_f64();
-        let cpu = cpu_secs(libc::RUSAGE_CHILDREN) - cpu;
-        match status {
-            Ok(s) if s.success() => {
-                let size = std::fs::metadata(&gz_path).unwrap().len();
-                println!(
-                    "gzip -6: {:.0} MB in {:.2} s = {:.1} MB/s, {:.1} MB per CPU-second (ratio {:.3}); imgc gzip is {:.2}% larger",
-                    total as f64 / 1e6,
-                    secs,
-                    total as f64 / 1e6 / secs,
-                    total as f64 / 1e6 / cpu,
-                    size as f64 / total as f64,
-                    (gz_size as f64 / size as f64 - 1.0) * 100.0
-                );
+        let out_path = dir.path().join("layer.tar.out");
+        for (tool, args, media_type) in [
+            ("gzip", &["-6"][..], MEDIA_TYPE_GZIP),
+            ("zstd", &["-3", "-q"][..], MEDIA_TYPE_ZSTD),
+            ("zstd", &["-3", "-q", "-T0"][..], MEDIA_TYPE_ZSTD),
+        ] {
+            let name = format!("{tool} {}", args.join(" "));
+            let cpu = cpu_secs(libc::RUSAGE_CHILDREN);
+            let t = std::time::Instant::now();
+            let status = std::process::Command::new(tool)
+                .args(args)
+                .arg("-c")
+                .arg(&tar_path)
+                .stdout(File::create(&out_path).unwrap())
+                .status();
+            let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_secs(libc::RUSAGE_CHILDREN) - cpu;
+            match status {
+                Ok(s) if s.success() => {
+                    let size = std::fs::metadata(&out_path).unwrap().len();
+                    println!(
+                        "{name}: {:.0} MB in {:.2} s = {:.1} MB/s, {:.1} MB per CPU-second (ratio {:.3}); imgc's blob is {:.2}% larger",
+                        total as f64 / 1e6,
+                        secs,
+                        total as f64 / 1e6 / secs,
+                        total as f64 / 1e6 / cpu,
+                        size as f64 / total as f64,
+                        (sizes[media_type] as f64 / size as f64 - 1.0) * 100.0
+                    );
+                }
+                other => println!("{name} not measured: {other:?}"),
             }
-            other => println!("gzip -6 not measured: {other:?}"),
         }
     }
 }
