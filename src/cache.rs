@@ -382,8 +382,10 @@ impl Cache {
             .map_err(err)?;
         // Reads through a memory map and a larger page cache: a no-op build reads
         // thousands of rows, and one `pread` per page shows in its profile.
-        c.pragma_update(None, "mmap_size", 256i64 << 20).map_err(err)?;
-        c.pragma_update(None, "cache_size", -32768i64).map_err(err)?;
+        c.pragma_update(None, "mmap_size", 256i64 << 20)
+            .map_err(err)?;
+        c.pragma_update(None, "cache_size", -32768i64)
+            .map_err(err)?;
         // IMMEDIATE: two processes creating the same fresh file serialize here, and the
         // second one sees the first one's schema.
         c.execute_batch("BEGIN IMMEDIATE").map_err(err)?;

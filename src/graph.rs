@@ -218,11 +218,12 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
 }
 
 /// Builds the graph of all targets of all packages. Returns every problem found.
-pub fn build(packages: &[Package]) -> (Graph, Vec<Diag>) {
+pub fn build(packages: Vec<Package>) -> (Graph, Vec<Diag>) {
     let mut g = Graph::default();
     let mut diags = Vec::new();
+    let packages_known: BTreeSet<String> = packages.iter().map(|p| p.path.clone()).collect();
     for pkg in packages {
-        for t in &pkg.targets {
+        for t in pkg.targets {
             let label = Label::new(pkg.path.clone(), t.name.value.clone());
             if g.by_label.contains_key(&label) {
                 // The parser reports duplicates within a file; this is a safety net.
@@ -239,13 +240,13 @@ pub fn build(packages: &[Package]) -> (Graph, Vec<Diag>) {
             let ix = g.graph.add_node(Node {
                 label: label.clone(),
                 file: pkg.file,
-                target: t.clone(),
+                target: t,
             });
             g.by_label.insert(label, ix);
         }
     }
-    let packages_known: BTreeSet<&str> = packages.iter().map(|p| p.path.as_str()).collect();
-    let all_labels: Vec<String> = g.by_label.keys().map(|l| l.to_string()).collect();
+    // Label strings for "did you mean", made only if a label is unknown.
+    let mut all_labels: Option<Vec<String>> = None;
     let nodes: Vec<NodeIndex> = g.graph.node_indices().collect();
     for ix in nodes {
         let (file, refs): (FileId, Vec<(Label, SourceSpan, EdgeKind)>) = {
@@ -260,13 +261,9 @@ pub fn build(packages: &[Package]) -> (Graph, Vec<Diag>) {
         };
         for (label, span, edge) in refs {
             let Some(&dep) = g.by_label.get(&label) else {
-                diags.push(unknown_label(
-                    &label,
-                    file,
-                    span,
-                    &packages_known,
-                    &all_labels,
-                ));
+                let all = all_labels
+                    .get_or_insert_with(|| g.by_label.keys().map(|l| l.to_string()).collect());
+                diags.push(unknown_label(&label, file, span, &packages_known, all));
                 continue;
             };
             if let Err(why) = accepts(edge, &g.graph[dep].target.kind) {
@@ -304,7 +301,7 @@ fn unknown_label(
     label: &Label,
     file: FileId,
     span: SourceSpan,
-    packages: &BTreeSet<&str>,
+    packages: &BTreeSet<String>,
     all: &[String],
 ) -> Diag {
     let text = label.to_string();
@@ -481,7 +478,7 @@ mod tests {
                 ],
             ),
         ];
-        let (g, diags) = build(&pkgs);
+        let (g, diags) = build(pkgs);
         assert!(diags.is_empty(), "{diags:?}");
         let all: BTreeSet<_> = g.nodes().collect();
         let order: Vec<String> = g
@@ -515,7 +512,7 @@ mod tests {
                 ],
             ),
         ];
-        let (_, diags) = build(&pkgs);
+        let (_, diags) = build(pkgs);
         assert_eq!(
             messages(&diags),
             [
@@ -536,7 +533,7 @@ mod tests {
                 image("j", None, &[":i"], "p"),
             ],
         )];
-        let (_, diags) = build(&pkgs);
+        let (_, diags) = build(pkgs);
         let m = messages(&diags);
         assert_eq!(m.len(), 2);
         assert!(m[0].starts_with("E012 `//p:l` is a layer"), "{m:?}");
@@ -555,7 +552,7 @@ mod tests {
                 image("self", Some(":self"), &[], "p"),
             ],
         )];
-        let (_, diags) = build(&pkgs);
+        let (_, diags) = build(pkgs);
         let m = messages(&diags);
         assert!(m.contains(&"E011 dependency cycle: //p:a -> //p:b -> //p:c -> //p:a a target cannot depend on itself, directly or through others".to_string()), "{m:?}");
         assert!(

@@ -52,7 +52,7 @@ pub struct Workspace {
     pub root: PathBuf,
     pub config: WorkspaceConfig,
     pub sources: Sources,
-    /// Sorted by package path.
+    /// Sorted by package path. (Commands hand them over to the graph.)
     pub packages: Vec<Package>,
     /// What the parse cache did during the load.
     pub parse_cache: ParseCacheReport,

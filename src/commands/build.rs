@@ -4,7 +4,8 @@ use super::{CmdError, Context, Loaded};
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
 use crate::report::Reporter;
-use crate::scheduler::{Engine, Settings};
+use crate::scheduler::{Engine, Settings, Summary};
+use petgraph::graph::NodeIndex;
 
 /// The source-date-epoch in force: `SOURCE_DATE_EPOCH` overrides the workspace's.
 pub fn source_date_epoch(configured: u64) -> Result<u64, CmdError> {
@@ -42,28 +43,40 @@ pub fn settings(
     })
 }
 
-pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
-    let mut loaded = Loaded::load(ctx)?;
-    let selected = loaded.select(&args.patterns)?;
-    let settings = settings(&loaded, args.jobs, args.keep_going, false)?;
+/// Opens the stores (reusing the index [`Loaded`] opened) and runs the engine
+/// over `selected`: the part `build` and `explain` share.
+pub fn run_engine(
+    ctx: &Context,
+    loaded: &mut Loaded,
+    selected: &[NodeIndex],
+    settings: Settings,
+    reporter: &mut Reporter,
+) -> Result<Summary, CmdError> {
     let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
-    let mut reporter = Reporter::new(
-        args.message_format == MessageFormat::Json,
-        &loaded.ws.root,
-        loaded.ws.sources.clone(),
-    );
     if let Some(w) = stores.warning.take() {
         crate::report::warning(&w);
     }
-    let summary = Engine {
+    Ok(Engine {
         root: &loaded.ws.root,
         graph: &loaded.graph,
         cas: &stores.cas,
         cache: &mut stores.cache,
         settings,
-        reporter: &mut reporter,
+        reporter,
     }
-    .build(&selected);
+    .build(selected))
+}
+
+pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
+    let mut loaded = Loaded::load(ctx)?;
+    let selected = loaded.select(&args.patterns)?;
+    let settings = settings(&loaded, args.jobs, args.keep_going, false)?;
+    let mut reporter = Reporter::new(
+        args.message_format == MessageFormat::Json,
+        &loaded.ws.root,
+        loaded.ws.sources.clone(),
+    );
+    let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
     reporter.summary(
         summary.images,
         summary.ran,

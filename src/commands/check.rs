@@ -11,7 +11,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     report::result(&format!(
         "ok: {} targets checked in {} packages",
         selected.len(),
-        loaded.ws.packages.len()
+        loaded.package_count
     ));
     Ok(())
 }

@@ -4,7 +4,7 @@ use super::{CmdError, Context, Loaded};
 use crate::cli::ExplainArgs;
 use crate::label::Pattern;
 use crate::report::{self, Reporter};
-use crate::scheduler::{Engine, Outcome};
+use crate::scheduler::Outcome;
 use petgraph::Direction;
 
 pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
@@ -19,17 +19,8 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
     };
     let selected = loaded.select(std::slice::from_ref(&args.label))?;
     let settings = super::build::settings(&loaded, None, true, true)?;
-    let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
-    let summary = Engine {
-        root: &loaded.ws.root,
-        graph: &loaded.graph,
-        cas: &stores.cas,
-        cache: &mut stores.cache,
-        settings,
-        reporter: &mut reporter,
-    }
-    .build(&selected);
+    let summary = super::build::run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
     let g = &loaded.graph;
     let mut lines = Vec::new();
     for n in g.topo_order(&g.closure(&selected, Direction::Outgoing)) {

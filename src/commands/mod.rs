@@ -65,6 +65,8 @@ pub struct Context {
 pub struct Loaded {
     pub ws: Workspace,
     pub graph: Graph,
+    /// How many packages the workspace has (their targets are in `graph`).
+    pub package_count: usize,
     /// The package path of the directory imgc was started in.
     pub cwd_package: String,
     /// The cache index opened for the parse cache (`None` if it could not be
@@ -93,11 +95,14 @@ impl Loaded {
                 None
             }
         };
-        let (ws, mut diags) = workspace::load(&root, index.as_mut())?;
+        let (mut ws, mut diags) = workspace::load(&root, index.as_mut())?;
         if let Some(w) = &ws.parse_cache.warning {
             report::warning(w);
         }
-        let (graph, graph_diags) = graph::build(&ws.packages);
+        // The graph takes the targets over; the workspace keeps the rest.
+        let packages = std::mem::take(&mut ws.packages);
+        let package_count = packages.len();
+        let (graph, graph_diags) = graph::build(packages);
         diags.extend(graph_diags);
         if !diags.is_empty() {
             return Err(CmdError::Diagnostics {
@@ -109,6 +114,7 @@ impl Loaded {
         Ok(Loaded {
             ws,
             graph,
+            package_count,
             cwd_package,
             index,
         })
