@@ -146,7 +146,7 @@ const COMMIT_EVERY: Duration = Duration::from_millis(250);
 impl Engine<'_> {
     /// Builds `requested` and everything they depend on; materializes the
     /// requested images.
-    pub fn build(&mut self, requested: &[NodeIndex]) -> Summary {
+    pub fn build(&mut self, requested: &[NodeIndex]) -> std::io::Result<Summary> {
         let start = Instant::now();
         let closure = self.graph.closure(requested, Direction::Outgoing);
         let requested: BTreeSet<NodeIndex> = requested.iter().copied().collect();
@@ -161,27 +161,13 @@ impl Engine<'_> {
             }
         };
         let build_start = std::time::SystemTime::now();
-        let canonical_root = match self.root.canonicalize() {
-            Ok(p) => p,
-            Err(e) => {
-                summary
-                    .warnings
-                    .push(format!("cannot resolve the workspace root: {e}"));
-                return summary;
-            }
-        };
-        let pool = match rayon::ThreadPoolBuilder::new()
+        let canonical_root = self.root.canonicalize().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot resolve the workspace root: {e}"))
+        })?;
+        let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.settings.jobs.max(1))
             .build()
-        {
-            Ok(p) => p,
-            Err(e) => {
-                summary
-                    .warnings
-                    .push(format!("cannot start worker threads: {e}"));
-                return summary;
-            }
-        };
+            .map_err(|e| std::io::Error::other(format!("cannot start worker threads: {e}")))?;
         self.reporter.event(&Event::Planned {
             actions: closure.len(),
         });
@@ -446,7 +432,7 @@ impl Engine<'_> {
         for w in &summary.warnings {
             self.reporter.event(&Event::Warning { message: w });
         }
-        summary
+        Ok(summary)
     }
 
     /// Dependents of `n` whose last dependency this was.

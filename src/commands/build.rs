@@ -56,7 +56,7 @@ pub fn run_engine(
     if let Some(w) = stores.warning.take() {
         crate::report::warning(&w);
     }
-    Ok(Engine {
+    Engine {
         root: &loaded.ws.root,
         graph: &loaded.graph,
         cas: &stores.cas,
@@ -64,7 +64,8 @@ pub fn run_engine(
         settings,
         reporter,
     }
-    .build(selected))
+    .build(selected)
+    .map_err(|e| CmdError::Env(e.to_string()))
 }
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
