@@ -111,23 +111,15 @@ pub fn image_path(p: &str) -> String {
         .join("/")
 }
 
-fn join_image(dir: &str, name: &str) -> String {
+/// Joins two `/`-separated relative paths, either of which may be empty
+/// (in-image paths under a directory, package-relative paths under a package).
+fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
     } else if name.is_empty() {
         dir.to_string()
     } else {
         format!("{dir}/{name}")
-    }
-}
-
-fn pkg_join(package: &str, rel: &str) -> String {
-    if package.is_empty() {
-        rel.to_string()
-    } else if rel.is_empty() {
-        package.to_string()
-    } else {
-        format!("{package}/{rel}")
     }
 }
 
@@ -211,19 +203,15 @@ fn expand_entry(
                     let mut inner = Vec::new();
                     expand_into(ctx, dep, &mut inner)?;
                     for mut p in inner {
-                        p.entry.path = join_image(&dest, &p.entry.path);
+                        p.entry.path = join(&dest, &p.entry.path);
                         out.push(p);
                     }
                 }
                 CopySource::Path(rel) => {
-                    let ws_rel = pkg_join(package, rel);
+                    let ws_rel = join(package, rel);
                     let abs = checked_source(ctx, &ws_rel, file, src.span)?;
                     let name = rel.rsplit('/').next().unwrap_or(rel);
-                    let target = if into_dir {
-                        join_image(&dest, name)
-                    } else {
-                        dest
-                    };
+                    let target = if into_dir { join(&dest, name) } else { dest };
                     copy_path(
                         &abs,
                         &ws_rel,
@@ -390,7 +378,7 @@ fn copy_path(
             copy_path(
                 &abs.join(&name),
                 &child_rel,
-                &join_image(dest, &name),
+                &join(dest, &name),
                 mode,
                 owner,
                 excludes,
@@ -425,7 +413,7 @@ fn copy_glob(
         .take_while(|c| !c.contains(['*', '?', '[', '{']))
         .collect();
     let base = base.join("/");
-    let base_abs = ctx.root.join(pkg_join(package, &base));
+    let base_abs = ctx.root.join(join(package, &base));
     let mut matched = 0usize;
     if base_abs.is_dir() {
         let walker = walkdir::WalkDir::new(&base_abs)
@@ -448,11 +436,11 @@ fn copy_glob(
                 continue;
             }
             matched += 1;
-            let ws_rel = pkg_join(package, &pkg_rel);
+            let ws_rel = join(package, &pkg_rel);
             copy_path(
                 item.path(),
                 &ws_rel,
-                &join_image(dest, &rel_to_base),
+                &join(dest, &rel_to_base),
                 mode,
                 owner,
                 excludes,

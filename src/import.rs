@@ -173,15 +173,7 @@ pub fn import_oci_layout(
             )
         })?;
         let diff_id = uncompressed_digest(cas, &digest, media_type, &lpath)?;
-        if diff_id.to_string() != *expected {
-            return Err(ImportError::DiffIdMismatch {
-                path: lpath,
-                layer: digest.to_string(),
-                index: i,
-                expected: expected.clone(),
-                actual: diff_id.to_string(),
-            });
-        }
+        check_diff_id(&lpath, &digest.to_string(), i, expected, &diff_id)?;
         layers.push(LayerDesc {
             digest,
             diff_id,
@@ -512,15 +504,7 @@ pub fn import_docker_archive(
         } else {
             uncompressed_digest(cas, &digest, media_type, tarball)?
         };
-        if diff_id.to_string() != *expected {
-            return Err(ImportError::DiffIdMismatch {
-                path: tarball.to_path_buf(),
-                layer: member.clone(),
-                index: i,
-                expected: expected.clone(),
-                actual: diff_id.to_string(),
-            });
-        }
+        check_diff_id(tarball, member, i, expected, &diff_id)?;
         layers.push(LayerDesc {
             digest,
             diff_id,
@@ -573,6 +557,26 @@ fn resolve_member(dir: &str, target: &str) -> String {
 }
 
 /// Members that may be a config or a layer; everything else is metadata.
+/// The config's `rootfs.diff_ids[index]` must be the layer's uncompressed digest.
+fn check_diff_id(
+    path: &Path,
+    layer: &str,
+    index: usize,
+    expected: &str,
+    actual: &DiffId,
+) -> Result<(), ImportError> {
+    if actual.to_string() == expected {
+        return Ok(());
+    }
+    Err(ImportError::DiffIdMismatch {
+        path: path.to_path_buf(),
+        layer: layer.to_string(),
+        index,
+        expected: expected.to_string(),
+        actual: actual.to_string(),
+    })
+}
+
 fn is_blob_candidate(name: &str) -> bool {
     name.starts_with("blobs/sha256/")
         || name.ends_with("/layer.tar")

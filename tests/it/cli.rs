@@ -123,6 +123,18 @@ fn usage_errors_exit_2() {
     assert_eq!(ws.run(&["frobnicate"]).status.code(), Some(2));
 }
 
+/// Writes `files` over the graph workspace; `imgc check` must exit 1 and print
+/// the diagnostics of snapshot `snapshot`.
+fn check_fails_with(files: &[(&str, &str)], snapshot: &str) {
+    let ws = graph_ws();
+    for (path, content) in files {
+        ws.write(path, content);
+    }
+    let out = ws.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(snapshot, redact(&ws, &stderr(&out)));
+}
+
 #[test]
 fn pattern_matching_nothing_is_an_error_with_a_suggestion() {
     let ws = graph_ws();
@@ -133,38 +145,35 @@ fn pattern_matching_nothing_is_an_error_with_a_suggestion() {
 
 #[test]
 fn unknown_label_reports_file_line_and_suggestion() {
-    let ws = graph_ws();
-    ws.write(
-        "services/api/BUILD.kdl",
-        "image \"api\" {\n    from \"//bases:runtme\"\n}\n",
+    check_fails_with(
+        &[(
+            "services/api/BUILD.kdl",
+            "image \"api\" {\n    from \"//bases:runtme\"\n}\n",
+        )],
+        "unknown_label",
     );
-    let out = ws.run(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    insta::assert_snapshot!("unknown_label", redact(&ws, &stderr(&out)));
 }
 
 #[test]
 fn cycle_is_printed_as_the_whole_path() {
-    let ws = graph_ws();
-    ws.write(
-        "bases/BUILD.kdl",
-        "image \"runtime\" {\n    from \"//services/web:web\"\n}\n",
+    check_fails_with(
+        &[(
+            "bases/BUILD.kdl",
+            "image \"runtime\" {\n    from \"//services/web:web\"\n}\n",
+        )],
+        "cycle",
     );
-    let out = ws.run(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    insta::assert_snapshot!("cycle", redact(&ws, &stderr(&out)));
 }
 
 #[test]
 fn image_from_a_layer_is_an_error() {
-    let ws = graph_ws();
-    ws.write(
-        "services/api/BUILD.kdl",
-        "image \"api\" {\n    from \"//bases:files\"\n}\n",
+    check_fails_with(
+        &[(
+            "services/api/BUILD.kdl",
+            "image \"api\" {\n    from \"//bases:files\"\n}\n",
+        )],
+        "from_a_layer",
     );
-    let out = ws.run(&["check"]);
-    assert_eq!(out.status.code(), Some(1));
-    insta::assert_snapshot!("from_a_layer", redact(&ws, &stderr(&out)));
 }
 
 #[test]
