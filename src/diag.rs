@@ -53,10 +53,12 @@ pub enum Code {
     SourceMissing,
     /// Two entries of one layer that claim the same path differently.
     Conflict,
+    /// Two images whose output layouts would be nested in one another.
+    OutputCollision,
 }
 
 impl Code {
-    pub const ALL: [Code; 20] = [
+    pub const ALL: [Code; 21] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -77,6 +79,7 @@ impl Code {
         Code::NoMatch,
         Code::SourceMissing,
         Code::Conflict,
+        Code::OutputCollision,
     ];
 
     /// The stable code, `E001`...
@@ -102,6 +105,7 @@ impl Code {
             Code::NoMatch => "E018",
             Code::SourceMissing => "E019",
             Code::Conflict => "E020",
+            Code::OutputCollision => "E021",
         }
     }
 }

@@ -286,7 +286,52 @@ pub fn build(packages: Vec<Package>) -> (Graph, Vec<Diag>) {
         }
     }
     diags.extend(cycles(&g));
+    diags.extend(output_collisions(&g));
     (g, diags)
+}
+
+/// Each image is written to `<output-dir>/<package>/<name>/`, so an image
+/// `//a:b` and an image in package `a/b` (or below) would write one layout
+/// inside the other.
+fn output_collisions(g: &Graph) -> Vec<Diag> {
+    let mut outputs: Vec<(String, NodeIndex)> = g
+        .nodes()
+        .filter(|n| g.graph[*n].is_image())
+        .map(|n| {
+            let l = &g.graph[n].label;
+            let path = if l.package().is_empty() {
+                l.name().to_string()
+            } else {
+                format!("{}/{}", l.package(), l.name())
+            };
+            (path, n)
+        })
+        .collect();
+    outputs.sort();
+    let mut diags = Vec::new();
+    for (i, (outer, a)) in outputs.iter().enumerate() {
+        for (inner, b) in &outputs[i + 1..] {
+            if !inner.starts_with(outer.as_str()) {
+                break;
+            }
+            if inner.as_bytes().get(outer.len()) == Some(&b'/') {
+                let (na, nb) = (&g.graph[*a], &g.graph[*b]);
+                diags.push(
+                    Diag::new(
+                        Code::OutputCollision,
+                        format!(
+                            "the image layout of `{}` would be written inside the one of `{}` (`{outer}/`)",
+                            nb.label, na.label
+                        ),
+                    )
+                    .at(nb.file, nb.target.name.span)
+                    .label("its layout goes below another image's")
+                    .help(format!("rename `{}` or move one of the two images", na.label)),
+                );
+            }
+        }
+    }
+    diags
 }
 
 fn article(kind: &str) -> &'static str {
@@ -538,6 +583,30 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert!(m[0].starts_with("E012 `//p:l` is a layer"), "{m:?}");
         assert!(m[1].starts_with("E012 `//p:i` is an image"), "{m:?}");
+    }
+
+    #[test]
+    fn nested_output_layouts_are_refused() {
+        let pkgs = vec![
+            pkg("services", 0, vec![image("api", None, &[], "services")]),
+            pkg(
+                "services/api",
+                1,
+                vec![image("api", None, &[], "services/api")],
+            ),
+            pkg(
+                "services/apix",
+                2,
+                vec![image("apix", None, &[], "services/apix")],
+            ),
+        ];
+        let (_, diags) = build(pkgs);
+        assert_eq!(
+            messages(&diags),
+            [
+                "E021 the image layout of `//services/api:api` would be written inside the one of `//services:api` (`services/api/`) rename `//services:api` or move one of the two images"
+            ]
+        );
     }
 
     #[test]
