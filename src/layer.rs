@@ -46,11 +46,14 @@
 //!   - Determinism: the cut points depend only on the byte offset in the tar
 //!     stream, never on entries, file reads or threads; each member depends
 //!     only on its own bytes and the level. Chunks are collected into a window
-//!     of up to `2 × threads` (at most 16) and compressed with rayon on the
-//!     *current* pool (the scheduler's, when building a layer job), then
-//!     written in order, so the blob is the same with 1 thread or 64 (a test
-//!     builds a layer in a 1- and a 4-thread pool). Memory stays at about two
-//!     windows of chunks per layer, whatever its size.
+//!     of up to `2 × threads` (at most 16) and compressed with rayon on a
+//!     pool of their own (one thread per CPU), then written in order, so the
+//!     blob is the same with 1 thread or 64 (a test compresses with a 1- and a
+//!     4-thread pool). The pool is separate from the scheduler's on purpose: a
+//!     layer job waiting for its members then blocks, where on a shared pool
+//!     it would steal and start another layer job, whose window would start
+//!     another, and memory would grow with the number of layers. Memory stays
+//!     at about two windows of chunks per running layer, whatever its size.
 //!   - Every byte outside the deflate data is written here, not by a library:
 //!     each member is the 10-byte header `1f 8b 08 00 00000000 00 ff` (deflate,
 //!     no flags so no name, comment or extra field, mtime 0, XFL 0, OS 255),
@@ -413,10 +416,11 @@ fn gzip_level(level: i32) -> i32 {
 /// points depend only on the byte offset in the stream, so the output is the
 /// same however the input arrives. Complete chunks are collected into a window
 /// of up to `2 × threads` (at most [`GZIP_WINDOW_MAX`]) and compressed in
-/// parallel on the current rayon pool, then written in order.
-struct GzipMembers<W: Write> {
+/// parallel on the compression pool, then written in order.
+struct GzipMembers<'p, W: Write> {
     out: W,
     level: i32,
+    pool: &'p rayon::ThreadPool,
     window: usize,
     /// Complete chunks waiting to be compressed.
     full: Vec<Vec<u8>>,
@@ -427,12 +431,36 @@ struct GzipMembers<W: Write> {
     members: u64,
 }
 
-impl<W: Write> GzipMembers<W> {
+/// The pool that compresses gzip members, apart from the scheduler's: a layer
+/// job waiting for its members blocks instead of stealing another layer job
+/// (which would start another window, and another: memory without bound).
+/// One thread per CPU; the output does not depend on it.
+fn compress_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("imgc-gzip-{i}"))
+            .build()
+            .or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+            .expect("a one-thread pool can always be built")
+    })
+}
+
+impl<W: Write> GzipMembers<'static, W> {
     fn new(out: W, level: i32) -> Self {
+        GzipMembers::with_pool(out, level, compress_pool())
+    }
+}
+
+impl<'p, W: Write> GzipMembers<'p, W> {
+    fn with_pool(out: W, level: i32, pool: &'p rayon::ThreadPool) -> Self {
         GzipMembers {
             out,
             level: gzip_level(level),
-            window: (2 * rayon::current_num_threads()).clamp(1, GZIP_WINDOW_MAX),
+            pool,
+            window: (2 * pool.current_num_threads()).clamp(1, GZIP_WINDOW_MAX),
             full: Vec::new(),
             cur: Vec::with_capacity(GZIP_MEMBER),
             spare: Vec::new(),
@@ -441,21 +469,33 @@ impl<W: Write> GzipMembers<W> {
     }
 
     /// Compresses the waiting chunks in parallel and writes them in order.
+    ///
+    /// The chunks go to the compression pool with `spawn`, and this thread
+    /// waits on a channel: a real block. (`install` or `scope` from a thread of
+    /// another rayon pool would keep that thread busy with its own pool's jobs
+    /// while it waits, i.e. start more layers, each with a window of its own.)
     fn drain(&mut self) -> io::Result<()> {
-        use rayon::prelude::*;
         let level = self.level;
-        let members: Vec<io::Result<Vec<u8>>> = self
-            .full
-            .par_iter()
-            .map(|chunk| gzip_member(chunk, level))
-            .collect();
-        for m in members {
-            self.out.write_all(&m?)?;
-            self.members += 1;
+        let n = self.full.len();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, chunk) in self.full.drain(..).enumerate() {
+            let tx = tx.clone();
+            self.pool.spawn(move || {
+                let member = gzip_member(&chunk, level);
+                let _ = tx.send((i, member, chunk));
+            });
         }
-        for mut chunk in self.full.drain(..) {
+        drop(tx);
+        let mut members: Vec<Option<io::Result<Vec<u8>>>> = (0..n).map(|_| None).collect();
+        for (i, member, mut chunk) in rx {
+            members[i] = Some(member);
             chunk.clear();
             self.spare.push(chunk);
+        }
+        for m in members {
+            let m = m.ok_or_else(|| io::Error::other("a gzip compression job died"))??;
+            self.out.write_all(&m)?;
+            self.members += 1;
         }
         Ok(())
     }
@@ -472,7 +512,7 @@ impl<W: Write> GzipMembers<W> {
     }
 }
 
-impl<W: Write> Write for GzipMembers<W> {
+impl<W: Write> Write for GzipMembers<'_, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(GZIP_MEMBER - self.cur.len());
         self.cur.extend_from_slice(&data[..n]);
@@ -939,21 +979,32 @@ mod tests {
             e("b.bin", EntryData::Bytes(noise(4 * GZIP_MEMBER, 3)), 0o644),
         ])
         .unwrap();
-        let fmt = LayerFormat::default_for(Compression::Gzip);
+        let (_, tar) = write_tar(&entries, 0, Vec::new()).unwrap();
         let build = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            pool.install(|| {
-                assert_eq!(rayon::current_num_threads(), threads);
-                write_layer(&entries, &fmt, 0, &cas).unwrap()
-            })
+            let mut gz = GzipMembers::with_pool(Vec::new(), 6, &pool);
+            gz.write_all(&tar).unwrap();
+            gz.finish().unwrap()
         };
         let one = build(1);
         let four = build(4);
-        assert_eq!(one, four);
-        assert_eq!(write_layer(&entries, &fmt, 0, &cas).unwrap(), one);
+        assert!(one == four, "the thread count changed the gzip bytes");
+        // and write_layer (on the shared compression pool) stores exactly that
+        let fmt = LayerFormat::default_for(Compression::Gzip);
+        let out = write_layer(&entries, &fmt, 0, &cas).unwrap();
+        assert_eq!(out.digest, Digest::of_bytes(&one));
+        // called from inside another pool (as the scheduler does), the same
+        let other = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(
+            other.install(|| write_layer(&entries, &fmt, 0, &cas).unwrap()),
+            out
+        );
     }
 
     #[test]
