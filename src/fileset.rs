@@ -141,47 +141,28 @@ fn expand_entry(
     e: &LayerEntry,
     out: &mut Vec<Planned>,
 ) -> Result<(), Diag> {
-    match e {
+    let (path, data, mode, own) = match e {
         LayerEntry::Text {
             path,
             content,
             mode,
             owner,
             ..
-        } => out.push(Planned {
-            entry: entry(
-                image_path(&path.value),
-                EntryData::Bytes(content.clone().into_bytes()),
-                mode_of(mode).unwrap_or(0o644),
-                owner_of(spec, owner),
-            ),
-            source: None,
-        }),
+        } => (
+            path,
+            EntryData::Bytes(content.clone().into_bytes()),
+            mode_of(mode).unwrap_or(0o644),
+            owner,
+        ),
         LayerEntry::Dir {
             path, mode, owner, ..
-        } => out.push(Planned {
-            entry: entry(
-                image_path(&path.value),
-                EntryData::Dir,
-                mode_of(mode).unwrap_or(0o755),
-                owner_of(spec, owner),
-            ),
-            source: None,
-        }),
+        } => (path, EntryData::Dir, mode_of(mode).unwrap_or(0o755), owner),
         LayerEntry::Symlink {
             path,
             target,
             owner,
             ..
-        } => out.push(Planned {
-            entry: entry(
-                image_path(&path.value),
-                EntryData::Symlink(target.value.clone()),
-                0o777,
-                owner_of(spec, owner),
-            ),
-            source: None,
-        }),
+        } => (path, EntryData::Symlink(target.value.clone()), 0o777, owner),
         LayerEntry::Copy {
             src,
             to,
@@ -238,8 +219,13 @@ fn expand_entry(
                     .map_err(|d| d.at(file, src.span))?;
                 }
             }
+            return Ok(());
         }
-    }
+    };
+    out.push(Planned {
+        entry: entry(image_path(&path.value), data, mode, owner_of(spec, own)),
+        source: None,
+    });
     Ok(())
 }
 
