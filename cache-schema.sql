@@ -63,3 +63,18 @@ CREATE TABLE parse_cache (
     used_at  INTEGER NOT NULL             -- unix seconds, last hit (coarse, see above)
 );
 CREATE INDEX parse_cache_by_used_at ON parse_cache (used_at);
+
+-- Image layouts as a build last wrote or fully checked them: the absolute path of the
+-- layout directory -> the manifest digest and ref names it holds, and the stat data of
+-- its `oci-layout`, `index.json` and `blobs/sha256` directory at that moment (the
+-- "stamp", as text). A later build trusts a layout whose stamp is unchanged, and none
+-- of whose blobs it had to replace in the store, without checking it blob by blob:
+-- adding, removing or replacing a blob changes the directory's stat data, and a blob
+-- changed in place is the store's own file, which the build verifies. A stamp younger
+-- than the racy window is not stored (as for file_memo).
+CREATE TABLE layout (
+    path      TEXT    NOT NULL PRIMARY KEY,
+    manifest  BLOB    NOT NULL CHECK (length(manifest) = 32),
+    refs      TEXT    NOT NULL,
+    stamp     TEXT    NOT NULL
+) WITHOUT ROWID;

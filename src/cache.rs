@@ -89,7 +89,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SCHEMA: &str = include_str!("../cache-schema.sql");
 
 /// `PRAGMA user_version` of a database made from [`SCHEMA`]. Bump on any schema change.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// How much older than the build start a file's mtime and ctime must be before its
 /// hash is remembered (covers coarse filesystem timestamps, e.g. 2 s on FAT).
@@ -193,6 +193,16 @@ impl StatKey {
             mode: m.mode(),
         }
     }
+}
+
+/// What a layout directory held when a build last wrote or fully checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutRecord {
+    pub manifest: Digest,
+    /// The ref names of its `index.json`, one per line.
+    pub refs: String,
+    /// Stat data of its top-level files and blob directory (see `oci::layout_stamp`).
+    pub stamp: String,
 }
 
 /// One memo row: a file's stat data and the blake3 of its contents.
@@ -815,6 +825,65 @@ impl Cache {
         Ok(dropped)
     }
 
+    // ---- image layouts ----
+
+    /// The layout records of every layout directory whose path starts with
+    /// `prefix` (an output directory), by path.
+    pub fn layout_records(
+        &self,
+        prefix: &str,
+    ) -> Result<HashMap<String, LayoutRecord>, CacheError> {
+        let rows: Vec<(String, Vec<u8>, String, String)> = self
+            .conn
+            .prepare_cached("SELECT path, manifest, refs, stamp FROM layout")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.db_err(e))?;
+        rows.into_iter()
+            .filter(|(path, ..)| path.starts_with(prefix))
+            .map(|(path, m, refs, stamp)| {
+                let manifest =
+                    Digest(blob32(&m, "a layout manifest").map_err(|w| self.corrupt(w))?);
+                Ok((
+                    path,
+                    LayoutRecord {
+                        manifest,
+                        refs,
+                        stamp,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Records a layout as written or fully checked. A stamp with an mtime or
+    /// ctime within [`RACY_WINDOW`] of `build_start` is not trusted later: the
+    /// row is dropped instead, and `false` returned.
+    pub fn put_layout(
+        &mut self,
+        path: &str,
+        record: &LayoutRecord,
+        newest_ns: i64,
+        build_start: SystemTime,
+    ) -> Result<bool, CacheError> {
+        let limit = system_time_ns(build_start).saturating_sub(RACY_WINDOW.as_nanos() as i64);
+        let fresh = newest_ns > limit;
+        self.write(|c| {
+            if fresh {
+                c.prepare_cached("DELETE FROM layout WHERE path = ?1")?.execute(params![path])?;
+            } else {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO layout (path, manifest, refs, stamp) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![path, &record.manifest.0[..], record.refs, record.stamp])?;
+            }
+            Ok(())
+        })?;
+        Ok(!fresh)
+    }
+
     // ---- last builds ----
 
     /// The key and components JSON of the last build of `label`.
@@ -991,7 +1060,7 @@ mod tests {
     /// If this fails, the schema changed: bump SCHEMA_VERSION and update the hash.
     #[test]
     fn schema_is_pinned_to_its_version() {
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
         // Comments and layout do not count, only the statements.
         let normalized: Vec<&str> = SCHEMA
             .lines()
@@ -1000,9 +1069,37 @@ mod tests {
             .collect();
         assert_eq!(
             Key::of_bytes(normalized.join(" ").as_bytes()).to_hex(),
-            "b44b06f2222500fedef4ba2a0bd6e2a8c3cefa39fab64217506f3403e7594346",
+            "345d66c2b90ea7747f92b123b8ba0f27ea72697c4563775242fafa05247f8d58",
             "cache-schema.sql changed: bump SCHEMA_VERSION and update this hash"
         );
+    }
+
+    #[test]
+    fn layout_records_round_trip_by_prefix_and_refuse_racy_stamps() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let r = LayoutRecord {
+            manifest: Digest::of_bytes(b"m"),
+            refs: "latest".into(),
+            stamp: "1:2:3".into(),
+        };
+        let old_ns = 1_000_000_000i64;
+        assert!(
+            c.put_layout("/ws/imgc-out/a/b", &r, old_ns, at(100))
+                .unwrap()
+        );
+        assert!(
+            c.put_layout("/other/imgc-out/a/b", &r, old_ns, at(100))
+                .unwrap()
+        );
+        let got = c.layout_records("/ws/imgc-out/").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["/ws/imgc-out/a/b"], r);
+        // a stamp within the racy window replaces nothing and drops the row
+        assert!(
+            !c.put_layout("/ws/imgc-out/a/b", &r, 99_500_000_000, at(100))
+                .unwrap()
+        );
+        assert!(c.layout_records("/ws/imgc-out/").unwrap().is_empty());
     }
 
     #[test]

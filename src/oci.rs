@@ -435,6 +435,28 @@ pub fn layout_is_current(
     })
 }
 
+/// The stat data of a layout's `oci-layout`, `index.json` and `blobs/sha256`
+/// directory, as text, and the newest mtime or ctime among them (ns): what
+/// [`crate::cache::LayoutRecord`] remembers. Adding, removing or replacing a
+/// blob or rewriting a top-level file changes it. `None` if any is missing.
+pub fn layout_stamp(dest: &Path) -> Option<(String, i64)> {
+    let mut text = String::new();
+    let mut newest = i64::MIN;
+    for p in [
+        dest.join("oci-layout"),
+        dest.join("index.json"),
+        dest.join("blobs").join("sha256"),
+    ] {
+        let s = crate::cache::StatKey::from_metadata(&fs::symlink_metadata(p).ok()?);
+        newest = newest.max(s.mtime_ns).max(s.ctime_ns);
+        text.push_str(&format!(
+            "{}:{}:{}:{}:{};",
+            s.size, s.mtime_ns, s.ctime_ns, s.inode, s.mode
+        ));
+    }
+    Some((text, newest))
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::write(path, bytes).map_err(|e| ctx(e, "write", path))
 }

@@ -26,7 +26,7 @@
 //! function of the inputs alone, which the `-j1` vs `-jN` tests check.
 
 use crate::action::{Components, ImageOut, Output, Reason, params_hash};
-use crate::cache::{BlobRef, Cache, FileMemo, MemoEntry, StatKey};
+use crate::cache::{BlobRef, Cache, FileMemo, LayoutRecord, MemoEntry, StatKey};
 use crate::cas::Cas;
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
@@ -199,6 +199,7 @@ impl Engine<'_> {
             memo,
             learnt: Vec::new(),
             verified: BTreeSet::new(),
+            replaced: BTreeSet::new(),
         };
         let mut in_flight = 0usize;
         let mut stop = false;
@@ -363,6 +364,12 @@ impl Engine<'_> {
             if !settings.dry_run
                 && let Some(out_dir) = &settings.output_dir
             {
+                let records = self
+                    .cache
+                    .layout_records(&out_dir.to_string_lossy())
+                    .unwrap_or_default();
+                let mut written = BTreeMap::new();
+                let mut checked: Vec<(NodeIndex, LayoutRecord)> = Vec::new();
                 for &n in &requested {
                     let Some(Output::Image(img)) =
                         summary.outcomes.get(&n).and_then(Outcome::output).cloned()
@@ -375,6 +382,29 @@ impl Engine<'_> {
                     let node = graph.node(n);
                     let dest = out_dir.join(node.label.package()).join(node.label.name());
                     let refs = ref_names(spec);
+                    let record = LayoutRecord {
+                        manifest: img.manifest,
+                        refs: refs.join("\n"),
+                        stamp: String::new(),
+                    };
+                    // A layout unchanged since a build checked it in full, none of
+                    // whose blobs this build replaced, is trusted without a look at
+                    // every blob.
+                    let trusted = oci::layout_stamp(&dest).is_some_and(|(stamp, _)| {
+                        records.get(&*dest.to_string_lossy()).is_some_and(|r| {
+                            r.manifest == record.manifest
+                                && r.refs == record.refs
+                                && r.stamp == stamp
+                        })
+                    }) && !Output::Image(img.clone())
+                        .blobs()
+                        .iter()
+                        .any(|(d, _)| checks.replaced.contains(d));
+                    if trusted {
+                        written.insert(node.label.clone(), (n, Ok((dest, img.manifest))));
+                        continue;
+                    }
+                    checked.push((n, record));
                     let tx = tx.clone();
                     in_flight += 1;
                     scope.spawn(move |_| {
@@ -382,12 +412,24 @@ impl Engine<'_> {
                         let _ = tx.send(Msg::Materialized(n, r));
                     });
                 }
-                let mut written = BTreeMap::new();
                 while in_flight > 0 {
                     let Ok(msg) = rx.recv() else { break };
                     in_flight -= 1;
                     if let Msg::Materialized(n, r) = msg {
                         written.insert(graph.node(n).label.clone(), (n, r));
+                    }
+                }
+                for (n, mut record) in checked {
+                    if let Some((_, Ok((dest, _)))) = written.get(&graph.node(n).label)
+                        && let Some((stamp, newest_ns)) = oci::layout_stamp(dest)
+                    {
+                        record.stamp = stamp;
+                        let _ = self.cache.put_layout(
+                            &dest.to_string_lossy(),
+                            &record,
+                            newest_ns,
+                            build_start,
+                        );
                     }
                 }
                 // Reported in label order, whatever order the workers finished in.
@@ -576,6 +618,9 @@ struct BlobChecks<'m> {
     learnt: Vec<(String, MemoEntry)>,
     /// Blobs already found intact in this build (shared base layers are checked once).
     verified: BTreeSet<Digest>,
+    /// Blobs found missing or damaged (and removed): layouts holding them must be
+    /// checked in full, since they may still link the damaged file.
+    replaced: BTreeSet<Digest>,
 }
 
 impl BlobChecks<'_> {
@@ -608,6 +653,8 @@ impl BlobChecks<'_> {
         };
         if ok {
             self.verified.insert(*d);
+        } else {
+            self.replaced.insert(*d);
         }
         ok
     }

@@ -258,3 +258,47 @@ fn source_behind_a_symlink_leaving_the_workspace_is_refused() {
     );
     ws.ok(&["build", "//app:code"]);
 }
+
+/// Layouts a build checked in full are later trusted by the stat data of their
+/// top-level files and blob directory; this guards what that shortcut must
+/// still notice.
+#[test]
+fn remembered_layouts_are_still_repaired() {
+    let ws = small_ws();
+    ws.build(&[]);
+    let good = tree_bytes(&ws.path("imgc-out"));
+    let settle = || {
+        // layouts younger than the racy window are not remembered
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(ws.build(&[]).ran().is_empty());
+    };
+
+    // a store blob damaged in place (the layout links the very same file)
+    settle();
+    let blob = layer_blob_paths(&ws, "app", "app").pop().unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    ws.build(&[]);
+    assert_eq!(tree_bytes(&ws.path("imgc-out")), good);
+
+    // a blob deleted from a layout
+    settle();
+    let layout_blobs = ws.layout("base", "base").join("blobs/sha256");
+    let victim = std::fs::read_dir(&layout_blobs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&victim).unwrap();
+    assert!(ws.build(&[]).ran().is_empty());
+    assert_eq!(tree_bytes(&ws.path("imgc-out")), good);
+
+    // index.json overwritten
+    settle();
+    ws.write("imgc-out/app/app/index.json", "{}");
+    assert!(ws.build(&[]).ran().is_empty());
+    assert_eq!(tree_bytes(&ws.path("imgc-out")), good);
+}
