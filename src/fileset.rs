@@ -173,8 +173,12 @@ fn expand_entry(
         } => {
             let into_dir = to.value.ends_with('/');
             let dest = image_path(&to.value);
-            let owner = owner_of(spec, owner);
-            let excludes = build_excludes(exclude, file)?;
+            let opts = CopyOpts {
+                package,
+                mode: mode_of(mode),
+                owner: owner_of(spec, owner),
+                excludes: build_excludes(exclude, file)?,
+            };
             match &src.value {
                 CopySource::Target(label) => {
                     let dep = ctx.graph.get(label).ok_or_else(|| {
@@ -193,30 +197,11 @@ fn expand_entry(
                     let abs = checked_source(ctx, &ws_rel, file, src.span)?;
                     let name = rel.rsplit('/').next().unwrap_or(rel);
                     let target = if into_dir { join(&dest, name) } else { dest };
-                    copy_path(
-                        &abs,
-                        &ws_rel,
-                        &target,
-                        mode_of(mode),
-                        owner,
-                        &excludes,
-                        package,
-                        out,
-                    )
-                    .map_err(|d| d.at(file, src.span))?;
+                    copy_path(&abs, &ws_rel, &target, &opts, out)
+                        .map_err(|d| d.at(file, src.span))?;
                 }
                 CopySource::Glob(pattern) => {
-                    copy_glob(
-                        ctx,
-                        package,
-                        pattern,
-                        &dest,
-                        mode_of(mode),
-                        owner,
-                        &excludes,
-                        out,
-                    )
-                    .map_err(|d| d.at(file, src.span))?;
+                    copy_glob(ctx, pattern, &dest, &opts, out).map_err(|d| d.at(file, src.span))?;
                 }
             }
             return Ok(());
@@ -294,17 +279,25 @@ fn default_file_mode(meta: &std::fs::Metadata) -> u32 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one `copy` entry applies to every file it copies.
+struct CopyOpts<'a> {
+    /// The package the source paths are relative to.
+    package: &'a str,
+    /// The entry's `mode`, for files; `None`: from the executable bit.
+    mode: Option<u32>,
+    owner: Owner,
+    /// `exclude` globs, matched against package-relative paths.
+    excludes: GlobSet,
+}
+
 fn copy_path(
     abs: &Path,
     ws_rel: &str,
     dest: &str,
-    mode: Option<u32>,
-    owner: Owner,
-    excludes: &GlobSet,
-    package: &str,
+    opts: &CopyOpts<'_>,
     out: &mut Vec<Planned>,
 ) -> Result<(), Diag> {
+    let owner = opts.owner;
     let meta = std::fs::symlink_metadata(abs)
         .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}")))?;
     let ft = meta.file_type();
@@ -332,7 +325,7 @@ fn copy_path(
                     source: abs.to_path_buf(),
                     size: meta.len(),
                 },
-                mode.unwrap_or_else(|| default_file_mode(&meta)),
+                opts.mode.unwrap_or_else(|| default_file_mode(&meta)),
                 owner,
             ),
             source: Some(Source {
@@ -355,22 +348,13 @@ fn copy_path(
             let name = name.to_string_lossy().into_owned();
             let child_rel = format!("{ws_rel}/{name}");
             let pkg_rel = child_rel
-                .strip_prefix(package)
+                .strip_prefix(opts.package)
                 .unwrap_or(&child_rel)
                 .trim_start_matches('/');
-            if excludes.is_match(pkg_rel) {
+            if opts.excludes.is_match(pkg_rel) {
                 continue;
             }
-            copy_path(
-                &abs.join(&name),
-                &child_rel,
-                &join(dest, &name),
-                mode,
-                owner,
-                excludes,
-                package,
-                out,
-            )?;
+            copy_path(&abs.join(&name), &child_rel, &join(dest, &name), opts, out)?;
         }
     } else {
         return Err(Diag::new(
@@ -381,17 +365,14 @@ fn copy_path(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn copy_glob(
     ctx: &Ctx<'_>,
-    package: &str,
     pattern: &str,
     dest: &str,
-    mode: Option<u32>,
-    owner: Owner,
-    excludes: &GlobSet,
+    opts: &CopyOpts<'_>,
     out: &mut Vec<Planned>,
 ) -> Result<(), Diag> {
+    let package = opts.package;
     let matcher = glob(pattern)?.compile_matcher();
     // The literal directory before the first component holding a metacharacter.
     let base: Vec<&str> = pattern
@@ -405,7 +386,14 @@ fn copy_glob(
         let walker = walkdir::WalkDir::new(&base_abs)
             .follow_links(false)
             .sort_by_file_name();
-        for item in walker.into_iter().filter_map(|e| e.ok()) {
+        for item in walker {
+            // An unreadable directory under the glob is an error, not fewer files.
+            let item = item.map_err(|e| {
+                Diag::new(
+                    Code::SourceMissing,
+                    format!("cannot read below `{}`: {e}", join(package, &base)),
+                )
+            })?;
             if item.depth() == 0 || item.file_type().is_dir() {
                 continue;
             }
@@ -413,26 +401,13 @@ fn copy_glob(
                 continue;
             };
             let rel_to_base = rel_to_base.to_string_lossy().replace('\\', "/");
-            let pkg_rel = if base.is_empty() {
-                rel_to_base.clone()
-            } else {
-                format!("{base}/{rel_to_base}")
-            };
-            if !matcher.is_match(&pkg_rel) || excludes.is_match(&pkg_rel) {
+            let pkg_rel = join(&base, &rel_to_base);
+            if !matcher.is_match(&pkg_rel) || opts.excludes.is_match(&pkg_rel) {
                 continue;
             }
             matched += 1;
             let ws_rel = join(package, &pkg_rel);
-            copy_path(
-                item.path(),
-                &ws_rel,
-                &join(dest, &rel_to_base),
-                mode,
-                owner,
-                excludes,
-                package,
-                out,
-            )?;
+            copy_path(item.path(), &ws_rel, &join(dest, &rel_to_base), opts, out)?;
         }
     }
     if matched == 0 {

@@ -35,8 +35,8 @@ pub fn warning(text: &str) {
     status(&format!("warning: {text}"));
 }
 
-/// Renders diagnostics to a string (no colour), for tests and logs.
-pub fn render_diagnostics(sources: &Sources, diags: &[Diag], color: bool) -> String {
+/// Renders diagnostics (miette: source line, caret, help), without a count.
+fn render_reports(sources: &Sources, diags: &[Diag], color: bool) -> String {
     let theme = if color {
         GraphicalTheme::unicode()
     } else {
@@ -51,12 +51,17 @@ pub fn render_diagnostics(sources: &Sources, diags: &[Diag], color: bool) -> Str
         let _ = handler.render_report(&mut out, report.as_ref());
         out.push('\n');
     }
-    let n = diags.len();
-    out.push_str(&format!(
-        "error: {n} problem{} found\n",
-        if n == 1 { "" } else { "s" }
-    ));
     out
+}
+
+/// Renders diagnostics followed by the count line `error: N problems found`.
+pub fn render_diagnostics(sources: &Sources, diags: &[Diag], color: bool) -> String {
+    let n = diags.len();
+    format!(
+        "{}error: {n} problem{} found\n",
+        render_reports(sources, diags, color),
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// Prints a command's failure on stderr.
@@ -283,7 +288,7 @@ impl Reporter {
             Event::Failed { label, error } => {
                 let text = match error {
                     ActionError::Spec(d) => {
-                        render_diagnostics_only(&self.sources, std::slice::from_ref(d))
+                        render_reports(&self.sources, std::slice::from_ref(d), color_enabled())
                     }
                     ActionError::Message(m) => format!("error: {m}"),
                 };
@@ -336,11 +341,4 @@ impl Reporter {
             ));
         }
     }
-}
-
-/// Rendered diagnostics without the closing count.
-fn render_diagnostics_only(sources: &Sources, diags: &[Diag]) -> String {
-    let full = render_diagnostics(sources, diags, color_enabled());
-    full.rsplit_once("error: ")
-        .map_or(full.clone(), |(body, _)| body.to_string())
 }
