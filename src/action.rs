@@ -57,14 +57,6 @@ impl Components {
         self.0.get(name).map(String::as_str)
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The action key: every component, in name order, through the stable protocol.
     pub fn key(&self) -> Key {
         let mut h = KeyHasher::new(self.get("kind").unwrap_or("action"));

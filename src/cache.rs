@@ -98,9 +98,9 @@ pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// Parse-cache rows not used for this long are deleted when new rows are written.
 pub const PARSE_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A parse-cache hit refreshes its `used_at` only when it is older than this, so a
-/// run in which every file hits writes nothing.
-pub const PARSE_TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// A hit (parse cache or action cache) refreshes its `used_at` only when it is
+/// older than this, so a run in which everything hits writes nothing.
+pub const TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// How long to wait for another imgc process holding the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,7 +257,7 @@ pub struct CacheStats {
 pub struct ParsedHits {
     /// Key → the stored value (opaque JSON), for the keys that hit.
     pub values: BTreeMap<Key, String>,
-    /// Hits whose `used_at` is older than [`PARSE_TOUCH_AFTER`]: pass them to
+    /// Hits whose `used_at` is older than [`TOUCH_AFTER`]: pass them to
     /// [`Cache::put_parsed`] to keep them from being dropped as unused.
     pub stale: Vec<Key>,
 }
@@ -758,7 +758,7 @@ impl Cache {
     /// The stored values of those `keys` that are present (one prepared statement).
     /// Reads only: refreshing the stale hits is [`Cache::put_parsed`]'s job.
     pub fn get_parsed(&self, keys: &[Key]) -> Result<ParsedHits, CacheError> {
-        let stale_before = now_unix() - PARSE_TOUCH_AFTER.as_secs() as i64;
+        let stale_before = now_unix() - TOUCH_AFTER.as_secs() as i64;
         let mut hits = ParsedHits::default();
         // One read transaction: one snapshot and one WAL read lock for all the keys,
         // instead of taking and releasing the lock for each (measurably slower).
@@ -922,11 +922,20 @@ impl Cache {
     }
 
     /// The recorded outputs of `key` (the scheduler's JSON) without the blob list:
-    /// one indexed read, for the hot path of a no-op build.
-    pub fn get_outputs(&self, key: &Key) -> Result<Option<String>, CacheError> {
+    /// one indexed read, for the hot path of a no-op build. The flag says the
+    /// entry's `used_at` is older than [`TOUCH_AFTER`]: the caller passes
+    /// such hits to [`Cache::mark_used`], so a build refreshes the garbage
+    /// collector's view at most once a day per entry instead of writing on every hit.
+    pub fn get_outputs(&self, key: &Key) -> Result<Option<(String, bool)>, CacheError> {
+        let stale_before = now_unix() - TOUCH_AFTER.as_secs() as i64;
         self.conn
-            .prepare_cached("SELECT outputs FROM action WHERE key = ?1")
-            .and_then(|mut st| st.query_row(params![&key.0[..]], |r| r.get(0)).optional())
+            .prepare_cached("SELECT outputs, used_at < ?2 FROM action WHERE key = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![&key.0[..], stale_before], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
             .map_err(|e| self.db_err(e))
     }
 
@@ -1103,6 +1112,31 @@ mod tests {
     }
 
     #[test]
+    fn hits_older_than_a_day_are_flagged_for_mark_used() {
+        let mut c = Cache::open_in_memory().unwrap();
+        c.put_action(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)])
+            .unwrap();
+        assert_eq!(
+            c.get_outputs(&key(1)).unwrap(),
+            Some(("{}".to_string(), false))
+        );
+        let old = now_unix() - TOUCH_AFTER.as_secs() as i64 - 10;
+        c.conn
+            .execute("UPDATE action SET used_at = ?1", params![old])
+            .unwrap();
+        assert_eq!(
+            c.get_outputs(&key(1)).unwrap(),
+            Some(("{}".to_string(), true))
+        );
+        c.mark_used(&[key(1)]).unwrap();
+        assert_eq!(
+            c.get_outputs(&key(1)).unwrap(),
+            Some(("{}".to_string(), false))
+        );
+        assert_eq!(c.get_outputs(&key(2)).unwrap(), None);
+    }
+
+    #[test]
     fn action_round_trip_replace_and_forget() {
         let mut c = Cache::open_in_memory().unwrap();
         assert_eq!(c.get_action(&key(1)).unwrap(), None);
@@ -1188,7 +1222,7 @@ mod tests {
                 )
                 .unwrap();
         };
-        age(&c, &key(1), PARSE_TOUCH_AFTER.as_secs() + 10);
+        age(&c, &key(1), TOUCH_AFTER.as_secs() + 10);
         age(&c, &key(2), PARSE_KEEP.as_secs() + 10);
         let hits = c.get_parsed(&[key(1), key(2)]).unwrap();
         let mut stale = hits.stale.clone();

@@ -179,6 +179,7 @@ impl Engine<'_> {
         }
         let mut last_commit = Instant::now();
         let mut last_keys = self.cache.last_build_keys().unwrap_or_default();
+        let mut stale_hits: Vec<Key> = Vec::new();
 
         let mut waiting: BTreeMap<NodeIndex, usize> = closure
             .iter()
@@ -262,7 +263,7 @@ impl Engine<'_> {
                     Msg::Keyed(n, Ok(k)) => {
                         learnt.extend(k.learnt);
                         let label = graph.node(n).label.to_string();
-                        match self.lookup(&k.key, &mut checks) {
+                        match self.lookup(&k.key, &mut checks, &mut stale_hits) {
                             Some(output) => {
                                 if last_keys.get(&label) != Some(&k.key) {
                                     let _ = self.cache.set_last_build(
@@ -450,6 +451,9 @@ impl Engine<'_> {
         });
 
         learnt.append(&mut checks.learnt);
+        if !stale_hits.is_empty() && !self.settings.dry_run {
+            let _ = self.cache.mark_used(&stale_hits);
+        }
         if let Err(e) = self.cache.end_batch() {
             summary
                 .warnings
@@ -530,9 +534,15 @@ impl Engine<'_> {
         }
     }
 
-    /// A cache hit whose every blob is present and intact.
-    fn lookup(&mut self, key: &Key, checks: &mut BlobChecks<'_>) -> Option<Output> {
-        let outputs = self.cache.get_outputs(key).ok().flatten()?;
+    /// A cache hit whose every blob is present and intact. Hits not marked used
+    /// for a day go into `stale`, for one [`Cache::mark_used`] at the end.
+    fn lookup(
+        &mut self,
+        key: &Key,
+        checks: &mut BlobChecks<'_>,
+        stale: &mut Vec<Key>,
+    ) -> Option<Output> {
+        let (outputs, is_stale) = self.cache.get_outputs(key).ok().flatten()?;
         let output = Output::from_json(&outputs)?;
         let mut ok = true;
         for (digest, size) in output.blobs() {
@@ -544,6 +554,9 @@ impl Engine<'_> {
         if !ok {
             let _ = self.cache.forget_action(key);
             return None;
+        }
+        if is_stale {
+            stale.push(*key);
         }
         Some(output)
     }
