@@ -18,7 +18,7 @@ CREATE TABLE action (
     label       TEXT    NOT NULL,            -- the target that last produced it (for humans)
     outputs     TEXT    NOT NULL,            -- opaque JSON, defined by the scheduler
     created_at  INTEGER NOT NULL,            -- unix seconds, when recorded
-    used_at     INTEGER NOT NULL             -- unix seconds, last hit (for LRU garbage collection)
+    used_at     INTEGER NOT NULL             -- unix seconds, last hit, refreshed at most once a day (for LRU garbage collection)
 ) WITHOUT ROWID;
 
 -- The blobs an action's outputs reference: verified present before a hit is trusted,
