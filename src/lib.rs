@@ -39,6 +39,7 @@ pub mod hash;
 pub mod import;
 pub mod label;
 pub mod layer;
+pub mod listing;
 pub mod oci;
 pub mod report;
 pub mod scheduler;
@@ -56,6 +57,7 @@ mod architecture {
             ("hash.rs", include_str!("hash.rs")),
             ("graph.rs", include_str!("graph.rs")),
             ("action.rs", include_str!("action.rs")),
+            ("listing.rs", include_str!("listing.rs")),
             ("spec/model.rs", include_str!("spec/model.rs")),
             ("spec/parse.rs", include_str!("spec/parse.rs")),
             ("spec/reader.rs", include_str!("spec/reader.rs")),
