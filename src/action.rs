@@ -6,33 +6,9 @@
 //! something rebuilt: the last build's components are stored per label and
 //! compared with the current ones ([`Components::diff`]).
 //!
-//! | action | component | value |
-//! |---|---|---|
-//! | all | `kind` | `layer`, `image`, `import` (also the hash domain) |
-//! | layer | `format` | compressor identity and level (`gzip/zlib-rs/6`) |
-//! | layer | `epoch` | source-date-epoch (every mtime in the tar) |
-//! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path |
-//! | layer | `file:<path>` | blake3 of the contents of each input file (workspace-relative path) |
-//! | image | `base` | manifest digest of the base (`scratch` for none) |
-//! | image | `layer.<n>:<label>` | digest of the n-th own layer |
-//! | image | `config` | blake3 of the canonical config parameters (entrypoint, env, ...) |
-//! | image | `platform`, `epoch` | as configured |
-//! | import | `file:<path>` | blake3 of each file of the layout directory or the tarball |
-//! | import | `platform` | the platform picked from a multi-platform index |
-//!
-//! A layer that copies another layer's files (`copy ":layer"`) expands that
-//! layer's entries into its own, so their files and parameters enter its key
-//! directly.
-//!
-//! Deliberately *not* in any key: mtimes, absolute paths, environment, clock,
-//! user, host, completion order, and the KDL text itself (reformatting a spec
-//! rebuilds nothing). An image's own layers do not depend on its base, so a base
-//! change re-assembles dependents (config + manifest) without rebuilding their
-//! layers. A tag only names the image in its layout's `index.json`; it is not
-//! part of the image, so changing it re-materializes without re-assembling.
+//! What enters each kind's key, and why, is tabled in [`crate::actions`].
 
-use crate::hash::{Digest, Key, KeyHasher};
-use crate::oci::LayerDesc;
+use crate::hash::{DiffId, Digest, Key, KeyHasher};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -131,6 +107,9 @@ pub enum Reason {
     CacheMiss(String),
     /// These components changed since the last build.
     Changed(Vec<Change>),
+    /// (Dry runs.) A dependency would rebuild, so this key cannot be known yet:
+    /// `root` is the first target on the way whose own inputs changed.
+    Dependency { root: String, why: Box<Reason> },
 }
 
 impl Reason {
@@ -153,11 +132,30 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// `dependency` would rebuild for `why`: the reason of a target above it.
+    pub fn dependency(dependency: &str, why: &Reason) -> Reason {
+        match why {
+            Reason::Dependency { root, why } => Reason::Dependency {
+                root: root.clone(),
+                why: why.clone(),
+            },
+            other => Reason::Dependency {
+                root: dependency.to_string(),
+                why: Box::new(other.clone()),
+            },
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::NeverBuilt => f.write_str("never built"),
             Reason::CacheMiss(why) => f.write_str(why),
+            Reason::Dependency { root, why } => {
+                write!(f, "it depends on `{root}`, which would rebuild ({why})")
+            }
             Reason::Changed(changes) => {
                 const SHOWN: usize = 3;
                 let parts: Vec<String> =
@@ -170,6 +168,17 @@ impl fmt::Display for Reason {
             }
         }
     }
+}
+
+/// A layer as a manifest references it. Cached in the action cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDesc {
+    /// sha256 of the blob as stored (compressed or not).
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: DiffId,
+    pub size: u64,
+    pub media_type: String,
 }
 
 /// The output of an image or an import: what an image built on it needs.

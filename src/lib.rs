@@ -7,8 +7,8 @@
 //! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
 //! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
 //! | 3 | resolve & plan | [`label`], [`graph`] | model + patterns → graph of targets; unknown labels, cycles are errors |
-//! | 4 | key | [`action`], [`hash`] | parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
-//! | 5 | execute | [`scheduler`] | key hit in [`cache`] → fresh; miss → run on a rayon worker, blobs into [`cas`] |
+//! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
+//! | 5 | execute | [`scheduler`], [`actions`] | key hit in [`cache`] → fresh; miss → the kind's action runs on a rayon worker, blobs into [`cas`] |
 //! | 6 | assemble | [`layer`], [`oci`], [`import`] | layers, config, manifest: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`] | an OCI image layout per image, blobs hard-linked from the CAS |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
@@ -24,10 +24,14 @@
 //!    [`hash::DiffId`] are distinct types.
 //! 4. **Constructive traces, early cutoff.** A key includes its dependencies'
 //!    *output* digests, so a dependency rebuilt to the same bytes stops the cascade.
-//! 5. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
+//! 5. **A hit is a fresh build.** Every action kind has a recipe version in its
+//!    key ([`actions`]); what an action reads is hashed while read and must be
+//!    what its key hashed, else it fails and nothing is cached.
+//! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`report`] alone prints.
 
 pub mod action;
+pub mod actions;
 pub mod cache;
 pub mod cas;
 pub mod cli;

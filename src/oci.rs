@@ -50,7 +50,7 @@ use oci_spec::image::{
     ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
     MediaType, Os, RootFsBuilder,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -70,16 +70,7 @@ pub fn canonical_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(&value).expect("a JSON value serializes")
 }
 
-/// A layer as a manifest references it. Cached by the scheduler.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerDesc {
-    /// sha256 of the blob as stored (compressed or not).
-    pub digest: Digest,
-    /// sha256 of the uncompressed tar.
-    pub diff_id: DiffId,
-    pub size: u64,
-    pub media_type: String,
-}
+pub use crate::action::LayerDesc;
 
 /// Seconds since the epoch as RFC 3339 UTC, e.g. `1970-01-01T00:00:00Z`.
 pub fn rfc3339(epoch: u64) -> String {

@@ -1,8 +1,9 @@
-//! The build coordinator: keys, cache lookups, and actions on rayon workers.
+//! The build coordinator: readiness, cache lookups, events; actions on rayon workers.
 //!
 //! One coordinating thread owns the SQLite [`Cache`] and the run's state; a rayon
-//! pool of `-j N` workers does everything that touches files. Each target of the
-//! requested closure goes through:
+//! pool of `-j N` workers does everything that touches files. What a key holds
+//! and how an action runs is each kind's business ([`crate::actions`]); this
+//! module only decides when. Each target of the requested closure goes through:
 //!
 //! ```text
 //! waiting ──deps done──▶ keying ──key──▶ lookup ──hit, blobs ok──▶ done (cached)
@@ -10,10 +11,9 @@
 //!                                                                   (worker)
 //! ```
 //!
-//! * **Keying** expands a layer's entries and hashes its files through the memo
-//!   (stat data only decides whether to re-read a file). Image keys need no IO:
-//!   they are computed on the coordinator from the spec and the dependencies'
-//!   outputs.
+//! * **Keying** ([`actions::key`]) runs on a worker for layers and imports (file
+//!   hashes through the memo); image keys need no IO and are computed on the
+//!   coordinator from the spec and the dependencies' outputs.
 //! * **Lookup**: a hit is used only if every blob it names is in the CAS with its
 //!   recorded size; a missing or damaged blob makes it a miss (the bad blob is
 //!   removed so the rebuild can write it anew), never an error.
@@ -25,17 +25,17 @@
 //! Nothing about scheduling order reaches the output: every key and blob is a
 //! function of the inputs alone, which the `-j1` vs `-jN` tests check.
 
-use crate::action::{Components, ImageOut, Output, Reason, params_hash};
+pub use crate::actions::{ActionError, Params};
+
+use crate::action::{Components, ImageOut, Output, Reason};
+use crate::actions::{self, Dep};
 use crate::cache::{BlobRef, Cache, FileMemo, LayoutRecord, MemoEntry, StatKey};
 use crate::cas::Cas;
-use crate::diag::{Code, Diag};
-use crate::fileset::{self, Planned};
-use crate::graph::{EdgeKind, Graph};
+use crate::graph::Graph;
 use crate::hash::{Digest, Key};
-use crate::layer::{self, EntryData, LayerFormat};
-use crate::oci::{self, LayerDesc};
+use crate::oci;
 use crate::report::{Event, Reporter};
-use crate::spec::model::{ImageSpec, ImportSource, Platform, TargetKind};
+use crate::spec::model::{ImageSpec, TargetKind};
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,36 +44,24 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Resolved settings of one build.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub jobs: usize,
     pub keep_going: bool,
-    pub source_date_epoch: u64,
-    pub format: LayerFormat,
-    pub platform: Platform,
+    /// What shapes the actions' outputs.
+    pub params: Params,
     /// Absolute output directory; `None` to build without writing layouts.
     pub output_dir: Option<PathBuf>,
     /// Compute keys and reasons only: run nothing, write nothing.
     pub dry_run: bool,
+    /// Test hook: called on the worker right before an action runs (after it was
+    /// keyed and missed), with its label. Lets tests change inputs between keying
+    /// and reading deterministically.
+    pub before_run: Option<BeforeRun>,
 }
 
-/// Why an action failed.
-#[derive(Debug, Clone)]
-pub enum ActionError {
-    /// A problem with a location in a spec.
-    Spec(Diag),
-    /// Anything else (IO, corrupt import), already phrased for the user.
-    Message(String),
-}
-
-impl std::fmt::Display for ActionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ActionError::Spec(d) => f.write_str(&d.message),
-            ActionError::Message(m) => f.write_str(m),
-        }
-    }
-}
+/// See [`Settings::before_run`].
+pub type BeforeRun = std::sync::Arc<dyn Fn(&crate::label::Label) + Send + Sync>;
 
 /// The state of one target at the end of a run.
 #[derive(Debug, Clone)]
@@ -83,7 +71,7 @@ pub enum Outcome {
     /// `dry_run` only: it would run, for this reason.
     WouldRun(Reason),
     Failed(ActionError),
-    /// A dependency failed (or would run, in a dry run).
+    /// A dependency failed.
     Skipped(String),
 }
 
@@ -94,6 +82,12 @@ impl Outcome {
             _ => None,
         }
     }
+}
+
+/// Why a target cannot be keyed yet.
+enum Blocked {
+    Failed(String),
+    WouldRun(Reason),
 }
 
 /// Result of a build.
@@ -110,22 +104,8 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
-/// What a key computation prepares for the run that may follow.
-enum Prepared {
-    Layer(Vec<Planned>),
-    Import(PathBuf, bool),
-    Image,
-}
-
-struct Keyed {
-    components: Components,
-    key: Key,
-    prepared: Prepared,
-    learnt: Vec<(String, MemoEntry)>,
-}
-
 enum Msg {
-    Keyed(NodeIndex, Result<Keyed, ActionError>),
+    Keyed(NodeIndex, Result<actions::Keyed, ActionError>),
     Ran(NodeIndex, Result<Output, ActionError>, Duration),
     Materialized(NodeIndex, Result<(PathBuf, Digest), ActionError>),
 }
@@ -206,9 +186,17 @@ impl Engine<'_> {
         let mut stop = false;
         let (tx, rx) = mpsc::channel::<Msg>();
         let graph = self.graph;
-        let root = self.root;
         let cas = self.cas;
         let settings = self.settings.clone();
+        let ctx = actions::Ctx {
+            root: self.root,
+            canonical_root,
+            graph,
+            params: &settings.params,
+            memo,
+            cas,
+        };
+        let ctx = &ctx;
 
         pool.in_place_scope(|scope| {
             let mut ready: Vec<NodeIndex> = waiting
@@ -223,27 +211,36 @@ impl Engine<'_> {
                     if stop {
                         continue;
                     }
-                    if let Some(why) = self.failed_dependency(n, &summary.outcomes) {
-                        summary.outcomes.insert(n, Outcome::Skipped(why.clone()));
-                        self.reporter.event(&Event::Skipped {
-                            label: &graph.node(n).label,
-                            because: &why,
-                        });
-                        ready.extend(self.release(n, &mut waiting));
-                        continue;
+                    match self.blocked_by(n, &summary.outcomes) {
+                        Some(Blocked::Failed(why)) => {
+                            self.reporter.event(&Event::Skipped {
+                                label: &graph.node(n).label,
+                                because: &why,
+                            });
+                            summary.outcomes.insert(n, Outcome::Skipped(why));
+                            ready.extend(self.release(n, &mut waiting));
+                            continue;
+                        }
+                        Some(Blocked::WouldRun(reason)) => {
+                            self.reporter.event(&Event::WouldRun {
+                                label: &graph.node(n).label,
+                                reason: &reason.to_string(),
+                            });
+                            summary.outcomes.insert(n, Outcome::WouldRun(reason));
+                            ready.extend(self.release(n, &mut waiting));
+                            continue;
+                        }
+                        None => {}
                     }
-                    if matches!(graph.node(n).target.kind, TargetKind::Image(_)) {
-                        let keyed = self.image_key(n, &summary.outcomes);
-                        let _ = tx.send(Msg::Keyed(n, keyed));
-                        in_flight += 1;
-                    } else {
+                    in_flight += 1;
+                    if actions::keyed_with_io(graph, n) {
                         let tx = tx.clone();
-                        let settings = &settings;
-                        in_flight += 1;
                         scope.spawn(move |_| {
-                            let r = key_with_io(root, canonical_root, graph, n, settings, memo);
-                            let _ = tx.send(Msg::Keyed(n, r));
+                            let _ = tx.send(Msg::Keyed(n, actions::key(ctx, n, &[])));
                         });
+                    } else {
+                        let deps = self.dep_outputs(n, &summary.outcomes);
+                        let _ = tx.send(Msg::Keyed(n, actions::key(ctx, n, &deps)));
                     }
                 }
                 if in_flight == 0 {
@@ -312,12 +309,15 @@ impl Engine<'_> {
                                 keys.insert(n, (k.key, k.components));
                                 let deps = self.dep_outputs(n, &summary.outcomes);
                                 let tx = tx.clone();
-                                let settings = &settings;
+                                let before_run = settings.before_run.clone();
                                 let prepared = k.prepared;
                                 in_flight += 1;
                                 scope.spawn(move |_| {
+                                    if let Some(hook) = before_run {
+                                        hook(&graph.node(n).label);
+                                    }
                                     let t = Instant::now();
-                                    let r = run_action(graph, n, prepared, &deps, settings, cas);
+                                    let r = actions::run(ctx, n, prepared, &deps);
                                     let _ = tx.send(Msg::Ran(n, r, t.elapsed()));
                                 });
                             }
@@ -500,21 +500,21 @@ impl Engine<'_> {
         ready
     }
 
-    fn failed_dependency(
-        &self,
-        n: NodeIndex,
-        outcomes: &BTreeMap<NodeIndex, Outcome>,
-    ) -> Option<String> {
+    /// Why `n` cannot be keyed: a dependency failed (or was skipped), or, in a
+    /// dry run, a dependency would rebuild (its output, and so `n`'s key, is not
+    /// known yet).
+    fn blocked_by(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Option<Blocked> {
         for (_, d) in self.graph.deps(n) {
             match outcomes.get(&d) {
                 Some(Outcome::Failed(_)) | Some(Outcome::Skipped(_)) => {
-                    return Some(format!("dependency `{}` failed", self.graph.node(d).label));
-                }
-                Some(Outcome::WouldRun(_)) => {
-                    return Some(format!(
-                        "dependency `{}` would rebuild",
+                    return Some(Blocked::Failed(format!(
+                        "dependency `{}` failed",
                         self.graph.node(d).label
-                    ));
+                    )));
+                }
+                Some(Outcome::WouldRun(reason)) => {
+                    let label = self.graph.node(d).label.to_string();
+                    return Some(Blocked::WouldRun(Reason::dependency(&label, reason)));
                 }
                 _ => {}
             }
@@ -561,11 +561,7 @@ impl Engine<'_> {
         Some(output)
     }
 
-    fn dep_outputs(
-        &self,
-        n: NodeIndex,
-        outcomes: &BTreeMap<NodeIndex, Outcome>,
-    ) -> Vec<(EdgeKind, String, Output)> {
+    fn dep_outputs(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Vec<Dep> {
         self.graph
             .deps(n)
             .into_iter()
@@ -574,46 +570,6 @@ impl Engine<'_> {
                 Some((k, self.graph.node(d).label.to_string(), o))
             })
             .collect()
-    }
-
-    /// An image's key: from its spec and its dependencies' outputs, no IO.
-    fn image_key(
-        &self,
-        n: NodeIndex,
-        outcomes: &BTreeMap<NodeIndex, Outcome>,
-    ) -> Result<Keyed, ActionError> {
-        let node = self.graph.node(n);
-        let TargetKind::Image(spec) = &node.target.kind else {
-            return Err(ActionError::Message(format!(
-                "`{}` is not an image",
-                node.label
-            )));
-        };
-        let mut c = Components::new("image");
-        c.set("platform", self.settings.platform.to_string());
-        c.set("epoch", self.settings.source_date_epoch.to_string());
-        c.set("config", config_params(spec));
-        c.set("base", "scratch");
-        let mut layer_n = 0usize;
-        for (edge, label, output) in self.dep_outputs(n, outcomes) {
-            match (edge, output) {
-                (EdgeKind::Base, out) => {
-                    c.set("base", format!("{label} {}", out.digest()));
-                    c.set("base.name", base_name(self.graph, n).unwrap_or_default());
-                }
-                (EdgeKind::Layer, out) => {
-                    c.set(format!("layer.{layer_n}:{label}"), out.digest().to_string());
-                    layer_n += 1;
-                }
-                (EdgeKind::Copy, _) => {}
-            }
-        }
-        Ok(Keyed {
-            key: c.key(),
-            components: c,
-            prepared: Prepared::Image,
-            learnt: Vec::new(),
-        })
     }
 }
 
@@ -691,64 +647,6 @@ fn verify_blob(path: &Path, d: &Digest) -> std::io::Result<Option<Key>> {
     Ok((sha.finish() == *d).then(|| Key(*b3.finalize().as_bytes())))
 }
 
-/// The canonical hash of everything in an image spec that shapes its config.
-fn config_params(spec: &ImageSpec) -> String {
-    params_hash("image-config", |h| {
-        let opt_list = |h: &mut crate::hash::KeyHasher, name: &str, v: &Option<Vec<String>>| {
-            h.field(name);
-            match v {
-                None => {
-                    h.opt_str(None);
-                }
-                Some(items) => {
-                    h.opt_str(Some(""));
-                    h.seq(items.len());
-                    for i in items {
-                        h.str(i);
-                    }
-                }
-            }
-        };
-        let pairs = |h: &mut crate::hash::KeyHasher, name: &str, v: &[(String, String)]| {
-            h.field(name).seq(v.len());
-            for (k, val) in v {
-                h.str(k).str(val);
-            }
-        };
-        let list = |h: &mut crate::hash::KeyHasher, name: &str, v: &[String]| {
-            h.field(name).seq(v.len());
-            for i in v {
-                h.str(i);
-            }
-        };
-        opt_list(h, "entrypoint", &spec.entrypoint);
-        opt_list(h, "cmd", &spec.cmd);
-        pairs(h, "env", &spec.env);
-        h.field("workdir").opt_str(spec.workdir.as_deref());
-        h.field("user").opt_str(spec.user.as_deref());
-        list(h, "expose", &spec.expose);
-        list(h, "volume", &spec.volume);
-        pairs(h, "labels", &spec.labels);
-        pairs(h, "annotations", &spec.annotations);
-        h.field("stop-signal").opt_str(spec.stop_signal.as_deref());
-    })
-}
-
-/// `org.opencontainers.image.base.name` for image `n`: the base's first tag, else its label.
-fn base_name(graph: &Graph, n: NodeIndex) -> Option<String> {
-    let (_, base) = graph
-        .deps(n)
-        .into_iter()
-        .find(|(k, _)| *k == EdgeKind::Base)?;
-    let node = graph.node(base);
-    if let TargetKind::Image(spec) = &node.target.kind
-        && let Some(tag) = spec.tags.first()
-    {
-        return Some(tag.value.clone());
-    }
-    Some(node.label.to_string())
-}
-
 /// Names for `index.json` (`org.opencontainers.image.ref.name`): the tag part of
 /// each `tag`, or `latest`.
 pub fn ref_names(spec: &ImageSpec) -> Vec<String> {
@@ -769,281 +667,6 @@ pub fn ref_names(spec: &ImageSpec) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-/// Key of a layer or import: needs file IO (expansion, hashing through the memo).
-fn key_with_io(
-    root: &Path,
-    canonical_root: &Path,
-    graph: &Graph,
-    n: NodeIndex,
-    settings: &Settings,
-    memo: &FileMemo,
-) -> Result<Keyed, ActionError> {
-    let node = graph.node(n);
-    match &node.target.kind {
-        TargetKind::Layer(_) => {
-            let planned =
-                fileset::expand_layer(root, canonical_root, graph, n).map_err(ActionError::Spec)?;
-            let files: Vec<(&str, &Path, Option<StatKey>)> = planned
-                .iter()
-                .filter_map(|p| match (&p.source, &p.entry.data) {
-                    (Some(src), EntryData::File { source, .. }) => {
-                        Some((src.rel.as_str(), source.as_path(), Some(src.stat)))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let hashed = fileset::hash_files(files, memo)
-                .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
-            let mut c = Components::new("layer");
-            c.set("format", settings.format.identity());
-            c.set("epoch", settings.source_date_epoch.to_string());
-            c.set("entries", entries_params(&planned));
-            for (rel, k) in &hashed.hashes {
-                c.set(format!("file:{rel}"), k.to_hex());
-            }
-            Ok(Keyed {
-                key: c.key(),
-                components: c,
-                prepared: Prepared::Layer(planned),
-                learnt: hashed.learnt,
-            })
-        }
-        TargetKind::Import(spec) => {
-            let (rel, is_layout) = match &spec.source.value {
-                ImportSource::OciLayout(p) => (p, true),
-                ImportSource::DockerArchive(p) => (p, false),
-            };
-            let ws_rel = if node.label.package().is_empty() {
-                rel.clone()
-            } else {
-                format!("{}/{rel}", node.label.package())
-            };
-            let abs = root.join(&ws_rel);
-            let mut files: Vec<(String, PathBuf)> = Vec::new();
-            if is_layout {
-                if !abs.is_dir() {
-                    return Err(ActionError::Spec(
-                        Diag::new(
-                            Code::SourceMissing,
-                            format!("OCI layout directory `{ws_rel}` does not exist"),
-                        )
-                        .at(node.file, spec.source.span),
-                    ));
-                }
-                for e in walkdir::WalkDir::new(&abs)
-                    .follow_links(false)
-                    .sort_by_file_name()
-                {
-                    let e = e.map_err(|e| {
-                        ActionError::Message(format!("import `{}`: {e}", node.label))
-                    })?;
-                    if e.file_type().is_file() {
-                        let r = e
-                            .path()
-                            .strip_prefix(root)
-                            .unwrap_or(e.path())
-                            .to_string_lossy()
-                            .into_owned();
-                        files.push((r, e.path().to_path_buf()));
-                    }
-                }
-            } else {
-                if !abs.is_file() {
-                    return Err(ActionError::Spec(
-                        Diag::new(
-                            Code::SourceMissing,
-                            format!("docker archive `{ws_rel}` does not exist"),
-                        )
-                        .at(node.file, spec.source.span),
-                    ));
-                }
-                files.push((ws_rel.clone(), abs.clone()));
-            }
-            let hashed = fileset::hash_files(
-                files.iter().map(|(r, a)| (r.as_str(), a.as_path(), None)),
-                memo,
-            )
-            .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
-            let mut c = Components::new("import");
-            c.set("platform", settings.platform.to_string());
-            c.set(
-                "source",
-                if is_layout {
-                    "oci-layout"
-                } else {
-                    "docker-archive"
-                },
-            );
-            for (rel, k) in &hashed.hashes {
-                c.set(format!("file:{rel}"), k.to_hex());
-            }
-            Ok(Keyed {
-                key: c.key(),
-                components: c,
-                prepared: Prepared::Import(abs, is_layout),
-                learnt: hashed.learnt,
-            })
-        }
-        TargetKind::Image(_) => Err(ActionError::Message(
-            "images are keyed on the coordinator".into(),
-        )),
-    }
-}
-
-/// The canonical hash of a layer's entry list, without file contents.
-fn entries_params(planned: &[Planned]) -> String {
-    let mut sorted: Vec<&Planned> = planned.iter().collect();
-    sorted.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
-    params_hash("layer-entries", |h| {
-        h.seq(sorted.len());
-        for p in sorted {
-            let e = &p.entry;
-            h.str(&e.path)
-                .u64(u64::from(e.mode))
-                .u64(u64::from(e.uid))
-                .u64(u64::from(e.gid));
-            match &e.data {
-                EntryData::File { .. } => {
-                    h.str("file")
-                        .opt_str(p.source.as_ref().map(|s| s.rel.as_str()));
-                }
-                EntryData::Bytes(b) => {
-                    h.str("bytes").bytes(b);
-                }
-                EntryData::Dir => {
-                    h.str("dir");
-                }
-                EntryData::Symlink(t) => {
-                    h.str("symlink").str(t);
-                }
-            }
-        }
-    })
-}
-
-/// Runs one action on a worker.
-fn run_action(
-    graph: &Graph,
-    n: NodeIndex,
-    prepared: Prepared,
-    deps: &[(EdgeKind, String, Output)],
-    settings: &Settings,
-    cas: &Cas,
-) -> Result<Output, ActionError> {
-    let node = graph.node(n);
-    match prepared {
-        Prepared::Layer(planned) => {
-            let entries = layer::normalize(planned.into_iter().map(|p| p.entry).collect())
-                .map_err(|e| {
-                    ActionError::Spec(
-                        Diag::new(Code::Conflict, format!("layer `{}`: {e}", node.label))
-                            .at(node.file, node.target.span),
-                    )
-                })?;
-            let out =
-                layer::write_layer(&entries, &settings.format, settings.source_date_epoch, cas)
-                    .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
-            Ok(Output::Layer(LayerDesc {
-                digest: out.digest,
-                diff_id: out.diff_id,
-                size: out.size,
-                media_type: out.media_type,
-            }))
-        }
-        Prepared::Import(path, is_layout) => {
-            let imported = if is_layout {
-                crate::import::import_oci_layout(&path, &settings.platform, cas)
-            } else {
-                crate::import::import_docker_archive(&path, &settings.platform, cas)
-            }
-            .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
-            Ok(Output::Image(ImageOut {
-                manifest: imported.manifest_digest,
-                manifest_size: imported.manifest_size,
-                config: imported.config_digest,
-                config_size: imported.config_size,
-                layers: imported.layers,
-            }))
-        }
-        Prepared::Image => assemble_image(graph, n, deps, settings, cas).map(Output::Image),
-    }
-}
-
-/// Config and manifest of an image, from its base and its own layers.
-fn assemble_image(
-    graph: &Graph,
-    n: NodeIndex,
-    deps: &[(EdgeKind, String, Output)],
-    settings: &Settings,
-    cas: &Cas,
-) -> Result<ImageOut, ActionError> {
-    let node = graph.node(n);
-    let TargetKind::Image(spec) = &node.target.kind else {
-        return Err(ActionError::Message(format!(
-            "`{}` is not an image",
-            node.label
-        )));
-    };
-    let io_err = |e: std::io::Error| ActionError::Message(format!("image `{}`: {e}", node.label));
-    let mut base: Option<(&ImageOut, oci_spec::image::ImageConfiguration)> = None;
-    let mut own: Vec<(String, LayerDesc)> = Vec::new();
-    for (edge, label, out) in deps {
-        match (edge, out) {
-            (EdgeKind::Base, Output::Image(img)) => {
-                let bytes = cas.read(&img.config).map_err(io_err)?;
-                let cfg: oci_spec::image::ImageConfiguration = serde_json::from_slice(&bytes)
-                    .map_err(|e| {
-                        ActionError::Message(format!(
-                            "image `{}`: base config of `{label}` is not valid: {e}",
-                            node.label
-                        ))
-                    })?;
-                base = Some((img, cfg));
-            }
-            (EdgeKind::Layer, Output::Layer(l)) => own.push((label.clone(), l.clone())),
-            _ => {}
-        }
-    }
-    let diff_ids: Vec<_> = own.iter().map(|(_, l)| l.diff_id).collect();
-    let history_labels: Vec<String> = own.iter().map(|(label, _)| label.clone()).collect();
-    let config = oci::build_config(
-        base.as_ref().map(|(_, c)| c),
-        spec,
-        &settings.platform,
-        &diff_ids,
-        settings.source_date_epoch,
-        &history_labels,
-    );
-    let config_bytes = oci::canonical_json(&config);
-    let (config_digest, config_size) = cas.put_bytes(&config_bytes).map_err(io_err)?;
-    let mut layers: Vec<LayerDesc> = base
-        .as_ref()
-        .map(|(b, _)| b.layers.clone())
-        .unwrap_or_default();
-    layers.extend(own.into_iter().map(|(_, l)| l));
-    let mut annotations = BTreeMap::new();
-    if let Some((b, _)) = &base {
-        annotations.insert(
-            "org.opencontainers.image.base.digest".to_string(),
-            b.manifest.to_string(),
-        );
-        if let Some(name) = base_name(graph, n) {
-            annotations.insert("org.opencontainers.image.base.name".to_string(), name);
-        }
-    }
-    let manifest = oci::build_manifest((config_digest, config_size), &layers, annotations);
-    let (manifest_digest, manifest_size) = cas
-        .put_bytes(&oci::canonical_json(&manifest))
-        .map_err(io_err)?;
-    Ok(ImageOut {
-        manifest: manifest_digest,
-        manifest_size,
-        config: config_digest,
-        config_size,
-        layers,
-    })
 }
 
 /// Writes (or leaves in place, if already current) an image's OCI layout.

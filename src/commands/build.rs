@@ -4,7 +4,7 @@ use super::{CmdError, Context, Loaded};
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
 use crate::report::Reporter;
-use crate::scheduler::{Engine, Settings, Summary};
+use crate::scheduler::{Engine, Params, Settings, Summary};
 use petgraph::graph::NodeIndex;
 
 /// The source-date-epoch in force: `SOURCE_DATE_EPOCH` overrides the workspace's.
@@ -35,11 +35,14 @@ pub fn settings(
     Ok(Settings {
         jobs,
         keep_going,
-        source_date_epoch: source_date_epoch(config.source_date_epoch)?,
-        format: LayerFormat::default_for(config.compression),
-        platform: config.platform.clone(),
+        params: Params {
+            source_date_epoch: source_date_epoch(config.source_date_epoch)?,
+            format: LayerFormat::default_for(config.compression),
+            platform: config.platform.clone(),
+        },
         output_dir: Some(loaded.ws.root.join(&config.output_dir)),
         dry_run,
+        before_run: None,
     })
 }
 

@@ -28,7 +28,7 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
         let line = match summary.outcomes.get(&n) {
             Some(Outcome::Cached(o)) => format!("{label}: up to date ({})", o.digest()),
             Some(Outcome::WouldRun(reason)) => format!("{label}: would rebuild: {reason}"),
-            Some(Outcome::Skipped(why)) => format!("{label}: would rebuild: {why}"),
+            Some(Outcome::Skipped(why)) => format!("{label}: cannot tell: {why}"),
             Some(Outcome::Failed(e)) => format!("{label}: cannot tell: {e}"),
             Some(Outcome::Ran(_)) | None => continue,
         };

@@ -142,11 +142,42 @@ fn explain_names_the_changed_file() {
         "{out}"
     );
     assert!(
-        out.contains("//app:app: would rebuild: dependency `//app:code` would rebuild"),
+        out.contains(
+            "//app:app: would rebuild: it depends on `//app:code`, which would rebuild \
+             (file `app/run.sh` changed)"
+        ),
         "{out}"
     );
     // explain built nothing
     assert_eq!(ws.build(&[]).ran(), ["//app:app", "//app:code"]);
+}
+
+#[test]
+fn explain_two_levels_above_a_changed_base_gives_the_real_reason() {
+    let ws = small_ws();
+    ws.build(&[]);
+    ws.write(
+        "base/BUILD.kdl",
+        &std::fs::read_to_string(ws.path("base/BUILD.kdl"))
+            .unwrap()
+            .replace("ID=imgc-test", "ID=imgc-test-2"),
+    );
+    let out = ws.ok(&["explain", "//app:app"]);
+    let (stdout, stderr) = (stdout(&out), stderr(&out));
+    let because = "it depends on `//base:files`, which would rebuild \
+                   (layer entries changed in the spec)";
+    assert!(
+        stdout.contains(&format!("//base:base: would rebuild: {because}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("//app:app: would rebuild: {because}")),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("failed"), "nothing failed: {text}");
+        assert!(!text.contains("skipped"), "nothing was skipped: {text}");
+    }
 }
 
 #[test]

@@ -114,3 +114,163 @@ fn golden_digests_of_the_small_fixture() {
         "sha256:8f830eafdfe8cf3e005302d56601f0cf116a7d3eb0fd7a93c53955c89ea60743"
     );
 }
+
+/// Golden outputs per recipe version: `(recipe, compression, label, digest)`.
+/// When an action's output changes, bump its kind's `RECIPE` (so warm caches
+/// stop serving the old bytes) and add lines for the new version; never edit
+/// the lines of an old version.
+const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
+    (
+        "image-1",
+        "gzip",
+        "//app:app",
+        "sha256:8f830eafdfe8cf3e005302d56601f0cf116a7d3eb0fd7a93c53955c89ea60743",
+    ),
+    (
+        "layer-1",
+        "gzip",
+        "//app:app~layer0",
+        "sha256:bcd5b265732e2ed3b6031beb214b5f4de980ea613cab8e9f6b2750e977aa1f74",
+    ),
+    (
+        "layer-1",
+        "gzip",
+        "//app:code",
+        "sha256:f676a41f99a78e4d2250a135dc2bb6b2037e1f52e724eeb0d70ae9b28f304d78",
+    ),
+    (
+        "image-1",
+        "gzip",
+        "//base:base",
+        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164",
+    ),
+    (
+        "layer-1",
+        "gzip",
+        "//base:files",
+        "sha256:a6406e8860f2f0cf41e8808d83f525b2c9a6e0cfe18f43d693982e9ee772fc53",
+    ),
+    (
+        "import-1",
+        "gzip",
+        "//third_party:archive",
+        "sha256:744e82a4f7ea6b2b19840294b1dd0cb832977ce199098fbf5cbd576d9dfe4ffb",
+    ),
+    (
+        "import-1",
+        "gzip",
+        "//third_party:layout",
+        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164",
+    ),
+    (
+        "image-1",
+        "zstd",
+        "//app:app",
+        "sha256:7974c47bad8f9e774d7844318afb71a1977b01e0ecbb566560cf478ebe130a17",
+    ),
+    (
+        "layer-1",
+        "zstd",
+        "//app:app~layer0",
+        "sha256:39d3726d3ba2cf096614a84295535c35e047c3a38988976a7e175c179d463646",
+    ),
+    (
+        "layer-1",
+        "zstd",
+        "//app:code",
+        "sha256:a5bbe5bf0de4ddb32e38b4e3e0510e7a36dee9ae3464529801104820c2464543",
+    ),
+    (
+        "image-1",
+        "zstd",
+        "//base:base",
+        "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
+    ),
+    (
+        "layer-1",
+        "zstd",
+        "//base:files",
+        "sha256:b4af6a505bd7b2dcb3236ab082d9e2542131849232b5945b84ed19c088276367",
+    ),
+    (
+        "import-1",
+        "zstd",
+        "//third_party:layout",
+        "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
+    ),
+];
+
+/// Guards the recipe versions: an action kind whose output bytes change without
+/// a bump of its `RECIPE` would let a warm cache serve what a fresh build no
+/// longer makes.
+#[test]
+fn recipes_pin_their_output() {
+    use imgc::actions::{image, import, layer};
+    let mut seen = Vec::new();
+    for compression in ["gzip", "zstd"] {
+        let ws = small_ws();
+        if compression == "zstd" {
+            ws.write(
+                "imgc.kdl",
+                "workspace {\n    source-date-epoch 1700000000\n    compression \"zstd\"\n}\n",
+            );
+        }
+        ws.build(&["//base:base"]);
+        copy_tree(
+            &ws.layout("base", "base"),
+            &ws.path("third_party/base-layout"),
+        );
+        let mut imports = "import \"layout\" {\n    oci-layout \"base-layout\"\n}\n".to_string();
+        // Docker archives hold no zstd layers.
+        if compression == "gzip" {
+            let archive = std::process::Command::new("skopeo")
+                .arg("copy")
+                .arg(format!(
+                    "oci:{}:latest",
+                    ws.layout("base", "base").display()
+                ))
+                .arg(format!(
+                    "docker-archive:{}:base:latest",
+                    ws.path("third_party/base.tar").display()
+                ))
+                .output()
+                .expect("skopeo runs");
+            assert!(archive.status.success(), "{}", stderr(&archive));
+            imports.push_str("import \"archive\" {\n    docker-archive \"base.tar\"\n}\n");
+        }
+        ws.write("third_party/BUILD.kdl", &imports);
+        let outputs = ws.build(&[]).outputs();
+        for (label, digest) in outputs {
+            let kind = if label.starts_with("//third_party:") {
+                import::RECIPE
+            } else if label == "//base:base" || label == "//app:app" {
+                image::RECIPE
+            } else {
+                layer::RECIPE
+            };
+            seen.push((kind, compression, label, digest));
+        }
+    }
+    let mut missing = Vec::new();
+    for (recipe, compression, label, digest) in &seen {
+        match RECIPE_GOLDEN
+            .iter()
+            .find(|(r, c, l, _)| r == recipe && c == compression && l == label)
+        {
+            Some((_, _, _, golden)) => assert_eq!(
+                golden, digest,
+                "the output of `{label}` ({compression}) changed under recipe `{recipe}`: \
+                 bump that kind's `RECIPE` in src/actions/ and add golden lines for the new \
+                 version (never edit an old version's lines)"
+            ),
+            None => missing.push(format!(
+                "    (\"{recipe}\", \"{compression}\", \"{label}\", \"{digest}\"),"
+            )),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no golden output for these recipes; add to RECIPE_GOLDEN:\n{}",
+        missing.join("\n")
+    );
+}

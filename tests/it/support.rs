@@ -168,6 +168,18 @@ impl Events {
         self.of("summary").last().expect("no summary event")
     }
 
+    /// The output digest of every action that finished, by label.
+    pub fn outputs(&self) -> BTreeMap<String, String> {
+        self.of("finished")
+            .map(|e| {
+                (
+                    e["label"].as_str().unwrap().to_string(),
+                    e["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// Manifest digests of the materialized images.
     pub fn images(&self) -> BTreeMap<String, String> {
         self.of("materialized")

@@ -1,0 +1,112 @@
+//! The layer action: a file set expanded, hashed, and written as a compressed tar.
+//!
+//! Keying ([`key`]) expands the layer's entries ([`crate::fileset`]) and hashes
+//! every input file through the memo; running ([`run`]) writes the tar
+//! ([`crate::layer`]). The key holds the blake3 of each file as it was when keyed,
+//! and the run must store exactly those bytes.
+
+use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
+use crate::action::{Components, Output, params_hash};
+use crate::cache::StatKey;
+use crate::diag::{Code, Diag};
+use crate::fileset::{self, Planned};
+use crate::layer::{self, EntryData};
+use crate::oci::LayerDesc;
+use petgraph::graph::NodeIndex;
+use std::path::Path;
+
+/// The layer recipe version: bump it whenever a layer's bytes could change
+/// for the same key components (tar writing, entry expansion, normalization).
+pub const RECIPE: &str = "layer-1";
+
+/// What keying prepared for the run: the expanded entries.
+pub struct Prepared(Vec<Planned>);
+
+/// Key of layer `n`: expands its entries and hashes its files through the memo.
+pub fn key(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Keyed, ActionError> {
+    let node = ctx.graph.node(n);
+    let planned = fileset::expand_layer(ctx.root, ctx.canonical_root, ctx.graph, n)
+        .map_err(ActionError::Spec)?;
+    let files: Vec<(&str, &Path, Option<StatKey>)> = planned
+        .iter()
+        .filter_map(|p| match (&p.source, &p.entry.data) {
+            (Some(src), EntryData::File { source, .. }) => {
+                Some((src.rel.as_str(), source.as_path(), Some(src.stat)))
+            }
+            _ => None,
+        })
+        .collect();
+    let hashed = fileset::hash_files(files, ctx.memo)
+        .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+    let mut c = Components::new("layer");
+    c.set("recipe", RECIPE);
+    c.set("format", ctx.params.format.identity());
+    c.set("compressor", super::COMPRESSOR_VERSIONS);
+    c.set("epoch", ctx.params.source_date_epoch.to_string());
+    c.set("entries", entries_params(&planned));
+    for (rel, k) in &hashed.hashes {
+        c.set(format!("file:{rel}"), k.to_hex());
+    }
+    Ok(Keyed {
+        key: c.key(),
+        components: c,
+        prepared: AnyPrepared::Layer(Prepared(planned)),
+        learnt: hashed.learnt,
+    })
+}
+
+/// Writes layer `n`'s tar into the CAS.
+pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, ActionError> {
+    let node = ctx.graph.node(n);
+    let entries =
+        layer::normalize(prepared.0.into_iter().map(|p| p.entry).collect()).map_err(|e| {
+            ActionError::Spec(
+                Diag::new(Code::Conflict, format!("layer `{}`: {e}", node.label))
+                    .at(node.file, node.target.span),
+            )
+        })?;
+    let out = layer::write_layer(
+        &entries,
+        &ctx.params.format,
+        ctx.params.source_date_epoch,
+        ctx.cas,
+    )
+    .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+    Ok(Output::Layer(LayerDesc {
+        digest: out.digest,
+        diff_id: out.diff_id,
+        size: out.size,
+        media_type: out.media_type,
+    }))
+}
+
+/// The canonical hash of a layer's entry list, without file contents.
+fn entries_params(planned: &[Planned]) -> String {
+    let mut sorted: Vec<&Planned> = planned.iter().collect();
+    sorted.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    params_hash("layer-entries", |h| {
+        h.seq(sorted.len());
+        for p in sorted {
+            let e = &p.entry;
+            h.str(&e.path)
+                .u64(u64::from(e.mode))
+                .u64(u64::from(e.uid))
+                .u64(u64::from(e.gid));
+            match &e.data {
+                EntryData::File { .. } => {
+                    h.str("file")
+                        .opt_str(p.source.as_ref().map(|s| s.rel.as_str()));
+                }
+                EntryData::Bytes(b) => {
+                    h.str("bytes").bytes(b);
+                }
+                EntryData::Dir => {
+                    h.str("dir");
+                }
+                EntryData::Symlink(t) => {
+                    h.str("symlink").str(t);
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,163 @@
+//! One home per action kind: what enters its key, its recipe version, and how it runs.
+//!
+//! Every target of the graph is one action. The coordinator
+//! ([`crate::scheduler`]) decides *when* an action is keyed, looked up and run;
+//! this module and its children decide *what* that means for each kind:
+//!
+//! | kind | module | keyed on | runs on |
+//! |---|---|---|---|
+//! | layer | [`layer`] | a worker (expands the file set, hashes files through the memo) | a worker (writes the tar into the CAS) |
+//! | import | [`import`] | a worker (hashes the layout or archive) | a worker (copies and verifies blobs) |
+//! | image | [`image`] | the coordinator (spec + dependencies' output digests, no IO) | a worker (config + manifest) |
+//!
+//! # What enters a key
+//!
+//! Every key is the stable hash ([`crate::hash::KeyHasher`]) of named
+//! [`Components`] (kept by name so a rebuild can say *why*, see
+//! [`crate::action::Reason`]):
+//!
+//! | kind | component | value |
+//! |---|---|---|
+//! | all | `kind` | `layer`, `image`, `import` (also the hash domain) |
+//! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`]) |
+//! | layer | `format` | tar format, compressor identity and level (`tar-pax-1+gzip/libdeflate/6/members-1MiB`) |
+//! | layer | `compressor` | the versions of the compression crates imgc was built with ([`COMPRESSOR_VERSIONS`]) |
+//! | layer | `epoch` | source-date-epoch (every mtime in the tar) |
+//! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path |
+//! | layer | `file:<path>` | blake3 of the contents of each input file (workspace-relative path) |
+//! | image | `base` | label and manifest digest of the base (`scratch` for none) |
+//! | image | `base.name` | the `org.opencontainers.image.base.name` written for it |
+//! | image | `layer.<n>:<label>` | digest of the n-th own layer |
+//! | image | `config` | blake3 of the canonical config parameters (entrypoint, env, annotations, ...) |
+//! | image | `platform`, `epoch` | as configured |
+//! | import | `source` | `oci-layout` or `docker-archive` |
+//! | import | `file:<path>` | blake3 of each file the import reads |
+//! | import | `platform` | the platform picked from a multi-platform index |
+//!
+//! # Recipe versions
+//!
+//! A key must change whenever the bytes its action would produce could change,
+//! or a fix to how images are assembled never reaches a warm cache (which keeps
+//! serving the old bytes). The inputs are in the key; *how* they are turned into
+//! bytes is named by each kind's `RECIPE` constant, bumped with every change to
+//! that kind's output, and, for layers, by the exact versions of the compression
+//! crates. `tests::recipes_pin_their_output` holds golden digests per recipe
+//! version: a change of output without a bump fails it.
+//!
+//! # Hash what you read
+//!
+//! An action's output must be a function of its key. Layers and imports read
+//! files after they were keyed; each such read hashes the bytes as they stream
+//! through and the action fails, caching nothing, if they differ from what the
+//! key was computed from (a file rewritten in between).
+//!
+//! Deliberately *not* in any key: mtimes, absolute paths, environment, clock,
+//! user, host, completion order, and the KDL text itself (reformatting a spec
+//! rebuilds nothing). An image's own layers do not depend on its base, so a base
+//! change re-assembles dependents (config + manifest) without rebuilding their
+//! layers. A tag only names the image in its layout's `index.json`; it is not
+//! part of the image, so changing it re-materializes without re-assembling.
+
+pub mod image;
+pub mod import;
+pub mod layer;
+
+use crate::action::{Components, Output};
+use crate::cache::{FileMemo, MemoEntry};
+use crate::cas::Cas;
+use crate::diag::Diag;
+use crate::graph::{EdgeKind, Graph};
+use crate::hash::Key;
+use crate::layer::LayerFormat;
+use crate::spec::model::{Platform, TargetKind};
+use petgraph::graph::NodeIndex;
+use std::path::Path;
+
+/// The exact versions of the compression crates (from `Cargo.lock`, by `build.rs`):
+/// a new compressor may emit other bytes for the same input.
+pub const COMPRESSOR_VERSIONS: &str = env!("IMGC_COMPRESSOR_VERSIONS");
+
+/// What shapes the bytes of every action's output, besides its own inputs.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub source_date_epoch: u64,
+    pub format: LayerFormat,
+    pub platform: Platform,
+}
+
+/// Why an action failed.
+#[derive(Debug, Clone)]
+pub enum ActionError {
+    /// A problem with a location in a spec.
+    Spec(Diag),
+    /// Anything else (IO, corrupt import), already phrased for the user.
+    Message(String),
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActionError::Spec(d) => f.write_str(&d.message),
+            ActionError::Message(m) => f.write_str(m),
+        }
+    }
+}
+
+/// What every action may use.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub root: &'a Path,
+    /// The workspace root with symlinks resolved (computed once per build).
+    pub canonical_root: &'a Path,
+    pub graph: &'a Graph,
+    pub params: &'a Params,
+    pub memo: &'a FileMemo,
+    pub cas: &'a Cas,
+}
+
+/// A dependency's output, as an action sees it: edge kind, label, output.
+pub type Dep = (EdgeKind, String, Output);
+
+/// What a key computation prepares for the run that may follow.
+pub enum Prepared {
+    Layer(layer::Prepared),
+    Import(import::Prepared),
+    Image,
+}
+
+/// A computed key, its components, and what the run needs.
+pub struct Keyed {
+    pub components: Components,
+    pub key: Key,
+    pub prepared: Prepared,
+    /// File hashes learnt while keying, for the memo.
+    pub learnt: Vec<(String, MemoEntry)>,
+}
+
+/// Whether `n`'s key needs file IO (and so a worker); image keys do not.
+pub fn keyed_with_io(graph: &Graph, n: NodeIndex) -> bool {
+    !matches!(graph.node(n).target.kind, TargetKind::Image(_))
+}
+
+/// Computes the key of action `n`; `deps` are its dependencies' outputs.
+pub fn key(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<Keyed, ActionError> {
+    match &ctx.graph.node(n).target.kind {
+        TargetKind::Layer(_) => layer::key(ctx, n),
+        TargetKind::Import(spec) => import::key(ctx, n, spec),
+        TargetKind::Image(spec) => Ok(image::key(ctx, n, spec, deps)),
+    }
+}
+
+/// Runs action `n` with what its key computation prepared.
+pub fn run(
+    ctx: &Ctx<'_>,
+    n: NodeIndex,
+    prepared: Prepared,
+    deps: &[Dep],
+) -> Result<Output, ActionError> {
+    match prepared {
+        Prepared::Layer(p) => layer::run(ctx, n, p),
+        Prepared::Import(p) => import::run(ctx, n, p),
+        Prepared::Image => image::run(ctx, n, deps),
+    }
+}
