@@ -179,6 +179,17 @@ pub struct LayerDesc {
     pub diff_id: DiffId,
     pub size: u64,
     pub media_type: String,
+    /// The layer's [`crate::listing::Listing`] in the CAS: what image assembly
+    /// checks stacks of layers with. `None` for a layer not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<Blob>,
+}
+
+/// A blob in the CAS that is not an OCI blob of the image (a listing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// The output of an image or an import: what an image built on it needs.
@@ -205,10 +216,17 @@ impl Output {
     /// for a cache hit to be used.
     pub fn blobs(&self) -> Vec<(Digest, u64)> {
         match self {
-            Output::Layer(l) => vec![(l.digest, l.size)],
+            Output::Layer(l) => {
+                let mut v = vec![(l.digest, l.size)];
+                v.extend(l.listing.map(|b| (b.digest, b.size)));
+                v
+            }
             Output::Image(i) => {
                 let mut v = vec![(i.manifest, i.manifest_size), (i.config, i.config_size)];
-                v.extend(i.layers.iter().map(|l| (l.digest, l.size)));
+                for l in &i.layers {
+                    v.push((l.digest, l.size));
+                    v.extend(l.listing.map(|b| (b.digest, b.size)));
+                }
                 v
             }
         }

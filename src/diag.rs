@@ -55,10 +55,13 @@ pub enum Code {
     Conflict,
     /// Two images whose output layouts would be nested in one another.
     OutputCollision,
+    /// A layer of an image that would change a lower layer's path between
+    /// directory and non-directory (deleting what was below).
+    StackConflict,
 }
 
 impl Code {
-    pub const ALL: [Code; 21] = [
+    pub const ALL: [Code; 22] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -80,6 +83,7 @@ impl Code {
         Code::SourceMissing,
         Code::Conflict,
         Code::OutputCollision,
+        Code::StackConflict,
     ];
 
     /// The stable code, `E001`...
@@ -106,6 +110,7 @@ impl Code {
             Code::SourceMissing => "E019",
             Code::Conflict => "E020",
             Code::OutputCollision => "E021",
+            Code::StackConflict => "E030",
         }
     }
 }

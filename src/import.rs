@@ -179,6 +179,7 @@ pub fn import_oci_layout(
             diff_id,
             size: l.size(),
             media_type: media_type.to_string(),
+            listing: None,
         });
     }
     Ok(ImportedImage {
@@ -510,6 +511,7 @@ pub fn import_docker_archive(
             diff_id,
             size,
             media_type: media_type.to_string(),
+            listing: None,
         });
     }
     let manifest = build_manifest((config_digest, config_size), &layers, BTreeMap::new());
@@ -656,6 +658,7 @@ mod tests {
             diff_id: l.diff_id,
             size: l.size,
             media_type: l.media_type,
+            listing: None,
         };
         let m = build_manifest(c, &[desc], BTreeMap::new());
         let m = cas.put_bytes(&canonical_json(&m)).unwrap();

@@ -689,6 +689,7 @@ mod tests {
             diff_id: layer.diff_id,
             size: layer.size,
             media_type: layer.media_type,
+            listing: None,
         };
         let manifest = build_manifest(config_blob, &[desc], BTreeMap::new());
         let manifest_blob = cas.put_bytes(&canonical_json(&manifest)).unwrap();
@@ -854,6 +855,7 @@ mod tests {
             diff_id: DiffId(Digest::of_bytes(b"d")),
             size: 3,
             media_type: crate::layer::MEDIA_TYPE_ZSTD.into(),
+            listing: None,
         };
         let ann = BTreeMap::from([
             (

@@ -6,15 +6,18 @@
 
 use super::{ActionError, Ctx, Dep, Keyed, Prepared};
 use crate::action::{Components, ImageOut, Output, params_hash};
+use crate::diag::{Code, Diag};
 use crate::graph::{EdgeKind, Graph};
+use crate::listing::{Listing, PathKind, Stack};
 use crate::oci::{self, LayerDesc};
 use crate::spec::model::{ImageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;
 
 /// The image recipe version: bump it whenever an image's config or manifest
-/// could change for the same key components (inheritance rules, fields written).
-pub const RECIPE: &str = "image-1";
+/// could change for the same key components (inheritance rules, fields written,
+/// checks that refuse an image). History: 2 checks layer stacks (E030).
+pub const RECIPE: &str = "image-2";
 
 /// An image's key: from its spec and its dependencies' outputs, no IO.
 pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImageSpec, deps: &[Dep]) -> Keyed {
@@ -84,6 +87,7 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
             _ => {}
         }
     }
+    check_stack(ctx, n, spec, base.as_ref().map(|(b, _)| *b), &own)?;
     let diff_ids: Vec<_> = own.iter().map(|(_, l)| l.diff_id).collect();
     let history_labels: Vec<String> = own.iter().map(|(label, _)| label.clone()).collect();
     let config = oci::build_config(
@@ -122,6 +126,96 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
         config_size,
         layers,
     })
+}
+
+/// Refuses an image one of whose own layers would destroy what a lower layer
+/// holds ([`Stack::conflicts`]): every conflict of the image, each naming the
+/// path and both layers. Layers without a listing are laid on the stack as
+/// unknown (nothing of theirs can be checked).
+fn check_stack(
+    ctx: &Ctx<'_>,
+    n: NodeIndex,
+    spec: &ImageSpec,
+    base: Option<&ImageOut>,
+    own: &[(String, LayerDesc)],
+) -> Result<(), ActionError> {
+    let node = ctx.graph.node(n);
+    let read = |l: &LayerDesc| -> Result<Option<Listing>, ActionError> {
+        let Some(blob) = l.listing else {
+            return Ok(None);
+        };
+        let bytes = ctx.cas.read(&blob.digest).map_err(|e| {
+            ActionError::Message(format!(
+                "image `{}`: listing of {}: {e}",
+                node.label, l.digest
+            ))
+        })?;
+        Listing::from_json(&bytes).map(Some).map_err(|e| {
+            ActionError::Message(format!(
+                "image `{}`: listing of {} is not valid: {e}",
+                node.label, l.digest
+            ))
+        })
+    };
+    let mut stack = Stack::new();
+    if let Some(b) = base {
+        let base_label = ctx
+            .graph
+            .deps(n)
+            .into_iter()
+            .find(|(k, _)| *k == EdgeKind::Base)
+            .map(|(_, d)| ctx.graph.node(d).label.to_string())
+            .unwrap_or_default();
+        for (i, l) in b.layers.iter().enumerate() {
+            if let Some(listing) = read(l)? {
+                let origin = format!("layer {} of base `{base_label}` ({})", i + 1, l.digest);
+                stack.apply(&origin, &listing);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut span = None;
+    for (label, l) in own {
+        let Some(listing) = read(l)? else { continue };
+        for c in stack.conflicts(&listing) {
+            span = span.or_else(|| {
+                spec.layers
+                    .iter()
+                    .find(|s| s.value.to_string() == *label)
+                    .map(|s| s.span)
+            });
+            let at = if c.resolved == c.path {
+                String::new()
+            } else {
+                format!(" (at `/{}` once lower symlinks are followed)", c.resolved)
+            };
+            problems.push(format!(
+                "layer `{label}` puts a {} at `/{}`{at} where {} holds a {}: unpacked, it would {}",
+                c.upper.noun(),
+                c.path,
+                c.lower_origin,
+                c.lower.noun(),
+                if c.lower == PathKind::Dir {
+                    "delete that directory and everything under it"
+                } else {
+                    "replace it"
+                },
+            ));
+        }
+        stack.apply(&format!("layer `{label}`"), &listing);
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let span = span.unwrap_or(node.target.span);
+    Err(ActionError::Spec(
+        Diag::new(
+            Code::StackConflict,
+            format!("image `{}`: {}", node.label, problems.join("; ")),
+        )
+        .at(node.file, span)
+        .help("write the entry where the lower layer's path really is (e.g. `/usr/lib/...` under a `/lib -> usr/lib` link), or change the lower layer"),
+    ))
 }
 
 /// The canonical hash of everything in an image spec that shapes its config.

@@ -6,18 +6,20 @@
 //! and the run must store exactly those bytes.
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
-use crate::action::{Components, Output, params_hash};
+use crate::action::{Blob, Components, Output, params_hash};
 use crate::cache::StatKey;
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
 use crate::layer::{self, EntryData};
+use crate::listing::{Listed, Listing, PathKind};
 use crate::oci::LayerDesc;
 use petgraph::graph::NodeIndex;
 use std::path::Path;
 
-/// The layer recipe version: bump it whenever a layer's bytes could change
-/// for the same key components (tar writing, entry expansion, normalization).
-pub const RECIPE: &str = "layer-1";
+/// The layer recipe version: bump it whenever a layer's output could change
+/// for the same key components (tar writing, entry expansion, normalization,
+/// the listing). History: 2 added the listing.
+pub const RECIPE: &str = "layer-2";
 
 /// What keying prepared for the run: the expanded entries.
 pub struct Prepared(Vec<Planned>);
@@ -72,12 +74,41 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
         ctx.cas,
     )
     .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+    let (digest, size) = ctx
+        .cas
+        .put_bytes(&listing_of(&entries).to_json())
+        .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
     Ok(Output::Layer(LayerDesc {
         digest: out.digest,
         diff_id: out.diff_id,
         size: out.size,
         media_type: out.media_type,
+        listing: Some(Blob { digest, size }),
     }))
+}
+
+/// The listing of a layer's normalized entries: one per tar entry, in tar order.
+fn listing_of(entries: &[layer::Entry]) -> Listing {
+    Listing {
+        entries: entries
+            .iter()
+            .map(|e| {
+                let (kind, target) = match &e.data {
+                    EntryData::File { .. } | EntryData::Bytes(_) => (PathKind::File, None),
+                    EntryData::Dir => (PathKind::Dir, None),
+                    EntryData::Symlink(t) => (PathKind::Symlink, Some(t.clone())),
+                };
+                Listed {
+                    path: e.path.clone(),
+                    kind,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    target,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The canonical hash of a layer's entry list, without file contents.

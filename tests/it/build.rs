@@ -337,3 +337,77 @@ fn zstd_workspaces_build_valid_images() {
         "{manifest_media:?}"
     );
 }
+
+/// Guards E030: a layer whose entry would change a lower path between directory
+/// and non-directory (deleting the directory, or replacing the merged-/usr link)
+/// fails the image, naming the path and both layers; nothing is written.
+#[test]
+fn a_layer_that_would_destroy_a_lower_path_is_refused_at_assembly() {
+    let ws = Ws::new(&[
+        ("imgc.kdl", "workspace {\n}\n"),
+        (
+            "base/BUILD.kdl",
+            r#"
+image "base" {
+    from "scratch"
+    layer {
+        dir "/usr/lib"
+        symlink "/lib" target="usr/lib"
+        dir "/etc/app"
+        text "/etc/app/keep.conf" "keep\n"
+    }
+}
+"#,
+        ),
+        (
+            "svc/BUILD.kdl",
+            r#"
+layer "over-dir" {
+    text "/etc/app" "a file where a directory was\n"
+}
+layer "over-link" {
+    dir "/lib" mode="0755"
+}
+layer "through-link" {
+    text "/usr/lib/libfoo.so" "fine: a directory over a directory\n"
+}
+image "bad-file" {
+    from "//base"
+    layers ":over-dir"
+}
+image "bad-dir" {
+    from "//base"
+    layers ":over-link"
+}
+image "good" {
+    from "//base"
+    layers ":through-link"
+}
+"#,
+        ),
+    ]);
+    let out = ws.run(&["build", "--keep-going", "//svc/..."]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("E030"), "{err}");
+    assert!(
+        err.contains(
+            "layer `//svc:over-dir` puts a file at `/etc/app` where layer 1 of base `//base:base`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("delete that directory and everything under it"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "layer `//svc:over-link` puts a directory at `/lib` where layer 1 of base `//base:base`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("holds a symlink"), "{err}");
+    assert!(!ws.layout("svc", "bad-file").exists());
+    assert!(!ws.layout("svc", "bad-dir").exists());
+    assert!(!err.contains("`//svc:good`"), "{err}");
+}

@@ -198,6 +198,66 @@ const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
         "//third_party:layout",
         "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
     ),
+    (
+        "image-2",
+        "gzip",
+        "//app:app",
+        "sha256:8f830eafdfe8cf3e005302d56601f0cf116a7d3eb0fd7a93c53955c89ea60743",
+    ),
+    (
+        "layer-2",
+        "gzip",
+        "//app:app~layer0",
+        "sha256:bcd5b265732e2ed3b6031beb214b5f4de980ea613cab8e9f6b2750e977aa1f74",
+    ),
+    (
+        "layer-2",
+        "gzip",
+        "//app:code",
+        "sha256:f676a41f99a78e4d2250a135dc2bb6b2037e1f52e724eeb0d70ae9b28f304d78",
+    ),
+    (
+        "image-2",
+        "gzip",
+        "//base:base",
+        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164",
+    ),
+    (
+        "layer-2",
+        "gzip",
+        "//base:files",
+        "sha256:a6406e8860f2f0cf41e8808d83f525b2c9a6e0cfe18f43d693982e9ee772fc53",
+    ),
+    (
+        "image-2",
+        "zstd",
+        "//app:app",
+        "sha256:7974c47bad8f9e774d7844318afb71a1977b01e0ecbb566560cf478ebe130a17",
+    ),
+    (
+        "layer-2",
+        "zstd",
+        "//app:app~layer0",
+        "sha256:39d3726d3ba2cf096614a84295535c35e047c3a38988976a7e175c179d463646",
+    ),
+    (
+        "layer-2",
+        "zstd",
+        "//app:code",
+        "sha256:a5bbe5bf0de4ddb32e38b4e3e0510e7a36dee9ae3464529801104820c2464543",
+    ),
+    (
+        "image-2",
+        "zstd",
+        "//base:base",
+        "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
+    ),
+    (
+        "layer-2",
+        "zstd",
+        "//base:files",
+        "sha256:b4af6a505bd7b2dcb3236ab082d9e2542131849232b5945b84ed19c088276367",
+    ),
 ];
 
 /// Guards the recipe versions: an action kind whose output bytes change without
