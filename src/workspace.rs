@@ -13,7 +13,9 @@
 //!
 //! Parsing KDL is the bulk of loading a large workspace, so results are remembered in
 //! the local [`Cache`], keyed by [`parse_key`]: the parser format version
-//! ([`crate::spec::PARSE_FORMAT_VERSION`]) and imgc's version, the file kind, the
+//! ([`crate::spec::PARSE_FORMAT_VERSION`]), imgc's version and a fingerprint of the
+//! parser's own sources (from `build.rs`: an imgc built from changed parser code
+//! never reuses an old parse), the file kind, the
 //! package path and the exact text. The value is the model serialized as JSON (spans
 //! included: they stay valid because the text is identical by construction; nothing in
 //! a [`Target`] or [`WorkspaceConfig`] holds a [`crate::spec::model::FileId`]). Only
@@ -83,6 +85,7 @@ pub fn parse_key(kind: FileKind, package: &str, text: &str) -> Key {
     let mut h = KeyHasher::new("parse");
     h.field("format").u64(PARSE_FORMAT_VERSION);
     h.field("imgc").str(env!("CARGO_PKG_VERSION"));
+    h.field("parser").str(env!("IMGC_PARSER_FINGERPRINT"));
     h.field("kind").str(match kind {
         FileKind::Workspace => "workspace",
         FileKind::Build => "build",
