@@ -8,7 +8,7 @@ use crate::commands::CmdError;
 use crate::diag::{Diag, Sources};
 use crate::hash::{Digest, Key};
 use crate::label::Label;
-use crate::scheduler::ActionError;
+use crate::actions::ActionError;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
