@@ -215,6 +215,11 @@ impl Stack {
 
     /// Removes everything below `path` (and `path` itself if `itself`).
     fn remove_tree(&mut self, path: &str, itself: bool) {
+        if path.is_empty() {
+            // The root: an opaque whiteout there hides everything below.
+            self.view.clear();
+            return;
+        }
         if itself {
             self.view.remove(path);
         }
@@ -337,6 +342,13 @@ mod tests {
         );
         let _ = s.resolve("a/x/y");
         assert_eq!(s.resolve("up/etc/passwd"), "etc/passwd");
+    }
+
+    #[test]
+    fn an_opaque_whiteout_at_the_root_hides_everything() {
+        let mut s = merged_usr();
+        s.apply("opaque", &l(&[("", PathKind::Opaque, None)]));
+        assert!(s.conflicts(&l(&[("tmp", PathKind::File, None)])).is_empty());
     }
 
     #[test]
