@@ -845,7 +845,9 @@ impl Build<'_, '_> {
                 "`{}` is written by imgc: the manifest digest of the image's base",
                 key.value
             );
-            let d = self.cx.diag(Code::InvalidValue, key.span, msg, "set by imgc");
+            let d = self
+                .cx
+                .diag(Code::InvalidValue, key.span, msg, "set by imgc");
             let help = "remove this annotation (`org.opencontainers.image.base.name` may be set)";
             self.cx.push(d.help(help));
             return;
