@@ -11,15 +11,43 @@
 //!
 //! # Config inheritance ([`build_config`])
 //!
-//! As SPEC.md says: the base's `diff_ids` first, then the image's own; `env`
-//! merges by key (the image wins; the base's order is kept, new keys follow in
-//! the order written); labels merge (the image wins); `expose` and `volume` are
-//! unions; `entrypoint`, `cmd`, `workdir`, `user` and `stop-signal` override;
-//! setting `entrypoint` without `cmd` clears an inherited `cmd`. `created` is the
-//! source-date-epoch in RFC 3339 UTC. The base's history is kept and each own
-//! layer adds one entry (`created_by: "imgc layer //pkg:name"`), never
-//! `empty_layer`. Platform fields come from the image's platform; the base's
-//! `author`, `os.version` and `os.features` are not inherited.
+//! Inheritance works on the base's config *document* ([`BaseConfig`], a JSON
+//! object), not on oci-spec's typed `ImageConfiguration`: the typed model has
+//! no `Healthcheck`, `Shell`, `OnBuild` or `ArgsEscaped` and drops every field
+//! it does not know, and an image built on a Docker-made base must keep them.
+//! So the base's document is the starting point and nothing of it is lost
+//! unless the spec overrides it; at the config level and the top level alike,
+//! fields imgc does not know (and `author`, `os.version`, `os.features`) come
+//! through as they are. `OnBuild` is kept, not run: imgc runs no Dockerfile
+//! triggers, and a later Dockerfile build `FROM` the image still runs them.
+//!
+//! Onto that document, as SPEC.md says: `env` merges by key (the image wins;
+//! the base's order is kept, new keys follow in the order written); labels
+//! merge (the image wins); `expose` and `volume` are unions; `entrypoint`,
+//! `cmd`, `workdir`, `user` and `stop-signal` override; setting `entrypoint`
+//! without `cmd` clears an inherited `cmd`. A base field the spec does not
+//! touch is kept byte for byte (even `"Env": null`). imgc itself sets
+//! `created` (the source-date-epoch in RFC 3339 UTC), `os`, `architecture`
+//! and `variant` (from the build platform; a base's variant goes when the
+//! platform has none), and `rootfs` (the base's `diff_ids`, then the image's
+//! own). The base's history is kept and each own layer adds one entry
+//! (`created_by: "imgc layer //pkg:name"`), never `empty_layer`. For a base
+//! built by imgc the result is exactly what the typed model wrote before
+//! (`scratch_config_bytes_are_stable` pins the bytes).
+//!
+//! [`BaseConfig::from_slice`] checks the fields it merges into (`config.Env`,
+//! `Labels`, `ExposedPorts`, `Volumes`, `rootfs.diff_ids`, `history`) and says
+//! which one is malformed; it never panics on a base made elsewhere.
+//!
+//! # Manifest annotations ([`manifest_annotations`])
+//!
+//! The spec's `annotation`s, then `org.opencontainers.image.base.digest` (the
+//! base's manifest digest) and `org.opencontainers.image.base.name` for an
+//! image built on a base. `base.name` must be an image reference: the base's
+//! first `tag`, or the spec's own `base.name` annotation, which wins (it is
+//! how an image on an `import` names where that import came from). Without
+//! either there is no `base.name`: an imgc label is not an image reference.
+//! `base.digest` is always imgc's; the parser refuses a user annotation of it.
 //!
 //! # Layouts ([`write_layout`])
 //!
@@ -34,9 +62,9 @@
 //!
 //! # What it deliberately does not do
 //!
-//! - It does not decide *which* blobs or annotations an image has: the caller
-//!   (the scheduler) passes digests, sizes and annotations such as
-//!   `org.opencontainers.image.base.name`.
+//! - It does not decide *which* blobs an image has or what its base is called:
+//!   the caller ([`crate::actions::image`]) passes digests, sizes and the base's
+//!   reference.
 //! - It does not re-hash blobs when materializing: the CAS verifies on read,
 //!   and re-hashing every layer on every build would dominate a no-op build.
 //!   [`check_layout`] is the independent, thorough checker for tests; it shares
@@ -46,11 +74,11 @@ use crate::cas::Cas;
 use crate::hash::{DiffId, Digest};
 use crate::spec::model::{ImageSpec, Platform};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfiguration,
-    ImageConfigurationBuilder, ImageIndex, ImageIndexBuilder, ImageManifest, ImageManifestBuilder,
-    MediaType, Os, RootFsBuilder,
+    Descriptor, DescriptorBuilder, ImageIndex, ImageIndexBuilder, ImageManifest,
+    ImageManifestBuilder, MediaType,
 };
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -116,153 +144,243 @@ fn descriptor(
     b.build().expect("all descriptor fields are set")
 }
 
+/// The config document of a base image, as JSON, checked where
+/// [`build_config`] merges into it.
+///
+/// It is kept as a generic JSON object rather than oci-spec's typed
+/// `ImageConfiguration`, because the typed model drops every field it does not
+/// know (Docker's `Healthcheck`, `Shell`, `OnBuild`, `ArgsEscaped`, and any
+/// other extension), and a derived image must keep them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaseConfig(Map<String, Value>);
+
+/// Why a base image's config cannot be built on; says which field and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadBaseConfig(String);
+
+impl BaseConfig {
+    /// Parses a config blob and checks the fields inheritance reads: the
+    /// document and `config` are objects, `config.Env` is a list of strings,
+    /// `config.Labels`, `config.ExposedPorts` and `config.Volumes` are objects,
+    /// `rootfs.diff_ids` is a list of strings and `history` a list (each of
+    /// them may also be `null` or absent, except `rootfs.diff_ids`).
+    pub fn from_slice(bytes: &[u8]) -> Result<BaseConfig, BadBaseConfig> {
+        let bad = |m: String| BadBaseConfig(m);
+        let doc: Value = serde_json::from_slice(bytes).map_err(|e| bad(format!("{e}")))?;
+        let Value::Object(doc) = doc else {
+            return Err(bad("it is not a JSON object".into()));
+        };
+        let is_strings = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+        match doc.get("config") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(c)) => {
+                if !matches!(c.get("Env"), None | Some(Value::Null)) && !is_strings(&c["Env"]) {
+                    return Err(bad("`config.Env` is not a list of strings".into()));
+                }
+                for field in ["Labels", "ExposedPorts", "Volumes"] {
+                    if !matches!(c.get(field), None | Some(Value::Null | Value::Object(_))) {
+                        return Err(bad(format!("`config.{field}` is not an object")));
+                    }
+                }
+            }
+            Some(_) => return Err(bad("`config` is not an object".into())),
+        }
+        if !doc
+            .get("rootfs")
+            .and_then(|r| r.get("diff_ids"))
+            .is_some_and(is_strings)
+        {
+            return Err(bad("`rootfs.diff_ids` is not a list of strings".into()));
+        }
+        if !matches!(
+            doc.get("history"),
+            None | Some(Value::Null | Value::Array(_))
+        ) {
+            return Err(bad("`history` is not a list".into()));
+        }
+        Ok(BaseConfig(doc))
+    }
+
+    /// The base's `rootfs.diff_ids`, in order.
+    pub fn diff_ids(&self) -> Vec<String> {
+        strings(self.0.get("rootfs").and_then(|r| r.get("diff_ids")))
+    }
+}
+
+/// The strings of a JSON list (nothing for anything else).
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
 /// Assembles an image config from its base, its spec and its own layers
 /// (see the module docs for the inheritance rules). `layer_labels` names each
 /// own layer for the history (`//pkg:name`), one per entry of `layer_diff_ids`.
+/// The result is a JSON document; [`canonical_json`] gives its bytes.
 pub fn build_config(
-    base: Option<&ImageConfiguration>,
+    base: Option<&BaseConfig>,
     spec: &ImageSpec,
     platform: &Platform,
     layer_diff_ids: &[DiffId],
     created_epoch: u64,
     layer_labels: &[String],
-) -> ImageConfiguration {
+) -> Value {
     assert_eq!(
         layer_diff_ids.len(),
         layer_labels.len(),
         "one history label per layer"
     );
     let created = rfc3339(created_epoch);
-    let base_cfg = base.and_then(|b| b.config().as_ref());
+    let mut doc = base.map(|b| b.0.clone()).unwrap_or_default();
+    let mut config = match doc.remove("config") {
+        Some(Value::Object(c)) => c,
+        _ => Map::new(),
+    };
 
     // env: base order, image values win, new keys in written order.
-    let mut env: Vec<(String, Option<String>)> = base_cfg
-        .and_then(|c| c.env().as_ref())
-        .map(|e| {
-            e.iter()
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (kv.clone(), None),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for (k, v) in &spec.env {
-        match env.iter_mut().find(|(bk, _)| bk == k) {
-            Some(slot) => slot.1 = Some(v.clone()),
-            None => env.push((k.clone(), Some(v.clone()))),
+    if !spec.env.is_empty() {
+        let mut env: Vec<(String, Option<String>)> = strings(config.get("Env"))
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (kv, None),
+            })
+            .collect();
+        for (k, v) in &spec.env {
+            match env.iter_mut().find(|(bk, _)| bk == k) {
+                Some(slot) => slot.1 = Some(v.clone()),
+                None => env.push((k.clone(), Some(v.clone()))),
+            }
+        }
+        let env: Vec<Value> = env
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k,
+            })
+            .map(Value::String)
+            .collect();
+        config.insert("Env".into(), Value::Array(env));
+    }
+
+    // labels merge, the image wins; expose and volume are unions. The base's
+    // values are kept as they are.
+    // (`Some` value: set, the image wins; `None`: a set member, `{}` if new.)
+    let mut merge = |field: &str, own: Vec<(String, Option<Value>)>| {
+        if own.is_empty() {
+            return;
+        }
+        let mut map = match config.remove(field) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (k, v) in own {
+            match v {
+                Some(v) => {
+                    map.insert(k, v);
+                }
+                None => {
+                    map.entry(k).or_insert_with(|| Value::Object(Map::new()));
+                }
+            }
+        }
+        config.insert(field.into(), Value::Object(map));
+    };
+    let with = |v: &[(String, String)]| -> Vec<(String, Option<Value>)> {
+        v.iter()
+            .map(|(k, v)| (k.clone(), Some(Value::String(v.clone()))))
+            .collect()
+    };
+    let set_of = |v: &[String]| -> Vec<(String, Option<Value>)> {
+        v.iter().map(|k| (k.clone(), None)).collect()
+    };
+    merge("Labels", with(&spec.labels));
+    merge("ExposedPorts", set_of(&spec.expose));
+    merge("Volumes", set_of(&spec.volume));
+
+    // entrypoint, cmd, workdir, user, stop-signal override; an entrypoint
+    // without a cmd clears the inherited cmd.
+    let list = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
+    if let Some(e) = &spec.entrypoint {
+        config.insert("Entrypoint".into(), list(e));
+    }
+    match (&spec.cmd, &spec.entrypoint) {
+        (Some(c), _) => {
+            config.insert("Cmd".into(), list(c));
+        }
+        (None, Some(_)) => {
+            config.remove("Cmd");
+        }
+        (None, None) => {}
+    }
+    for (field, own) in [
+        ("User", &spec.user),
+        ("WorkingDir", &spec.workdir),
+        ("StopSignal", &spec.stop_signal),
+    ] {
+        if let Some(v) = own {
+            config.insert(field.into(), Value::String(v.clone()));
         }
     }
-    let env: Vec<String> = env
-        .into_iter()
-        .map(|(k, v)| match v {
-            Some(v) => format!("{k}={v}"),
-            None => k,
-        })
-        .collect();
+    doc.insert("config".into(), Value::Object(config));
 
-    let mut labels: BTreeMap<String, String> = base_cfg
-        .and_then(|c| c.labels().as_ref())
-        .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
-    labels.extend(spec.labels.iter().cloned());
-
-    let union = |inherited: Option<&Vec<String>>, own: &[String]| -> Vec<String> {
-        let set: BTreeSet<String> = inherited
-            .into_iter()
-            .flatten()
-            .chain(own)
-            .cloned()
-            .collect();
-        set.into_iter().collect()
-    };
-    let expose = union(
-        base_cfg.and_then(|c| c.exposed_ports().as_ref()),
-        &spec.expose,
+    // What imgc sets itself: platform, creation time, rootfs and history.
+    doc.insert("created".into(), Value::String(created.clone()));
+    doc.insert("os".into(), Value::String(platform.os.clone()));
+    doc.insert(
+        "architecture".into(),
+        Value::String(platform.architecture.clone()),
     );
-    let volumes = union(base_cfg.and_then(|c| c.volumes().as_ref()), &spec.volume);
-
-    let entrypoint = spec
-        .entrypoint
-        .clone()
-        .or_else(|| base_cfg.and_then(|c| c.entrypoint().clone()));
-    let cmd = match (&spec.cmd, &spec.entrypoint) {
-        (Some(cmd), _) => Some(cmd.clone()),
-        (None, Some(_)) => None,
-        (None, None) => base_cfg.and_then(|c| c.cmd().clone()),
+    match &platform.variant {
+        Some(v) => doc.insert("variant".into(), Value::String(v.clone())),
+        None => doc.remove("variant"),
     };
-    let inherit = |own: &Option<String>, get: fn(&oci_spec::image::Config) -> &Option<String>| {
-        own.clone()
-            .or_else(|| base_cfg.and_then(|c| get(c).clone()))
-    };
-    let user = inherit(&spec.user, |c| c.user());
-    let workdir = inherit(&spec.workdir, |c| c.working_dir());
-    let stop_signal = inherit(&spec.stop_signal, |c| c.stop_signal());
-
-    let mut cb = ConfigBuilder::default();
-    if !env.is_empty() {
-        cb = cb.env(env);
-    }
-    if !labels.is_empty() {
-        cb = cb.labels(labels.into_iter().collect::<HashMap<_, _>>());
-    }
-    if !expose.is_empty() {
-        cb = cb.exposed_ports(expose);
-    }
-    if !volumes.is_empty() {
-        cb = cb.volumes(volumes);
-    }
-    if let Some(v) = entrypoint {
-        cb = cb.entrypoint(v);
-    }
-    if let Some(v) = cmd {
-        cb = cb.cmd(v);
-    }
-    if let Some(v) = user {
-        cb = cb.user(v);
-    }
-    if let Some(v) = workdir {
-        cb = cb.working_dir(v);
-    }
-    if let Some(v) = stop_signal {
-        cb = cb.stop_signal(v);
-    }
-    let config = cb.build().expect("config fields are optional");
-
-    let mut diff_ids: Vec<String> = base
-        .map(|b| b.rootfs().diff_ids().clone())
-        .unwrap_or_default();
+    let mut diff_ids = base.map(BaseConfig::diff_ids).unwrap_or_default();
     diff_ids.extend(layer_diff_ids.iter().map(|d| d.to_string()));
-    let rootfs = RootFsBuilder::default()
-        .typ("layers")
-        .diff_ids(diff_ids)
-        .build()
-        .expect("rootfs fields are set");
-
-    let mut history = base.and_then(|b| b.history().clone()).unwrap_or_default();
+    doc.insert(
+        "rootfs".into(),
+        serde_json::json!({ "type": "layers", "diff_ids": diff_ids }),
+    );
+    let mut history = match doc.remove("history") {
+        Some(Value::Array(h)) => h,
+        _ => Vec::new(),
+    };
     for label in layer_labels {
-        history.push(
-            HistoryBuilder::default()
-                .created(created.clone())
-                .created_by(format!("imgc layer {label}"))
-                .build()
-                .expect("history fields are optional"),
-        );
-    }
-
-    let mut b = ImageConfigurationBuilder::default()
-        .created(created)
-        .architecture(Arch::from(platform.architecture.as_str()))
-        .os(Os::from(platform.os.as_str()))
-        .config(config)
-        .rootfs(rootfs);
-    if let Some(v) = &platform.variant {
-        b = b.variant(v.clone());
+        history.push(serde_json::json!({
+            "created": created,
+            "created_by": format!("imgc layer {label}"),
+        }));
     }
     if !history.is_empty() {
-        b = b.history(history);
+        doc.insert("history".into(), Value::Array(history));
     }
-    b.build().expect("all required config fields are set")
+    Value::Object(doc)
+}
+
+/// The annotations of an image's manifest: the spec's `annotation`s (a later
+/// one with the same key wins), then, for an image built on a base,
+/// `org.opencontainers.image.base.digest` (the base's manifest digest) and
+/// `org.opencontainers.image.base.name` (`base_name`, an image reference such
+/// as the base's first `tag`) unless the spec sets that one itself. There is
+/// no `base.name` when neither knows a reference: an imgc label is not one.
+/// The parser refuses a user `base.digest`: only imgc knows it.
+pub fn manifest_annotations(
+    spec: &[(String, String)],
+    base: Option<(&Digest, Option<&str>)>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = spec.iter().cloned().collect();
+    if let Some((digest, name)) = base {
+        out.insert(ANNOTATION_BASE_DIGEST.to_string(), digest.to_string());
+        if let Some(name) = name {
+            out.entry(ANNOTATION_BASE_NAME.to_string())
+                .or_insert_with(|| name.to_string());
+        }
+    }
+    out
 }
 
 /// An image manifest (schema 2) for a stored config and layers. `annotations`
@@ -635,6 +753,7 @@ mod tests {
     use super::*;
     use crate::layer::{Entry, EntryData, LayerFormat, normalize, write_layer};
     use crate::spec::model::Compression;
+    use oci_spec::image::ConfigBuilder;
 
     fn platform() -> Platform {
         Platform::parse("linux/amd64").unwrap()
@@ -722,41 +841,25 @@ mod tests {
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
     }
 
-    fn base_config() -> ImageConfiguration {
-        let cfg = ConfigBuilder::default()
-            .env(strs(&["PATH=/usr/bin", "LANG=C", "ODD"]))
-            .cmd(strs(&["sh"]))
-            .entrypoint(strs(&["/bin/base"]))
-            .exposed_ports(strs(&["80/tcp"]))
-            .volumes(strs(&["/var/log"]))
-            .labels(HashMap::from([
-                ("a".to_string(), "base".to_string()),
-                ("keep".to_string(), "yes".to_string()),
-            ]))
-            .working_dir("/base")
-            .user("1:1")
-            .build()
-            .unwrap();
-        ImageConfigurationBuilder::default()
-            .architecture(Arch::Amd64)
-            .os(Os::Linux)
-            .author("someone")
-            .config(cfg)
-            .rootfs(
-                RootFsBuilder::default()
-                    .typ("layers")
-                    .diff_ids(vec![Digest::of_bytes(b"base").to_string()])
-                    .build()
-                    .unwrap(),
-            )
-            .history(vec![
-                HistoryBuilder::default()
-                    .created_by("base step")
-                    .build()
-                    .unwrap(),
-            ])
-            .build()
-            .unwrap()
+    fn base_config() -> BaseConfig {
+        let doc = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "author": "someone",
+            "config": {
+                "Env": ["PATH=/usr/bin", "LANG=C", "ODD"],
+                "Cmd": ["sh"],
+                "Entrypoint": ["/bin/base"],
+                "ExposedPorts": {"80/tcp": {}},
+                "Volumes": {"/var/log": {}},
+                "Labels": {"a": "base", "keep": "yes"},
+                "WorkingDir": "/base",
+                "User": "1:1"
+            },
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of_bytes(b"base").to_string()]},
+            "history": [{"created_by": "base step"}]
+        });
+        BaseConfig::from_slice(&serde_json::to_vec(&doc).unwrap()).unwrap()
     }
 
     #[test]
@@ -783,45 +886,48 @@ mod tests {
             86_400,
             &strs(&["//x:l"]),
         );
-        let c = cfg.config().as_ref().unwrap();
+        let c = &cfg["config"];
         assert_eq!(
-            c.env().as_ref().unwrap(),
-            &strs(&["PATH=/app:/usr/bin", "LANG=C", "ODD", "NEW=2"])
+            c["Env"],
+            serde_json::json!(["PATH=/app:/usr/bin", "LANG=C", "ODD", "NEW=2"])
         );
-        assert_eq!(c.entrypoint().as_ref().unwrap(), &strs(&["/app/server"]));
+        assert_eq!(c["Entrypoint"], serde_json::json!(["/app/server"]));
         assert_eq!(
-            c.cmd(),
-            &None,
+            c.get("Cmd"),
+            None,
             "entrypoint without cmd clears the inherited cmd"
         );
         assert_eq!(
-            c.exposed_ports().as_ref().unwrap(),
-            &strs(&["80/tcp", "8080/tcp"])
+            c["ExposedPorts"],
+            serde_json::json!({"80/tcp": {}, "8080/tcp": {}})
         );
-        assert_eq!(c.volumes().as_ref().unwrap(), &strs(&["/data", "/var/log"]));
-        let labels: BTreeMap<_, _> = c.labels().clone().unwrap().into_iter().collect();
         assert_eq!(
-            labels,
-            BTreeMap::from([
-                ("a".to_string(), "own".to_string()),
-                ("b".to_string(), "own".to_string()),
-                ("keep".to_string(), "yes".to_string()),
-            ])
+            c["Volumes"],
+            serde_json::json!({"/data": {}, "/var/log": {}})
         );
-        assert_eq!(c.working_dir().as_deref(), Some("/base"));
-        assert_eq!(c.user().as_deref(), Some("1:1"));
         assert_eq!(
-            cfg.rootfs().diff_ids(),
-            &vec![Digest::of_bytes(b"base").to_string(), own.to_string()]
+            c["Labels"],
+            serde_json::json!({"a": "own", "b": "own", "keep": "yes"})
         );
-        let hist = cfg.history().as_ref().unwrap();
+        assert_eq!(c["WorkingDir"], "/base");
+        assert_eq!(c["User"], "1:1");
+        assert_eq!(
+            cfg["rootfs"],
+            serde_json::json!({
+                "type": "layers",
+                "diff_ids": [Digest::of_bytes(b"base").to_string(), own.to_string()]
+            })
+        );
+        let hist = cfg["history"].as_array().unwrap();
         assert_eq!(hist.len(), 2);
-        assert_eq!(hist[0].created_by().as_deref(), Some("base step"));
-        assert_eq!(hist[1].created_by().as_deref(), Some("imgc layer //x:l"));
-        assert_eq!(hist[1].created().as_deref(), Some("1970-01-02T00:00:00Z"));
-        assert_eq!(hist[1].empty_layer(), None);
-        assert_eq!(cfg.created().as_deref(), Some("1970-01-02T00:00:00Z"));
-        assert_eq!(cfg.author(), &None);
+        assert_eq!(hist[0], serde_json::json!({"created_by": "base step"}));
+        assert_eq!(
+            hist[1],
+            serde_json::json!({"created": "1970-01-02T00:00:00Z", "created_by": "imgc layer //x:l"}),
+            "no empty_layer"
+        );
+        assert_eq!(cfg["created"], "1970-01-02T00:00:00Z");
+        assert_eq!(cfg["author"], "someone", "nothing of the base is lost");
 
         // cmd alone overrides cmd and keeps the entrypoint; unset fields inherit.
         let spec = ImageSpec {
@@ -831,21 +937,236 @@ mod tests {
             ..Default::default()
         };
         let cfg = build_config(Some(&base), &spec, &platform(), &[], 0, &[]);
-        let c = cfg.config().as_ref().unwrap();
-        assert_eq!(c.entrypoint().as_ref().unwrap(), &strs(&["/bin/base"]));
-        assert_eq!(c.cmd().as_ref().unwrap(), &strs(&["-c", "true"]));
-        assert_eq!(c.working_dir().as_deref(), Some("/w"));
-        assert_eq!(c.stop_signal().as_deref(), Some("SIGTERM"));
+        let c = &cfg["config"];
+        assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/base"]));
+        assert_eq!(c["Cmd"], serde_json::json!(["-c", "true"]));
+        assert_eq!(c["WorkingDir"], "/w");
+        assert_eq!(c["StopSignal"], "SIGTERM");
         assert_eq!(
-            c.env().as_ref().unwrap(),
-            &strs(&["PATH=/usr/bin", "LANG=C", "ODD"])
+            c["Env"],
+            serde_json::json!(["PATH=/usr/bin", "LANG=C", "ODD"])
         );
-        assert_eq!(cfg.history().as_ref().unwrap().len(), 1);
+        assert_eq!(cfg["history"].as_array().unwrap().len(), 1);
         // Same inputs, same bytes.
         assert_eq!(
             canonical_json(&cfg),
             canonical_json(&build_config(Some(&base), &spec, &platform(), &[], 0, &[]))
         );
+    }
+
+    /// oci-spec's typed config has no `Healthcheck`, `Shell`, `OnBuild` or
+    /// `ArgsEscaped` and drops unknown fields: inheritance works on the JSON so
+    /// an image built on such a base keeps them all.
+    #[test]
+    fn base_config_fields_the_typed_model_lacks_are_inherited() {
+        let healthcheck = serde_json::json!({
+            "Test": ["CMD", "/bin/check"], "Interval": 30_000_000_000u64, "Retries": 3
+        });
+        let doc = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "os.version": "6.1",
+            "x-vendor-provenance": {"builder": "elsewhere", "n": [1, 2]},
+            "config": {
+                "Env": ["PATH=/bin"],
+                "Cmd": ["/bin/serve"],
+                "Healthcheck": healthcheck,
+                "Shell": ["/bin/sh", "-c"],
+                "OnBuild": ["RUN echo hi"],
+                "ArgsEscaped": true,
+                "X-Unknown": {"kept": true},
+                "Labels": null,
+                "Volumes": null
+            },
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of_bytes(b"b").to_string()]},
+            "history": [{"created_by": "base", "x-extra": 1}]
+        });
+        let base = BaseConfig::from_slice(&serde_json::to_vec(&doc).unwrap()).unwrap();
+        // Touch every field the spec can set.
+        let spec = ImageSpec {
+            entrypoint: Some(strs(&["/bin/app"])),
+            cmd: Some(strs(&["run"])),
+            env: vec![("A".into(), "1".into())],
+            workdir: Some("/w".into()),
+            user: Some("2:2".into()),
+            expose: strs(&["80/tcp"]),
+            volume: strs(&["/data"]),
+            labels: vec![("l".into(), "v".into())],
+            stop_signal: Some("SIGINT".into()),
+            ..Default::default()
+        };
+        let own = DiffId(Digest::of_bytes(b"own"));
+        let cfg = build_config(
+            Some(&base),
+            &spec,
+            &platform(),
+            &[own],
+            0,
+            &strs(&["//x:l"]),
+        );
+        let c = &cfg["config"];
+        assert_eq!(c["Healthcheck"], healthcheck);
+        assert_eq!(c["Shell"], serde_json::json!(["/bin/sh", "-c"]));
+        assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo hi"]));
+        assert_eq!(c["ArgsEscaped"], true);
+        assert_eq!(c["X-Unknown"], serde_json::json!({"kept": true}));
+        assert_eq!(c["Labels"], serde_json::json!({"l": "v"}));
+        assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+        assert_eq!(c["Env"], serde_json::json!(["PATH=/bin", "A=1"]));
+        assert_eq!(cfg["x-vendor-provenance"], doc["x-vendor-provenance"]);
+        assert_eq!(cfg["os.version"], "6.1");
+        assert_eq!(cfg["history"][0], doc["history"][0]);
+        // With nothing set by the spec, the base's config comes through whole.
+        let cfg = build_config(Some(&base), &ImageSpec::default(), &platform(), &[], 0, &[]);
+        assert_eq!(cfg["config"], doc["config"]);
+        assert_eq!(cfg["x-vendor-provenance"], doc["x-vendor-provenance"]);
+        // Platform, created, rootfs and history are imgc's: a base variant goes
+        // when the build platform has none.
+        let mut arm = doc.clone();
+        arm["variant"] = "v3".into();
+        arm["created"] = "2001-01-01T00:00:00Z".into();
+        let base = BaseConfig::from_slice(&serde_json::to_vec(&arm).unwrap()).unwrap();
+        let cfg = build_config(Some(&base), &ImageSpec::default(), &platform(), &[], 0, &[]);
+        assert_eq!(cfg.get("variant"), None);
+        assert_eq!(cfg["created"], "1970-01-01T00:00:00Z");
+    }
+
+    /// The exact bytes of a scratch image's config with every field set: the
+    /// JSON-level assembly writes what the typed model wrote before, so
+    /// digests users already have stay valid.
+    #[test]
+    fn scratch_config_bytes_are_stable() {
+        let spec = ImageSpec {
+            entrypoint: Some(strs(&["/app"])),
+            cmd: Some(strs(&["--port", "80"])),
+            env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+            workdir: Some("/w".into()),
+            user: Some("1:1".into()),
+            expose: strs(&["9090/tcp", "80/tcp"]),
+            volume: strs(&["/v"]),
+            labels: vec![("z".into(), "1".into()), ("a".into(), "2".into())],
+            annotations: vec![("not".into(), "in the config".into())],
+            stop_signal: Some("SIGTERM".into()),
+            ..Default::default()
+        };
+        let own = DiffId(Digest::of_bytes(b"own"));
+        let cfg = build_config(None, &spec, &platform(), &[own], 0, &strs(&["//p:l"]));
+        assert_eq!(
+            String::from_utf8(canonical_json(&cfg)).unwrap(),
+            format!(
+                concat!(
+                    r#"{{"architecture":"amd64","config":{{"Cmd":["--port","80"],"#,
+                    r#""Entrypoint":["/app"],"Env":["B=2","A=1"],"#,
+                    r#""ExposedPorts":{{"80/tcp":{{}},"9090/tcp":{{}}}},"Labels":{{"a":"2","z":"1"}},"#,
+                    r#""StopSignal":"SIGTERM","User":"1:1","Volumes":{{"/v":{{}}}},"WorkingDir":"/w"}},"#,
+                    r#""created":"1970-01-01T00:00:00Z","#,
+                    r#""history":[{{"created":"1970-01-01T00:00:00Z","created_by":"imgc layer //p:l"}}],"#,
+                    r#""os":"linux","rootfs":{{"diff_ids":["{own}"],"type":"layers"}}}}"#
+                ),
+                own = own
+            )
+        );
+        let empty = build_config(None, &ImageSpec::default(), &platform(), &[], 0, &[]);
+        assert_eq!(
+            String::from_utf8(canonical_json(&empty)).unwrap(),
+            r#"{"architecture":"amd64","config":{},"created":"1970-01-01T00:00:00Z","os":"linux","rootfs":{"diff_ids":[],"type":"layers"}}"#
+        );
+    }
+
+    #[test]
+    fn a_malformed_base_config_is_an_error_naming_the_field() {
+        let diff = Digest::of_bytes(b"b").to_string();
+        let cases = [
+            ("[]".to_string(), "not a JSON object"),
+            ("{".to_string(), "EOF"),
+            (
+                r#"{"rootfs":{"diff_ids":[]},"config":[]}"#.into(),
+                "`config` is not an object",
+            ),
+            (
+                r#"{"rootfs":{"diff_ids":[]},"config":{"Env":"A=1"}}"#.into(),
+                "`config.Env` is not a list of strings",
+            ),
+            (
+                r#"{"rootfs":{"diff_ids":[]},"config":{"Env":[1]}}"#.into(),
+                "`config.Env` is not a list of strings",
+            ),
+            (
+                r#"{"rootfs":{"diff_ids":[]},"config":{"Labels":["a"]}}"#.into(),
+                "`config.Labels` is not an object",
+            ),
+            (
+                r#"{"rootfs":{"diff_ids":[]},"config":{"ExposedPorts":["80/tcp"]}}"#.into(),
+                "`config.ExposedPorts` is not an object",
+            ),
+            (
+                r#"{"config":{}}"#.into(),
+                "`rootfs.diff_ids` is not a list of strings",
+            ),
+            (
+                format!(r#"{{"rootfs":{{"diff_ids":["{diff}"]}},"history":{{}}}}"#),
+                "`history` is not a list",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = BaseConfig::from_slice(json.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(want), "{json}: {err}");
+        }
+        let ok = format!(r#"{{"rootfs":{{"diff_ids":["{diff}"]}},"config":null,"history":null}}"#);
+        assert_eq!(
+            BaseConfig::from_slice(ok.as_bytes()).unwrap().diff_ids(),
+            vec![diff]
+        );
+    }
+
+    /// `serde_json` must keep its maps sorted (its `preserve_order` feature off,
+    /// which any dependency could turn on): parsed base configs rely on it.
+    #[test]
+    fn canonical_json_sorts_parsed_documents() {
+        let v: Value = serde_json::from_str(r#"{"b":{"z":1,"a":2},"a":[{"y":1,"x":2}]}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(canonical_json(&v)).unwrap(),
+            r#"{"a":[{"x":2,"y":1}],"b":{"a":2,"z":1}}"#
+        );
+    }
+
+    #[test]
+    fn manifest_annotations_hold_the_spec_and_the_base() {
+        let spec = vec![
+            ("com.example.team".to_string(), "payments".to_string()),
+            ("com.example.x".to_string(), "first".to_string()),
+            ("com.example.x".to_string(), "second".to_string()),
+        ];
+        let base = Digest::of_bytes(b"base");
+        // Scratch: the spec's annotations only, a later one winning.
+        assert_eq!(
+            manifest_annotations(&spec, None),
+            BTreeMap::from([
+                ("com.example.team".to_string(), "payments".to_string()),
+                ("com.example.x".to_string(), "second".to_string()),
+            ])
+        );
+        // A tagged base: its digest and name.
+        let a = manifest_annotations(&spec, Some((&base, Some("example.com/base:1"))));
+        assert_eq!(a[ANNOTATION_BASE_DIGEST], base.to_string());
+        assert_eq!(a[ANNOTATION_BASE_NAME], "example.com/base:1");
+        assert_eq!(a["com.example.team"], "payments");
+        // No reference known: no base.name at all.
+        let a = manifest_annotations(&[], Some((&base, None)));
+        assert_eq!(
+            a,
+            BTreeMap::from([(ANNOTATION_BASE_DIGEST.to_string(), base.to_string())])
+        );
+        // The spec may name the base itself (an import's upstream name).
+        let own = vec![(
+            ANNOTATION_BASE_NAME.to_string(),
+            "docker.io/library/debian:12".to_string(),
+        )];
+        for name in [None, Some("example.com/base:1")] {
+            let a = manifest_annotations(&own, Some((&base, name)));
+            assert_eq!(a[ANNOTATION_BASE_NAME], "docker.io/library/debian:12");
+            assert_eq!(a[ANNOTATION_BASE_DIGEST], base.to_string());
+        }
     }
 
     #[test]
@@ -857,16 +1178,10 @@ mod tests {
             media_type: crate::layer::MEDIA_TYPE_ZSTD.into(),
             listing: None,
         };
-        let ann = BTreeMap::from([
-            (
-                ANNOTATION_BASE_NAME.to_string(),
-                "//bases:runtime".to_string(),
-            ),
-            (
-                ANNOTATION_BASE_DIGEST.to_string(),
-                Digest::of_bytes(b"b").to_string(),
-            ),
-        ]);
+        let ann = manifest_annotations(
+            &[("com.example.team".to_string(), "payments".to_string())],
+            Some((&Digest::of_bytes(b"b"), Some("example.com/runtime:1"))),
+        );
         let m = build_manifest((Digest::of_bytes(b"c"), 7), std::slice::from_ref(&l), ann);
         let v: serde_json::Value = serde_json::from_slice(&canonical_json(&m)).unwrap();
         assert_eq!(v["schemaVersion"], 2);
@@ -875,7 +1190,21 @@ mod tests {
         assert_eq!(v["config"]["size"], 7);
         assert_eq!(v["layers"][0]["mediaType"], crate::layer::MEDIA_TYPE_ZSTD);
         assert_eq!(v["layers"][0]["digest"], l.digest.to_string());
-        assert_eq!(v["annotations"][ANNOTATION_BASE_NAME], "//bases:runtime");
+        assert_eq!(
+            v["annotations"],
+            serde_json::json!({
+                "com.example.team": "payments",
+                ANNOTATION_BASE_NAME: "example.com/runtime:1",
+                ANNOTATION_BASE_DIGEST: Digest::of_bytes(b"b").to_string(),
+            })
+        );
+        // No annotations, no field.
+        let m = build_manifest((Digest::of_bytes(b"c"), 7), &[], BTreeMap::new());
+        assert!(
+            !String::from_utf8(canonical_json(&m))
+                .unwrap()
+                .contains("annotations")
+        );
         // LayerDesc round-trips through serde (it is cached).
         let back: LayerDesc = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
         assert_eq!(back, l);

@@ -12,12 +12,14 @@ use crate::listing::{Listing, PathKind, Stack};
 use crate::oci::{self, LayerDesc};
 use crate::spec::model::{ImageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
-use std::collections::BTreeMap;
 
 /// The image recipe version: bump it whenever an image's config or manifest
 /// could change for the same key components (inheritance rules, fields written,
-/// checks that refuse an image). History: 2 checks layer stacks (E030).
-pub const RECIPE: &str = "image-2";
+/// checks that refuse an image). History: 2 checks layer stacks (E030); 3
+/// writes the spec's annotations, inherits the base's config at the JSON level
+/// (Healthcheck, Shell, OnBuild, unknown fields) and writes no label as
+/// `base.name`.
+pub const RECIPE: &str = "image-3";
 
 /// An image's key: from its spec and its dependencies' outputs, no IO.
 pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImageSpec, deps: &[Dep]) -> Keyed {
@@ -68,19 +70,18 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
         )));
     };
     let io_err = |e: std::io::Error| ActionError::Message(format!("image `{}`: {e}", node.label));
-    let mut base: Option<(&ImageOut, oci_spec::image::ImageConfiguration)> = None;
+    let mut base: Option<(&ImageOut, oci::BaseConfig)> = None;
     let mut own: Vec<(String, LayerDesc)> = Vec::new();
     for (edge, label, out) in deps {
         match (edge, out) {
             (EdgeKind::Base, Output::Image(img)) => {
                 let bytes = cas.read(&img.config).map_err(io_err)?;
-                let cfg: oci_spec::image::ImageConfiguration = serde_json::from_slice(&bytes)
-                    .map_err(|e| {
-                        ActionError::Message(format!(
-                            "image `{}`: base config of `{label}` is not valid: {e}",
-                            node.label
-                        ))
-                    })?;
+                let cfg = oci::BaseConfig::from_slice(&bytes).map_err(|e| {
+                    ActionError::Message(format!(
+                        "image `{}`: base config of `{label}` is not valid: {e}",
+                        node.label
+                    ))
+                })?;
                 base = Some((img, cfg));
             }
             (EdgeKind::Layer, Output::Layer(l)) => own.push((label.clone(), l.clone())),
@@ -105,16 +106,12 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
         .map(|(b, _)| b.layers.clone())
         .unwrap_or_default();
     layers.extend(own.into_iter().map(|(_, l)| l));
-    let mut annotations = BTreeMap::new();
-    if let Some((b, _)) = &base {
-        annotations.insert(
-            "org.opencontainers.image.base.digest".to_string(),
-            b.manifest.to_string(),
-        );
-        if let Some(name) = base_name(graph, n) {
-            annotations.insert("org.opencontainers.image.base.name".to_string(), name);
-        }
-    }
+    let base_name = base_name(graph, n);
+    let annotations = oci::manifest_annotations(
+        &spec.annotations,
+        base.as_ref()
+            .map(|(b, _)| (&b.manifest, base_name.as_deref())),
+    );
     let manifest = oci::build_manifest((config_digest, config_size), &layers, annotations);
     let (manifest_digest, manifest_size) = cas
         .put_bytes(&oci::canonical_json(&manifest))
@@ -261,17 +258,17 @@ fn config_params(spec: &ImageSpec) -> String {
     })
 }
 
-/// `org.opencontainers.image.base.name` for image `n`: the base's first tag, else its label.
+/// `org.opencontainers.image.base.name` for image `n`: its base's first tag.
+/// None for an untagged base or an import: an imgc label is no image reference
+/// (the spec may still name the base with its own annotation, see
+/// [`oci::manifest_annotations`]).
 fn base_name(graph: &Graph, n: NodeIndex) -> Option<String> {
     let (_, base) = graph
         .deps(n)
         .into_iter()
         .find(|(k, _)| *k == EdgeKind::Base)?;
-    let node = graph.node(base);
-    if let TargetKind::Image(spec) = &node.target.kind
-        && let Some(tag) = spec.tags.first()
-    {
-        return Some(tag.value.clone());
+    match &graph.node(base).target.kind {
+        TargetKind::Image(spec) => spec.tags.first().map(|t| t.value.clone()),
+        _ => None,
     }
-    Some(node.label.to_string())
 }

@@ -26,7 +26,7 @@
 //! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path |
 //! | layer | `file:<path>` | blake3 of the contents of each input file (workspace-relative path) |
 //! | image | `base` | label and manifest digest of the base (`scratch` for none) |
-//! | image | `base.name` | the `org.opencontainers.image.base.name` written for it |
+//! | image | `base.name` | the base's first tag, written as `org.opencontainers.image.base.name` (empty without one) |
 //! | image | `layer.<n>:<label>` | digest of the n-th own layer |
 //! | image | `config` | blake3 of the canonical config parameters (entrypoint, env, annotations, ...) |
 //! | image | `platform`, `epoch` | as configured |

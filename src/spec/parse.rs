@@ -840,6 +840,18 @@ impl Build<'_, '_> {
         if !non_empty(self.cx, &key, &format!("the `{kind}` key")) {
             return;
         }
+        if kind == "annotation" && key.value == "org.opencontainers.image.base.digest" {
+            let msg = format!(
+                "`{}` is written by imgc: the manifest digest of the image's base",
+                key.value
+            );
+            let d = self
+                .cx
+                .diag(Code::InvalidValue, key.span, msg, "set by imgc");
+            let help = "remove this annotation (`org.opencontainers.image.base.name` may be set)";
+            self.cx.push(d.help(help));
+            return;
+        }
         let list = if kind == "label" {
             &mut spec.labels
         } else {

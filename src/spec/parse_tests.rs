@@ -635,3 +635,36 @@ fn book_spec_reference_examples_parse_cleanly() {
         assert!(diags.is_empty(), "book example:\n{block}\n{diags:#?}");
     }
 }
+
+#[test]
+fn annotation_base_digest_is_refused_and_base_name_allowed() {
+    let text = r#"
+image "i" {
+    from "//bases:runtime"
+    annotation "org.opencontainers.image.base.digest" "sha256:00"
+}
+"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::InvalidValue);
+    assert_eq!(
+        spanned_text(text, &d),
+        r#""org.opencontainers.image.base.digest""#
+    );
+    assert!(d.message.contains("written by imgc"), "{}", d.message);
+    let (targets, diags) = build(
+        r#"
+image "i" {
+    from "//bases:runtime"
+    annotation "org.opencontainers.image.base.name" "docker.io/library/debian:12"
+}
+"#,
+    );
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(
+        image_of(&targets[0]).annotations,
+        [(
+            "org.opencontainers.image.base.name".to_string(),
+            "docker.io/library/debian:12".to_string()
+        )]
+    );
+}

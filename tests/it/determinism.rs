@@ -111,7 +111,7 @@ fn golden_digests_of_the_small_fixture() {
     );
     assert_eq!(
         images["//app:app"],
-        "sha256:8f830eafdfe8cf3e005302d56601f0cf116a7d3eb0fd7a93c53955c89ea60743"
+        "sha256:953e30eb09de535af770072e1685d46666d419be1871b5fa7fa551d1f6c47a63"
     );
 }
 
@@ -257,6 +257,30 @@ const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
         "zstd",
         "//base:files",
         "sha256:b4af6a505bd7b2dcb3236ab082d9e2542131849232b5945b84ed19c088276367",
+    ),
+    (
+        "image-3",
+        "gzip",
+        "//app:app",
+        "sha256:953e30eb09de535af770072e1685d46666d419be1871b5fa7fa551d1f6c47a63",
+    ),
+    (
+        "image-3",
+        "gzip",
+        "//base:base",
+        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164",
+    ),
+    (
+        "image-3",
+        "zstd",
+        "//app:app",
+        "sha256:0217ca44ccba41391a0d53a4f73e59a8d84bd603fed67bf91d27fbbc927a4aa2",
+    ),
+    (
+        "image-3",
+        "zstd",
+        "//base:base",
+        "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
     ),
 ];
 
