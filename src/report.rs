@@ -4,11 +4,11 @@
 //! plain text (same meaning, no escapes) when stderr is not a terminal or
 //! `NO_COLOR` is set.
 
+use crate::actions::ActionError;
 use crate::commands::CmdError;
 use crate::diag::{Diag, Sources};
 use crate::hash::{Digest, Key};
 use crate::label::Label;
-use crate::actions::ActionError;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
