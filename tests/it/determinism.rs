@@ -282,6 +282,42 @@ const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
         "//base:base",
         "sha256:f0e5fc31403be6daff3b607ff84763c7949cfdb273f2ef9bae9e67198837306f",
     ),
+    (
+        "image-3",
+        "gzip",
+        "//third_party:on-vendor",
+        "sha256:41131effd26a58964b37e0b766e44c995ff274d1aa3e3d4b08d31687bd19dd06",
+    ),
+    (
+        "layer-2",
+        "gzip",
+        "//third_party:on-vendor~layer0",
+        "sha256:8d3121bdc1718b13e4c4034c0710e1e049b24289761e0523a9936c0af3f40550",
+    ),
+    (
+        "import-1",
+        "gzip",
+        "//third_party:vendor",
+        "sha256:4d868b9364e88c49c944ee69705e9200286d12db7674d9dd383085e31f06dc04",
+    ),
+    (
+        "image-3",
+        "zstd",
+        "//third_party:on-vendor",
+        "sha256:7b1e0d01d7a94bb4d1f2ead05906eb24a90d1d10b6cbb2ef702c2b84d1107542",
+    ),
+    (
+        "layer-2",
+        "zstd",
+        "//third_party:on-vendor~layer0",
+        "sha256:7654f72f72be3605d75f45fccc9b18f9e5bb6a09dbcc7725553fba503e373009",
+    ),
+    (
+        "import-1",
+        "zstd",
+        "//third_party:vendor",
+        "sha256:4d868b9364e88c49c944ee69705e9200286d12db7674d9dd383085e31f06dc04",
+    ),
 ];
 
 /// Guards the recipe versions: an action kind whose output bytes change without
@@ -322,17 +358,29 @@ fn recipes_pin_their_output() {
             assert!(archive.status.success(), "{}", stderr(&archive));
             imports.push_str("import \"archive\" {\n    docker-archive \"base.tar\"\n}\n");
         }
+        // A Docker-style base (Healthcheck, Shell, OnBuild, unknown fields) and an
+        // image on it with annotations, labels and env: JSON-level inheritance and
+        // manifest annotations are part of the image recipe.
+        copy_tree(
+            &spec_examples().join("third_party/vendor-base"),
+            &ws.path("third_party/vendor-base"),
+        );
+        imports.push_str(
+            "import \"vendor\" {\n    oci-layout \"vendor-base\"\n}\n\
+             image \"on-vendor\" {\n    from \":vendor\"\n    layer {\n        \
+             text \"/etc/motd\" \"hi\\n\"\n    }\n    env PATH=\"/bin\" MODE=\"x\"\n    \
+             label \"org.example.team\" \"core\"\n    \
+             annotation \"org.example.release\" \"1\"\n    expose \"8080\"\n    \
+             volume \"/data\"\n}\n",
+        );
         ws.write("third_party/BUILD.kdl", &imports);
-        let outputs = ws.build(&[]).outputs();
-        for (label, digest) in outputs {
-            let kind = if label.starts_with("//third_party:") {
-                import::RECIPE
-            } else if label == "//base:base" || label == "//app:app" {
-                image::RECIPE
-            } else {
-                layer::RECIPE
+        for (label, (kind, digest)) in ws.build(&[]).outputs_with_kind() {
+            let recipe = match kind.as_str() {
+                "import" => import::RECIPE,
+                "image" => image::RECIPE,
+                _ => layer::RECIPE,
             };
-            seen.push((kind, compression, label, digest));
+            seen.push((recipe, compression, label, digest));
         }
     }
     let mut missing = Vec::new();

@@ -168,13 +168,16 @@ impl Events {
         self.of("summary").last().expect("no summary event")
     }
 
-    /// The output digest of every action that finished, by label.
-    pub fn outputs(&self) -> BTreeMap<String, String> {
+    /// The kind and output digest of every action that finished, by label.
+    pub fn outputs_with_kind(&self) -> BTreeMap<String, (String, String)> {
         self.of("finished")
             .map(|e| {
                 (
                     e["label"].as_str().unwrap().to_string(),
-                    e["digest"].as_str().unwrap().to_string(),
+                    (
+                        e["kind"].as_str().unwrap().to_string(),
+                        e["digest"].as_str().unwrap().to_string(),
+                    ),
                 )
             })
             .collect()
