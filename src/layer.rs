@@ -4,9 +4,9 @@
 //! module turns it into the exact same bytes on every machine:
 //!
 //! 1. [`normalize`] validates paths, sorts entries bytewise by path (so parents
-//!    come before children), adds implicit parent directories (`0755`, `0:0`),
-//!    drops exact duplicates and rejects conflicts (two different entries for one
-//!    path, or a path that is both a non-directory and a parent).
+//!    come before children), drops exact duplicates and rejects conflicts (two
+//!    different entries for one path, or a path that is both a non-directory and
+//!    a parent). It adds no entry of its own: see "Only what the spec declares".
 //! 2. [`write_layer`] writes the tar itself, header by header, with every field
 //!    set explicitly: type, path (directories end with `/`), mode including
 //!    setuid/setgid/sticky bits, uid/gid, empty uname/gname, device numbers 0,
@@ -17,6 +17,30 @@
 //! 3. The stream goes tar → sha256 (the `diff_id`) → compressor → sha256 (the
 //!    blob digest, done by [`crate::cas::BlobWriter`]) → a temp file in the CAS. Nothing
 //!    holds a whole layer in memory; a file is read in fixed-size chunks.
+//!    Alongside, it lists what it wrote: one [`Listed`] per tar entry, in tar
+//!    order (the [`Listing`] image assembly checks layer stacks against).
+//!
+//! # Only what the spec declares
+//!
+//! A layer's tar holds exactly the paths its spec declares: files, `text`,
+//! explicit `dir` and `symlink` entries, and copied directories with everything
+//! below them. It never holds an entry for a parent directory that nothing
+//! declared. Such an entry would *replace* the lower layer's: a layer holding
+//! `/tmp/x` would reset a base's sticky `/tmp` (`1777`) to `0755`, a layer
+//! holding `/home/app/.profile` would hand the base's `10001`-owned `/home/app`
+//! to root, and a layer holding `/lib/x86_64-linux-gnu/libfoo.so.1` would put a
+//! real directory `/lib` where a merged-/usr base has the symlink `/lib ->
+//! usr/lib` (and every library reached through it would be gone). Layers are
+//! built without knowing their base (a layer's key never includes it: that is
+//! what makes cascades cheap), so the only safe choice is to say nothing about
+//! undeclared parents and let the unpacker do what it does for every image:
+//! containerd, Docker and umoci create a missing parent as a root-owned
+//! directory (`0755`), and resolve a parent through a lower layer's symlink, so
+//! `/lib/x86_64-linux-gnu/libfoo.so.1` lands in `/usr/lib/x86_64-linux-gnu/`
+//! (as Docker's `COPY` does). A layer thus never changes the mode, owner or
+//! type of a path it did not declare. What it declares, it sets: an explicit
+//! `dir "/tmp"` does replace the base's `/tmp` (the image assembly's check of
+//! layer stacks is where a declared change of type is caught).
 //!
 //! # Tar format
 //!
@@ -117,6 +141,7 @@
 
 use crate::cas::Cas;
 use crate::hash::{DiffId, Digest, Sha256};
+use crate::listing::{Listed, Listing, PathKind};
 use crate::spec::model::Compression;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -225,7 +250,12 @@ pub enum LayerError {
     Store(#[source] io::Error),
 }
 
-/// Validates, sorts, de-duplicates and completes (implicit parents) entries.
+/// Validates, sorts and de-duplicates entries, and rejects conflicts: two
+/// different entries for one path, or a path that is a non-directory in this
+/// layer and a parent of another of its paths.
+///
+/// It adds nothing: a parent directory that no entry declares gets no entry
+/// (see "Only what the spec declares" in the module documentation).
 pub fn normalize(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
     let mut map: BTreeMap<String, Entry> = BTreeMap::new();
     for e in entries {
@@ -244,32 +274,18 @@ pub fn normalize(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
             }
         }
     }
-    let mut implicit = Vec::new();
-    for (path, _) in map.iter() {
+    for path in map.keys() {
         let mut end = 0;
         while let Some(i) = path[end..].find('/') {
             let parent = &path[..end + i];
             end += i + 1;
-            match map.get(parent) {
-                Some(p) if p.data == EntryData::Dir => {}
-                Some(_) => {
-                    return Err(LayerError::NotADirectory {
-                        parent: parent.to_string(),
-                        child: path.clone(),
-                    });
-                }
-                None => implicit.push(parent.to_string()),
+            if map.get(parent).is_some_and(|p| p.data != EntryData::Dir) {
+                return Err(LayerError::NotADirectory {
+                    parent: parent.to_string(),
+                    child: path.clone(),
+                });
             }
         }
-    }
-    for path in implicit {
-        map.entry(path.clone()).or_insert(Entry {
-            path,
-            data: EntryData::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        });
     }
     Ok(map.into_values().collect())
 }
@@ -310,6 +326,8 @@ pub struct LayerOutput {
     /// Size of the compressed blob.
     pub size: u64,
     pub media_type: String,
+    /// Every entry of the tar, in tar order.
+    pub listing: Listing,
 }
 
 /// Writes `entries` (as returned by [`normalize`]) as a compressed tar into the
@@ -345,7 +363,34 @@ pub fn write_layer(
         diff_id: DiffId(diff_id),
         size,
         media_type: format.media_type().to_string(),
+        listing: listing(entries),
     })
+}
+
+/// The listing of a tar written from `entries`: one [`Listed`] per entry, in
+/// the same order (PAX extended headers belong to the entry after them and are
+/// not listed).
+fn listing(entries: &[Entry]) -> Listing {
+    Listing {
+        entries: entries
+            .iter()
+            .map(|e| {
+                let (kind, target) = match &e.data {
+                    EntryData::File { .. } | EntryData::Bytes(_) => (PathKind::File, None),
+                    EntryData::Dir => (PathKind::Dir, None),
+                    EntryData::Symlink(t) => (PathKind::Symlink, Some(t.clone())),
+                };
+                Listed {
+                    path: e.path.clone(),
+                    kind,
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    target,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// Size of the chunks handed to the compressor.
@@ -852,15 +897,15 @@ mod tests {
         assert_eq!(gz.diff_id, zs.diff_id);
         assert_eq!(
             gz.diff_id.to_string(),
-            "sha256:2e145d91ba9bc4a666e435c134644eb9f49fbd3b4d629663d5e344f2e5df407a"
+            "sha256:837b3ec9e6d51261ef1ad96b99c7436cfaa22edb6ae9f87180b2e19ae240f4c8"
         );
         assert_eq!(
             gz.digest.to_string(),
-            "sha256:e06531727b19b083cb719a91eee2c80abdb3892067d5d85769c766c3c48055b8"
+            "sha256:3ba45dde749311457ba5e2ca1b5b098ef0f91ac026775d3fd79d41428c607b90"
         );
         assert_eq!(
             zs.digest.to_string(),
-            "sha256:0b4e8c1608c84fa16f7f605e31c89cefeb80e908ec3fc8be686122c7c5e0e04d"
+            "sha256:fc19fe4fb1b5f28ddacb2786ad88224d8f2647126fd2d29c8f676c20d4d11aa3"
         );
         assert_eq!(gz.media_type, MEDIA_TYPE_GZIP);
         assert_eq!(zs.media_type, MEDIA_TYPE_ZSTD);
@@ -1099,18 +1144,12 @@ mod tests {
             Option<&'a str>,
             &'a [u8],
         );
+        // Only the declared paths: no entry for `app/`, `etc/`, `usr/bin/`...
         let expect: Vec<Row> = vec![
-            ("app/", D, 0o755, 0, 0, 0, None, b""),
             ("app/current", S, 0o777, 0, 0, 0, Some("/app/server"), b""),
             ("app/server", R, 0o644, 0, 0, 6, None, b"binary"),
-            ("etc/", D, 0o755, 0, 0, 0, None, b""),
-            ("etc/app/", D, 0o755, 0, 0, 0, None, b""),
             ("etc/app/version", R, 0o644, 0, 0, 6, None, b"1.2.3\n"),
-            ("usr/", D, 0o755, 0, 0, 0, None, b""),
-            ("usr/bin/", D, 0o755, 0, 0, 0, None, b""),
             ("usr/bin/tool", R, 0o4755, 0, 0, 10, None, b"#!/bin/sh\n"),
-            ("var/", D, 0o755, 0, 0, 0, None, b""),
-            ("var/lib/", D, 0o755, 0, 0, 0, None, b""),
             ("var/lib/app/", D, 0o700, 10001, 10001, 0, None, b""),
         ];
         assert_eq!(seen.len(), expect.len());
@@ -1124,22 +1163,115 @@ mod tests {
     }
 
     #[test]
-    fn sorting_parents_and_duplicates() {
+    fn sorting_and_duplicates() {
         let n = normalize(vec![
             file("b", "x"),
             file("a-b", "x"),
             file("a/z", "x"),
             file("a/b", "x"),
             file("a/b", "x"), // exact duplicate: dropped
+            e("a", EntryData::Dir, 0o700),
         ])
         .unwrap();
         let paths: Vec<&str> = n.iter().map(|e| e.path.as_str()).collect();
+        // Bytewise: a declared parent comes before its children.
         assert_eq!(paths, ["a", "a-b", "a/b", "a/z", "b"]);
         assert_eq!(n[0].data, EntryData::Dir);
-        assert_eq!((n[0].mode, n[0].uid, n[0].gid), (0o755, 0, 0));
-        // An explicit dir overrides the implicit one, in any order.
-        let n = normalize(vec![file("tmp/x", "x"), e("tmp", EntryData::Dir, 0o1777)]).unwrap();
-        assert_eq!(n[0].mode, 0o1777);
+        assert_eq!(n[0].mode, 0o700);
+    }
+
+    /// A layer holding `/tmp/x`, `/home/app/.profile` and
+    /// `/lib/x86_64-linux-gnu/libfoo.so.1` must not carry entries for `tmp`,
+    /// `home`, `home/app`, `lib` or `lib/x86_64-linux-gnu`: each would replace
+    /// the base's (a sticky `/tmp`, an app-owned home, the merged-/usr
+    /// symlink `/lib`) when the layers are unpacked.
+    #[test]
+    fn normalize_adds_no_implicit_parents() {
+        let n = normalize(vec![
+            file("tmp/x", "x"),
+            file("home/app/.profile", "p"),
+            file("lib/x86_64-linux-gnu/libfoo.so.1", "elf"),
+        ])
+        .unwrap();
+        let paths: Vec<&str> = n.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "home/app/.profile",
+                "lib/x86_64-linux-gnu/libfoo.so.1",
+                "tmp/x"
+            ]
+        );
+        // and the tar holds exactly those three entries, listed as written
+        let (_d, cas) = cas();
+        let out = write_layer(&n, &LayerFormat::default_for(Compression::Gzip), 0, &cas).unwrap();
+        let tar = decompress(&cas, &out);
+        let names: Vec<String> = tar::Archive::new(&tar[..])
+            .entries()
+            .unwrap()
+            .map(|en| String::from_utf8(en.unwrap().path_bytes().to_vec()).unwrap())
+            .collect();
+        assert_eq!(names, paths);
+        let listed: Vec<&str> = out
+            .listing
+            .entries
+            .iter()
+            .map(|l| l.path.as_str())
+            .collect();
+        assert_eq!(listed, paths);
+    }
+
+    /// The listing is one entry per tar entry, in tar order, with the type,
+    /// mode, owner and link target the tar holds (read back with the `tar` crate).
+    #[test]
+    fn listing_matches_the_tar() {
+        let (_d, cas) = cas();
+        let long = format!("{}/{}", "d".repeat(60), "f".repeat(120));
+        let mut entries = fixture();
+        entries.push(e(&long, EntryData::Bytes(b"long".to_vec()), 0o600));
+        let entries = normalize(entries).unwrap();
+        let out = write_layer(
+            &entries,
+            &LayerFormat::default_for(Compression::Zstd),
+            0,
+            &cas,
+        )
+        .unwrap();
+        let tar = decompress(&cas, &out);
+        let mut from_tar = Vec::new();
+        for en in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let en = en.unwrap();
+            let h = en.header();
+            let kind = match h.entry_type() {
+                tar::EntryType::Directory => PathKind::Dir,
+                tar::EntryType::Regular => PathKind::File,
+                tar::EntryType::Symlink => PathKind::Symlink,
+                other => panic!("unexpected {other:?}"),
+            };
+            let path = String::from_utf8(en.path_bytes().to_vec()).unwrap();
+            from_tar.push(Listed {
+                path: path.trim_end_matches('/').to_string(),
+                kind,
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap() as u32,
+                gid: h.gid().unwrap() as u32,
+                target: h
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned()),
+            });
+        }
+        assert_eq!(from_tar.len(), 6);
+        assert_eq!(out.listing.entries, from_tar);
+        // The listing of `write_layer` is a function of the entries alone.
+        let again = write_layer(
+            &entries,
+            &LayerFormat::default_for(Compression::Gzip),
+            9,
+            &cas,
+        )
+        .unwrap();
+        assert_eq!(again.listing, out.listing);
     }
 
     #[test]
@@ -1222,7 +1354,6 @@ mod tests {
             got,
             vec![
                 ("big-ids".to_string(), None, 3_000_000, 4_000_000),
-                (format!("{long_dir}/"), None, 0, 0),
                 (long.clone(), None, 0, 0),
                 ("link".to_string(), Some(target), 0, 0),
             ]

@@ -228,9 +228,6 @@ fn copy_from_a_layer_target_rebases_its_files() {
     assert_eq!(
         listing,
         [
-            "opt/",
-            "opt/bundle/",
-            "opt/bundle/app/",
             "opt/bundle/app/run.sh",
             "opt/bundle/app/src/",
             "opt/bundle/app/src/lib/",

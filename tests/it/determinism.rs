@@ -107,7 +107,7 @@ fn golden_digests_of_the_small_fixture() {
     let images = ev.images();
     assert_eq!(
         images["//base:base"],
-        "sha256:f8ca4f71bc779370695f0d13d0ce2da3381bbac40b9c22614751a2b994c5a164"
+        "sha256:f84a77562bbd13e16c1eb4c976f80eab75b12e1fa09ea66bb813e6990c440ad6"
     );
     assert_eq!(
         images["//app:app"],
