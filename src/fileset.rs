@@ -12,11 +12,45 @@
 //! | `copy "c/*.toml" to="/etc/x/"` | each match, relative to the glob's literal directory `c`, into `/etc/x/` |
 //! | `copy ":layer" to="/a/"` | every entry of that layer, re-rooted under `/a/` |
 //!
+//! Only what the spec declares becomes an entry: `copy "f" to="/a/b"` gives
+//! the one entry `a/b`, not `a` (see [`crate::layer`] on why a layer never
+//! carries undeclared parents).
+//!
 //! Files get their mode from the spec, else 0755 if any executable bit is set and
 //! 0644 otherwise, whatever the checkout's umask; directories get 0755; owner is
-//! the entry's, else the layer's, else `0:0`. Symlinks are copied as symlinks and
-//! never followed, and a source reached through a symlink that leaves the
-//! workspace is refused.
+//! the entry's, else the layer's, else `0:0`. The entries of a copied layer
+//! (`copy ":layer"`) keep the modes and owners their own layer gave them, except
+//! that the `copy`'s `mode` applies to its files and its `owner` to all of them;
+//! its `exclude` is refused by the parser (patterns are source paths, and a
+//! layer's entries are not).
+//!
+//! # Confinement
+//!
+//! The workspace may be hostile (a cloned repository can ship any symlink), so
+//! nothing outside it is ever read:
+//!
+//! - A source path is resolved by its words ([`ws_path`]: `..` and `.` by name),
+//!   then its parent directories are checked: if one of them is a symlink, the
+//!   resolved parent must still be inside the workspace ([`confine`]). The
+//!   source itself is never followed: a symlink is copied as a symlink.
+//! - A glob's literal directory (`ext` in `ext/*.txt`) is walked, so it is
+//!   checked like the parents, itself included. The walk follows no link below
+//!   it, so everything it finds is inside.
+//! - A copied directory is listed with `lstat`: a symlink found in it (to a
+//!   directory outside, to `/dev/zero`) is copied as a symlink, never followed;
+//!   a FIFO, socket or device is refused, never opened.
+//!
+//! A name that would be copied must be UTF-8: keys, tar headers and listings
+//! hold UTF-8 paths, and a lossy conversion would copy a file under another
+//! name (or, joined back, not find it). Such a name is refused with the
+//! directory and its escaped bytes; one that is excluded or not matched is no
+//! problem, since globs and `exclude` patterns match the raw bytes.
+//!
+//! Every `exclude` pattern must leave something out. A pattern is relative to
+//! the package, like the source; written relative to the copied directory
+//! instead, it would match nothing and silently let everything through.
+//!
+//! # Hashing
 //!
 //! Hashing goes through the file-hash memo: a file whose stat data (size, mtime,
 //! inode, mode) matches the memo is not re-read. The stat data itself never enters
@@ -34,7 +68,9 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use miette::SourceSpan;
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -123,6 +159,26 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// The workspace-relative path of `rel`, a source path of `package` as the
+/// parser normalized it (`..` only at its start, never above the workspace;
+/// `.` for the package directory): `..` and `.` are resolved by name, so
+/// `services/api` + `../shared/certs` is `shared/certs`. What a path names is
+/// decided by its words, never by where a symlink on the way happens to point
+/// (that is [`confine`]'s business). Empty for the workspace root.
+fn ws_path(package: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = package.split('/').filter(|c| !c.is_empty()).collect();
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
 fn entry(path: String, data: EntryData, mode: u32, owner: Owner) -> Entry {
     Entry {
         path,
@@ -173,11 +229,11 @@ fn expand_entry(
         } => {
             let into_dir = to.value.ends_with('/');
             let dest = image_path(&to.value);
-            let opts = CopyOpts {
+            let mut opts = CopyOpts {
                 package,
                 mode: mode_of(mode),
                 owner: owner_of(spec, owner),
-                excludes: build_excludes(exclude, file)?,
+                excludes: Excludes::new(exclude, file)?,
             };
             match &src.value {
                 CopySource::Target(label) => {
@@ -187,24 +243,42 @@ fn expand_entry(
                     })?;
                     let mut inner = Vec::new();
                     expand_into(ctx, dep, &mut inner)?;
+                    // The entries keep what their own layer gave them, except
+                    // what this `copy` sets: `mode` for files, `owner` for all.
+                    let own = owner.as_ref().map(|o| o.value);
                     for mut p in inner {
                         p.entry.path = join(&dest, &p.entry.path);
+                        if let (Some(m), EntryData::File { .. } | EntryData::Bytes(_)) =
+                            (opts.mode, &p.entry.data)
+                        {
+                            p.entry.mode = m;
+                        }
+                        if let Some(o) = own {
+                            p.entry.uid = o.uid;
+                            p.entry.gid = o.gid;
+                        }
                         out.push(p);
                     }
                 }
                 CopySource::Path(rel) => {
-                    let ws_rel = join(package, rel);
+                    let ws_rel = ws_path(package, rel);
                     let abs = checked_source(ctx, &ws_rel, file, src.span)?;
-                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    let name = ws_rel.rsplit('/').next().unwrap_or(&ws_rel);
                     let target = if into_dir { join(&dest, name) } else { dest };
-                    copy_path(&abs, &ws_rel, &target, &opts, out)
+                    copy_path(&abs, &ws_rel, rel, &target, &mut opts, out)
                         .map_err(|d| d.at(file, src.span))?;
                 }
                 CopySource::Glob(pattern) => {
-                    copy_glob(ctx, pattern, &dest, &opts, out).map_err(|d| d.at(file, src.span))?;
+                    copy_glob(ctx, pattern, &dest, &mut opts, out)
+                        .map_err(|d| d.at(file, src.span))?;
                 }
             }
-            return Ok(());
+            let dir = match &src.value {
+                CopySource::Path(rel) => rel.as_str(),
+                CopySource::Glob(pattern) => glob_base(pattern),
+                CopySource::Target(_) => "",
+            };
+            return opts.excludes.all_used(dir);
         }
     };
     out.push(Planned {
@@ -214,13 +288,79 @@ fn expand_entry(
     Ok(())
 }
 
-fn build_excludes(exclude: &[Spanned<String>], file: FileId) -> Result<GlobSet, Diag> {
-    let mut b = GlobSetBuilder::new();
-    for x in exclude {
-        b.add(glob(&x.value).map_err(|d| d.at(file, x.span))?);
+/// The `exclude` patterns of one `copy`, and which of them excluded something:
+/// a pattern that excludes nothing is an error (most often it was written
+/// relative to the copied directory instead of the package, and so silently
+/// let everything through).
+struct Excludes<'a> {
+    set: GlobSet,
+    patterns: &'a [Spanned<String>],
+    file: FileId,
+    used: Vec<bool>,
+    hits: Vec<usize>,
+}
+
+impl<'a> Excludes<'a> {
+    fn new(patterns: &'a [Spanned<String>], file: FileId) -> Result<Self, Diag> {
+        let mut b = GlobSetBuilder::new();
+        for x in patterns {
+            b.add(glob(&x.value).map_err(|d| d.at(file, x.span))?);
+        }
+        let set = b
+            .build()
+            .map_err(|e| Diag::new(Code::InvalidValue, format!("bad exclude pattern: {e}")))?;
+        Ok(Excludes {
+            set,
+            patterns,
+            file,
+            used: vec![false; patterns.len()],
+            hits: Vec::new(),
+        })
     }
-    b.build()
-        .map_err(|e| Diag::new(Code::InvalidValue, format!("bad exclude pattern: {e}")))
+
+    /// Whether `pkg_rel` (package-relative, as its bytes) is excluded; records
+    /// which patterns matched.
+    fn excludes(&mut self, pkg_rel: &Path) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        self.set.matches_into(pkg_rel, &mut self.hits);
+        for &i in &self.hits {
+            self.used[i] = true;
+        }
+        !self.hits.is_empty()
+    }
+
+    /// An error at the first pattern that excluded nothing. `dir` is the
+    /// package-relative directory the `copy` reads (its source, or a glob's
+    /// literal directory), to suggest the pattern written relative to it.
+    fn all_used(&self, dir: &str) -> Result<(), Diag> {
+        let Some(i) = self.used.iter().position(|u| !u) else {
+            return Ok(());
+        };
+        let x = &self.patterns[i];
+        let help = if dir.is_empty() || dir == "." || x.value.starts_with(&format!("{dir}/")) {
+            "exclude patterns are relative to the directory of the BUILD.kdl, like the \
+             source, and must match something the `copy` would copy"
+                .to_string()
+        } else {
+            format!(
+                "exclude patterns are relative to the directory of the BUILD.kdl, like the \
+                 source: did you mean `{dir}/{}`?",
+                x.value
+            )
+        };
+        Err(Diag::new(
+            Code::SourceMissing,
+            format!(
+                "exclude pattern `{}` matches nothing that this `copy` copies",
+                x.value
+            ),
+        )
+        .at(self.file, x.span)
+        .label("excludes nothing")
+        .help(help))
+    }
 }
 
 fn glob(pattern: &str) -> Result<Glob, Diag> {
@@ -232,7 +372,8 @@ fn glob(pattern: &str) -> Result<Glob, Diag> {
 }
 
 /// The absolute path of a workspace-relative source, refusing one that does not
-/// exist or whose parent directory resolves (through symlinks) outside the workspace.
+/// exist or whose parent directory resolves (through symlinks) outside the
+/// workspace. The source itself is not followed: a symlink is copied as one.
 fn checked_source(
     ctx: &Ctx<'_>,
     ws_rel: &str,
@@ -249,25 +390,46 @@ fn checked_source(
         .label("not found")
         .help("source paths are relative to the directory of the BUILD.kdl"));
     }
-    // Only a symlink on the way can lead outside: lstat the parents inside the
-    // workspace, and resolve the path fully only if one of them is a link.
+    confine(ctx, ws_rel, false)
+        .map_err(|()| {
+            Diag::new(
+                Code::PathEscapes,
+                format!("source `{ws_rel}` resolves outside the workspace through a symlink"),
+            )
+            .at(file, span)
+        })
+        .map(|()| abs)
+}
+
+/// Checks that following `ws_rel`'s symlinks keeps inside the workspace: its
+/// parent directories, and the path itself too if `follow_last` (a glob's base
+/// directory, which is walked). Only a symlink on the way can lead outside, so
+/// the components are `lstat`ed, and the path is resolved fully only if one of
+/// them is a link (a link inside the workspace to elsewhere inside it is
+/// fine). A path that does not resolve (missing, a dangling link) is not
+/// refused here: whoever reads it finds it missing.
+fn confine(ctx: &Ctx<'_>, ws_rel: &str, follow_last: bool) -> Result<(), ()> {
+    let comps: Vec<&str> = ws_rel.split('/').filter(|c| !c.is_empty()).collect();
+    let followed = if follow_last {
+        &comps[..]
+    } else {
+        &comps[..comps.len().saturating_sub(1)]
+    };
     let mut prefix = ctx.root.to_path_buf();
-    let parents: Vec<&str> = ws_rel.split('/').collect();
-    let through_link = parents[..parents.len().saturating_sub(1)].iter().any(|c| {
+    let through_link = followed.iter().any(|c| {
         prefix.push(c);
         std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink())
     });
     if !through_link {
-        return Ok(abs);
+        return Ok(());
     }
-    let parent = abs.parent().unwrap_or(ctx.root);
-    match parent.canonicalize() {
-        Ok(p) if p.starts_with(ctx.canonical_root) => Ok(abs),
-        _ => Err(Diag::new(
-            Code::PathEscapes,
-            format!("source `{ws_rel}` resolves outside the workspace through a symlink"),
-        )
-        .at(file, span)),
+    let mut resolved = ctx.root.to_path_buf();
+    resolved.extend(followed);
+    match resolved.canonicalize() {
+        Ok(p) if p.starts_with(ctx.canonical_root) => Ok(()),
+        Ok(_) => Err(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => Err(()),
     }
 }
 
@@ -287,14 +449,51 @@ struct CopyOpts<'a> {
     mode: Option<u32>,
     owner: Owner,
     /// `exclude` globs, matched against package-relative paths.
-    excludes: GlobSet,
+    excludes: Excludes<'a>,
 }
 
+/// The error for a name found in the directory `dir_ws_rel` that is not
+/// UTF-8. imgc's paths (in keys, tar headers, listings) are UTF-8, and a lossy
+/// conversion would silently copy a file under another name (or, joined back,
+/// not find it at all), so such a name is refused if it would be copied.
+fn not_utf8(name: &OsStr, dir_ws_rel: &str) -> Diag {
+    Diag::new(
+        Code::SourceMissing,
+        format!(
+            "`{}` holds a file name that is not valid UTF-8: `{}`",
+            if dir_ws_rel.is_empty() {
+                "."
+            } else {
+                dir_ws_rel
+            },
+            name.as_bytes().escape_ascii()
+        ),
+    )
+    .help("imgc stores paths as UTF-8: rename the file, or leave it out with `exclude`")
+}
+
+/// [`not_utf8`] for the first component of `rel` (below `dir_ws_rel`) that
+/// is not UTF-8.
+fn not_utf8_below(dir_ws_rel: &str, rel: &Path) -> Diag {
+    let mut dir = dir_ws_rel.to_string();
+    for c in rel.iter() {
+        match c.to_str() {
+            Some(s) => dir = join(&dir, s),
+            None => return not_utf8(c, &dir),
+        }
+    }
+    not_utf8(rel.as_os_str(), dir_ws_rel)
+}
+
+/// Copies the file, symlink or directory (recursively) at `abs`.
+/// `ws_rel` is its workspace-relative path, `pkg_rel` its package-relative
+/// one (what `exclude` patterns match), `dest` its in-image path.
 fn copy_path(
     abs: &Path,
     ws_rel: &str,
+    pkg_rel: &str,
     dest: &str,
-    opts: &CopyOpts<'_>,
+    opts: &mut CopyOpts<'_>,
     out: &mut Vec<Planned>,
 ) -> Result<(), Diag> {
     let owner = opts.owner;
@@ -308,13 +507,18 @@ fn copy_path(
                 format!("cannot read the symlink `{ws_rel}`: {e}"),
             )
         })?;
+        let target = target.into_os_string().into_string().map_err(|t| {
+            Diag::new(
+                Code::SourceMissing,
+                format!(
+                    "the symlink `{ws_rel}` points to a path that is not valid UTF-8: `{}`",
+                    t.as_bytes().escape_ascii()
+                ),
+            )
+            .help("imgc stores paths as UTF-8: change the link, or leave it out with `exclude`")
+        })?;
         out.push(Planned {
-            entry: entry(
-                dest.to_string(),
-                EntryData::Symlink(target.to_string_lossy().into_owned()),
-                0o777,
-                owner,
-            ),
+            entry: entry(dest.to_string(), EntryData::Symlink(target), 0o777, owner),
             source: None,
         });
     } else if ft.is_file() {
@@ -338,25 +542,32 @@ fn copy_path(
             entry: entry(dest.to_string(), EntryData::Dir, 0o755, owner),
             source: None,
         });
-        let mut children: Vec<_> = std::fs::read_dir(abs)
-            .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}")))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
+        let cannot_list = |e: std::io::Error| {
+            Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}"))
+        };
+        let mut children = Vec::new();
+        for child in std::fs::read_dir(abs).map_err(cannot_list)? {
+            children.push(child.map_err(cannot_list)?.file_name());
+        }
         children.sort();
         for name in children {
-            let name = name.to_string_lossy().into_owned();
-            let child_rel = format!("{ws_rel}/{name}");
-            let pkg_rel = child_rel
-                .strip_prefix(opts.package)
-                .unwrap_or(&child_rel)
-                .trim_start_matches('/');
-            if opts.excludes.is_match(pkg_rel) {
+            let child_pkg = Path::new(pkg_rel).join(&name);
+            if opts.excludes.excludes(&child_pkg) {
                 continue;
             }
-            copy_path(&abs.join(&name), &child_rel, &join(dest, &name), opts, out)?;
+            let name = name.to_str().ok_or_else(|| not_utf8(&name, ws_rel))?;
+            copy_path(
+                &abs.join(name),
+                &join(ws_rel, name),
+                &join(pkg_rel, name),
+                &join(dest, name),
+                opts,
+                out,
+            )?;
         }
     } else {
+        // A FIFO, socket or device: never opened (a FIFO would block, a
+        // device would be read without end).
         return Err(Diag::new(
             Code::SourceMissing,
             format!("source `{ws_rel}` is not a regular file, directory or symlink"),
@@ -365,22 +576,41 @@ fn copy_path(
     Ok(())
 }
 
+/// The literal directory of a glob: its components before the first one
+/// holding a metacharacter (empty for the package directory).
+fn glob_base(pattern: &str) -> &str {
+    let mut end = 0;
+    for c in pattern.split('/') {
+        if c.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        end += c.len() + 1;
+    }
+    &pattern[..end.saturating_sub(1).min(pattern.len())]
+}
+
 fn copy_glob(
     ctx: &Ctx<'_>,
     pattern: &str,
     dest: &str,
-    opts: &CopyOpts<'_>,
+    opts: &mut CopyOpts<'_>,
     out: &mut Vec<Planned>,
 ) -> Result<(), Diag> {
     let package = opts.package;
     let matcher = glob(pattern)?.compile_matcher();
-    // The literal directory before the first component holding a metacharacter.
-    let base: Vec<&str> = pattern
-        .split('/')
-        .take_while(|c| !c.contains(['*', '?', '[', '{']))
-        .collect();
-    let base = base.join("/");
-    let base_abs = ctx.root.join(join(package, &base));
+    let base = glob_base(pattern);
+    let base_ws = ws_path(package, base);
+    // The walk follows the base directory itself if it is a symlink (and no
+    // link below it): the base is confined like a source's parents.
+    confine(ctx, &base_ws, true).map_err(|()| {
+        Diag::new(
+            Code::PathEscapes,
+            format!(
+                "glob `{pattern}` searches `{base_ws}`, which resolves outside the workspace through a symlink"
+            ),
+        )
+    })?;
+    let base_abs = ctx.root.join(&base_ws);
     let mut matched = 0usize;
     if base_abs.is_dir() {
         let walker = walkdir::WalkDir::new(&base_abs)
@@ -391,7 +621,7 @@ fn copy_glob(
             let item = item.map_err(|e| {
                 Diag::new(
                     Code::SourceMissing,
-                    format!("cannot read below `{}`: {e}", join(package, &base)),
+                    format!("cannot read below `{base_ws}`: {e}"),
                 )
             })?;
             if item.depth() == 0 || item.file_type().is_dir() {
@@ -400,14 +630,24 @@ fn copy_glob(
             let Ok(rel_to_base) = item.path().strip_prefix(&base_abs) else {
                 continue;
             };
-            let rel_to_base = rel_to_base.to_string_lossy().replace('\\', "/");
-            let pkg_rel = join(&base, &rel_to_base);
-            if !matcher.is_match(&pkg_rel) || opts.excludes.is_match(&pkg_rel) {
+            // Matched as bytes: a name that is not UTF-8 is refused only if it
+            // would be copied.
+            let pkg_rel_path = Path::new(base).join(rel_to_base);
+            if !matcher.is_match(&pkg_rel_path) || opts.excludes.excludes(&pkg_rel_path) {
                 continue;
             }
+            let rel_to_base = rel_to_base
+                .to_str()
+                .ok_or_else(|| not_utf8_below(&base_ws, rel_to_base))?;
             matched += 1;
-            let ws_rel = join(package, &pkg_rel);
-            copy_path(item.path(), &ws_rel, &join(dest, &rel_to_base), opts, out)?;
+            copy_path(
+                item.path(),
+                &join(&base_ws, rel_to_base),
+                &join(base, rel_to_base),
+                &join(dest, rel_to_base),
+                opts,
+                out,
+            )?;
         }
     }
     if matched == 0 {
@@ -482,4 +722,34 @@ pub fn hash_files<'a>(
         out.hashes.insert(rel.to_string(), key);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_paths_resolve_dots_by_name() {
+        assert_eq!(
+            ws_path("services/api", "bin/server"),
+            "services/api/bin/server"
+        );
+        assert_eq!(
+            ws_path("services/api", "../shared/certs"),
+            "services/shared/certs"
+        );
+        assert_eq!(ws_path("services/api", "../../top"), "top");
+        assert_eq!(ws_path("services/api", "."), "services/api");
+        assert_eq!(ws_path("", "a/b"), "a/b");
+        assert_eq!(ws_path("", "."), "");
+    }
+
+    #[test]
+    fn glob_base_is_the_literal_directory() {
+        assert_eq!(glob_base("*.txt"), "");
+        assert_eq!(glob_base("conf/*.toml"), "conf");
+        assert_eq!(glob_base("a/b/**/*.html"), "a/b");
+        assert_eq!(glob_base("../shared/{a,b}/x"), "../shared");
+        assert_eq!(glob_base("a[0-9]/x"), "");
+    }
 }

@@ -500,6 +500,25 @@ impl Build<'_, '_> {
         let mode = self.mode(&parts);
         let owner = self.owner(&parts);
         let exclude = self.exclude(&parts);
+        if let (
+            Some(Spanned {
+                value: CopySource::Target(l),
+                ..
+            }),
+            Some(x),
+        ) = (&src, exclude.first())
+        {
+            let d = self.cx.diag(
+                Code::InvalidValue,
+                x.span,
+                "`exclude` does not apply to a `copy` of a target's outputs".to_string(),
+                "not with a label",
+            );
+            self.cx.push(d.help(format!(
+                "`exclude` patterns are source paths; leave the files out of `{l}` itself"
+            )));
+            return None;
+        }
         Some(LayerEntry::Copy {
             src: src?,
             to: to?,

@@ -668,3 +668,15 @@ image "i" {
         )]
     );
 }
+
+#[test]
+fn copy_of_a_label_with_exclude_is_rejected() {
+    let text = r#"layer "l" { copy ":other" to="/opt/" exclude="x/*.txt" mode="0600" }"#;
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::InvalidValue);
+    assert_eq!(spanned_text(text, &d), "\"x/*.txt\"");
+    assert!(d.message.contains("`exclude`"), "{}", d.message);
+    // `mode` and `owner` apply to a label's outputs: no diagnostic.
+    let (_, diags) = build(r#"layer "l" { copy ":other" to="/opt/" mode="0600" owner="1:1" }"#);
+    assert!(diags.is_empty(), "{diags:#?}");
+}

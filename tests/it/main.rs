@@ -8,5 +8,6 @@ mod cli;
 mod conformance;
 mod determinism;
 mod diagnostics;
+mod layers;
 mod parse_cache;
 mod robustness;

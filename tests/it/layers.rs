@@ -1,0 +1,495 @@
+//! Layers hold exactly what their spec declares, read from inside the workspace
+//! only: no entry for an undeclared parent (it would replace the base's), no
+//! file reached through a symlink that leaves the workspace, no special file
+//! read, no name silently changed, no option silently ignored.
+
+use crate::support::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+/// One entry of a layer tar, as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TarEntry {
+    path: String,
+    kind: tar::EntryType,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    link: Option<String>,
+    body: Vec<u8>,
+}
+
+/// The entries of the last layer of the image at `layout` (gzip layers).
+fn last_layer(layout: &Path) -> Vec<TarEntry> {
+    let digests = layer_field(layout, "digest");
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digests.last().unwrap().trim_start_matches("sha256:"));
+    let file = std::fs::File::open(blob).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let h = e.header().clone();
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+            TarEntry {
+                path: String::from_utf8(e.path_bytes().to_vec()).unwrap(),
+                kind: h.entry_type(),
+                mode: h.mode().unwrap(),
+                uid: h.uid().unwrap(),
+                gid: h.gid().unwrap(),
+                link: h
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned()),
+                body,
+            }
+        })
+        .collect()
+}
+
+fn paths(entries: &[TarEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.path.as_str()).collect()
+}
+
+/// A workspace with one package `pkg` whose BUILD.kdl is `build`, plus an
+/// image `//pkg:img` on scratch made of the layer `//pkg:l`.
+fn one_layer_ws(layer_body: &str) -> Ws {
+    Ws::new(&[
+        ("imgc.kdl", "workspace {}\n"),
+        (
+            "pkg/BUILD.kdl",
+            &format!(
+                "layer \"l\" {{\n{layer_body}\n}}\nimage \"img\" {{\n    from \"scratch\"\n    layers \":l\"\n}}\n"
+            ),
+        ),
+    ])
+}
+
+/// Builds and expects a failure; returns stderr.
+fn build_fails(ws: &Ws) -> String {
+    let out = ws.run(&["build"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!ws.layout("pkg", "img").exists());
+    stderr(&out)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The base of the issue: a sticky `/tmp`, an app-owned `/home/app`, and the
+/// merged-/usr symlink `/lib -> usr/lib`; a static `cat` to run. The service
+/// layer holds a file below each of them and declares none of them.
+fn base_and_service_ws() -> Ws {
+    let ws = Ws::new(&[
+        ("imgc.kdl", "workspace {}\n"),
+        (
+            "base/BUILD.kdl",
+            r#"
+layer "root" {
+    copy "cat" to="/bin/cat" mode="0755"
+    dir "/tmp" mode="1777"
+    dir "/home/app" owner="10001:10001"
+    dir "/usr/lib"
+    symlink "/lib" target="usr/lib"
+}
+image "base" {
+    from "scratch"
+    layers ":root"
+    entrypoint "/bin/cat"
+}
+"#,
+        ),
+        (
+            "svc/BUILD.kdl",
+            r#"
+layer "files" {
+    text "/tmp/x" "tmp file\n"
+    text "/home/app/.profile" "export APP=1\n"
+    copy "libfoo.so.1" to="/lib/x86_64-linux-gnu/libfoo.so.1"
+}
+image "svc" {
+    from "//base:base"
+    layers ":files"
+    cmd "/lib/x86_64-linux-gnu/libfoo.so.1" "/usr/lib/x86_64-linux-gnu/libfoo.so.1" "/tmp/x" "/home/app/.profile"
+}
+"#,
+        ),
+        ("svc/libfoo.so.1", "not really an ELF library\n"),
+    ]);
+    std::fs::copy(
+        spec_examples().join("bases/runtime/bin/cat"),
+        ws.path("base/cat"),
+    )
+    .unwrap();
+    ws
+}
+
+#[test]
+fn layers_leave_undeclared_parents_to_the_base() {
+    assert!(have("umoci"), "`umoci` is not installed");
+    let ws = base_and_service_ws();
+    ws.build(&[]);
+    let layout = ws.layout("svc", "svc");
+
+    // The service layer holds its three files and nothing else.
+    let svc = last_layer(&layout);
+    assert_eq!(
+        paths(&svc),
+        [
+            "home/app/.profile",
+            "lib/x86_64-linux-gnu/libfoo.so.1",
+            "tmp/x"
+        ]
+    );
+
+    let bundle = tempfile::tempdir().unwrap();
+    let b = bundle.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&b));
+    let rootfs = b.join("rootfs");
+    let tmp = std::fs::symlink_metadata(rootfs.join("tmp")).unwrap();
+    assert!(tmp.is_dir());
+    assert_eq!(
+        tmp.permissions().mode() & 0o7777,
+        0o1777,
+        "/tmp lost its sticky bit"
+    );
+    let home = std::fs::symlink_metadata(rootfs.join("home/app")).unwrap();
+    assert_eq!(
+        (home.uid(), home.gid()),
+        (10001, 10001),
+        "/home/app changed owner"
+    );
+    let lib = std::fs::symlink_metadata(rootfs.join("lib")).unwrap();
+    assert!(lib.file_type().is_symlink(), "/lib is no longer a symlink");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("lib")).unwrap(),
+        Path::new("usr/lib")
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("usr/lib/x86_64-linux-gnu/libfoo.so.1")).unwrap(),
+        b"not really an ELF library\n"
+    );
+    assert_eq!(std::fs::read(rootfs.join("tmp/x")).unwrap(), b"tmp file\n");
+
+    // And a process in the image reads the library through `/lib` and at its
+    // real place, and the files in `/tmp` and `/home/app`.
+    if !have("runc") {
+        panic!("`runc` is not installed");
+    }
+    let cfg_path = b.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    if let Some(p) = cfg["process"].as_object_mut() {
+        p.remove("rlimits");
+        p.insert("terminal".into(), serde_json::Value::Bool(false));
+    }
+    if let Some(l) = cfg["linux"].as_object_mut() {
+        l.remove("resources");
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let out = run(Command::new("runc")
+        .arg("--root")
+        .arg(bundle.path().join("runc-root"))
+        .args(["run", "--bundle"])
+        .arg(&b)
+        .arg(format!("imgc-layers-{}", std::process::id())));
+    assert_eq!(
+        out,
+        "not really an ELF library\nnot really an ELF library\ntmp file\nexport APP=1\n"
+    );
+}
+
+#[test]
+fn glob_through_a_symlinked_directory_outside_the_workspace_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("a.txt"), "outside secret\n").unwrap();
+    std::fs::create_dir(outside.path().join("sub")).unwrap();
+    std::fs::write(outside.path().join("sub/b.txt"), "outside secret\n").unwrap();
+    for (body, base) in [
+        (r#"copy "ext/*.txt" to="/x/""#, "pkg/ext"),
+        (r#"copy "ext/**/*.txt" to="/x/""#, "pkg/ext"),
+        (r#"copy "ext/sub/*.txt" to="/x/""#, "pkg/ext/sub"),
+        (r#"copy "deep/ext/*.txt" to="/x/""#, "pkg/deep/ext"),
+    ] {
+        let ws = one_layer_ws(body);
+        std::os::unix::fs::symlink(outside.path(), ws.path("pkg/ext")).unwrap();
+        std::fs::create_dir(ws.path("pkg/deep")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.path("pkg/deep/ext")).unwrap();
+        let err = build_fails(&ws);
+        assert!(err.contains("E008"), "{body}: {err}");
+        assert!(
+            err.contains(&format!("`{base}`, which resolves outside the workspace")),
+            "{body}: {err}"
+        );
+        assert!(err.contains("pkg/BUILD.kdl:2:"), "{body}: {err}");
+        // The direct form was already refused.
+        let ws = one_layer_ws(r#"copy "ext/a.txt" to="/x/a.txt""#);
+        std::os::unix::fs::symlink(outside.path(), ws.path("pkg/ext")).unwrap();
+        assert!(build_fails(&ws).contains("E008"));
+    }
+    // A symlinked glob base that stays inside the workspace is fine.
+    let ws = one_layer_ws(r#"copy "ext/*.txt" to="/x/""#);
+    ws.write("shared/a.txt", "inside\n");
+    std::os::unix::fs::symlink("../shared", ws.path("pkg/ext")).unwrap();
+    ws.build(&[]);
+    let entries = last_layer(&ws.layout("pkg", "img"));
+    assert_eq!(paths(&entries), ["x/a.txt"]);
+    assert_eq!(entries[0].body, b"inside\n");
+}
+
+#[test]
+fn symlinks_inside_copied_directories_are_copied_as_links_never_followed() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside secret\n").unwrap();
+    let ws = one_layer_ws(
+        r#"    copy "d" to="/d"
+    copy "g/*" to="/g/""#,
+    );
+    for dir in ["pkg/d", "pkg/g"] {
+        ws.write(&format!("{dir}/f.txt"), "inside\n");
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, ws.path(&format!("{dir}/{name}"))).unwrap()
+        };
+        link(outside.path(), "out-dir");
+        link(&outside.path().join("secret.txt"), "out-file");
+        link(Path::new("/dev/zero"), "zero");
+    }
+    ws.build(&[]);
+    let entries = last_layer(&ws.layout("pkg", "img"));
+    let out_dir = outside.path().to_string_lossy().into_owned();
+    let out_file = outside
+        .path()
+        .join("secret.txt")
+        .to_string_lossy()
+        .into_owned();
+    let got: Vec<(&str, tar::EntryType, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.kind, e.link.as_deref()))
+        .collect();
+    use tar::EntryType::{Directory as D, Regular as R, Symlink as S};
+    assert_eq!(
+        got,
+        [
+            ("d/", D, None),
+            ("d/f.txt", R, None),
+            ("d/out-dir", S, Some(out_dir.as_str())),
+            ("d/out-file", S, Some(out_file.as_str())),
+            ("d/zero", S, Some("/dev/zero")),
+            ("g/f.txt", R, None),
+            ("g/out-dir", S, Some(out_dir.as_str())),
+            ("g/out-file", S, Some(out_file.as_str())),
+            ("g/zero", S, Some("/dev/zero")),
+        ]
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.body.is_empty() || e.body == b"inside\n")
+    );
+}
+
+#[test]
+fn special_files_in_copied_directories_are_refused_never_read() {
+    for body in [r#"copy "d" to="/d""#, r#"copy "d/*" to="/d/""#] {
+        let ws = one_layer_ws(body);
+        ws.write("pkg/d/f.txt", "inside\n");
+        let fifo = ws.path("pkg/d/pipe");
+        let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = build_fails(&ws);
+        assert!(err.contains("E019"), "{body}: {err}");
+        assert!(
+            err.contains("source `pkg/d/pipe` is not a regular file, directory or symlink"),
+            "{body}: {err}"
+        );
+    }
+}
+
+#[test]
+fn exclude_that_matches_nothing_is_an_error_at_the_pattern() {
+    // Written relative to the copied directory instead of the package.
+    let ws = one_layer_ws(r#"    copy "static" to="/s/" exclude="drafts/*""#);
+    ws.write("pkg/static/index.html", "<p>hi</p>\n");
+    ws.write("pkg/static/drafts/wip.html", "wip\n");
+    let err = build_fails(&ws);
+    assert!(err.contains("E019"), "{err}");
+    assert!(
+        err.contains("exclude pattern `drafts/*` matches nothing that this `copy` copies"),
+        "{err}"
+    );
+    // The caret is under the pattern (column 36 is its opening quote), and
+    // the help suggests it relative to the package.
+    assert!(err.contains("pkg/BUILD.kdl:2:36"), "{err}");
+    assert!(err.contains("did you mean `static/drafts/*`?"), "{err}");
+    // Written relative to the package, it excludes what it says.
+    let ws = one_layer_ws(r#"    copy "static" to="/s/" exclude="static/drafts""#);
+    ws.write("pkg/static/index.html", "<p>hi</p>\n");
+    ws.write("pkg/static/drafts/wip.html", "wip\n");
+    ws.build(&[]);
+    assert_eq!(
+        paths(&last_layer(&ws.layout("pkg", "img"))),
+        ["s/static/", "s/static/index.html"]
+    );
+    // The same for a glob: a pattern that excludes none of its matches.
+    let ws = one_layer_ws(r#"    copy "conf/*.toml" to="/etc/" exclude="conf/dev-*.conf""#);
+    ws.write("pkg/conf/a.toml", "a\n");
+    ws.write("pkg/conf/dev-a.toml", "a\n");
+    let err = build_fails(&ws);
+    assert!(err.contains("exclude pattern `conf/dev-*.conf`"), "{err}");
+    assert!(err.contains("pkg/BUILD.kdl:2:"), "{err}");
+}
+
+#[test]
+fn copy_of_a_layer_applies_its_mode_and_owner() {
+    let ws = Ws::new(&[
+        ("imgc.kdl", "workspace {}\n"),
+        (
+            "pkg/BUILD.kdl",
+            r#"
+layer "inner" {
+    owner "7:7"
+    text "/etc/a.conf" "a\n"
+    copy "run.sh" to="/bin/run.sh"
+    dir "/var/lib/x" mode="0700"
+    symlink "/bin/sh" target="run.sh"
+}
+layer "as-is" {
+    copy ":inner" to="/opt/"
+}
+layer "l" {
+    owner "9:9"
+    copy ":inner" to="/opt/" mode="0600" owner="5:6"
+}
+image "img" {
+    from "scratch"
+    layers ":l"
+}
+image "as-is-img" {
+    from "scratch"
+    layers ":as-is"
+}
+"#,
+        ),
+        ("pkg/run.sh", "#!/bin/sh\n"),
+    ]);
+    std::fs::set_permissions(
+        ws.path("pkg/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    ws.build(&[]);
+    use tar::EntryType::{Directory as D, Regular as R, Symlink as S};
+    let got = |layout: &Path| -> Vec<(String, tar::EntryType, u32, u64, u64)> {
+        last_layer(layout)
+            .into_iter()
+            .map(|e| (e.path, e.kind, e.mode, e.uid, e.gid))
+            .collect()
+    };
+    // `mode` applies to the files, `owner` to every entry.
+    assert_eq!(
+        got(&ws.layout("pkg", "img")),
+        [
+            ("opt/bin/run.sh".to_string(), R, 0o600, 5, 6),
+            ("opt/bin/sh".to_string(), S, 0o777, 5, 6),
+            ("opt/etc/a.conf".to_string(), R, 0o600, 5, 6),
+            ("opt/var/lib/x/".to_string(), D, 0o700, 5, 6),
+        ]
+    );
+    // Without them, the entries keep what their own layer gave them.
+    assert_eq!(
+        got(&ws.layout("pkg", "as-is-img")),
+        [
+            ("opt/bin/run.sh".to_string(), R, 0o755, 7, 7),
+            ("opt/bin/sh".to_string(), S, 0o777, 7, 7),
+            ("opt/etc/a.conf".to_string(), R, 0o644, 7, 7),
+            ("opt/var/lib/x/".to_string(), D, 0o700, 7, 7),
+        ]
+    );
+}
+
+#[test]
+fn copy_of_a_layer_with_exclude_is_refused_by_check() {
+    let ws = Ws::new(&[
+        ("imgc.kdl", "workspace {}\n"),
+        (
+            "pkg/BUILD.kdl",
+            "layer \"inner\" {\n    text \"/a\" \"a\\n\"\n}\nlayer \"l\" {\n    copy \":inner\" to=\"/opt/\" exclude=\"a\"\n}\n",
+        ),
+    ]);
+    let out = ws.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("E016"), "{err}");
+    assert!(
+        err.contains("`exclude` does not apply to a `copy` of a target's outputs"),
+        "{err}"
+    );
+    assert!(err.contains("pkg/BUILD.kdl:5:"), "{err}");
+}
+
+#[test]
+fn file_names_that_are_not_utf8_are_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    for body in [
+        r#"copy "d" to="/d""#,
+        r#"copy "d/*.txt" to="/d/""#,
+        r#"copy "d/**" to="/d/""#,
+    ] {
+        let ws = one_layer_ws(body);
+        ws.write("pkg/d/ok.txt", "ok\n");
+        std::fs::write(ws.path("pkg/d").join(bad), "bad\n").unwrap();
+        let err = build_fails(&ws);
+        assert!(err.contains("E019"), "{body}: {err}");
+        assert!(
+            err.contains(r"`pkg/d` holds a file name that is not valid UTF-8: `caf\xe9.txt`"),
+            "{body}: {err}"
+        );
+    }
+    // Below a directory whose own name is not UTF-8, that directory is named.
+    let ws = one_layer_ws(r#"copy "d/**/*.txt" to="/d/""#);
+    ws.write("pkg/d/ok.txt", "ok\n");
+    let sub = ws
+        .path("pkg/d")
+        .join(std::ffi::OsStr::from_bytes(b"sub\xff"));
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("x.txt"), "x\n").unwrap();
+    let err = build_fails(&ws);
+    assert!(
+        err.contains(r"`pkg/d` holds a file name that is not valid UTF-8: `sub\xff`"),
+        "{err}"
+    );
+    // A name that would not be copied is no problem: excluded, or not matched.
+    for body in [
+        r#"copy "d" to="/d" exclude="d/caf*""#,
+        r#"copy "d/ok.*" to="/d/""#,
+    ] {
+        let ws = one_layer_ws(body);
+        ws.write("pkg/d/ok.txt", "ok\n");
+        std::fs::write(ws.path("pkg/d").join(bad), "bad\n").unwrap();
+        ws.build(&[]);
+        let entries = last_layer(&ws.layout("pkg", "img"));
+        assert!(paths(&entries).contains(&"d/ok.txt"), "{body}");
+        assert_eq!(entries.len(), if body.contains("exclude") { 2 } else { 1 });
+    }
+}
