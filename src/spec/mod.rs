@@ -10,4 +10,4 @@ pub use parse::{parse_build_file, parse_workspace_file};
 /// The meaning of a parse result, as stored by the parse cache (`workspace`): bump
 /// whenever the parser or the model changes what some text parses to, or how the
 /// model serializes. Part of every parse-cache key.
-pub const PARSE_FORMAT_VERSION: u64 = 2;
+pub const PARSE_FORMAT_VERSION: u64 = 1;
