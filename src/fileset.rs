@@ -52,9 +52,19 @@
 //!
 //! # Hashing
 //!
-//! Hashing goes through the file-hash memo: a file whose stat data (size, mtime,
-//! inode, mode) matches the memo is not re-read. The stat data itself never enters
-//! a key; only the blake3 of the content does.
+//! Every file is hashed (blake3) as expansion finds it, through the file-hash
+//! memo: a file whose stat data (size, mtime, ctime, inode, mode) matches the
+//! memo is not re-read. The stat data itself never enters a key; only the
+//! blake3 of the content does. A file that is read is opened without following
+//! a link or blocking on a FIFO, and must be the regular file that was found
+//! (same inode, same size), so a key never describes something swapped in.
+//!
+//! The hash travels with the entry ([`EntryData::File`]): the layer writer
+//! hashes the file again as it streams it into the tar and fails if the bytes
+//! differ, so a file rewritten between keying and writing (even to the same
+//! size and mtime) fails the layer instead of caching bytes its key does not
+//! describe. [`hash_files`] is the same protocol for inputs that are not layer
+//! entries (imports).
 
 use crate::cache::{FileMemo, MemoEntry, StatKey};
 use crate::diag::{Code, Diag};
@@ -81,43 +91,138 @@ pub struct Planned {
     pub source: Option<Source>,
 }
 
-/// A workspace file read into a layer, with the stat data taken when it was
-/// found (so it is stat-ed once per build).
+/// A workspace file read into a layer.
 #[derive(Debug, Clone)]
 pub struct Source {
     /// Workspace-relative path, `/`-separated.
     pub rel: String,
-    pub stat: StatKey,
+}
+
+/// A layer's entries, and the content hash of every file they read.
+#[derive(Debug, Default)]
+pub struct Expanded {
+    /// Unsorted; see [`crate::layer::normalize`]. Every [`EntryData::File`]
+    /// carries the blake3 recorded in `hashes` for its source.
+    pub planned: Vec<Planned>,
+    /// blake3 of each input file's content, by workspace-relative path.
+    pub hashes: BTreeMap<String, Key>,
+    /// Memo entries learnt on the way (files that had to be read).
+    pub learnt: Vec<(String, MemoEntry)>,
 }
 
 struct Ctx<'a> {
     root: &'a Path,
     canonical_root: &'a Path,
     graph: &'a Graph,
+    memo: &'a FileMemo,
 }
 
-/// Expands the layer target `node` into its entries (unsorted; see
-/// [`crate::layer::normalize`]). Every problem is a diagnostic pointing at the
-/// spec entry that caused it. `canonical_root` is the workspace root with
-/// symlinks resolved (computed once per build), to refuse sources reached
-/// through a symlink that leaves the workspace.
+/// Expands the layer target `node` into its entries and hashes every file
+/// they read, through `memo` (a file whose stat data matches its memo entry is
+/// not read). Every problem is a diagnostic pointing at the spec entry that
+/// caused it. `canonical_root` is the workspace root with symlinks resolved
+/// (computed once per build), to refuse sources reached through a symlink that
+/// leaves the workspace.
 pub fn expand_layer(
     root: &Path,
     canonical_root: &Path,
     graph: &Graph,
     node: NodeIndex,
-) -> Result<Vec<Planned>, Diag> {
+    memo: &FileMemo,
+) -> Result<Expanded, Diag> {
     let ctx = Ctx {
         root,
         canonical_root,
         graph,
+        memo,
     };
-    let mut out = Vec::new();
+    let mut out = Expanded::default();
     expand_into(&ctx, node, &mut out)?;
     Ok(out)
 }
 
-fn expand_into(ctx: &Ctx<'_>, node: NodeIndex, out: &mut Vec<Planned>) -> Result<(), Diag> {
+impl Expanded {
+    /// The blake3 of the file at `abs` (workspace-relative `ws_rel`), whose
+    /// `lstat` gave `meta`: from this expansion, else from the memo, else read.
+    fn hash(
+        &mut self,
+        memo: &FileMemo,
+        ws_rel: &str,
+        abs: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<Key, Diag> {
+        if let Some(k) = self.hashes.get(ws_rel) {
+            return Ok(*k);
+        }
+        let stat = StatKey::from_metadata(meta);
+        // The memo is keyed by absolute path: two checkouts may share one cache.
+        let memo_path = abs.to_string_lossy();
+        let key = match memo.lookup(&memo_path, &stat) {
+            Some(k) => k,
+            None => {
+                let k = hash_source(abs, &stat).map_err(|e| {
+                    Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}"))
+                })?;
+                self.learnt
+                    .push((memo_path.into_owned(), MemoEntry { stat, hash: k }));
+                k
+            }
+        };
+        self.hashes.insert(ws_rel.to_string(), key);
+        Ok(key)
+    }
+}
+
+/// blake3 of the regular file at `abs`, which must be the very file `stat`
+/// describes (same inode, same size): it is opened without following a
+/// symlink (`O_NOFOLLOW`) or blocking on a FIFO (`O_NONBLOCK`), and anything
+/// else there now (a link, a FIFO, a device, another file moved in, a file
+/// that grew or shrank) is an error rather than a hash of something else.
+fn hash_source(abs: &Path, stat: &StatKey) -> std::io::Result<Key> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let changed =
+        |what: &str| std::io::Error::other(format!("it changed while being hashed: {what}"));
+    let mut f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(abs)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                changed("it is now a symbolic link")
+            } else {
+                e
+            }
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(changed("it is no longer a regular file"));
+    }
+    if meta.ino() != stat.inode {
+        return Err(changed("another file is there now"));
+    }
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    if total != stat.size {
+        return Err(changed(&format!(
+            "{total} bytes read, {} expected",
+            stat.size
+        )));
+    }
+    Ok(Key(*h.finalize().as_bytes()))
+}
+
+fn expand_into(ctx: &Ctx<'_>, node: NodeIndex, out: &mut Expanded) -> Result<(), Diag> {
     let n = ctx.graph.node(node);
     let TargetKind::Layer(spec) = &n.target.kind else {
         return Ok(());
@@ -195,7 +300,7 @@ fn expand_entry(
     file: FileId,
     spec: &LayerSpec,
     e: &LayerEntry,
-    out: &mut Vec<Planned>,
+    out: &mut Expanded,
 ) -> Result<(), Diag> {
     let (path, data, mode, own) = match e {
         LayerEntry::Text {
@@ -234,6 +339,7 @@ fn expand_entry(
                 mode: mode_of(mode),
                 owner: owner_of(spec, owner),
                 excludes: Excludes::new(exclude, file)?,
+                memo: ctx.memo,
             };
             match &src.value {
                 CopySource::Target(label) => {
@@ -241,12 +347,12 @@ fn expand_entry(
                         Diag::new(Code::UnknownLabel, format!("unknown label `{label}`"))
                             .at(file, src.span)
                     })?;
-                    let mut inner = Vec::new();
-                    expand_into(ctx, dep, &mut inner)?;
+                    let start = out.planned.len();
+                    expand_into(ctx, dep, out)?;
                     // The entries keep what their own layer gave them, except
                     // what this `copy` sets: `mode` for files, `owner` for all.
                     let own = owner.as_ref().map(|o| o.value);
-                    for mut p in inner {
+                    for p in &mut out.planned[start..] {
                         p.entry.path = join(&dest, &p.entry.path);
                         if let (Some(m), EntryData::File { .. } | EntryData::Bytes(_)) =
                             (opts.mode, &p.entry.data)
@@ -257,7 +363,6 @@ fn expand_entry(
                             p.entry.uid = o.uid;
                             p.entry.gid = o.gid;
                         }
-                        out.push(p);
                     }
                 }
                 CopySource::Path(rel) => {
@@ -281,7 +386,7 @@ fn expand_entry(
             return opts.excludes.all_used(dir);
         }
     };
-    out.push(Planned {
+    out.planned.push(Planned {
         entry: entry(image_path(&path.value), data, mode, owner_of(spec, own)),
         source: None,
     });
@@ -450,6 +555,7 @@ struct CopyOpts<'a> {
     owner: Owner,
     /// `exclude` globs, matched against package-relative paths.
     excludes: Excludes<'a>,
+    memo: &'a FileMemo,
 }
 
 /// The error for a name found in the directory `dir_ws_rel` that is not
@@ -494,7 +600,7 @@ fn copy_path(
     pkg_rel: &str,
     dest: &str,
     opts: &mut CopyOpts<'_>,
-    out: &mut Vec<Planned>,
+    out: &mut Expanded,
 ) -> Result<(), Diag> {
     let owner = opts.owner;
     let meta = std::fs::symlink_metadata(abs)
@@ -517,28 +623,29 @@ fn copy_path(
             )
             .help("imgc stores paths as UTF-8: change the link, or leave it out with `exclude`")
         })?;
-        out.push(Planned {
+        out.planned.push(Planned {
             entry: entry(dest.to_string(), EntryData::Symlink(target), 0o777, owner),
             source: None,
         });
     } else if ft.is_file() {
-        out.push(Planned {
+        let blake3 = out.hash(opts.memo, ws_rel, abs, &meta)?;
+        out.planned.push(Planned {
             entry: entry(
                 dest.to_string(),
                 EntryData::File {
                     source: abs.to_path_buf(),
                     size: meta.len(),
+                    blake3,
                 },
                 opts.mode.unwrap_or_else(|| default_file_mode(&meta)),
                 owner,
             ),
             source: Some(Source {
                 rel: ws_rel.to_string(),
-                stat: StatKey::from_metadata(&meta),
             }),
         });
     } else if ft.is_dir() {
-        out.push(Planned {
+        out.planned.push(Planned {
             entry: entry(dest.to_string(), EntryData::Dir, 0o755, owner),
             source: None,
         });
@@ -594,7 +701,7 @@ fn copy_glob(
     pattern: &str,
     dest: &str,
     opts: &mut CopyOpts<'_>,
-    out: &mut Vec<Planned>,
+    out: &mut Expanded,
 ) -> Result<(), Diag> {
     let package = opts.package;
     let matcher = glob(pattern)?.compile_matcher();
@@ -742,6 +849,41 @@ mod tests {
         assert_eq!(ws_path("services/api", "."), "services/api");
         assert_eq!(ws_path("", "a/b"), "a/b");
         assert_eq!(ws_path("", "."), "");
+    }
+
+    /// The hash taken for a key is of the very file found: never through a
+    /// link that replaced it, never of a FIFO (which would block) or of a
+    /// file moved in or resized since it was found.
+    #[test]
+    fn sources_are_hashed_only_as_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"content").unwrap();
+        let stat = |p: &Path| StatKey::from_metadata(&std::fs::symlink_metadata(p).unwrap());
+        let found = stat(&f);
+        assert_eq!(hash_source(&f, &found).unwrap(), Key::of_bytes(b"content"));
+        // grown since it was found
+        std::fs::write(&f, b"content!").unwrap();
+        let err = hash_source(&f, &found).unwrap_err().to_string();
+        assert!(err.contains("8 bytes read, 7 expected"), "{err}");
+        // another file moved in
+        let g = dir.path().join("g");
+        std::fs::write(&g, b"content").unwrap();
+        std::fs::rename(&g, &f).unwrap();
+        let err = hash_source(&f, &found).unwrap_err().to_string();
+        assert!(err.contains("another file is there now"), "{err}");
+        // a symlink to it, or to a device
+        let l = dir.path().join("l");
+        std::os::unix::fs::symlink("/dev/zero", &l).unwrap();
+        let err = hash_source(&l, &found).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // a FIFO: opened without blocking, then refused
+        let p = dir.path().join("p");
+        let c = std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = hash_source(&p, &stat(&p)).unwrap_err().to_string();
+        assert!(err.contains("no longer a regular file"), "{err}");
     }
 
     #[test]

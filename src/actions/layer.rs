@@ -3,57 +3,45 @@
 //! Keying ([`key`]) expands the layer's entries ([`crate::fileset`]) and hashes
 //! every input file through the memo; running ([`run`]) writes the tar
 //! ([`crate::layer`]). The key holds the blake3 of each file as it was when keyed,
-//! and the run must store exactly those bytes.
+//! and the run must store exactly those bytes: each file entry carries that
+//! blake3, and [`layer::write_layer`] hashes the file again as it streams it
+//! into the tar and fails (storing and caching nothing) if it differs.
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
 use crate::action::{Blob, Components, Output, params_hash};
-use crate::cache::StatKey;
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
 use crate::layer::{self, EntryData};
-use crate::listing::{Listed, Listing, PathKind};
 use crate::oci::LayerDesc;
 use petgraph::graph::NodeIndex;
-use std::path::Path;
 
 /// The layer recipe version: bump it whenever a layer's output could change
 /// for the same key components (tar writing, entry expansion, normalization,
-/// the listing). History: 2 added the listing.
-pub const RECIPE: &str = "layer-2";
+/// the listing). History: 2 added the listing; 3 dropped the entries of
+/// undeclared parent directories (they replaced the base's).
+pub const RECIPE: &str = "layer-3";
 
 /// What keying prepared for the run: the expanded entries.
 pub struct Prepared(Vec<Planned>);
 
 /// Key of layer `n`: expands its entries and hashes its files through the memo.
 pub fn key(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Keyed, ActionError> {
-    let node = ctx.graph.node(n);
-    let planned = fileset::expand_layer(ctx.root, ctx.canonical_root, ctx.graph, n)
+    let expanded = fileset::expand_layer(ctx.root, ctx.canonical_root, ctx.graph, n, ctx.memo)
         .map_err(ActionError::Spec)?;
-    let files: Vec<(&str, &Path, Option<StatKey>)> = planned
-        .iter()
-        .filter_map(|p| match (&p.source, &p.entry.data) {
-            (Some(src), EntryData::File { source, .. }) => {
-                Some((src.rel.as_str(), source.as_path(), Some(src.stat)))
-            }
-            _ => None,
-        })
-        .collect();
-    let hashed = fileset::hash_files(files, ctx.memo)
-        .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
     let mut c = Components::new("layer");
     c.set("recipe", RECIPE);
     c.set("format", ctx.params.format.identity());
     c.set("compressor", super::COMPRESSOR_VERSIONS);
     c.set("epoch", ctx.params.source_date_epoch.to_string());
-    c.set("entries", entries_params(&planned));
-    for (rel, k) in &hashed.hashes {
+    c.set("entries", entries_params(&expanded.planned));
+    for (rel, k) in &expanded.hashes {
         c.set(format!("file:{rel}"), k.to_hex());
     }
     Ok(Keyed {
         key: c.key(),
         components: c,
-        prepared: AnyPrepared::Layer(Prepared(planned)),
-        learnt: hashed.learnt,
+        prepared: AnyPrepared::Layer(Prepared(expanded.planned)),
+        learnt: expanded.learnt,
     })
 }
 
@@ -76,7 +64,7 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
     .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
     let (digest, size) = ctx
         .cas
-        .put_bytes(&listing_of(&entries).to_json())
+        .put_bytes(&out.listing.to_json())
         .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
     Ok(Output::Layer(LayerDesc {
         digest: out.digest,
@@ -85,30 +73,6 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
         media_type: out.media_type,
         listing: Some(Blob { digest, size }),
     }))
-}
-
-/// The listing of a layer's normalized entries: one per tar entry, in tar order.
-fn listing_of(entries: &[layer::Entry]) -> Listing {
-    Listing {
-        entries: entries
-            .iter()
-            .map(|e| {
-                let (kind, target) = match &e.data {
-                    EntryData::File { .. } | EntryData::Bytes(_) => (PathKind::File, None),
-                    EntryData::Dir => (PathKind::Dir, None),
-                    EntryData::Symlink(t) => (PathKind::Symlink, Some(t.clone())),
-                };
-                Listed {
-                    path: e.path.clone(),
-                    kind,
-                    mode: e.mode,
-                    uid: e.uid,
-                    gid: e.gid,
-                    target,
-                }
-            })
-            .collect(),
-    }
 }
 
 /// The canonical hash of a layer's entry list, without file contents.

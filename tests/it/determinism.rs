@@ -111,11 +111,13 @@ fn golden_digests_of_the_small_fixture() {
     );
     assert_eq!(
         images["//app:app"],
-        "sha256:953e30eb09de535af770072e1685d46666d419be1871b5fa7fa551d1f6c47a63"
+        "sha256:d00882f8a182ed3edb15861e2a87dde25569ab2aa405c74623bf4d1777e0c9a2"
     );
 }
 
 /// Golden outputs per recipe version: `(recipe, compression, label, digest)`.
+/// The images and imports of the fixture are made of its layers, so from
+/// `layer-3` on their recipe is written `image-N/layer-M` (`import-N/layer-M`).
 /// When an action's output changes, bump its kind's `RECIPE` (so warm caches
 /// stop serving the old bytes) and add lines for the new version; never edit
 /// the lines of an old version.
@@ -318,6 +320,108 @@ const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
         "//third_party:vendor",
         "sha256:4d868b9364e88c49c944ee69705e9200286d12db7674d9dd383085e31f06dc04",
     ),
+    (
+        "image-3/layer-3",
+        "gzip",
+        "//app:app",
+        "sha256:d00882f8a182ed3edb15861e2a87dde25569ab2aa405c74623bf4d1777e0c9a2",
+    ),
+    (
+        "layer-3",
+        "gzip",
+        "//app:app~layer0",
+        "sha256:fc080749ea97579c15ed4aa26dd6e94038d89fe7c97cc1da96c9423c6f8a6423",
+    ),
+    (
+        "layer-3",
+        "gzip",
+        "//app:code",
+        "sha256:7f33842be58237cf8475c4f9a594ab06eb2f76ca6fb24eb8e94f2f90a1d4a414",
+    ),
+    (
+        "image-3/layer-3",
+        "gzip",
+        "//base:base",
+        "sha256:f84a77562bbd13e16c1eb4c976f80eab75b12e1fa09ea66bb813e6990c440ad6",
+    ),
+    (
+        "layer-3",
+        "gzip",
+        "//base:files",
+        "sha256:1203f95bc487e5381211c9686d3fcc5b5eae759424a165c4c4ca30d038508de8",
+    ),
+    (
+        "import-1/layer-3",
+        "gzip",
+        "//third_party:archive",
+        "sha256:249de3a20cf856b2a2ab4d4743b884537fbfd20d49f2f080c219042ea5fc64bd",
+    ),
+    (
+        "import-1/layer-3",
+        "gzip",
+        "//third_party:layout",
+        "sha256:f84a77562bbd13e16c1eb4c976f80eab75b12e1fa09ea66bb813e6990c440ad6",
+    ),
+    (
+        "image-3/layer-3",
+        "gzip",
+        "//third_party:on-vendor",
+        "sha256:c669a263fd51af06b8c55ec951766f58c291018f55737a6e7ecf81e918068a32",
+    ),
+    (
+        "layer-3",
+        "gzip",
+        "//third_party:on-vendor~layer0",
+        "sha256:04f4e745055a0d255e0ca9fdb0bcfaf149f7bf3ade1ace3ccd6e1fa26b891467",
+    ),
+    (
+        "image-3/layer-3",
+        "zstd",
+        "//app:app",
+        "sha256:408e746494e58d619ecc97c2e9663f224d383baf0e6c583ef4de038699f22d18",
+    ),
+    (
+        "layer-3",
+        "zstd",
+        "//app:app~layer0",
+        "sha256:8cbbbd3e18a2830564bfc26cc8ffafb7f6aab9748d8a8e5da7c2e807348b6e68",
+    ),
+    (
+        "layer-3",
+        "zstd",
+        "//app:code",
+        "sha256:9f595d529894fdc581c32d4922774cc14faf668cf77af1ae389183fdc87968cf",
+    ),
+    (
+        "image-3/layer-3",
+        "zstd",
+        "//base:base",
+        "sha256:7ae61d34e51fee0636c228a6e9d873ce6f697fc3ed70e9dcced1ae085598b7fc",
+    ),
+    (
+        "layer-3",
+        "zstd",
+        "//base:files",
+        "sha256:09cf7f4e4f021815f8cb46cb96bdd2aea10db2ba2b2ab755229e1c3dd06ee244",
+    ),
+    (
+        "import-1/layer-3",
+        "zstd",
+        "//third_party:layout",
+        "sha256:7ae61d34e51fee0636c228a6e9d873ce6f697fc3ed70e9dcced1ae085598b7fc",
+    ),
+    (
+        "image-3/layer-3",
+        "zstd",
+        "//third_party:on-vendor",
+        "sha256:03e5464428b3e23174456167ed93ba2f7fc5b14c79735ab4f995b8036459d3b1",
+    ),
+    (
+        "layer-3",
+        "zstd",
+        "//third_party:on-vendor~layer0",
+        "sha256:48fb8fdfe5cebb4d4ae3635da91fc6c95ed757374d9c79091c8123d7d12c38c9",
+    ),
 ];
 
 /// Guards the recipe versions: an action kind whose output bytes change without
@@ -375,10 +479,14 @@ fn recipes_pin_their_output() {
         );
         ws.write("third_party/BUILD.kdl", &imports);
         for (label, (kind, digest)) in ws.build(&[]).outputs_with_kind() {
+            // The images and imports here are made of layers imgc built (the
+            // vendor base is not: its recipe is the import's alone), so their
+            // bytes also change with the layer recipe.
             let recipe = match kind.as_str() {
-                "import" => import::RECIPE,
-                "image" => image::RECIPE,
-                _ => layer::RECIPE,
+                "import" if label == "//third_party:vendor" => import::RECIPE.to_string(),
+                "import" => format!("{}/{}", import::RECIPE, layer::RECIPE),
+                "image" => format!("{}/{}", image::RECIPE, layer::RECIPE),
+                _ => layer::RECIPE.to_string(),
             };
             seen.push((recipe, compression, label, digest));
         }

@@ -493,3 +493,71 @@ fn file_names_that_are_not_utf8_are_refused_by_name() {
         assert_eq!(entries.len(), if body.contains("exclude") { 2 } else { 1 });
     }
 }
+
+/// Sets the mtime of `path` to a fixed time in the past.
+fn set_mtime(path: &Path) {
+    let t = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(path, t).unwrap();
+}
+
+/// The race of the issue, made deterministic with the engine's `before_run`
+/// hook: the layer is keyed on one content, then its source is rewritten with
+/// other bytes of the same size and the same mtime before the layer is
+/// written. The layer must fail and cache nothing; restoring the old content
+/// must then build the old bytes, not serve the rewritten ones from the cache.
+#[test]
+fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
+    let original: &[u8] = b"original content\n";
+    let rewritten: &[u8] = b"replaced content\n";
+    assert_eq!(original.len(), rewritten.len());
+    let ws = one_layer_ws(r#"    copy "data.bin" to="/data.bin""#);
+    let src = ws.path("pkg/data.bin");
+    std::fs::write(&src, original).unwrap();
+    set_mtime(&src);
+
+    let ctx = imgc::commands::Context {
+        cwd: ws.root().to_path_buf(),
+        cache_dir: Some(ws.cache.path().to_path_buf()),
+    };
+    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
+    let selected = loaded.select(&[]).unwrap();
+    let mut settings = imgc::commands::build::settings(&loaded, Some(1), false, false).unwrap();
+    let hooked = src.clone();
+    settings.before_run = Some(std::sync::Arc::new(move |label| {
+        if label.to_string() == "//pkg:l" {
+            std::fs::write(&hooked, rewritten).unwrap();
+            set_mtime(&hooked);
+        }
+    }));
+    let mut reporter =
+        imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
+    let summary =
+        imgc::commands::build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
+            .unwrap();
+    assert_eq!(summary.failed, 1, "the layer must fail");
+    let failure = summary
+        .outcomes
+        .values()
+        .find_map(|o| match o {
+            imgc::scheduler::Outcome::Failed(e) => Some(e.to_string()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        failure.contains("pkg/data.bin")
+            && failure.contains("not what the layer's key was computed from"),
+        "{failure}"
+    );
+    assert!(!ws.layout("pkg", "img").exists());
+
+    // Back to the original content, size and mtime: the key is the first
+    // build's again. Nothing was cached under it, so the layer runs and
+    // holds the original bytes.
+    std::fs::write(&src, original).unwrap();
+    set_mtime(&src);
+    let ev = ws.build(&[]);
+    assert_eq!(ev.ran(), ["//pkg:img", "//pkg:l"]);
+    let entries = last_layer(&ws.layout("pkg", "img"));
+    assert_eq!(paths(&entries), ["data.bin"]);
+    assert_eq!(entries[0].body, original);
+}
