@@ -369,8 +369,17 @@ fn expand_entry(
                     let ws_rel = ws_path(package, rel);
                     let abs = checked_source(ctx, &ws_rel, file, src.span)?;
                     let name = ws_rel.rsplit('/').next().unwrap_or(&ws_rel);
-                    let target = if into_dir { join(&dest, name) } else { dest };
-                    copy_path(&abs, &ws_rel, rel, &target, &mut opts, out)
+                    // `copy "." to="/app/"` copies the package directory's
+                    // contents into `/app/`, as `cp -r . /app/` and a
+                    // Dockerfile's `COPY . /app/` do.
+                    let (target, pkg_rel) = if rel == "." {
+                        (dest, "")
+                    } else if into_dir {
+                        (join(&dest, name), rel.as_str())
+                    } else {
+                        (dest, rel.as_str())
+                    };
+                    copy_path(&abs, &ws_rel, pkg_rel, &target, &mut opts, out)
                         .map_err(|d| d.at(file, src.span))?;
                 }
                 CopySource::Glob(pattern) => {

@@ -561,3 +561,15 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     assert_eq!(paths(&entries), ["data.bin"]);
     assert_eq!(entries[0].body, original);
 }
+
+#[test]
+fn copy_of_the_package_directory_copies_its_contents() {
+    let ws = one_layer_ws(r#"    copy "." to="/app/" exclude="BUILD.kdl""#);
+    ws.write("pkg/a.txt", "a\n");
+    ws.write("pkg/sub/b.txt", "b\n");
+    ws.build(&[]);
+    assert_eq!(
+        paths(&last_layer(&ws.layout("pkg", "img"))),
+        ["app/", "app/a.txt", "app/sub/", "app/sub/b.txt"]
+    );
+}
