@@ -41,6 +41,7 @@ pub mod fileset;
 pub mod graph;
 pub mod hash;
 pub mod import;
+pub mod input;
 pub mod label;
 pub mod layer;
 pub mod listing;
