@@ -1,23 +1,83 @@
 //! Importing images made elsewhere: OCI image layouts and `docker save` tarballs.
 //!
 //! An import copies an image's blobs into the CAS, verifying each one, and
-//! returns its parsed config and layer descriptors, so it can be used as a base
-//! like any image imgc built. Imported layers are kept **byte for byte** (same
-//! digests as upstream, never recompressed), so an image built on
-//! `debian:12` shares its base layers with every other copy of `debian:12`.
+//! returns its parsed config, its layer descriptors and a [`Listing`] of every
+//! layer, so it can be used as a base like any image imgc built. Imported layers
+//! are kept **byte for byte** (same digests as upstream, never recompressed), so
+//! an image built on `debian:12` shares its base layers with every other copy of
+//! `debian:12`.
 //!
-//! # OCI image layouts ([`import_oci_layout`])
+//! # Keys and reads see the same bytes
 //!
-//! `index.json` is read; if it holds exactly one image manifest, that one is
-//! taken as is. Otherwise (several manifests, or a nested image index as
-//! `skopeo`/`docker buildx` write for multi-platform images) the manifest whose
-//! descriptor platform matches the requested [`Platform`] is chosen, following
-//! nested indexes. Every blob (index, manifest, config, layers) is checked
-//! against its descriptor's digest and size before use, and each layer is
-//! decompressed (by media type) and hashed against the config's `diff_ids`. A
-//! mismatch is an [`ImportError`] naming the blob and the file.
+//! An import is an action: its key hashes its input files, and a cache hit must
+//! be exactly what a fresh import would make. So the key side and the read side
+//! share one rule, in this module:
 //!
-//! # Docker archives ([`import_docker_archive`])
+//! - [`key_inputs`] lists and hashes (blake3, through the file-hash memo) exactly
+//!   the files [`import`] reads: for a layout, `index.json`, each nested index
+//!   on the way to the chosen manifest, the manifest, the config and the layer
+//!   blobs it names, found by the same code ([`layout`]) that the import runs;
+//!   for a docker archive, the tarball. Files of the layout that the import
+//!   does not read (other platforms' blobs, `oci-layout`, garbage) are not in
+//!   the key and changing them rebuilds nothing.
+//! - Both sides open files the same way ([`crate::input`]): the path is resolved
+//!   one component at a time, **following a symlink only while every step stays
+//!   inside the workspace**, and only a regular file is opened (`O_NOFOLLOW`,
+//!   `O_NONBLOCK`, then `fstat`). Links are followed rather than refused
+//!   because vendored images are legitimately reached through them: git-annex
+//!   stores every large file as a link into `.git/annex/objects`, and a
+//!   `third_party/debian -> ../vendor/debian-12` link is ordinary. The key
+//!   names each file by the path the import uses (`third_party/x/index.json`)
+//!   and hashes the content reached through the link, and the memo is keyed by
+//!   the resolved path and its `stat`, so re-pointing a link, or editing its
+//!   target, changes the key.
+//! - [`import`] hashes (blake3) every workspace file while it reads it and
+//!   returns the hashes in [`ImportedImage::read`]. The action compares them
+//!   with the key's `file:` components ([`ImportedImage::check_read`]): any
+//!   difference (a file changed between keying and reading, or a different set
+//!   of files) fails the action with "`x` changed while it was imported", and
+//!   nothing is cached.
+//!
+//! # Bounded input
+//!
+//! Every input may be hostile. Only regular files are opened, so a FIFO never
+//! hangs a build and a device is never read. Every read is bounded:
+//!
+//! | what | bound |
+//! |---|---|
+//! | a blob of a layout (index, manifest, config, layer) | exactly its descriptor's size: a longer, shorter or growing file is an error |
+//! | `index.json`, `manifest.json` of an archive, every index, manifest and config | [`JSON_LIMIT`] (4 MiB, the limit registries put on manifests) |
+//! | each tar extension header (PAX `x`/`g`, GNU `L`/`K`) of an archive or a layer | [`EXT_HEADER_LIMIT`] (1 MiB), checked before it is read |
+//! | nested image indexes | 4 levels |
+//!
+//! Layers and archive members are streamed, never held in memory. Names taken
+//! from an input (archive members, media types, platforms, parser messages)
+//! are escaped when they reach a message ([`crate::input::escape`]), so an
+//! archive cannot write terminal escape sequences.
+//!
+//! # Platforms
+//!
+//! The imported config's `os`, `architecture` and `variant` must equal the
+//! build platform ([`Platform`]) after normalizing both as containerd does
+//! ([`normalize_platform`]): `aarch64` is `arm64` and arm64's variant `v8` is
+//! the same as none; `x86_64` is `amd64` and its `v1` the same as none (`v2`,
+//! `v3`, `v4` are not: such an image needs a newer CPU); `arm` without a
+//! variant is `arm/v7`, `armhf` is `arm/v7`, `armel` is `arm/v6`; `i386` is
+//! `386`. This holds for a single-image layout or archive as much as for one
+//! picked from a multi-platform index: an arm64 image in an amd64 workspace is
+//! an error naming both, never an amd64 image with arm64 layers.
+//!
+//! # OCI image layouts ([`layout`])
+//!
+//! `index.json` is read; if it holds exactly one image manifest (or index), that
+//! one is taken. Otherwise (several manifests, or a nested image index as
+//! `skopeo`/`docker buildx` write for multi-platform images) the one whose
+//! descriptor platform matches is chosen, following nested indexes. Every blob
+//! is checked against its descriptor's digest and size, and each layer is
+//! decompressed (by media type) once: its sha256 must equal the config's
+//! `diff_ids`, and its entries make its [`Listing`].
+//!
+//! # Docker archives ([`archive`])
 //!
 //! The tarball is streamed once; every candidate blob (`<id>/layer.tar` of the
 //! classic format, `blobs/sha256/<hex>` of Docker ≥ 25, `<hex>.json` configs)
@@ -27,11 +87,10 @@
 //! files are usually uncompressed tars (media type
 //! `application/vnd.oci.image.layer.v1.tar`, diff_id = digest); a gzip (or
 //! zstd) layer is recognized by its magic bytes, gets the matching media type,
-//! and its diff_id is computed by decompressing it. The diff_ids must equal the
-//! config's `rootfs.diff_ids`. Symlinked duplicate layers (`docker save` writes
-//! `<id>/layer.tar -> ../<other>/layer.tar`) are followed inside the archive.
-//! There is no upstream OCI manifest in such an archive, so one is built with
-//! [`crate::oci::build_manifest`] and stored; `manifest_digest` is that one.
+//! and its diff_id is computed by decompressing it. Symlinked duplicate layers
+//! (`docker save` writes `<id>/layer.tar -> ../<other>/layer.tar`) are followed
+//! inside the archive. There is no upstream OCI manifest in such an archive,
+//! so one is built with [`crate::oci::build_manifest`] and stored.
 //!
 //! # What it deliberately does not do
 //!
@@ -39,19 +98,67 @@
 //! - No conversion: layers are not recompressed, configs are stored as found
 //!   (their digest is the upstream image id). Docker layer media types in an OCI
 //!   layout are mapped to their OCI names, which describe the same bytes.
-//! - Never panics on malformed input: corrupt or truncated files are errors
-//!   naming the file.
+//! - No check of what the layers do to each other: the listings are returned
+//!   for image assembly to check.
+//! - Never panics on malformed input: corrupt, truncated or oversized files are
+//!   errors naming the file.
 
+mod archive;
+mod layout;
+mod scan;
+
+pub use scan::EXT_HEADER_LIMIT;
+
+use crate::action::Components;
+use crate::cache::{FileMemo, MemoEntry, StatKey};
 use crate::cas::Cas;
-use crate::hash::{DiffId, Digest, Sha256};
-use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD};
-use crate::oci::{LayerDesc, build_manifest, canonical_json};
+use crate::hash::{DiffId, Digest, Key};
+use crate::input::{self, Algos, HashReader, Limit, escape};
+use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD};
+use crate::listing::Listing;
+use crate::oci::LayerDesc;
 use crate::spec::model::Platform;
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use oci_spec::image::ImageConfiguration;
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+/// The most bytes a JSON document of an import may hold.
+pub const JSON_LIMIT: u64 = 4 << 20;
+
+/// What an import reads: a layout directory or a tarball inside a workspace.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The workspace root with its symlinks resolved (`Path::canonicalize`).
+    pub root: &'a Path,
+    /// Workspace-relative, `/`-separated path of the directory or tarball.
+    pub rel: &'a str,
+    pub format: Format,
+}
+
+/// The two kinds of import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OciLayout,
+    DockerArchive,
+}
+
+impl Format {
+    /// The key component `source`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::OciLayout => "oci-layout",
+            Format::DockerArchive => "docker-archive",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Format::OciLayout => "OCI layout directory",
+            Format::DockerArchive => "docker archive",
+        }
+    }
+}
 
 /// An image copied into the CAS.
 #[derive(Debug, Clone)]
@@ -60,508 +167,476 @@ pub struct ImportedImage {
     pub config_digest: Digest,
     pub config_size: u64,
     pub layers: Vec<LayerDesc>,
+    /// One per layer, in the same order: what each layer holds.
+    pub listings: Vec<Listing>,
     pub manifest_digest: Digest,
     pub manifest_size: u64,
+    /// Every workspace file the import read (workspace-relative path) and the
+    /// blake3 of the bytes it read.
+    pub read: BTreeMap<String, Key>,
 }
 
-/// Why an import failed; every variant names the file concerned.
+impl ImportedImage {
+    /// Fails with [`ImportError::Changed`] unless the import read exactly the
+    /// files of the key's `file:<path>` components, with the same hashes.
+    pub fn check_read(&self, key: &Components) -> Result<(), ImportError> {
+        check_read(&keyed_files(key), &self.read)
+    }
+}
+
+/// The `file:<path>` components of a key, as hashes (an unparsable one as `None`).
+fn keyed_files(key: &Components) -> BTreeMap<String, Option<Key>> {
+    // `Components` serializes as its name → value map.
+    let all: BTreeMap<String, String> = serde_json::to_value(key)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    all.into_iter()
+        .filter_map(|(name, value)| {
+            let path = name.strip_prefix("file:")?;
+            Some((path.to_string(), Key::from_hex(&value)))
+        })
+        .collect()
+}
+
+fn check_read(
+    keyed: &BTreeMap<String, Option<Key>>,
+    read: &BTreeMap<String, Key>,
+) -> Result<(), ImportError> {
+    let paths: std::collections::BTreeSet<&String> = keyed.keys().chain(read.keys()).collect();
+    for path in paths {
+        if keyed.get(path).copied().flatten() != read.get(path).copied() {
+            return Err(ImportError::Changed { path: path.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// The hashes of an import's input files, for its key.
+#[derive(Debug, Default)]
+pub struct KeyInputs {
+    /// Workspace-relative path → blake3 of the content: the key's `file:` components.
+    pub files: BTreeMap<String, Key>,
+    /// New memo entries learnt while hashing (resolved path, stat, hash).
+    pub learnt: Vec<(String, MemoEntry)>,
+}
+
+/// Why an import failed; every variant names the file concerned. Strings that
+/// come from the input are escaped when displayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read `{}`: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("`{}` is not a valid {what}: {reason}", path.display())]
+    #[error("{what} `{}` does not exist", escape(path))]
+    Missing { path: String, what: &'static str },
+    #[error("`{}` resolves outside the workspace through a symbolic link", escape(path))]
+    Escapes { path: String },
+    #[error("cannot read `{}`: {}", escape(path), escape(&source.to_string()))]
+    Io { path: String, source: io::Error },
+    #[error("`{}` is not a valid {what}: {}", escape(path), escape(reason))]
     Invalid {
-        path: PathBuf,
+        path: String,
         what: &'static str,
         reason: String,
     },
-    #[error("blob {digest} (`{}`) is corrupt: {reason}", path.display())]
+    #[error("blob {} (`{}`) is corrupt: {}", escape(digest), escape(path), escape(reason))]
     BadBlob {
         digest: String,
-        path: PathBuf,
+        path: String,
         reason: String,
     },
-    #[error("`{}` has no image for platform {platform} (found: {found})", path.display())]
+    #[error("`{}` has no image for platform {platform} (found: {})", escape(path), escape(found))]
     NoPlatform {
-        path: PathBuf,
+        path: String,
         platform: String,
         found: String,
     },
-    #[error("layer {index} of `{}` (`{layer}`) has diff_id {actual} but the config says {expected}", path.display())]
+    #[error("`{}` holds a {} image; the workspace builds {want}", escape(path), escape(found))]
+    WrongPlatform {
+        path: String,
+        found: String,
+        want: String,
+    },
+    #[error("layer {index} of `{}` (`{}`) has diff_id {actual} but the config says {}", escape(path), escape(layer), escape(expected))]
     DiffIdMismatch {
-        path: PathBuf,
+        path: String,
         layer: String,
         index: usize,
         expected: String,
         actual: String,
     },
-    #[error("cannot store a blob of `{}` in the cache: {source}", path.display())]
-    Store { path: PathBuf, source: io::Error },
+    #[error("`{}` changed while it was imported", escape(path))]
+    Changed { path: String },
+    #[error("cannot store a blob of `{}` in the cache: {source}", escape(path))]
+    Store { path: String, source: io::Error },
 }
 
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
-    move |source| ImportError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn invalid(path: &Path, what: &'static str, reason: impl ToString) -> ImportError {
+fn invalid(path: &str, what: &'static str, reason: impl ToString) -> ImportError {
     ImportError::Invalid {
-        path: path.to_path_buf(),
+        path: path.to_string(),
         what,
         reason: reason.to_string(),
     }
 }
 
-fn parse_digest(s: &str, path: &Path) -> Result<Digest, ImportError> {
+fn store_err(path: &str) -> impl FnOnce(io::Error) -> ImportError + '_ {
+    move |source| ImportError::Store {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn parse_digest(s: &str, path: &str) -> Result<Digest, ImportError> {
     s.parse::<Digest>()
         .map_err(|e| invalid(path, "descriptor", e))
 }
 
-// ---------------------------------------------------------------------------
-// OCI image layouts
+/// `a` + `/` + `b`, either may be empty.
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
 
-/// Imports the image of an OCI image layout directory for `platform`.
-pub fn import_oci_layout(
-    dir: &Path,
+// ---------------------------------------------------------------------------
+// Entry points
+
+/// Lists and hashes exactly the files [`import`] reads (see the module docs),
+/// through the file-hash memo. Checks on the way what the import would check of
+/// them (sizes, document digests, the platform), so a bad input fails early.
+pub fn key_inputs(
+    src: Source<'_>,
+    platform: &Platform,
+    memo: &FileMemo,
+) -> Result<KeyInputs, ImportError> {
+    let mut files = Files::new(src.root, None);
+    let mut learnt = Vec::new();
+    match src.format {
+        Format::OciLayout => {
+            files.check_dir(src.rel)?;
+            let plan = layout::walk(&mut files, src.rel, platform)?;
+            for l in &plan.layers {
+                files.hash_through_memo(&l.rel, Some((&l.digest, l.size)), memo, &mut learnt)?;
+            }
+        }
+        Format::DockerArchive => {
+            files.check_exists(src.rel, Format::DockerArchive)?;
+            files.hash_through_memo(src.rel, None, memo, &mut learnt)?;
+        }
+    }
+    Ok(KeyInputs {
+        files: files.read,
+        learnt,
+    })
+}
+
+/// Imports the image of `src` for `platform` into `cas`.
+pub fn import(
+    src: Source<'_>,
     platform: &Platform,
     cas: &Cas,
 ) -> Result<ImportedImage, ImportError> {
-    let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(io_err(&index_path))?;
-    let index: ImageIndex =
-        serde_json::from_slice(&bytes).map_err(|e| invalid(&index_path, "image index", e))?;
-    let mdesc = select_manifest(dir, &index_path, &index, platform, cas, 0)?;
-    let mdigest = parse_digest(mdesc.digest().as_ref(), &index_path)?;
-    let mpath = import_blob(dir, &mdigest, mdesc.size(), cas)?;
-    let manifest: ImageManifest = serde_json::from_slice(&read_cas(cas, &mdigest, &mpath)?)
-        .map_err(|e| invalid(&mpath, "image manifest", e))?;
+    let mut files = Files::new(src.root, Some(cas));
+    match src.format {
+        Format::OciLayout => {
+            files.check_dir(src.rel)?;
+            layout::import(&mut files, src.rel, platform, cas)
+        }
+        Format::DockerArchive => {
+            files.check_exists(src.rel, Format::DockerArchive)?;
+            archive::import(&mut files, src.rel, platform, cas)
+        }
+    }
+}
 
-    let cdesc = manifest.config();
-    let cdigest = parse_digest(cdesc.digest().as_ref(), &mpath)?;
-    let cpath = import_blob(dir, &cdigest, cdesc.size(), cas)?;
-    let config: ImageConfiguration = serde_json::from_slice(&read_cas(cas, &cdigest, &cpath)?)
-        .map_err(|e| invalid(&cpath, "image config", e))?;
+// ---------------------------------------------------------------------------
+// Reading workspace files: one rule for the key and the import
 
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != manifest.layers().len() {
+/// The workspace files one import (or its key) reads, and their hashes.
+struct Files<'a> {
+    root: &'a Path,
+    /// Where the import stores the documents it reads; `None` on the key side.
+    store: Option<&'a Cas>,
+    read: BTreeMap<String, Key>,
+}
+
+impl<'a> Files<'a> {
+    fn new(root: &'a Path, store: Option<&'a Cas>) -> Files<'a> {
+        Files {
+            root,
+            store,
+            read: BTreeMap::new(),
+        }
+    }
+
+    /// The path of `rel` with every symlink resolved inside the workspace.
+    fn resolve(&self, rel: &str) -> Result<PathBuf, ImportError> {
+        input::resolve_inside(self.root, Path::new(rel)).map_err(|e| self.io_error(rel, e))
+    }
+
+    fn io_error(&self, rel: &str, e: io::Error) -> ImportError {
+        match input::input_error(&e) {
+            Some(input::InputError::Escapes) => ImportError::Escapes {
+                path: rel.to_string(),
+            },
+            _ => ImportError::Io {
+                path: rel.to_string(),
+                source: e,
+            },
+        }
+    }
+
+    fn check_exists(&self, rel: &str, format: Format) -> Result<PathBuf, ImportError> {
+        match self.resolve(rel) {
+            Err(ImportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Err(ImportError::Missing {
+                    path: rel.to_string(),
+                    what: format.what(),
+                })
+            }
+            r => r,
+        }
+    }
+
+    fn check_dir(&self, rel: &str) -> Result<(), ImportError> {
+        let path = self.check_exists(rel, Format::OciLayout)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(invalid(rel, "OCI layout directory", "it is not a directory")),
+            Err(e) => Err(self.io_error(rel, e)),
+        }
+    }
+
+    fn open(&self, rel: &str) -> Result<input::Opened, ImportError> {
+        let path = self.resolve(rel)?;
+        input::open_regular(&path).map_err(|e| self.io_error(rel, e))
+    }
+
+    fn record(&mut self, rel: &str, key: Key) {
+        self.read.insert(rel.to_string(), key);
+    }
+
+    /// Reads a JSON document: `index.json` (`desc` = `None`, capped at
+    /// [`JSON_LIMIT`]) or the blob `rel` that descriptor `desc` names, which
+    /// must have exactly its size and digest. On the import side, a blob is
+    /// also stored in the CAS.
+    fn document(
+        &mut self,
+        rel: &str,
+        desc: Option<(&Digest, u64)>,
+        what: &'static str,
+    ) -> Result<Vec<u8>, ImportError> {
+        if let Some((d, size)) = desc
+            && size > JSON_LIMIT
+        {
+            return Err(too_large(rel, what, d));
+        }
+        let o = self.open(rel)?;
+        let limit = match desc {
+            Some((d, size)) => {
+                check_size(rel, d, o.meta.len(), size)?;
+                Limit::Exactly(size)
+            }
+            None => Limit::AtMost(JSON_LIMIT),
+        };
+        let (bytes, h) = input::read_all(HashReader::with(o.file, limit, Algos::Both))
+            .map_err(|e| match input::input_error(&e) {
+                Some(input::InputError::TooLong {
+                    limit: Limit::AtMost(_),
+                }) => invalid(rel, what, e),
+                _ => self.io_error(rel, e),
+            })?;
+        let (Some(b3), Some(sha)) = (h.blake3, h.sha256) else {
+            unreachable!("both hashes were asked for");
+        };
+        if let Some((d, _)) = desc {
+            if sha != *d {
+                return Err(ImportError::BadBlob {
+                    digest: d.to_string(),
+                    path: rel.to_string(),
+                    reason: format!("its content hashes to {sha}"),
+                });
+            }
+            if let Some(cas) = self.store {
+                cas.put_bytes(&bytes).map_err(store_err(rel))?;
+            }
+        }
+        self.record(rel, b3);
+        Ok(bytes)
+    }
+
+    /// Copies the blob `rel` into the CAS, hashing it (blake3 for the read
+    /// record, sha256 against `d`): it must hold exactly `size` bytes.
+    fn copy_blob(&mut self, rel: &str, d: &Digest, size: u64, cas: &Cas) -> Result<(), ImportError> {
+        let o = self.open(rel)?;
+        check_size(rel, d, o.meta.len(), size)?;
+        let mut r = HashReader::with(
+            io::BufReader::with_capacity(256 * 1024, o.file),
+            Limit::Exactly(size),
+            Algos::Both,
+        );
+        let mut writer = if cas.contains(d) {
+            None // still read: the source must be verified and hashed
+        } else {
+            Some(cas.writer().map_err(store_err(rel))?)
+        };
+        let read_err = |e: io::Error| self.io_error(rel, e);
+        if let Some(w) = &mut writer {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_err(e)),
+                };
+                w.write_all(&buf[..n]).map_err(store_err(rel))?;
+            }
+        }
+        let h = r.finish().map_err(read_err)?;
+        let (Some(b3), Some(sha)) = (h.blake3, h.sha256) else {
+            unreachable!("both hashes were asked for");
+        };
+        if sha != *d {
+            return Err(ImportError::BadBlob {
+                digest: d.to_string(),
+                path: rel.to_string(),
+                reason: "its content does not hash to its digest".into(),
+            });
+        }
+        if let Some(w) = writer {
+            w.commit_expecting(d).map_err(store_err(rel))?;
+        }
+        self.record(rel, b3);
+        Ok(())
+    }
+
+    /// The key side of a large file: its blake3 through the memo (keyed by the
+    /// resolved path and its `stat`), else read as the import reads it.
+    fn hash_through_memo(
+        &mut self,
+        rel: &str,
+        desc: Option<(&Digest, u64)>,
+        memo: &FileMemo,
+        learnt: &mut Vec<(String, MemoEntry)>,
+    ) -> Result<(), ImportError> {
+        let path = self.resolve(rel)?;
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| self.io_error(rel, e))?;
+        let memo_path = path.to_string_lossy().into_owned();
+        // Anything but a regular file is left to `open_regular` to refuse.
+        if meta.is_file() {
+            if let Some((d, size)) = desc {
+                check_size(rel, d, meta.len(), size)?;
+            }
+            if let Some(k) = memo.lookup(&memo_path, &StatKey::from_metadata(&meta)) {
+                self.record(rel, k);
+                return Ok(());
+            }
+        }
+        let o = input::open_regular(&path).map_err(|e| self.io_error(rel, e))?;
+        let size = match desc {
+            Some((d, size)) => {
+                check_size(rel, d, o.meta.len(), size)?;
+                size
+            }
+            None => o.meta.len(),
+        };
+        let stat = StatKey::from_metadata(&o.meta);
+        let h = HashReader::with(
+            io::BufReader::with_capacity(256 * 1024, o.file),
+            Limit::Exactly(size),
+            Algos::Blake3,
+        )
+        .finish()
+        .map_err(|e| self.io_error(rel, e))?;
+        let Some(k) = h.blake3 else {
+            unreachable!("blake3 was asked for");
+        };
+        learnt.push((memo_path, MemoEntry { stat, hash: k }));
+        self.record(rel, k);
+        Ok(())
+    }
+}
+
+fn check_size(rel: &str, d: &Digest, actual: u64, size: u64) -> Result<(), ImportError> {
+    if actual == size {
+        return Ok(());
+    }
+    Err(ImportError::BadBlob {
+        digest: d.to_string(),
+        path: rel.to_string(),
+        reason: format!("{actual} bytes, the descriptor says {size}"),
+    })
+}
+
+fn too_large(rel: &str, what: &'static str, d: &Digest) -> ImportError {
+    invalid(
+        rel,
+        what,
+        format!(
+            "its descriptor ({d}) is larger than the limit of {} for JSON documents",
+            input::human_size(JSON_LIMIT)
+        ),
+    )
+}
+
+/// Reads a JSON blob back from the CAS (an archive's config), within [`JSON_LIMIT`].
+fn read_cas_document(
+    cas: &Cas,
+    d: &Digest,
+    size: u64,
+    origin: &str,
+    what: &'static str,
+) -> Result<Vec<u8>, ImportError> {
+    if size > JSON_LIMIT {
         return Err(invalid(
-            &cpath,
-            "image config",
+            origin,
+            what,
             format!(
-                "{} diff_ids for {} layers in the manifest",
-                diff_ids.len(),
-                manifest.layers().len()
+                "{d} is larger than the limit of {} for JSON documents",
+                input::human_size(JSON_LIMIT)
             ),
         ));
     }
-    let mut layers = Vec::new();
-    for (i, (l, expected)) in manifest.layers().iter().zip(diff_ids).enumerate() {
-        let digest = parse_digest(l.digest().as_ref(), &mpath)?;
-        let lpath = import_blob(dir, &digest, l.size(), cas)?;
-        let media_type = oci_layer_media_type(l.media_type().as_ref()).ok_or_else(|| {
-            invalid(
-                &lpath,
-                "layer",
-                format!("unsupported media type `{}`", l.media_type()),
-            )
-        })?;
-        let diff_id = uncompressed_digest(cas, &digest, media_type, &lpath)?;
-        check_diff_id(&lpath, &digest.to_string(), i, expected, &diff_id)?;
-        layers.push(LayerDesc {
-            digest,
-            diff_id,
-            size: l.size(),
-            media_type: media_type.to_string(),
-            listing: None,
-        });
-    }
-    Ok(ImportedImage {
-        config,
-        config_digest: cdigest,
-        config_size: cdesc.size(),
-        layers,
-        manifest_digest: mdigest,
-        manifest_size: mdesc.size(),
-    })
-}
-
-/// Picks the image manifest of `index` for `platform`, following nested indexes.
-fn select_manifest(
-    dir: &Path,
-    index_path: &Path,
-    index: &ImageIndex,
-    platform: &Platform,
-    cas: &Cas,
-    depth: usize,
-) -> Result<Descriptor, ImportError> {
-    if depth > 4 {
-        return Err(invalid(index_path, "image index", "nested too deeply"));
-    }
-    let is_index = |d: &Descriptor| matches!(d.media_type().as_ref(), OCI_INDEX | DOCKER_LIST);
-    let is_manifest =
-        |d: &Descriptor| matches!(d.media_type().as_ref(), OCI_MANIFEST | DOCKER_MANIFEST);
-    let candidates: Vec<&Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| is_index(d) || is_manifest(d))
-        .collect();
-    let chosen = if candidates.len() == 1 {
-        candidates[0]
-    } else {
-        let matching: Vec<&Descriptor> = candidates
-            .iter()
-            .copied()
-            .filter(|d| {
-                d.platform()
-                    .as_ref()
-                    .is_some_and(|p| platform_matches(p, platform))
-            })
-            .collect();
-        match matching.as_slice() {
-            [one] => *one,
-            // Identical manifests listed twice (e.g. under two ref names).
-            [first, rest @ ..] if rest.iter().all(|d| d.digest() == first.digest()) => *first,
-            _ => {
-                let found: Vec<String> = candidates
-                    .iter()
-                    .map(|d| match d.platform() {
-                        Some(p) => {
-                            let mut s = format!("{}/{}", p.os(), p.architecture());
-                            if let Some(v) = p.variant() {
-                                s = format!("{s}/{v}");
-                            }
-                            s
-                        }
-                        None => format!("{} without platform", d.digest()),
-                    })
-                    .collect();
-                return Err(ImportError::NoPlatform {
-                    path: index_path.to_path_buf(),
-                    platform: platform.to_string(),
-                    found: if found.is_empty() {
-                        "no image manifests".into()
-                    } else {
-                        found.join(", ")
-                    },
-                });
-            }
-        }
-    };
-    if is_manifest(chosen) {
-        return Ok(chosen.clone());
-    }
-    let digest = parse_digest(chosen.digest().as_ref(), index_path)?;
-    let path = import_blob(dir, &digest, chosen.size(), cas)?;
-    let nested: ImageIndex = serde_json::from_slice(&read_cas(cas, &digest, &path)?)
-        .map_err(|e| invalid(&path, "image index", e))?;
-    select_manifest(dir, &path, &nested, platform, cas, depth + 1)
-}
-
-fn platform_matches(p: &oci_spec::image::Platform, want: &Platform) -> bool {
-    let default_variant = |arch: &str| match arch {
-        "arm64" => Some("v8"),
-        _ => None,
-    };
-    let theirs = p
-        .variant()
-        .as_deref()
-        .or(default_variant(&want.architecture));
-    let ours = want
-        .variant
-        .as_deref()
-        .or(default_variant(&want.architecture));
-    p.os().to_string() == want.os
-        && p.architecture().to_string() == want.architecture
-        && theirs == ours
-}
-
-/// OCI media type for a layer media type, docker names mapped to OCI ones.
-fn oci_layer_media_type(m: &str) -> Option<&'static str> {
-    match m {
-        MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            Some(MEDIA_TYPE_GZIP)
-        }
-        MEDIA_TYPE_ZSTD => Some(MEDIA_TYPE_ZSTD),
-        MEDIA_TYPE_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Some(MEDIA_TYPE_TAR),
-        _ => None,
-    }
-}
-
-/// Copies `blobs/sha256/<hex>` of a layout into the CAS, checking size and digest.
-fn import_blob(dir: &Path, d: &Digest, size: u64, cas: &Cas) -> Result<PathBuf, ImportError> {
-    let path = dir.join("blobs").join("sha256").join(d.hex());
-    let meta = fs::metadata(&path).map_err(io_err(&path))?;
-    if meta.len() != size {
-        return Err(ImportError::BadBlob {
-            digest: d.to_string(),
-            path,
-            reason: format!("{} bytes, the descriptor says {size}", meta.len()),
-        });
-    }
-    match cas.import_file(&path, d) {
-        Ok(_) => Ok(path),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(ImportError::BadBlob {
-            digest: d.to_string(),
-            path,
-            reason: "its content does not hash to its digest".into(),
-        }),
-        Err(e) => Err(ImportError::Store { path, source: e }),
-    }
-}
-
-fn read_cas(cas: &Cas, d: &Digest, origin: &Path) -> Result<Vec<u8>, ImportError> {
-    cas.read(d).map_err(|e| ImportError::Store {
-        path: origin.to_path_buf(),
-        source: e,
-    })
-}
-
-/// sha256 of a stored layer after decompressing it as `media_type` says.
-fn uncompressed_digest(
-    cas: &Cas,
-    d: &Digest,
-    media_type: &str,
-    origin: &Path,
-) -> Result<DiffId, ImportError> {
-    let path = cas.blob_path(d);
-    let file = File::open(&path).map_err(|e| ImportError::Store {
-        path: origin.to_path_buf(),
-        source: e,
-    })?;
-    let file = io::BufReader::with_capacity(256 * 1024, file);
-    let res = match media_type {
-        MEDIA_TYPE_GZIP => hash_all(flate2::read::MultiGzDecoder::new(file)),
-        MEDIA_TYPE_ZSTD => zstd::stream::read::Decoder::with_buffer(file).and_then(hash_all),
-        _ => hash_all(file),
-    };
-    res.map(DiffId).map_err(|e| ImportError::BadBlob {
-        digest: d.to_string(),
-        path: origin.to_path_buf(),
-        reason: format!("cannot decompress it as {media_type}: {e}"),
-    })
-}
-
-fn hash_all(mut r: impl Read) -> io::Result<Digest> {
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(sha.finish()),
-            Ok(n) => sha.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    cas.read(d).map_err(store_err(origin))
 }
 
 // ---------------------------------------------------------------------------
-// Docker archives
+// Layers: diff_id and listing in one pass
 
-/// One file of a docker archive, as seen while streaming it.
-enum ArchiveFile {
-    /// Stored in the CAS.
-    Blob { digest: Digest, size: u64 },
-    /// A symlink to another member (path relative to the archive root).
-    Link(String),
-}
-
-#[derive(serde::Deserialize)]
-struct DockerManifestEntry {
-    #[serde(rename = "Config")]
-    config: String,
-    #[serde(rename = "Layers")]
-    layers: Vec<String>,
-}
-
-/// Imports the image of a `docker save` / `podman save` tarball for `platform`.
-pub fn import_docker_archive(
-    tarball: &Path,
-    platform: &Platform,
+/// Decompresses a stored layer as `media_type` says, once: the sha256 of the
+/// stream (its diff_id) and the listing of its entries.
+fn layer_facts(
     cas: &Cas,
-) -> Result<ImportedImage, ImportError> {
-    let corrupt = |reason: String| invalid(tarball, "docker archive", reason);
-    let file = File::open(tarball).map_err(io_err(tarball))?;
-    let mut archive = tar::Archive::new(io::BufReader::with_capacity(256 * 1024, file));
-    let mut files: BTreeMap<String, ArchiveFile> = BTreeMap::new();
-    let mut manifest_json: Option<Vec<u8>> = None;
-    let entries = archive.entries().map_err(|e| corrupt(e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| corrupt(e.to_string()))?;
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let name = normalize_member(&raw);
-        match entry.header().entry_type() {
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| String::from_utf8_lossy(&t).into_owned())
-                    .unwrap_or_default();
-                let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                files.insert(
-                    name.clone(),
-                    ArchiveFile::Link(resolve_member(dir, &target)),
-                );
-            }
-            t if t.is_file() => {
-                if name == "manifest.json" {
-                    let mut buf = Vec::new();
-                    entry
-                        .read_to_end(&mut buf)
-                        .map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-                    manifest_json = Some(buf);
-                } else if is_blob_candidate(&name) {
-                    let mut w = cas.writer().map_err(|e| ImportError::Store {
-                        path: tarball.to_path_buf(),
-                        source: e,
-                    })?;
-                    io::copy(&mut entry, &mut w).map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-                    w.flush().map_err(|e| corrupt(format!("`{name}`: {e}")))?;
-                    let (digest, size) = w.commit().map_err(|e| ImportError::Store {
-                        path: tarball.to_path_buf(),
-                        source: e,
-                    })?;
-                    if let Some(hex) = name.strip_prefix("blobs/sha256/")
-                        && hex != digest.hex()
-                    {
-                        return Err(ImportError::BadBlob {
-                            digest: format!("sha256:{hex}"),
-                            path: tarball.to_path_buf(),
-                            reason: format!("member `{name}` hashes to {digest}"),
-                        });
-                    }
-                    files.insert(name, ArchiveFile::Blob { digest, size });
-                }
-            }
-            _ => {}
-        }
-    }
-    let manifest_json =
-        manifest_json.ok_or_else(|| corrupt("no `manifest.json` in the archive".into()))?;
-    let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&manifest_json)
-        .map_err(|e| corrupt(format!("`manifest.json`: {e}")))?;
-
-    let lookup = |member: &str| -> Result<(Digest, u64), ImportError> {
-        let mut name = normalize_member(member);
-        for _ in 0..16 {
-            match files.get(&name) {
-                Some(ArchiveFile::Blob { digest, size }) => return Ok((*digest, *size)),
-                Some(ArchiveFile::Link(t)) => name = t.clone(),
-                None => break,
-            }
-        }
-        Err(corrupt(format!(
-            "`manifest.json` names `{member}`, which is not in the archive"
-        )))
+    d: &Digest,
+    media_type: &str,
+    origin: &str,
+) -> Result<(DiffId, Listing), ImportError> {
+    let o = input::open_regular(&cas.blob_path(d)).map_err(store_err(origin))?;
+    let file = io::BufReader::with_capacity(256 * 1024, o.file);
+    let bad = |e: io::Error| ImportError::BadBlob {
+        digest: d.to_string(),
+        path: origin.to_string(),
+        reason: format!("cannot read it as {media_type}: {e}"),
     };
-
-    // Choose the image: the only one, or the one whose config fits `platform`.
-    let mut chosen = None;
-    let mut found = Vec::new();
-    for entry in &entries {
-        let (cdigest, csize) = lookup(&entry.config)?;
-        let cbytes = read_cas(cas, &cdigest, tarball)?;
-        let config: ImageConfiguration = serde_json::from_slice(&cbytes)
-            .map_err(|e| corrupt(format!("config `{}`: {e}", entry.config)))?;
-        let matches = config.os().to_string() == platform.os
-            && config.architecture().to_string() == platform.architecture;
-        found.push(format!("{}/{}", config.os(), config.architecture()));
-        if entries.len() == 1 || (matches && chosen.is_none()) {
-            chosen = Some((entry, cdigest, csize, config));
-        }
-    }
-    let Some((entry, config_digest, config_size, config)) = chosen else {
-        return Err(ImportError::NoPlatform {
-            path: tarball.to_path_buf(),
-            platform: platform.to_string(),
-            found: if found.is_empty() {
-                "no images".into()
-            } else {
-                found.join(", ")
-            },
-        });
+    let decoded: Box<dyn Read> = match media_type {
+        MEDIA_TYPE_GZIP => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        MEDIA_TYPE_ZSTD => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(bad)?),
+        _ => Box::new(file),
     };
-
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != entry.layers.len() {
-        return Err(corrupt(format!(
-            "config `{}` lists {} diff_ids for {} layers",
-            entry.config,
-            diff_ids.len(),
-            entry.layers.len()
-        )));
-    }
-    let mut layers = Vec::new();
-    for (i, (member, expected)) in entry.layers.iter().zip(diff_ids).enumerate() {
-        let (digest, size) = lookup(member)?;
-        let media_type = sniff_media_type(cas, &digest, tarball)?;
-        let diff_id = if media_type == MEDIA_TYPE_TAR {
-            DiffId(digest)
-        } else {
-            uncompressed_digest(cas, &digest, media_type, tarball)?
-        };
-        check_diff_id(tarball, member, i, expected, &diff_id)?;
-        layers.push(LayerDesc {
-            digest,
-            diff_id,
-            size,
-            media_type: media_type.to_string(),
-            listing: None,
-        });
-    }
-    let manifest = build_manifest((config_digest, config_size), &layers, BTreeMap::new());
-    let (manifest_digest, manifest_size) =
-        cas.put_bytes(&canonical_json(&manifest))
-            .map_err(|e| ImportError::Store {
-                path: tarball.to_path_buf(),
-                source: e,
-            })?;
-    Ok(ImportedImage {
-        config,
-        config_digest,
-        config_size,
-        layers,
-        manifest_digest,
-        manifest_size,
-    })
+    let hashing = HashReader::with(decoded, Limit::AtMost(u64::MAX), Algos::Sha256);
+    let (listing, rest) =
+        scan::list_layer(io::BufReader::with_capacity(256 * 1024, hashing)).map_err(bad)?;
+    let h = rest.into_inner().finish().map_err(bad)?;
+    let Some(sha) = h.sha256 else {
+        unreachable!("sha256 was asked for");
+    };
+    Ok((DiffId(sha), listing))
 }
 
-/// `./a//b/` → `a/b`.
-fn normalize_member(p: &str) -> String {
-    p.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// Resolves a symlink target relative to the member's directory.
-fn resolve_member(dir: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        dir.split('/').filter(|c| !c.is_empty()).collect()
-    };
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
-}
-
-/// Members that may be a config or a layer; everything else is metadata.
 /// The config's `rootfs.diff_ids[index]` must be the layer's uncompressed digest.
 fn check_diff_id(
-    path: &Path,
+    path: &str,
     layer: &str,
     index: usize,
     expected: &str,
@@ -571,7 +646,7 @@ fn check_diff_id(
         return Ok(());
     }
     Err(ImportError::DiffIdMismatch {
-        path: path.to_path_buf(),
+        path: path.to_string(),
         layer: layer.to_string(),
         index,
         expected: expected.to_string(),
@@ -579,390 +654,89 @@ fn check_diff_id(
     })
 }
 
-fn is_blob_candidate(name: &str) -> bool {
-    name.starts_with("blobs/sha256/")
-        || name.ends_with("/layer.tar")
-        // skopeo and podman write layers as `<hex>.tar` at the top level
-        || (name.ends_with(".tar") && !name.contains('/'))
-        || (name.ends_with(".json") && !name.contains('/') && name != "index.json")
+// ---------------------------------------------------------------------------
+// Platforms
+
+/// `(os, architecture, variant)` normalized as containerd does (see the module
+/// docs), so that equal platforms compare equal.
+pub fn normalize_platform(
+    os: &str,
+    arch: &str,
+    variant: Option<&str>,
+) -> (String, String, Option<String>) {
+    let os = os.to_ascii_lowercase();
+    let variant = variant.filter(|v| !v.is_empty());
+    let (arch, variant): (&str, Option<String>) = match (arch, variant) {
+        ("i386", _) => ("386", None),
+        ("x86_64" | "x86-64" | "amd64", Some("v1")) => ("amd64", None),
+        ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v.map(String::from)),
+        ("aarch64" | "arm64", Some("8" | "v8" | "v8.0") | None) => ("arm64", None),
+        ("aarch64" | "arm64", Some(v)) if !v.starts_with('v') => ("arm64", Some(format!("v{v}"))),
+        ("aarch64" | "arm64", v) => ("arm64", v.map(String::from)),
+        ("armhf", _) => ("arm", Some("v7".into())),
+        ("armel", _) => ("arm", Some("v6".into())),
+        ("arm", None | Some("7")) => ("arm", Some("v7".into())),
+        ("arm", Some(v @ ("5" | "6" | "8"))) => ("arm", Some(format!("v{v}"))),
+        (a, v) => (a, v.map(String::from)),
+    };
+    (os, arch.to_string(), variant)
 }
 
-/// Media type of a stored layer from its first bytes.
-fn sniff_media_type(cas: &Cas, d: &Digest, origin: &Path) -> Result<&'static str, ImportError> {
-    let mut magic = [0u8; 4];
-    let mut f = File::open(cas.blob_path(d)).map_err(|e| ImportError::Store {
-        path: origin.to_path_buf(),
-        source: e,
-    })?;
-    let mut n = 0;
-    while n < magic.len() {
-        match f.read(&mut magic[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(ImportError::Store {
-                    path: origin.to_path_buf(),
-                    source: e,
-                });
-            }
-        }
+/// Whether `(os, arch, variant)` is the build platform `want`.
+pub fn platform_matches(os: &str, arch: &str, variant: Option<&str>, want: &Platform) -> bool {
+    normalize_platform(os, arch, variant)
+        == normalize_platform(&want.os, &want.architecture, want.variant.as_deref())
+}
+
+/// `os/arch[/variant]` as written in an input.
+fn describe_platform(os: &str, arch: &str, variant: Option<&str>) -> String {
+    match variant.filter(|v| !v.is_empty()) {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
     }
-    Ok(match &magic[..n] {
-        [0x1f, 0x8b, ..] => MEDIA_TYPE_GZIP,
-        [0x28, 0xb5, 0x2f, 0xfd] => MEDIA_TYPE_ZSTD,
-        _ => MEDIA_TYPE_TAR,
+}
+
+/// The platform fields of a config, read from its JSON as written.
+#[derive(serde::Deserialize)]
+struct ConfigPlatform {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+impl ConfigPlatform {
+    fn of(bytes: &[u8]) -> Option<ConfigPlatform> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn matches(&self, want: &Platform) -> bool {
+        platform_matches(&self.os, &self.architecture, self.variant.as_deref(), want)
+    }
+
+    fn describe(&self) -> String {
+        describe_platform(&self.os, &self.architecture, self.variant.as_deref())
+    }
+}
+
+/// The config of the chosen image must be for the build platform.
+fn check_platform(config: &[u8], want: &Platform, src: &str) -> Result<(), ImportError> {
+    let found = ConfigPlatform::of(config).unwrap_or(ConfigPlatform {
+        os: String::new(),
+        architecture: String::new(),
+        variant: None,
+    });
+    if found.matches(want) {
+        return Ok(());
+    }
+    Err(ImportError::WrongPlatform {
+        path: src.to_string(),
+        found: found.describe(),
+        want: want.to_string(),
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::layer::{Entry, EntryData, LayerFormat, normalize, write_layer};
-    use crate::oci::{build_config, check_layout, write_layout};
-    use crate::spec::model::{Compression, ImageSpec};
-
-    fn amd64() -> Platform {
-        Platform::parse("linux/amd64").unwrap()
-    }
-
-    fn cas_in(dir: &Path, name: &str) -> Cas {
-        Cas::open(&dir.join(name).join("v1")).unwrap()
-    }
-
-    /// A one-layer image stored in `cas`: (manifest digest+size, blobs).
-    fn image(cas: &Cas, content: &str, platform: &Platform) -> ((Digest, u64), Vec<Digest>) {
-        let entries = normalize(vec![Entry {
-            path: "etc/hello".into(),
-            data: EntryData::Bytes(content.as_bytes().to_vec()),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        }])
-        .unwrap();
-        let l = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Zstd),
-            0,
-            cas,
-        )
-        .unwrap();
-        let spec = ImageSpec {
-            env: vec![("A".into(), "1".into())],
-            ..Default::default()
-        };
-        let cfg = build_config(None, &spec, platform, &[l.diff_id], 0, &["//b:l".into()]);
-        let c = cas.put_bytes(&canonical_json(&cfg)).unwrap();
-        let desc = LayerDesc {
-            digest: l.digest,
-            diff_id: l.diff_id,
-            size: l.size,
-            media_type: l.media_type,
-            listing: None,
-        };
-        let m = build_manifest(c, &[desc], BTreeMap::new());
-        let m = cas.put_bytes(&canonical_json(&m)).unwrap();
-        (m, vec![c.0, l.digest])
-    }
-
-    #[test]
-    fn oci_layout_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = cas_in(dir.path(), "a");
-        let (m, blobs) = image(&src, "hi", &amd64());
-        let layout = dir.path().join("layout");
-        write_layout(&layout, &src, m, &blobs, &["latest".to_string()]).unwrap();
-        let dst = cas_in(dir.path(), "b");
-        let img = import_oci_layout(&layout, &amd64(), &dst).unwrap();
-        assert_eq!(img.manifest_digest, m.0);
-        assert_eq!(img.config_digest, blobs[0]);
-        assert_eq!(img.layers.len(), 1);
-        assert_eq!(img.layers[0].digest, blobs[1]);
-        assert_eq!(img.layers[0].media_type, MEDIA_TYPE_ZSTD);
-        assert_eq!(
-            img.config.rootfs().diff_ids()[0],
-            img.layers[0].diff_id.to_string()
-        );
-        for d in [m.0, blobs[0], blobs[1]] {
-            assert!(dst.verify(&d, None).unwrap(), "{d}");
-        }
-    }
-
-    #[test]
-    fn oci_layout_picks_the_platform() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = cas_in(dir.path(), "a");
-        let arm = Platform::parse("linux/arm64").unwrap();
-        let (m1, b1) = image(&src, "amd", &amd64());
-        let (m2, b2) = image(&src, "arm", &arm);
-        let layout = dir.path().join("layout");
-        let blob_dir = layout.join("blobs/sha256");
-        fs::create_dir_all(&blob_dir).unwrap();
-        for d in [m1.0, m2.0].iter().chain(&b1).chain(&b2) {
-            fs::copy(src.blob_path(d), blob_dir.join(d.hex())).unwrap();
-        }
-        // A nested index with both platforms, referenced from index.json.
-        let desc = |m: (Digest, u64), arch: &str| {
-            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": m.0.to_string(), "size": m.1,
-                "platform": {"os": "linux", "architecture": arch}})
-        };
-        let nested = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX,
-            "manifests": [desc(m1, "amd64"), desc(m2, "arm64")]});
-        let nested = serde_json::to_vec(&nested).unwrap();
-        let nd = Digest::of_bytes(&nested);
-        fs::write(blob_dir.join(nd.hex()), &nested).unwrap();
-        let top = serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": OCI_INDEX, "digest": nd.to_string(), "size": nested.len()}]});
-        fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
-        fs::write(
-            layout.join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .unwrap();
-
-        let dst = cas_in(dir.path(), "b");
-        assert_eq!(
-            import_oci_layout(&layout, &arm, &dst)
-                .unwrap()
-                .manifest_digest,
-            m2.0
-        );
-        assert_eq!(
-            import_oci_layout(&layout, &amd64(), &dst)
-                .unwrap()
-                .manifest_digest,
-            m1.0
-        );
-        let s390 = Platform::parse("linux/s390x").unwrap();
-        let err = import_oci_layout(&layout, &s390, &dst).unwrap_err();
-        assert!(matches!(err, ImportError::NoPlatform { .. }), "{err}");
-        assert!(err.to_string().contains("linux/arm64"), "{err}");
-    }
-
-    #[test]
-    fn oci_layout_corrupt_blob_is_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = cas_in(dir.path(), "a");
-        let (m, blobs) = image(&src, "hi", &amd64());
-        let layout = dir.path().join("layout");
-        write_layout(&layout, &src, m, &blobs, &["latest".to_string()]).unwrap();
-        // Same size, different bytes (the file is a hard link: replace it).
-        let p = layout.join("blobs/sha256").join(blobs[1].hex());
-        let mut bytes = fs::read(&p).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::remove_file(&p).unwrap();
-        fs::write(&p, &bytes).unwrap();
-        assert!(check_layout(&layout).is_err());
-        let dst = cas_in(dir.path(), "b");
-        let err = import_oci_layout(&layout, &amd64(), &dst).unwrap_err();
-        assert!(matches!(err, ImportError::BadBlob { .. }), "{err}");
-        assert!(err.to_string().contains(&blobs[1].hex()), "{err}");
-        assert!(!dst.contains(&blobs[1]));
-        // Wrong size.
-        fs::remove_file(&p).unwrap();
-        fs::write(&p, b"short").unwrap();
-        let err = import_oci_layout(&layout, &amd64(), &dst).unwrap_err();
-        assert!(err.to_string().contains("bytes"), "{err}");
-    }
-
-    /// An uncompressed layer tar with one file.
-    fn layer_tar(name: &str, content: &[u8]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_ustar();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, content).unwrap();
-        b.into_inner().unwrap()
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn add(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, data).unwrap();
-    }
-
-    /// A `docker save`-style archive. `new_format`: Docker ≥ 25 `blobs/sha256`.
-    /// Layers: a plain tar, a gzip one, and (classic format) a symlinked duplicate.
-    fn docker_archive(new_format: bool, diff_id_override: Option<&str>) -> (Vec<u8>, Vec<Vec<u8>>) {
-        let l1 = layer_tar("a.txt", b"one");
-        let l2_tar = layer_tar("b.txt", b"two");
-        let l2 = gzip(&l2_tar);
-        let mut diff_ids = vec![
-            Digest::of_bytes(&l1).to_string(),
-            Digest::of_bytes(&l2_tar).to_string(),
-        ];
-        if !new_format {
-            diff_ids.push(diff_ids[0].clone());
-        }
-        if let Some(d) = diff_id_override {
-            diff_ids[0] = d.to_string();
-        }
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "ExposedPorts": null},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "container_config": {"Hostname": ""}, "docker_version": "24.0.0"
-        }))
-        .unwrap();
-        let ch = Digest::of_bytes(&config).hex();
-        let mut b = tar::Builder::new(Vec::new());
-        let (cname, names) = if new_format {
-            let n1 = format!("blobs/sha256/{}", Digest::of_bytes(&l1).hex());
-            let n2 = format!("blobs/sha256/{}", Digest::of_bytes(&l2).hex());
-            let cn = format!("blobs/sha256/{ch}");
-            add(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-            add(&mut b, &n1, &l1);
-            add(&mut b, &n2, &l2);
-            add(&mut b, &cn, &config);
-            (cn, vec![n1, n2])
-        } else {
-            add(&mut b, "aaaa/layer.tar", &l1);
-            add(&mut b, "aaaa/VERSION", b"1.0");
-            add(&mut b, "bbbb/layer.tar", &l2);
-            let mut h = tar::Header::new_ustar();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            b.append_link(&mut h, "cccc/layer.tar", "../aaaa/layer.tar")
-                .unwrap();
-            let cn = format!("{ch}.json");
-            add(&mut b, &cn, &config);
-            (
-                cn,
-                vec![
-                    "aaaa/layer.tar".to_string(),
-                    "bbbb/layer.tar".to_string(),
-                    "cccc/layer.tar".to_string(),
-                ],
-            )
-        };
-        let manifest =
-            serde_json::json!([{"Config": cname, "RepoTags": ["x:latest"], "Layers": names}]);
-        add(
-            &mut b,
-            "manifest.json",
-            &serde_json::to_vec(&manifest).unwrap(),
-        );
-        add(&mut b, "repositories", b"{}");
-        (b.into_inner().unwrap(), vec![l1, l2])
-    }
-
-    #[test]
-    fn docker_archives_both_formats() {
-        for new_format in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let (tarball, layers) = docker_archive(new_format, None);
-            let path = dir.path().join("image.tar");
-            fs::write(&path, &tarball).unwrap();
-            let cas = cas_in(dir.path(), "c");
-            let img = import_docker_archive(&path, &amd64(), &cas).unwrap();
-            let n = if new_format { 2 } else { 3 };
-            assert_eq!(img.layers.len(), n);
-            assert_eq!(img.layers[0].digest, Digest::of_bytes(&layers[0]));
-            assert_eq!(img.layers[0].diff_id.0, img.layers[0].digest);
-            assert_eq!(img.layers[0].media_type, MEDIA_TYPE_TAR);
-            assert_eq!(img.layers[1].digest, Digest::of_bytes(&layers[1]));
-            assert_eq!(img.layers[1].media_type, MEDIA_TYPE_GZIP);
-            assert_ne!(img.layers[1].diff_id.0, img.layers[1].digest);
-            assert_eq!(img.layers[1].size, layers[1].len() as u64);
-            if !new_format {
-                assert_eq!(img.layers[2], img.layers[0]);
-            }
-            assert_eq!(
-                img.config
-                    .config()
-                    .as_ref()
-                    .unwrap()
-                    .cmd()
-                    .as_ref()
-                    .unwrap(),
-                &vec!["sh".to_string()]
-            );
-            // Everything referenced is in the CAS and a layout of it is valid.
-            assert!(
-                cas.verify(&img.config_digest, Some(img.config_size))
-                    .unwrap()
-            );
-            let mut blobs = vec![img.config_digest];
-            blobs.extend(img.layers.iter().map(|l| l.digest));
-            let m = cas.read(&img.manifest_digest).unwrap();
-            let out = dir.path().join("out");
-            write_layout(
-                &out,
-                &cas,
-                (img.manifest_digest, m.len() as u64),
-                &blobs,
-                &["x".to_string()],
-            )
-            .unwrap();
-            check_layout(&out).unwrap();
-        }
-    }
-
-    #[test]
-    fn docker_archive_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let cas = cas_in(dir.path(), "c");
-        let path = dir.path().join("image.tar");
-        // Wrong diff_id in the config.
-        let wrong = Digest::of_bytes(b"nope").to_string();
-        let (tarball, _) = docker_archive(false, Some(&wrong));
-        fs::write(&path, &tarball).unwrap();
-        let err = import_docker_archive(&path, &amd64(), &cas).unwrap_err();
-        assert!(
-            matches!(err, ImportError::DiffIdMismatch { index: 0, .. }),
-            "{err}"
-        );
-        // Truncated at many points: always an error naming the file, never a panic.
-        let (tarball, _) = docker_archive(true, None);
-        for cut in [
-            0,
-            100,
-            512,
-            1000,
-            1536,
-            tarball.len() / 2,
-            tarball.len() - 1100,
-        ] {
-            fs::write(&path, &tarball[..cut]).unwrap();
-            let err = import_docker_archive(&path, &amd64(), &cas).unwrap_err();
-            assert!(err.to_string().contains("image.tar"), "{cut}: {err}");
-        }
-        // Garbage.
-        fs::write(&path, vec![0x5a; 4096]).unwrap();
-        assert!(import_docker_archive(&path, &amd64(), &cas).is_err());
-        // A blob whose name is not its digest.
-        let mut b = tar::Builder::new(Vec::new());
-        add(
-            &mut b,
-            &format!("blobs/sha256/{}", Digest::of_bytes(b"x").hex()),
-            b"y",
-        );
-        fs::write(&path, b.into_inner().unwrap()).unwrap();
-        let err = import_docker_archive(&path, &amd64(), &cas).unwrap_err();
-        assert!(matches!(err, ImportError::BadBlob { .. }), "{err}");
-        // Missing file.
-        let err = import_docker_archive(&dir.path().join("nope.tar"), &amd64(), &cas).unwrap_err();
-        assert!(err.to_string().contains("nope.tar"), "{err}");
-    }
-
-    #[test]
-    fn member_paths() {
-        assert_eq!(normalize_member("./a//b/"), "a/b");
-        assert_eq!(
-            resolve_member("cccc", "../aaaa/layer.tar"),
-            "aaaa/layer.tar"
-        );
-        assert_eq!(resolve_member("x", "/y/z"), "y/z");
-    }
-}
+mod tests;
