@@ -109,7 +109,6 @@ mod scan;
 
 pub use scan::EXT_HEADER_LIMIT;
 
-use crate::action::Components;
 use crate::cache::{FileMemo, MemoEntry, StatKey};
 use crate::cas::Cas;
 use crate::hash::{DiffId, Digest, Key};
@@ -178,38 +177,18 @@ pub struct ImportedImage {
 
 impl ImportedImage {
     /// Fails with [`ImportError::Changed`] unless the import read exactly the
-    /// files of the key's `file:<path>` components, with the same hashes.
-    pub fn check_read(&self, key: &Components) -> Result<(), ImportError> {
-        check_read(&keyed_files(key), &self.read)
-    }
-}
-
-/// The `file:<path>` components of a key, as hashes (an unparsable one as `None`).
-fn keyed_files(key: &Components) -> BTreeMap<String, Option<Key>> {
-    // `Components` serializes as its name → value map.
-    let all: BTreeMap<String, String> = serde_json::to_value(key)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default();
-    all.into_iter()
-        .filter_map(|(name, value)| {
-            let path = name.strip_prefix("file:")?;
-            Some((path.to_string(), Key::from_hex(&value)))
-        })
-        .collect()
-}
-
-fn check_read(
-    keyed: &BTreeMap<String, Option<Key>>,
-    read: &BTreeMap<String, Key>,
-) -> Result<(), ImportError> {
-    let paths: std::collections::BTreeSet<&String> = keyed.keys().chain(read.keys()).collect();
-    for path in paths {
-        if keyed.get(path).copied().flatten() != read.get(path).copied() {
-            return Err(ImportError::Changed { path: path.clone() });
+    /// files of `keyed` (what [`key_inputs`] returned, which became the key's
+    /// `file:<path>` components), with the same hashes.
+    pub fn check_read(&self, keyed: &BTreeMap<String, Key>) -> Result<(), ImportError> {
+        let paths: std::collections::BTreeSet<&String> =
+            keyed.keys().chain(self.read.keys()).collect();
+        for path in paths {
+            if keyed.get(path) != self.read.get(path) {
+                return Err(ImportError::Changed { path: path.clone() });
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The hashes of an import's input files, for its key.

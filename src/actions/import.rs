@@ -1,13 +1,20 @@
 //! The import action: an OCI layout or a `docker save` archive of the workspace,
 //! copied into the CAS and verified ([`crate::import`]).
+//!
+//! Keying ([`key`]) hashes exactly the files the import will read
+//! ([`crate::import::key_inputs`], which walks the layout with the import's own
+//! code); running ([`run`]) imports while hashing every file it reads, and fails,
+//! caching nothing, unless it read exactly the keyed files with the keyed
+//! hashes (a file changed between keying and reading).
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
 use crate::action::{Components, ImageOut, Output};
 use crate::diag::{Code, Diag};
-use crate::fileset;
+use crate::hash::Key;
+use crate::import::{self, Format, ImportError, Source};
 use crate::spec::model::{ImportSource, ImportSpec};
 use petgraph::graph::NodeIndex;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 /// The import recipe version: bump it whenever an import's output could change
 /// for the same inputs (manifest synthesis for archives, platform selection).
@@ -15,101 +22,71 @@ pub const RECIPE: &str = "import-1";
 
 /// What keying prepared for the run.
 pub struct Prepared {
-    path: PathBuf,
-    is_layout: bool,
+    /// Workspace-relative path of the layout directory or the archive.
+    rel: String,
+    format: Format,
+    /// The files the key hashed (its `file:` components), to compare with what
+    /// the run reads.
+    keyed: BTreeMap<String, Key>,
 }
 
 /// Key of import `n`: the content of every file it reads.
 pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImportSpec) -> Result<Keyed, ActionError> {
     let node = ctx.graph.node(n);
-    let (rel, is_layout) = match &spec.source.value {
-        ImportSource::OciLayout(p) => (p, true),
-        ImportSource::DockerArchive(p) => (p, false),
+    let (rel, format) = match &spec.source.value {
+        ImportSource::OciLayout(p) => (p, Format::OciLayout),
+        ImportSource::DockerArchive(p) => (p, Format::DockerArchive),
     };
     let ws_rel = if node.label.package().is_empty() {
         rel.clone()
     } else {
         format!("{}/{rel}", node.label.package())
     };
-    let abs = ctx.root.join(&ws_rel);
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
-    if is_layout {
-        if !abs.is_dir() {
-            return Err(ActionError::Spec(
-                Diag::new(
-                    Code::SourceMissing,
-                    format!("OCI layout directory `{ws_rel}` does not exist"),
-                )
-                .at(node.file, spec.source.span),
-            ));
-        }
-        for e in walkdir::WalkDir::new(&abs)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let e = e.map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
-            if e.file_type().is_file() {
-                let r = e
-                    .path()
-                    .strip_prefix(ctx.root)
-                    .unwrap_or(e.path())
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((r, e.path().to_path_buf()));
-            }
-        }
-    } else {
-        if !abs.is_file() {
-            return Err(ActionError::Spec(
-                Diag::new(
-                    Code::SourceMissing,
-                    format!("docker archive `{ws_rel}` does not exist"),
-                )
-                .at(node.file, spec.source.span),
-            ));
-        }
-        files.push((ws_rel.clone(), abs.clone()));
-    }
-    let hashed = fileset::hash_files(
-        files.iter().map(|(r, a)| (r.as_str(), a.as_path(), None)),
-        ctx.memo,
-    )
-    .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+    let src = Source {
+        root: ctx.canonical_root,
+        rel: &ws_rel,
+        format,
+    };
+    let inputs = import::key_inputs(src, &ctx.params.platform, ctx.memo).map_err(|e| match e {
+        ImportError::Missing { .. } => ActionError::Spec(
+            Diag::new(Code::SourceMissing, e.to_string()).at(node.file, spec.source.span),
+        ),
+        ImportError::Escapes { .. } => ActionError::Spec(
+            Diag::new(Code::PathEscapes, e.to_string()).at(node.file, spec.source.span),
+        ),
+        e => ActionError::Message(format!("import `{}`: {e}", node.label)),
+    })?;
     let mut c = Components::new("import");
     c.set("recipe", RECIPE);
     c.set("platform", ctx.params.platform.to_string());
-    c.set(
-        "source",
-        if is_layout {
-            "oci-layout"
-        } else {
-            "docker-archive"
-        },
-    );
-    for (rel, k) in &hashed.hashes {
+    c.set("source", format.name());
+    for (rel, k) in &inputs.files {
         c.set(format!("file:{rel}"), k.to_hex());
     }
     Ok(Keyed {
         key: c.key(),
         components: c,
         prepared: AnyPrepared::Import(Prepared {
-            path: abs,
-            is_layout,
+            rel: ws_rel,
+            format,
+            keyed: inputs.files,
         }),
-        learnt: hashed.learnt,
+        learnt: inputs.learnt,
     })
 }
 
-/// Copies the imported image into the CAS, verifying every blob.
+/// Copies the imported image into the CAS, verifying every blob and that what
+/// was read is what was keyed.
 pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, ActionError> {
     let node = ctx.graph.node(n);
-    let Prepared { path, is_layout } = prepared;
-    let imported = if is_layout {
-        crate::import::import_oci_layout(&path, &ctx.params.platform, ctx.cas)
-    } else {
-        crate::import::import_docker_archive(&path, &ctx.params.platform, ctx.cas)
-    }
-    .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+    let src = Source {
+        root: ctx.canonical_root,
+        rel: &prepared.rel,
+        format: prepared.format,
+    };
+    let imported = import::import(src, &ctx.params.platform, ctx.cas)
+        .and_then(|img| img.check_read(&prepared.keyed).map(|()| img))
+        .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
     Ok(Output::Image(ImageOut {
         manifest: imported.manifest_digest,
         manifest_size: imported.manifest_size,

@@ -1,5 +1,4 @@
 use super::*;
-use crate::action::Components;
 use crate::cache::Cache;
 use crate::layer::{Entry, EntryData, LayerFormat, MEDIA_TYPE_TAR, normalize, write_layer};
 use crate::listing::PathKind;
@@ -111,15 +110,6 @@ fn layout_of(ws: &Ws, rel: &str, content: &str, platform: &Platform) -> ((Digest
 
 fn blob_path(ws: &Ws, layout: &str, d: &Digest) -> PathBuf {
     ws.path(layout).join("blobs/sha256").join(d.hex())
-}
-
-/// The key components an action makes of [`key_inputs`].
-fn components(k: &KeyInputs) -> Components {
-    let mut c = Components::new("import");
-    for (rel, h) in &k.files {
-        c.set(format!("file:{rel}"), h.to_hex());
-    }
-    c
 }
 
 fn no_memo() -> FileMemo {
@@ -251,7 +241,7 @@ fn key_inputs_are_exactly_the_files_the_import_reads() {
     let keyed = key_inputs(ws.layout("layout"), &amd64(), &no_memo()).unwrap();
     let img = import(ws.layout("layout"), &amd64(), &ws.cas("c")).unwrap();
     assert_eq!(keyed.files, img.read);
-    assert!(img.check_read(&components(&keyed)).is_ok());
+    assert!(img.check_read(&keyed.files).is_ok());
     // Only the layer goes through the memo (documents are read to be parsed anyway).
     assert_eq!(keyed.learnt.len(), 1);
 
@@ -302,7 +292,6 @@ fn import_symlinked_index_json_is_keyed_as_read() {
     fs::remove_file(ws.path("layout/index.json")).unwrap();
     symlink("index-b.json", ws.path("layout/index.json")).unwrap();
     let key_b = key_inputs(ws.layout("layout"), &amd64(), &no_memo()).unwrap();
-    assert_ne!(components(&key_a).key(), components(&key_b).key());
     assert_ne!(key_a.files["layout/index.json"], key_b.files["layout/index.json"]);
     let img = import(ws.layout("layout"), &amd64(), &cas).unwrap();
     assert_eq!(img.manifest_digest, mb.0);
@@ -564,7 +553,7 @@ fn a_file_changed_between_key_and_read_fails_the_import() {
     assert!(text.contains("\"latest\""));
     fs::write(&index, text.replace("\"latest\"", "\"stable\"")).unwrap();
     let img = import(ws.layout("layout"), &amd64(), &ws.cas("c")).unwrap();
-    let err = img.check_read(&components(&keyed)).unwrap_err();
+    let err = img.check_read(&keyed.files).unwrap_err();
     assert!(matches!(err, ImportError::Changed { .. }), "{err}");
     assert_eq!(err.to_string(), "`layout/index.json` changed while it was imported");
 
@@ -579,35 +568,39 @@ fn a_file_changed_between_key_and_read_fails_the_import() {
     let keyed = key_inputs(ws.archive("image.tar"), &amd64(), &no_memo()).unwrap();
     fs::write(ws.path("image.tar"), &b).unwrap();
     let img = import(ws.archive("image.tar"), &amd64(), &ws.cas("c")).unwrap();
-    let err = img.check_read(&components(&keyed)).unwrap_err();
+    let err = img.check_read(&keyed.files).unwrap_err();
     assert_eq!(err.to_string(), "`image.tar` changed while it was imported");
 }
 
 #[test]
 fn check_read_wants_the_same_files_and_hashes() {
     let k = |s: &[u8]| Key::of_bytes(s);
-    let read: BTreeMap<String, Key> = [("a".to_string(), k(b"1")), ("b".to_string(), k(b"2"))].into();
-    let keyed = |pairs: &[(&str, Option<Key>)]| -> BTreeMap<String, Option<Key>> {
+    let map = |pairs: &[(&str, Key)]| -> BTreeMap<String, Key> {
         pairs.iter().map(|(p, h)| (p.to_string(), *h)).collect()
     };
-    assert!(check_read(&keyed(&[("a", Some(k(b"1"))), ("b", Some(k(b"2")))]), &read).is_ok());
-    for (bad, path) in [
-        (keyed(&[("a", Some(k(b"1")))]), "b"),
-        (keyed(&[("a", Some(k(b"1"))), ("b", Some(k(b"2"))), ("c", Some(k(b"3")))]), "c"),
-        (keyed(&[("a", Some(k(b"x"))), ("b", Some(k(b"2")))]), "a"),
-        (keyed(&[("a", None), ("b", Some(k(b"2")))]), "a"),
+    let img = |read: BTreeMap<String, Key>| ImportedImage {
+        config: ImageConfiguration::default(),
+        config_digest: Digest::of_bytes(b"c"),
+        config_size: 1,
+        layers: Vec::new(),
+        listings: Vec::new(),
+        manifest_digest: Digest::of_bytes(b"m"),
+        manifest_size: 1,
+        read,
+    };
+    let read = img(map(&[("a", k(b"1")), ("b", k(b"2"))]));
+    assert!(read.check_read(&map(&[("a", k(b"1")), ("b", k(b"2"))])).is_ok());
+    for (keyed, path) in [
+        // Read but not keyed, keyed but not read, keyed with other content.
+        (map(&[("a", k(b"1"))]), "b"),
+        (map(&[("a", k(b"1")), ("b", k(b"2")), ("c", k(b"3"))]), "c"),
+        (map(&[("a", k(b"x")), ("b", k(b"2"))]), "a"),
     ] {
-        match check_read(&bad, &read) {
+        match read.check_read(&keyed) {
             Err(ImportError::Changed { path: p }) => assert_eq!(p, path),
             other => panic!("{other:?}"),
         }
     }
-    // Components that are not files are ignored.
-    let mut c = Components::new("import");
-    c.set("platform", "linux/amd64");
-    c.set("file:a", k(b"1").to_hex());
-    c.set("file:b", k(b"2").to_hex());
-    assert_eq!(keyed_files(&c).len(), 2);
 }
 
 #[test]
