@@ -8,6 +8,7 @@ mod cli;
 mod conformance;
 mod determinism;
 mod diagnostics;
+mod imports;
 mod layers;
 mod parse_cache;
 mod robustness;
