@@ -206,7 +206,10 @@ pub struct KeyInputs {
 pub enum ImportError {
     #[error("{what} `{}` does not exist", escape(path))]
     Missing { path: String, what: &'static str },
-    #[error("`{}` resolves outside the workspace through a symbolic link", escape(path))]
+    #[error(
+        "`{}` resolves outside the workspace through a symbolic link",
+        escape(path)
+    )]
     Escapes { path: String },
     #[error("cannot read `{}`: {}", escape(path), escape(&source.to_string()))]
     Io { path: String, source: io::Error },
@@ -216,25 +219,43 @@ pub enum ImportError {
         what: &'static str,
         reason: String,
     },
-    #[error("blob {} (`{}`) is corrupt: {}", escape(digest), escape(path), escape(reason))]
+    #[error(
+        "blob {} (`{}`) is corrupt: {}",
+        escape(digest),
+        escape(path),
+        escape(reason)
+    )]
     BadBlob {
         digest: String,
         path: String,
         reason: String,
     },
-    #[error("`{}` has no image for platform {platform} (found: {})", escape(path), escape(found))]
+    #[error(
+        "`{}` has no image for platform {platform} (found: {})",
+        escape(path),
+        escape(found)
+    )]
     NoPlatform {
         path: String,
         platform: String,
         found: String,
     },
-    #[error("`{}` holds a {} image; the workspace builds {want}", escape(path), escape(found))]
+    #[error(
+        "`{}` holds a {} image; the workspace builds {want}",
+        escape(path),
+        escape(found)
+    )]
     WrongPlatform {
         path: String,
         found: String,
         want: String,
     },
-    #[error("layer {index} of `{}` (`{}`) has diff_id {actual} but the config says {}", escape(path), escape(layer), escape(expected))]
+    #[error(
+        "layer {index} of `{}` (`{}`) has diff_id {actual} but the config says {}",
+        escape(path),
+        escape(layer),
+        escape(expected)
+    )]
     DiffIdMismatch {
         path: String,
         layer: String,
@@ -381,7 +402,11 @@ impl<'a> Files<'a> {
         let path = self.check_exists(rel, Format::OciLayout)?;
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(invalid(rel, "OCI layout directory", "it is not a directory")),
+            Ok(_) => Err(invalid(
+                rel,
+                "OCI layout directory",
+                "it is not a directory",
+            )),
             Err(e) => Err(self.io_error(rel, e)),
         }
     }
@@ -418,12 +443,14 @@ impl<'a> Files<'a> {
             }
             None => Limit::AtMost(JSON_LIMIT),
         };
-        let (bytes, h) = input::read_all(HashReader::with(o.file, limit, Algos::Both))
-            .map_err(|e| match input::input_error(&e) {
-                Some(input::InputError::TooLong {
-                    limit: Limit::AtMost(_),
-                }) => invalid(rel, what, e),
-                _ => self.io_error(rel, e),
+        let (bytes, h) =
+            input::read_all(HashReader::with(o.file, limit, Algos::Both)).map_err(|e| {
+                match input::input_error(&e) {
+                    Some(input::InputError::TooLong {
+                        limit: Limit::AtMost(_),
+                    }) => invalid(rel, what, e),
+                    _ => self.io_error(rel, e),
+                }
             })?;
         let (Some(b3), Some(sha)) = (h.blake3, h.sha256) else {
             unreachable!("both hashes were asked for");
@@ -446,7 +473,13 @@ impl<'a> Files<'a> {
 
     /// Copies the blob `rel` into the CAS, hashing it (blake3 for the read
     /// record, sha256 against `d`): it must hold exactly `size` bytes.
-    fn copy_blob(&mut self, rel: &str, d: &Digest, size: u64, cas: &Cas) -> Result<(), ImportError> {
+    fn copy_blob(
+        &mut self,
+        rel: &str,
+        d: &Digest,
+        size: u64,
+        cas: &Cas,
+    ) -> Result<(), ImportError> {
         let o = self.open(rel)?;
         check_size(rel, d, o.meta.len(), size)?;
         let mut r = HashReader::with(

@@ -452,7 +452,11 @@ mod tests {
     #[test]
     fn an_endless_input_stops_at_the_limit() {
         // `io::repeat` never ends, like `/dev/zero`: the limit must stop it.
-        for limit in [Limit::Exactly(0), Limit::Exactly(4096), Limit::AtMost(1 << 20)] {
+        for limit in [
+            Limit::Exactly(0),
+            Limit::Exactly(4096),
+            Limit::AtMost(1 << 20),
+        ] {
             let e = HashReader::with(io::repeat(0), limit, Algos::Both)
                 .finish()
                 .unwrap_err();
@@ -547,10 +551,24 @@ mod tests {
         symlink("/dev/zero", root.join("zero")).unwrap();
         symlink("loop", root.join("loop")).unwrap();
         let want = root.join("a/b/f");
-        for ok in ["a/b/f", "rel/f", "abs/b/f", "a/b/up", "abs-in/b/f", "a/../a/b/f"] {
+        for ok in [
+            "a/b/f",
+            "rel/f",
+            "abs/b/f",
+            "a/b/up",
+            "abs-in/b/f",
+            "a/../a/b/f",
+        ] {
             assert_eq!(resolve_inside(&root, Path::new(ok)).unwrap(), want, "{ok}");
         }
-        for bad in ["out", "out-and-in", "zero", "..", "a/../../secret", "/etc/passwd"] {
+        for bad in [
+            "out",
+            "out-and-in",
+            "zero",
+            "..",
+            "a/../../secret",
+            "/etc/passwd",
+        ] {
             let e = resolve_inside(&root, Path::new(bad)).unwrap_err();
             assert_eq!(err_of(&e), InputError::Escapes, "{bad}");
         }

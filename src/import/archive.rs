@@ -75,7 +75,10 @@ pub(super) fn import(
         match m.kind {
             tar::EntryType::Symlink => {
                 let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                members.insert(name.clone(), ArchiveFile::Link(resolve_member(dir, &target)));
+                members.insert(
+                    name.clone(),
+                    ArchiveFile::Link(resolve_member(dir, &target)),
+                );
             }
             tar::EntryType::Link => {
                 members.insert(name.clone(), ArchiveFile::Link(normalize_member(&target)));

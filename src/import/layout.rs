@@ -48,7 +48,11 @@ fn blob_rel(dir: &str, d: &Digest) -> String {
 /// Reads `index.json`, the indexes on the way, the manifest and the config of
 /// the image for `platform` (each through `files`, which records and, on the
 /// import side, stores them), checks the platform, and plans the layers.
-pub(super) fn walk(files: &mut Files<'_>, dir: &str, platform: &Platform) -> Result<Plan, ImportError> {
+pub(super) fn walk(
+    files: &mut Files<'_>,
+    dir: &str,
+    platform: &Platform,
+) -> Result<Plan, ImportError> {
     let index_rel = join(dir, "index.json");
     let bytes = files.document(&index_rel, None, "image index")?;
     let index: ImageIndex =
@@ -88,7 +92,10 @@ pub(super) fn walk(files: &mut Files<'_>, dir: &str, platform: &Platform) -> Res
             invalid(
                 &mrel,
                 "image manifest",
-                format!("layer {digest} has the unsupported media type `{}`", l.media_type()),
+                format!(
+                    "layer {digest} has the unsupported media type `{}`",
+                    l.media_type()
+                ),
             )
         })?;
         layers.push(PlannedLayer {
@@ -157,7 +164,11 @@ fn select_manifest(
     depth: usize,
 ) -> Result<Descriptor, ImportError> {
     if depth > MAX_NESTING {
-        return Err(invalid(index_rel, "image index", "indexes are nested too deeply"));
+        return Err(invalid(
+            index_rel,
+            "image index",
+            "indexes are nested too deeply",
+        ));
     }
     let is_index = |d: &Descriptor| matches!(d.media_type().as_ref(), OCI_INDEX | DOCKER_LIST);
     let is_manifest =

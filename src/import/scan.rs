@@ -259,7 +259,8 @@ impl<R: Read> Scanner<R> {
                 Some(v) => v,
                 None => field(numeric(&old.gid, || h.gid()), "gid")?,
             };
-            let mode = field(numeric(&old.mode, || h.mode().map(u64::from)), "mode")? as u32 & 0o7777;
+            let mode =
+                field(numeric(&old.mode, || h.mode().map(u64::from)), "mode")? as u32 & 0o7777;
             let path = long_name
                 .or_else(|| record("GNU.sparse.name"))
                 .or_else(|| record("path"))
@@ -318,7 +319,10 @@ impl<R: Read> Read for Data<'_, R> {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the archive ends inside an entry's data at byte {}", self.s.pos),
+                format!(
+                    "the archive ends inside an entry's data at byte {}",
+                    self.s.pos
+                ),
             ));
         }
         self.s.left -= n as u64;
@@ -344,9 +348,11 @@ fn padding(size: u64) -> u64 {
 
 fn check_checksum(block: &[u8; BLOCK as usize], at: u64) -> io::Result<()> {
     let h = tar::Header::from_byte_slice(block);
-    let stored = h
-        .cksum()
-        .map_err(|_| bad(format!("not a tar header at byte {at} (bad checksum field)")))?;
+    let stored = h.cksum().map_err(|_| {
+        bad(format!(
+            "not a tar header at byte {at} (bad checksum field)"
+        ))
+    })?;
     let (mut unsigned, mut signed) = (0u32, 0i64);
     for (i, b) in block.iter().enumerate() {
         let b = if (148..156).contains(&i) { b' ' } else { *b };
@@ -356,7 +362,9 @@ fn check_checksum(block: &[u8; BLOCK as usize], at: u64) -> io::Result<()> {
     if stored == unsigned || i64::from(stored) == signed {
         Ok(())
     } else {
-        Err(bad(format!("not a tar header at byte {at} (checksum mismatch)")))
+        Err(bad(format!(
+            "not a tar header at byte {at} (checksum mismatch)"
+        )))
     }
 }
 
@@ -405,8 +413,10 @@ pub fn listed(m: &Member) -> Result<Listed, String> {
             format!("{dir}/{n}")
         }
     };
-    let uid = u32::try_from(m.uid).map_err(|_| format!("`{}` has uid {}", escaped(&path), m.uid))?;
-    let gid = u32::try_from(m.gid).map_err(|_| format!("`{}` has gid {}", escaped(&path), m.gid))?;
+    let uid =
+        u32::try_from(m.uid).map_err(|_| format!("`{}` has uid {}", escaped(&path), m.uid))?;
+    let gid =
+        u32::try_from(m.gid).map_err(|_| format!("`{}` has gid {}", escaped(&path), m.gid))?;
     let (path, kind) = if name == ".wh..wh..opq" {
         (dir.to_string(), PathKind::Opaque)
     } else if name.starts_with(".wh..wh.") {
@@ -505,15 +515,35 @@ mod tests {
         let mut t = Vec::new();
         push(&mut t, &header("./", tar::EntryType::Directory, 0), b"");
         push(&mut t, &header("./etc/", tar::EntryType::Directory, 0), b"");
-        push(&mut t, &header("etc//hosts", tar::EntryType::Regular, 3), b"abc");
+        push(
+            &mut t,
+            &header("etc//hosts", tar::EntryType::Regular, 3),
+            b"abc",
+        );
         let mut l = header("lib", tar::EntryType::Symlink, 0);
         l.set_link_name("usr/lib").unwrap();
         l.set_cksum();
         push(&mut t, &l, b"");
-        push(&mut t, &header("var/.wh.cache", tar::EntryType::Regular, 0), b"");
-        push(&mut t, &header("opt/.wh..wh..opq", tar::EntryType::Regular, 0), b"");
-        push(&mut t, &header(".wh..wh..opq", tar::EntryType::Regular, 0), b"");
-        push(&mut t, &header(".wh..wh.plnk", tar::EntryType::Directory, 0), b"");
+        push(
+            &mut t,
+            &header("var/.wh.cache", tar::EntryType::Regular, 0),
+            b"",
+        );
+        push(
+            &mut t,
+            &header("opt/.wh..wh..opq", tar::EntryType::Regular, 0),
+            b"",
+        );
+        push(
+            &mut t,
+            &header(".wh..wh..opq", tar::EntryType::Regular, 0),
+            b"",
+        );
+        push(
+            &mut t,
+            &header(".wh..wh.plnk", tar::EntryType::Directory, 0),
+            b"",
+        );
         push(&mut t, &header("dev/null", tar::EntryType::Char, 0), b"");
         t.extend_from_slice(&[0u8; 1024]);
         t.extend_from_slice(b"trailing bytes are the caller's");
@@ -551,18 +581,50 @@ mod tests {
         let long = "d/".repeat(80) + "file";
         let mut t = Vec::new();
         let body = pax(&[("path", &long), ("uid", "70000"), ("size", "5")]);
-        push(&mut t, &header("././@PaxHeader", tar::EntryType::XHeader, body.len() as u64), &body);
+        push(
+            &mut t,
+            &header("././@PaxHeader", tar::EntryType::XHeader, body.len() as u64),
+            &body,
+        );
         // The header's own size field says 0; PAX `size` says 5 and must frame the data.
-        push(&mut t, &header("short", tar::EntryType::Regular, 0), b"12345");
+        push(
+            &mut t,
+            &header("short", tar::EntryType::Regular, 0),
+            b"12345",
+        );
         let mut name = long.clone().into_bytes();
         name.push(0);
-        push(&mut t, &header("././@LongLink", tar::EntryType::GNULongName, name.len() as u64), &name);
+        push(
+            &mut t,
+            &header(
+                "././@LongLink",
+                tar::EntryType::GNULongName,
+                name.len() as u64,
+            ),
+            &name,
+        );
         let mut target = b"/very/long/target".to_vec();
         target.push(0);
-        push(&mut t, &header("././@LongLink", tar::EntryType::GNULongLink, target.len() as u64), &target);
+        push(
+            &mut t,
+            &header(
+                "././@LongLink",
+                tar::EntryType::GNULongLink,
+                target.len() as u64,
+            ),
+            &target,
+        );
         push(&mut t, &header("x", tar::EntryType::Symlink, 0), b"");
         let g = pax(&[("comment", "git")]);
-        push(&mut t, &header("pax_global_header", tar::EntryType::XGlobalHeader, g.len() as u64), &g);
+        push(
+            &mut t,
+            &header(
+                "pax_global_header",
+                tar::EntryType::XGlobalHeader,
+                g.len() as u64,
+            ),
+            &g,
+        );
         push(&mut t, &header("after", tar::EntryType::Regular, 0), b"");
         let (l, _) = list_layer(&t[..]).unwrap();
         assert_eq!(l.entries.len(), 3);
@@ -617,7 +679,11 @@ mod tests {
             }
         };
         let mut t = Vec::new();
-        push(&mut t, &header("g", tar::EntryType::XGlobalHeader, body.len() as u64), &body);
+        push(
+            &mut t,
+            &header("g", tar::EntryType::XGlobalHeader, body.len() as u64),
+            &body,
+        );
         push(&mut t, &header("f", tar::EntryType::Regular, 0), b"");
         assert_eq!(names(&t), [("f".to_string(), PathKind::File)]);
     }
@@ -629,24 +695,51 @@ mod tests {
         // Bad checksum.
         let mut t = good.clone();
         t[0] = b'b';
-        assert!(list_layer(&t[..]).unwrap_err().to_string().contains("checksum"));
+        assert!(
+            list_layer(&t[..])
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
         // Truncated inside the data, and inside a header.
         assert!(list_layer(&good[..514]).is_err());
         assert!(list_layer(&good[..100]).is_err());
         // An extension header with nothing after it.
         let mut t = Vec::new();
         let body = pax(&[("path", "x")]);
-        push(&mut t, &header("p", tar::EntryType::XHeader, body.len() as u64), &body);
+        push(
+            &mut t,
+            &header("p", tar::EntryType::XHeader, body.len() as u64),
+            &body,
+        );
         t.extend_from_slice(&[0u8; 1024]);
-        assert!(list_layer(&t[..]).unwrap_err().to_string().contains("not there"));
+        assert!(
+            list_layer(&t[..])
+                .unwrap_err()
+                .to_string()
+                .contains("not there")
+        );
         // A malformed PAX record.
         let mut t = Vec::new();
-        push(&mut t, &header("p", tar::EntryType::XHeader, 9), b"99 path=x");
+        push(
+            &mut t,
+            &header("p", tar::EntryType::XHeader, 9),
+            b"99 path=x",
+        );
         push(&mut t, &header("a", tar::EntryType::Regular, 0), b"");
-        assert!(list_layer(&t[..]).unwrap_err().to_string().contains("malformed"));
+        assert!(
+            list_layer(&t[..])
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
         // A path leaving the root.
         let mut t = Vec::new();
-        push(&mut t, &header("a/../../etc/passwd", tar::EntryType::Regular, 0), b"");
+        push(
+            &mut t,
+            &header("a/../../etc/passwd", tar::EntryType::Regular, 0),
+            b"",
+        );
         let e = list_layer(&t[..]).unwrap_err().to_string();
         assert!(e.contains("leaves the image root"), "{e}");
         // Garbage is never a panic.

@@ -93,7 +93,12 @@ fn image(cas: &Cas, content: &str, platform: &Platform) -> ((Digest, u64), Vec<D
 }
 
 /// Writes a layout of one image at `ws/rel` (blobs copied, not linked).
-fn layout_of(ws: &Ws, rel: &str, content: &str, platform: &Platform) -> ((Digest, u64), Vec<Digest>) {
+fn layout_of(
+    ws: &Ws,
+    rel: &str,
+    content: &str,
+    platform: &Platform,
+) -> ((Digest, u64), Vec<Digest>) {
     let src = ws.cas("src");
     let (m, blobs) = image(&src, content, platform);
     let out = ws.path(rel);
@@ -142,7 +147,10 @@ fn oci_layout_round_trip() {
         .collect();
     assert_eq!(
         listed,
-        [("etc", PathKind::Dir, 0o755), ("etc/hello", PathKind::File, 0o644)]
+        [
+            ("etc", PathKind::Dir, 0o755),
+            ("etc/hello", PathKind::File, 0o644)
+        ]
     );
     // What was read: the index, the manifest, the config and the layer.
     let read: Vec<&str> = img.read.keys().map(String::as_str).collect();
@@ -193,7 +201,10 @@ fn oci_layout_picks_the_platform() {
     let img = import(ws.layout("layout"), &arm64(), &dst).unwrap();
     assert_eq!(img.manifest_digest, m2.0);
     // The nested index is read, and keyed.
-    assert!(img.read.contains_key(&format!("layout/blobs/sha256/{}", nd.hex())));
+    assert!(
+        img.read
+            .contains_key(&format!("layout/blobs/sha256/{}", nd.hex()))
+    );
     let keyed = key_inputs(ws.layout("layout"), &arm64(), &no_memo()).unwrap();
     assert_eq!(keyed.files, img.read);
     assert_eq!(
@@ -226,9 +237,15 @@ fn oci_layout_corrupt_blob_is_rejected() {
     // Wrong size: refused before it is read, on the key side too.
     fs::write(&p, b"short").unwrap();
     let err = import(ws.layout("layout"), &amd64(), &dst).unwrap_err();
-    assert!(err.to_string().contains("5 bytes, the descriptor says"), "{err}");
+    assert!(
+        err.to_string().contains("5 bytes, the descriptor says"),
+        "{err}"
+    );
     let err = key_inputs(ws.layout("layout"), &amd64(), &no_memo()).unwrap_err();
-    assert!(err.to_string().contains("5 bytes, the descriptor says"), "{err}");
+    assert!(
+        err.to_string().contains("5 bytes, the descriptor says"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -287,12 +304,20 @@ fn import_symlinked_index_json_is_keyed_as_read() {
     let cas = ws.cas("c");
     let key_a = key_inputs(ws.layout("layout"), &amd64(), &no_memo()).unwrap();
     assert!(key_a.files.contains_key("layout/index.json"));
-    assert_eq!(import(ws.layout("layout"), &amd64(), &cas).unwrap().manifest_digest, ma.0);
+    assert_eq!(
+        import(ws.layout("layout"), &amd64(), &cas)
+            .unwrap()
+            .manifest_digest,
+        ma.0
+    );
 
     fs::remove_file(ws.path("layout/index.json")).unwrap();
     symlink("index-b.json", ws.path("layout/index.json")).unwrap();
     let key_b = key_inputs(ws.layout("layout"), &amd64(), &no_memo()).unwrap();
-    assert_ne!(key_a.files["layout/index.json"], key_b.files["layout/index.json"]);
+    assert_ne!(
+        key_a.files["layout/index.json"],
+        key_b.files["layout/index.json"]
+    );
     let img = import(ws.layout("layout"), &amd64(), &cas).unwrap();
     assert_eq!(img.manifest_digest, mb.0);
     assert_eq!(img.read, key_b.files);
@@ -362,7 +387,11 @@ fn zero_size_layer_layout(ws: &Ws, blob: &dyn Fn(&Path)) -> Digest {
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(),
          "size": manifest.len()}]});
-    fs::write(ws.path("zero/index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    fs::write(
+        ws.path("zero/index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
     layer
 }
 
@@ -382,7 +411,8 @@ fn import_blob_with_size_0_linking_to_dev_zero_is_refused() {
     });
     let err = import(ws.layout("zero"), &amd64(), &cas).unwrap_err();
     assert!(
-        err.to_string().contains("1073741824 bytes, the descriptor says 0"),
+        err.to_string()
+            .contains("1073741824 bytes, the descriptor says 0"),
         "{err}"
     );
     // The empty blob it should be is fine (an empty tar stream is an empty layer).
@@ -424,7 +454,10 @@ fn import_fifo_as_index_json_or_blob_fails_promptly() {
         fs::remove_file(&p).unwrap();
         mkfifo(&p);
         let err = import(ws.layout("layout"), &amd64(), &ws.cas("c")).unwrap_err();
-        assert!(err.to_string().contains("it is a FIFO, not a regular file"), "{err}");
+        assert!(
+            err.to_string().contains("it is a FIFO, not a regular file"),
+            "{err}"
+        );
         assert!(key_inputs(ws.layout("layout"), &amd64(), &no_memo()).is_err());
         fs::remove_file(&p).unwrap();
         fs::write(&p, saved).unwrap();
@@ -445,7 +478,10 @@ fn import_json_documents_are_capped() {
     // An index.json over 4 MiB (sparse: nothing real is written).
     let index = ws.path("layout/index.json");
     let saved = fs::read(&index).unwrap();
-    fs::File::create(&index).unwrap().set_len(300 << 20).unwrap();
+    fs::File::create(&index)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
     let err = import(ws.layout("layout"), &amd64(), &ws.cas("c")).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -555,7 +591,10 @@ fn a_file_changed_between_key_and_read_fails_the_import() {
     let img = import(ws.layout("layout"), &amd64(), &ws.cas("c")).unwrap();
     let err = img.check_read(&keyed.files).unwrap_err();
     assert!(matches!(err, ImportError::Changed { .. }), "{err}");
-    assert_eq!(err.to_string(), "`layout/index.json` changed while it was imported");
+    assert_eq!(
+        err.to_string(),
+        "`layout/index.json` changed while it was imported"
+    );
 
     // The same for a docker archive.
     let (a, _) = docker_archive(&ArchiveOpts::default());
@@ -589,7 +628,10 @@ fn check_read_wants_the_same_files_and_hashes() {
         read,
     };
     let read = img(map(&[("a", k(b"1")), ("b", k(b"2"))]));
-    assert!(read.check_read(&map(&[("a", k(b"1")), ("b", k(b"2"))])).is_ok());
+    assert!(
+        read.check_read(&map(&[("a", k(b"1")), ("b", k(b"2"))]))
+            .is_ok()
+    );
     for (keyed, path) in [
         // Read but not keyed, keyed but not read, keyed with other content.
         (map(&[("a", k(b"1"))]), "b"),
@@ -653,7 +695,10 @@ fn platforms_normalize_as_containerd_does() {
         ("Linux", "i386", None, "linux/386"),
     ];
     for (os, arch, v, want) in yes {
-        assert!(platform_matches(os, arch, v, &p(want)), "{os}/{arch}/{v:?} vs {want}");
+        assert!(
+            platform_matches(os, arch, v, &p(want)),
+            "{os}/{arch}/{v:?} vs {want}"
+        );
     }
     let no = [
         ("linux", "arm64", None, "linux/amd64"),
@@ -663,7 +708,10 @@ fn platforms_normalize_as_containerd_does() {
         ("linux", "arm64", Some("v9"), "linux/arm64"),
     ];
     for (os, arch, v, want) in no {
-        assert!(!platform_matches(os, arch, v, &p(want)), "{os}/{arch}/{v:?} vs {want}");
+        assert!(
+            !platform_matches(os, arch, v, &p(want)),
+            "{os}/{arch}/{v:?} vs {want}"
+        );
     }
 }
 
@@ -902,12 +950,18 @@ fn docker_archive_errors() {
     b.append(&h, io::repeat(b' ').take(JSON_LIMIT + 1)).unwrap();
     fs::write(&path, b.into_inner().unwrap()).unwrap();
     let err = run().unwrap_err().to_string();
-    assert!(err.contains("`manifest.json` holds 4194305 bytes, over the limit of 4 MiB"), "{err}");
+    assert!(
+        err.contains("`manifest.json` holds 4194305 bytes, over the limit of 4 MiB"),
+        "{err}"
+    );
     // Missing file.
     let err = import(ws.archive("nope.tar"), &amd64(), &cas).unwrap_err();
     assert_eq!(err.to_string(), "docker archive `nope.tar` does not exist");
     let err = import(ws.layout("nope"), &amd64(), &cas).unwrap_err();
-    assert_eq!(err.to_string(), "OCI layout directory `nope` does not exist");
+    assert_eq!(
+        err.to_string(),
+        "OCI layout directory `nope` does not exist"
+    );
 }
 
 /// Names an archive chooses reach messages escaped, never as raw control

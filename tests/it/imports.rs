@@ -65,7 +65,10 @@ fn base_digest(layout: &Path) -> String {
 fn index_digest(layout: &Path) -> String {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"].as_str().unwrap().to_string()
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Before: the key skipped symlinks while the import followed them, so
@@ -79,7 +82,12 @@ fn import_symlinked_index_json_is_keyed_as_read() {
     let a = index_digest(&img);
     std::fs::rename(img.join("index.json"), img.join("index-a.json")).unwrap();
     // A second base image, its blobs added to the same layout.
-    ws.write("base/BUILD.kdl", &std::fs::read_to_string(ws.path("base/BUILD.kdl")).unwrap().replace("ID=imgc-test", "ID=imgc-other"));
+    ws.write(
+        "base/BUILD.kdl",
+        &std::fs::read_to_string(ws.path("base/BUILD.kdl"))
+            .unwrap()
+            .replace("ID=imgc-test", "ID=imgc-other"),
+    );
     ws.build(&["//base:base"]);
     let other = ws.layout("base", "base");
     let b = index_digest(&other);
@@ -150,7 +158,9 @@ fn import_index_json_linked_to_dev_zero_is_refused() {
     symlink("/dev/zero", &index).unwrap();
     let err = build_fails(&ws);
     assert!(
-        err.contains("`third_party/img/index.json` resolves outside the workspace through a symbolic link"),
+        err.contains(
+            "`third_party/img/index.json` resolves outside the workspace through a symbolic link"
+        ),
         "{err}"
     );
 }
@@ -191,13 +201,19 @@ fn ws_with_zero_size_layer(make_blob: impl Fn(&Path)) -> Ws {
 fn import_blob_linked_to_dev_zero_with_size_0_is_refused() {
     let ws = ws_with_zero_size_layer(|p| symlink("/dev/zero", p).unwrap());
     let err = build_fails(&ws);
-    assert!(err.contains("resolves outside the workspace through a symbolic link"), "{err}");
+    assert!(
+        err.contains("resolves outside the workspace through a symbolic link"),
+        "{err}"
+    );
     // A regular file longer than its descriptor is refused before it is read.
     let ws = ws_with_zero_size_layer(|p| {
         std::fs::File::create(p).unwrap().set_len(1 << 30).unwrap();
     });
     let err = build_fails(&ws);
-    assert!(err.contains("1073741824 bytes, the descriptor says 0"), "{err}");
+    assert!(
+        err.contains("1073741824 bytes, the descriptor says 0"),
+        "{err}"
+    );
     // The empty blob it should be imports fine.
     let ws = ws_with_zero_size_layer(|p| std::fs::write(p, b"").unwrap());
     ws.build(&["//third_party/..."]);
@@ -215,11 +231,16 @@ fn import_of_another_platform_is_an_error() {
     ws.write("third_party/BUILD.kdl", IMPORT_BUILD);
     let err = build_fails(&ws);
     assert!(
-        err.contains("`third_party/img` holds a linux/arm64 image; the workspace builds linux/amd64"),
+        err.contains(
+            "`third_party/img` holds a linux/arm64 image; the workspace builds linux/amd64"
+        ),
         "{err}"
     );
     // `arm64/v8` is `arm64`.
-    ws.write("imgc.kdl", "workspace {\n    platform \"linux/arm64/v8\"\n}\n");
+    ws.write(
+        "imgc.kdl",
+        "workspace {\n    platform \"linux/arm64/v8\"\n}\n",
+    );
     ws.build(&["//third_party/..."]);
 }
 
@@ -235,7 +256,8 @@ fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-const ARCHIVE_BUILD: &str = "import \"up\" {\n    docker-archive \"img.tar\"\n}\nimage \"on-up\" {\n    from \":up\"\n}\n";
+const ARCHIVE_BUILD: &str =
+    "import \"up\" {\n    docker-archive \"img.tar\"\n}\nimage \"on-up\" {\n    from \":up\"\n}\n";
 
 #[test]
 fn import_single_image_docker_archive_of_another_platform_is_an_error() {
@@ -260,7 +282,9 @@ fn import_single_image_docker_archive_of_another_platform_is_an_error() {
     ws.write("third_party/BUILD.kdl", ARCHIVE_BUILD);
     let err = build_fails(&ws);
     assert!(
-        err.contains("`third_party/img.tar` holds a linux/arm64 image; the workspace builds linux/amd64"),
+        err.contains(
+            "`third_party/img.tar` holds a linux/arm64 image; the workspace builds linux/amd64"
+        ),
         "{err}"
     );
 }
@@ -291,10 +315,8 @@ fn import_huge_pax_header_in_docker_archive_is_refused() {
 #[test]
 fn import_archive_member_names_are_escaped() {
     let evil = "\u{1b}]2;owned\u{7}\u{1b}[2Jlayer.tar";
-    let manifest = serde_json::to_vec(
-        &serde_json::json!([{"Config": "c.json", "Layers": [evil]}]),
-    )
-    .unwrap();
+    let manifest =
+        serde_json::to_vec(&serde_json::json!([{"Config": "c.json", "Layers": [evil]}])).unwrap();
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000000"]}}"#;
     let ws = small_ws();
     ws.write_bytes(
@@ -304,7 +326,10 @@ fn import_archive_member_names_are_escaped() {
     ws.write("third_party/BUILD.kdl", ARCHIVE_BUILD);
     let err = build_fails(&ws);
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
-    assert!(err.contains("\\u{1b}]2;owned\\u{7}\\u{1b}[2Jlayer.tar"), "{err}");
+    assert!(
+        err.contains("\\u{1b}]2;owned\\u{7}\\u{1b}[2Jlayer.tar"),
+        "{err}"
+    );
 }
 
 #[test]
