@@ -18,7 +18,12 @@ use std::collections::BTreeMap;
 
 /// The import recipe version: bump it whenever an import's output could change
 /// for the same inputs (manifest synthesis for archives, platform selection).
-pub const RECIPE: &str = "import-1";
+///
+/// - `import-2`: the chosen image's config must be for the build platform (a
+///   single-image layout or archive of another platform was accepted before,
+///   and an old cache entry for one must not be served where a fresh import now
+///   fails); the key holds the files the import reads, through in-workspace links.
+pub const RECIPE: &str = "import-2";
 
 /// What keying prepared for the run.
 pub struct Prepared {

@@ -422,6 +422,37 @@ const RECIPE_GOLDEN: &[(&str, &str, &str, &str)] = &[
         "//third_party:on-vendor~layer0",
         "sha256:48fb8fdfe5cebb4d4ae3635da91fc6c95ed757374d9c79091c8123d7d12c38c9",
     ),
+    // import-2 checks the platform and keys what it reads: the same bytes as import-1.
+    (
+        "import-2/layer-3",
+        "gzip",
+        "//third_party:archive",
+        "sha256:249de3a20cf856b2a2ab4d4743b884537fbfd20d49f2f080c219042ea5fc64bd",
+    ),
+    (
+        "import-2/layer-3",
+        "gzip",
+        "//third_party:layout",
+        "sha256:f84a77562bbd13e16c1eb4c976f80eab75b12e1fa09ea66bb813e6990c440ad6",
+    ),
+    (
+        "import-2",
+        "gzip",
+        "//third_party:vendor",
+        "sha256:4d868b9364e88c49c944ee69705e9200286d12db7674d9dd383085e31f06dc04",
+    ),
+    (
+        "import-2/layer-3",
+        "zstd",
+        "//third_party:layout",
+        "sha256:7ae61d34e51fee0636c228a6e9d873ce6f697fc3ed70e9dcced1ae085598b7fc",
+    ),
+    (
+        "import-2",
+        "zstd",
+        "//third_party:vendor",
+        "sha256:4d868b9364e88c49c944ee69705e9200286d12db7674d9dd383085e31f06dc04",
+    ),
 ];
 
 /// Guards the recipe versions: an action kind whose output bytes change without
