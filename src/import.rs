@@ -179,15 +179,26 @@ impl ImportedImage {
     /// Fails with [`ImportError::Changed`] unless the import read exactly the
     /// files of `keyed` (what [`key_inputs`] returned, which became the key's
     /// `file:<path>` components), with the same hashes.
+    ///
+    /// A file read on both sides with other content is named first: it is the
+    /// cause (`index.json` changed), while files read on one side only are its
+    /// consequence (the blobs of another image).
     pub fn check_read(&self, keyed: &BTreeMap<String, Key>) -> Result<(), ImportError> {
-        let paths: std::collections::BTreeSet<&String> =
-            keyed.keys().chain(self.read.keys()).collect();
-        for path in paths {
-            if keyed.get(path) != self.read.get(path) {
-                return Err(ImportError::Changed { path: path.clone() });
-            }
+        let changed = self
+            .read
+            .iter()
+            .find(|(path, k)| keyed.get(*path).is_some_and(|old| old != *k))
+            .map(|(path, _)| path);
+        let one_side = || {
+            keyed
+                .keys()
+                .find(|p| !self.read.contains_key(*p))
+                .or_else(|| self.read.keys().find(|p| !keyed.contains_key(*p)))
+        };
+        match changed.or_else(one_side) {
+            Some(path) => Err(ImportError::Changed { path: path.clone() }),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

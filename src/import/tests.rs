@@ -637,6 +637,8 @@ fn check_read_wants_the_same_files_and_hashes() {
         (map(&[("a", k(b"1"))]), "b"),
         (map(&[("a", k(b"1")), ("b", k(b"2")), ("c", k(b"3"))]), "c"),
         (map(&[("a", k(b"x")), ("b", k(b"2"))]), "a"),
+        // A changed file is named before the files read on one side only.
+        (map(&[("0", k(b"0")), ("b", k(b"x"))]), "b"),
     ] {
         match read.check_read(&keyed) {
             Err(ImportError::Changed { path: p }) => assert_eq!(p, path),

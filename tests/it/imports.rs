@@ -353,3 +353,89 @@ fn import_through_links_inside_the_workspace_only() {
     );
     assert!(err.contains("third_party/BUILD.kdl:2"), "{err}");
 }
+
+/// Builds `pattern` in the library, calling `hook` right before each action
+/// runs (after it was keyed and missed). Returns the failure messages by label.
+fn build_with_hook(
+    ws: &Ws,
+    pattern: &str,
+    hook: impl Fn(&imgc::label::Label) + Send + Sync + 'static,
+) -> std::collections::BTreeMap<String, String> {
+    use imgc::commands::{Context, Loaded, build};
+    use imgc::scheduler::Outcome;
+    let ctx = Context {
+        cwd: ws.root().to_path_buf(),
+        cache_dir: Some(ws.cache.path().to_path_buf()),
+    };
+    let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
+    let selected = loaded.select(&[pattern.to_string()]).unwrap();
+    let mut settings = build::settings(&loaded, Some(1), false, false).unwrap();
+    settings.before_run = Some(std::sync::Arc::new(hook));
+    let mut reporter = imgc::report::Reporter::new(true, &loaded.ws.root, Default::default());
+    let summary = build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    summary
+        .outcomes
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Outcome::Failed(e) => Some((loaded.graph.node(*n).label.to_string(), e.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Before: the import action read the layout after it was keyed and stored
+/// whatever it read under the key of what was there before, so a file changed
+/// in between was served from the cache after it was changed back.
+#[test]
+fn import_file_changed_between_key_and_read_fails_and_caches_nothing() {
+    let ws = ws_with_imported_layout();
+    let img = ws.path("third_party/img");
+    let a = index_digest(&img);
+    let index_a = std::fs::read(img.join("index.json")).unwrap();
+    // A second image in the same layout, and its `index.json` kept aside.
+    ws.write(
+        "base/BUILD.kdl",
+        &std::fs::read_to_string(ws.path("base/BUILD.kdl"))
+            .unwrap()
+            .replace("ID=imgc-test", "ID=imgc-other"),
+    );
+    ws.build(&["//base:base"]);
+    let other = ws.layout("base", "base");
+    for e in std::fs::read_dir(other.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let to = img.join("blobs/sha256").join(e.file_name());
+        if !to.exists() {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+    let index_b = std::fs::read(other.join("index.json")).unwrap();
+    assert_ne!(index_a, index_b);
+
+    // Keyed on image A; right before it runs, `index.json` becomes image B's.
+    let index = img.join("index.json");
+    let swap = index.clone();
+    let failures = build_with_hook(&ws, "//third_party/...", move |label| {
+        if label.to_string() == "//third_party:up" {
+            std::fs::write(&swap, &index_b).unwrap();
+        }
+    });
+    assert_eq!(
+        failures.get("//third_party:up").map(String::as_str),
+        Some(
+            "import `//third_party:up`: `third_party/img/index.json` changed while it was imported"
+        ),
+        "{failures:?}"
+    );
+    assert!(!ws.layout("third_party", "on-up").exists());
+
+    // Restored: the key is the one keyed above, and nothing was stored under it.
+    std::fs::write(&index, &index_a).unwrap();
+    let ev = ws.build(&["//third_party/..."]);
+    assert!(
+        ev.ran().contains(&"//third_party:up".to_string()),
+        "the import must run again: {:?}",
+        ev.ran()
+    );
+    assert_eq!(base_digest(&ws.layout("third_party", "on-up")), a);
+}
