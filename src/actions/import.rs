@@ -5,10 +5,12 @@
 //! ([`crate::import::key_inputs`], which walks the layout with the import's own
 //! code); running ([`run`]) imports while hashing every file it reads, and fails,
 //! caching nothing, unless it read exactly the keyed files with the keyed
-//! hashes (a file changed between keying and reading).
+//! hashes (a file changed between keying and reading). Its output carries a
+//! listing of every layer (made while the layer's diff_id was computed), so an
+//! image built on an import is checked against its layers like any base.
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
-use crate::action::{Components, ImageOut, Output};
+use crate::action::{Blob, Components, ImageOut, Output};
 use crate::diag::{Code, Diag};
 use crate::hash::Key;
 use crate::import::{self, Format, ImportError, Source};
@@ -22,7 +24,8 @@ use std::collections::BTreeMap;
 /// - `import-2`: the chosen image's config must be for the build platform (a
 ///   single-image layout or archive of another platform was accepted before,
 ///   and an old cache entry for one must not be served where a fresh import now
-///   fails); the key holds the files the import reads, through in-workspace links.
+///   fails); the key holds the files the import reads, through in-workspace links;
+///   every layer's listing is stored with the output.
 pub const RECIPE: &str = "import-2";
 
 /// What keying prepared for the run.
@@ -92,11 +95,23 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
     let imported = import::import(src, &ctx.params.platform, ctx.cas)
         .and_then(|img| img.check_read(&prepared.keyed).map(|()| img))
         .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+    // Each layer's listing goes into the CAS beside it, so images built on the
+    // import check their own layers against it ([`crate::listing::Stack`]).
+    let mut layers = imported.layers;
+    for (l, listing) in layers.iter_mut().zip(&imported.listings) {
+        let (digest, size) = ctx.cas.put_bytes(&listing.to_json()).map_err(|e| {
+            ActionError::Message(format!(
+                "import `{}`: cannot store the listing of {}: {e}",
+                node.label, l.digest
+            ))
+        })?;
+        l.listing = Some(Blob { digest, size });
+    }
     Ok(Output::Image(ImageOut {
         manifest: imported.manifest_digest,
         manifest_size: imported.manifest_size,
         config: imported.config_digest,
         config_size: imported.config_size,
-        layers: imported.layers,
+        layers,
     }))
 }

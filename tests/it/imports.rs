@@ -439,3 +439,34 @@ fn import_file_changed_between_key_and_read_fails_and_caches_nothing() {
     );
     assert_eq!(base_digest(&ws.layout("third_party", "on-up")), a);
 }
+
+/// Before: imported layers had no listing, so a layer over an imported base
+/// could silently replace one of its directories.
+#[test]
+fn image_on_an_import_is_checked_against_the_imported_layers() {
+    let ws = ws_with_imported_layout();
+    ws.write(
+        "third_party/BUILD.kdl",
+        &format!(
+            "{IMPORT_BUILD}layer \"clobber\" {{\n    text \"/tmp\" \"x\"\n}}\n\
+             image \"bad\" {{\n    from \":up\"\n    layers \":clobber\"\n}}\n"
+        ),
+    );
+    let out = ws.run(&["build", "//third_party:bad"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("E030"), "{err}");
+    assert!(
+        err.contains("layer `//third_party:clobber` puts a file at `/tmp` where layer 1 of base `//third_party:up`"),
+        "{err}"
+    );
+    // The listing of the imported layer is kept with the import's output: a
+    // cached import is checked the same.
+    std::fs::remove_dir_all(ws.path("imgc-out")).ok();
+    let out = ws.run(&["build", "//third_party:bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).matches("E030").count(),
+        err.matches("E030").count()
+    );
+}
