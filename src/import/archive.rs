@@ -16,6 +16,7 @@ use crate::oci::{LayerDesc, build_manifest, canonical_json};
 use crate::spec::model::Platform;
 use oci_spec::image::ImageConfiguration;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::io::{self, Read, Write};
 
 /// One file of a docker archive, as seen while streaming it.
@@ -124,7 +125,6 @@ pub(super) fn import(
             _ => {}
         }
     }
-    drop(scanner);
     // The whole file is hashed, bytes after the end of the archive included.
     let hashes = buffered
         .into_inner()
@@ -196,12 +196,14 @@ pub(super) fn import(
     let mut listings = Vec::new();
     for (i, (member, expected)) in entry.layers.iter().zip(diff_ids).enumerate() {
         let (digest, size) = lookup(member)?;
-        if !facts.contains_key(&digest) {
-            let media_type = sniff_media_type(cas, &digest, rel)?;
-            let (diff_id, listing) = layer_facts(cas, &digest, media_type, rel)?;
-            facts.insert(digest, (media_type, diff_id, listing));
-        }
-        let (media_type, diff_id, listing) = &facts[&digest];
+        let (media_type, diff_id, listing) = match facts.entry(digest) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let media_type = sniff_media_type(cas, &digest, rel)?;
+                let (diff_id, listing) = layer_facts(cas, &digest, media_type, rel)?;
+                e.insert((media_type, diff_id, listing))
+            }
+        };
         check_diff_id(rel, member, i, expected, diff_id)?;
         layers.push(LayerDesc {
             digest,

@@ -14,6 +14,7 @@ use crate::oci::LayerDesc;
 use crate::spec::model::Platform;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -126,12 +127,13 @@ pub(super) fn import(
     let mut layers = Vec::new();
     let mut listings = Vec::new();
     for (i, (l, expected)) in plan.layers.iter().zip(&plan.diff_ids).enumerate() {
-        if !facts.contains_key(&l.digest) {
-            files.copy_blob(&l.rel, &l.digest, l.size, cas)?;
-            let f = layer_facts(cas, &l.digest, l.media_type, &l.rel)?;
-            facts.insert(l.digest, f);
-        }
-        let (diff_id, listing) = &facts[&l.digest];
+        let (diff_id, listing) = match facts.entry(l.digest) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                files.copy_blob(&l.rel, &l.digest, l.size, cas)?;
+                e.insert(layer_facts(cas, &l.digest, l.media_type, &l.rel)?)
+            }
+        };
         check_diff_id(&l.rel, &l.digest.to_string(), i, expected, diff_id)?;
         layers.push(LayerDesc {
             digest: l.digest,
