@@ -59,13 +59,22 @@ impl Ws {
 
 /// A one-layer image stored in `cas`: (manifest digest+size, [config, layer]).
 fn image(cas: &Cas, content: &str, platform: &Platform) -> ((Digest, u64), Vec<Digest>) {
-    let entries = normalize(vec![Entry {
-        path: "etc/hello".into(),
-        data: EntryData::Bytes(content.as_bytes().to_vec()),
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-    }])
+    let entries = normalize(vec![
+        Entry {
+            path: "etc".into(),
+            data: EntryData::Dir,
+            mode: 0o750,
+            uid: 0,
+            gid: 0,
+        },
+        Entry {
+            path: "etc/hello".into(),
+            data: EntryData::Bytes(content.as_bytes().to_vec()),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    ])
     .unwrap();
     let l = write_layer(
         &entries,
@@ -148,7 +157,7 @@ fn oci_layout_round_trip() {
     assert_eq!(
         listed,
         [
-            ("etc", PathKind::Dir, 0o755),
+            ("etc", PathKind::Dir, 0o750),
             ("etc/hello", PathKind::File, 0o644)
         ]
     );
