@@ -58,10 +58,13 @@ pub enum Code {
     /// A layer of an image that would change a lower layer's path between
     /// directory and non-directory (deleting what was below).
     StackConflict,
+    /// A spec beyond a documented limit: nesting depth, file size for the parser,
+    /// the length of an output path.
+    Limit,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 23] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -84,6 +87,7 @@ impl Code {
         Code::Conflict,
         Code::OutputCollision,
         Code::StackConflict,
+        Code::Limit,
     ];
 
     /// The stable code, `E001`...
@@ -111,6 +115,7 @@ impl Code {
             Code::Conflict => "E020",
             Code::OutputCollision => "E021",
             Code::StackConflict => "E030",
+            Code::Limit => "E022",
         }
     }
 }

@@ -67,6 +67,7 @@ mod architecture {
             ("spec/parse.rs", include_str!("spec/parse.rs")),
             ("spec/reader.rs", include_str!("spec/reader.rs")),
             ("spec/paths.rs", include_str!("spec/paths.rs")),
+            ("spec/limits.rs", include_str!("spec/limits.rs")),
         ];
         let forbidden = [
             "std::fs",

@@ -302,7 +302,42 @@ pub fn load(
         .iter()
         .map(|(pkg, text, _)| sources.add(build_file_path(pkg), text.clone()))
         .collect();
-    let parsed: Vec<Parsed> = texts
+    let parsed = match parse_pool() {
+        Some(pool) => pool.install(|| parse_texts(texts, ids, &hits)),
+        None => parse_texts(texts, ids, &hits),
+    };
+    let mut packages = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        match p.store {
+            None => pc.report.hits += 1,
+            Some(store) => {
+                pc.report.parsed += 1;
+                new_entries.extend(store);
+            }
+        }
+        packages.push(p.package);
+        diags.extend(p.diags);
+    }
+    pc.put(&new_entries, &touch);
+    Ok((
+        Workspace {
+            root: root.to_path_buf(),
+            config,
+            sources,
+            packages,
+            parse_cache: pc.report,
+        },
+        diags,
+    ))
+}
+
+/// Parses each text (or takes it from `hits`): on the parse pool when there is one.
+fn parse_texts(
+    texts: Vec<(String, String, Key)>,
+    ids: Vec<usize>,
+    hits: &BTreeMap<Key, String>,
+) -> Vec<Parsed> {
+    texts
         .into_par_iter()
         .zip(ids.into_par_iter())
         .map(|((pkg, text, key), file)| {
@@ -336,30 +371,22 @@ pub fn load(
                 store: Some(store),
             }
         })
-        .collect();
-    let mut packages = Vec::with_capacity(parsed.len());
-    for p in parsed {
-        match p.store {
-            None => pc.report.hits += 1,
-            Some(store) => {
-                pc.report.parsed += 1;
-                new_entries.extend(store);
-            }
-        }
-        packages.push(p.package);
-        diags.extend(p.diags);
-    }
-    pc.put(&new_entries, &touch);
-    Ok((
-        Workspace {
-            root: root.to_path_buf(),
-            config,
-            sources,
-            packages,
-            parse_cache: pc.report,
-        },
-        diags,
-    ))
+        .collect()
+}
+
+/// Stack of the threads that parse spec files: texts needing no more than this
+/// (see [`crate::spec::limits`]) parse on them, larger ones on a thread of their own.
+const PARSE_POOL_STACK: usize = 64 << 20;
+
+/// A pool of threads with large stacks for parsing, if one can be started (else
+/// each large text gets a thread of its own).
+fn parse_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("imgc-parse-{i}"))
+        .stack_size(PARSE_POOL_STACK)
+        .start_handler(|_| crate::spec::set_parse_stack_hint(PARSE_POOL_STACK - (4 << 20)))
+        .build()
+        .ok()
 }
 
 /// One BUILD.kdl, parsed or taken from the cache.
