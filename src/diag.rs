@@ -115,7 +115,7 @@ impl Code {
             Code::Conflict => "E020",
             Code::OutputCollision => "E021",
             Code::StackConflict => "E030",
-            Code::Limit => "E022",
+            Code::Limit => "E040",
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod label;
 pub mod layer;
 pub mod listing;
 pub mod oci;
+pub mod output;
 pub mod report;
 pub mod scheduler;
 pub mod spec;
