@@ -7,6 +7,7 @@
 
 use crate::spec::model::FileId;
 use miette::{LabeledSpan, NamedSource, SourceSpan};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -222,16 +223,20 @@ impl Diag {
         let rendered = Rendered {
             code: self.code,
             message: match &pos {
-                Some(pos) => format!("{pos}: {}", self.message),
-                None => self.message.clone(),
+                Some(pos) => format!("{}: {}", escape_controls(pos), escape_controls(&self.message)),
+                None => escape_controls(&self.message).into_owned(),
             },
             source: self.location.map(|(file, _)| {
                 let f = sources.get(file);
-                NamedSource::new(f.path.clone(), f.text.clone())
+                let text = match mask_controls(&f.text) {
+                    Cow::Borrowed(_) => f.text.clone(),
+                    Cow::Owned(masked) => Arc::new(masked),
+                };
+                NamedSource::new(escape_controls(&f.path).into_owned(), text)
             }),
             span: self.location.map(|(_, s)| s),
-            label: self.label.clone(),
-            help: self.help.clone(),
+            label: self.label.as_deref().map(|l| escape_controls(l).into_owned()),
+            help: self.help.as_deref().map(|h| escape_controls(h).into_owned()),
         };
         miette::Report::new(rendered)
     }
@@ -241,8 +246,13 @@ impl Diag {
 impl Diag {
     pub fn short(&self, sources: &Sources) -> String {
         match self.position(sources) {
-            Some(pos) => format!("{} {pos}: {}", self.code, self.message),
-            None => format!("{} {}", self.code, self.message),
+            Some(pos) => format!(
+                "{} {}: {}",
+                self.code,
+                escape_controls(&pos),
+                escape_controls(&self.message)
+            ),
+            None => format!("{} {}", self.code, escape_controls(&self.message)),
         }
     }
 }
@@ -287,6 +297,51 @@ impl miette::Diagnostic for Rendered {
             span,
         ))))
     }
+}
+
+/// `text` with every character that a terminal would act on instead of showing
+/// escaped as `\u{..}`: control characters other than newline and tab (so an
+/// escape sequence in a file name cannot recolour, retitle or rewrite the terminal)
+/// and the Unicode direction overrides (so a name cannot reorder what is shown).
+/// Everything imgc prints that comes from the workspace or the environment (paths,
+/// file names, messages that quote them) goes through it; labels are validated.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with each character [`escape_controls`] would escape replaced by one of
+/// the same length in UTF-8 (`?`, `¿` or U+FFFD), so byte offsets (spans) stay
+/// valid: for source text shown under a diagnostic.
+pub fn mask_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match (needs_escape(c), c.len_utf8()) {
+                (false, _) => c,
+                (true, 1) => '?',
+                (true, 2) => '\u{bf}',
+                (true, _) => '\u{fffd}',
+            })
+            .collect(),
+    )
 }
 
 /// Suggests the closest candidate to `name`, for "did you mean".

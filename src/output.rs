@@ -222,6 +222,7 @@ impl OutputDir {
             parent: dir,
             name: name.to_string(),
             shown,
+            path: self.path(),
         }))
     }
 }
@@ -235,6 +236,8 @@ pub struct Root {
     name: String,
     /// The root relative to the workspace, for messages.
     shown: String,
+    /// The absolute path of the root (for events and the cache's layout records).
+    path: PathBuf,
 }
 
 /// What [`Root::clean`] did.
@@ -249,6 +252,11 @@ pub struct CleanReport {
 }
 
 impl Root {
+    /// The absolute path of the output root.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The output root as shown to users (relative to the workspace root).
     pub fn shown(&self) -> &str {
         &self.shown

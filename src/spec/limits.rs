@@ -20,13 +20,13 @@
 //!    can be fooled): [`STACK_PER_BRACE`] per `{`, [`STACK_PER_COMMENT_CHAR`] per `*`
 //!    or `/`, [`STACK_PER_BYTE`] per other byte, with about 1.7 to 2 times the
 //!    measured costs as margin. A text needing more than [`MAX_PARSE_STACK`] is
-//!    refused (E022); otherwise the parse runs on a stack of that size (see
+//!    refused (E040); otherwise the parse runs on a stack of that size (see
 //!    `reader::Ctx::parse_kdl`). A test parses the worst patterns measured on a
 //!    stack of exactly the computed size, so a kdl upgrade that needs more fails it.
 //! 2. [`slashdash_nesting`] finds the deepest nesting of `/-{ ... }` blocks with a
 //!    small lexer (strings, raw strings and comments skipped), refused beyond
 //!    [`MAX_SLASHDASH_NESTING`] before kdl sees the text.
-//! 3. After parsing, nodes nested deeper than [`MAX_DEPTH`] are refused (E022) before
+//! 3. After parsing, nodes nested deeper than [`MAX_DEPTH`] are refused (E040) before
 //!    anything recurses over the document. The parse itself is safe by (1), so this
 //!    check is exact and needs no lexer.
 //!
