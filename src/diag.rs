@@ -223,7 +223,11 @@ impl Diag {
         let rendered = Rendered {
             code: self.code,
             message: match &pos {
-                Some(pos) => format!("{}: {}", escape_controls(pos), escape_controls(&self.message)),
+                Some(pos) => format!(
+                    "{}: {}",
+                    escape_controls(pos),
+                    escape_controls(&self.message)
+                ),
                 None => escape_controls(&self.message).into_owned(),
             },
             source: self.location.map(|(file, _)| {
@@ -235,8 +239,14 @@ impl Diag {
                 NamedSource::new(escape_controls(&f.path).into_owned(), text)
             }),
             span: self.location.map(|(_, s)| s),
-            label: self.label.as_deref().map(|l| escape_controls(l).into_owned()),
-            help: self.help.as_deref().map(|h| escape_controls(h).into_owned()),
+            label: self
+                .label
+                .as_deref()
+                .map(|l| escape_controls(l).into_owned()),
+            help: self
+                .help
+                .as_deref()
+                .map(|h| escape_controls(h).into_owned()),
         };
         miette::Report::new(rendered)
     }

@@ -369,7 +369,11 @@ pub fn output_path_limits(g: &Graph, output_dir: &str, root_len: usize) -> Vec<D
             let len = root_len
                 + 1
                 + output_dir.trim_end_matches('/').len()
-                + if package.is_empty() { 0 } else { package.len() + 1 }
+                + if package.is_empty() {
+                    0
+                } else {
+                    package.len() + 1
+                }
                 + 1
                 + name.len().max(TMP_NAME_BYTES);
             if len <= MAX_LAYOUT_PATH_BYTES {

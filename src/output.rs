@@ -62,7 +62,8 @@ use std::path::{Path, PathBuf};
 pub const DIR_MARK: &str = ".imgc-dir";
 /// Marks an OCI image layout imgc wrote.
 pub const LAYOUT_MARK: &str = ".imgc-layout";
-const DIR_MARK_TEXT: &[u8] = b"imgc made this directory: `imgc clean` removes it once it holds nothing else.\n";
+const DIR_MARK_TEXT: &[u8] =
+    b"imgc made this directory: `imgc clean` removes it once it holds nothing else.\n";
 const LAYOUT_MARK_TEXT: &[u8] =
     b"imgc wrote this OCI image layout: `imgc build` may replace it and `imgc clean` remove it.\n";
 /// What a layout imgc writes holds; anything else in one is not imgc's.
@@ -173,7 +174,13 @@ impl OutputDir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| OutputError::io("open the workspace root", &self.ws_root.to_string_lossy(), e))?;
+        .map_err(|e| {
+            OutputError::io(
+                "open the workspace root",
+                &self.ws_root.to_string_lossy(),
+                e,
+            )
+        })?;
         let comps: Vec<&str> = self.rel.split('/').filter(|c| !c.is_empty()).collect();
         let Some((name, above)) = comps.split_last() else {
             return Err(OutputError::Refused(
@@ -188,10 +195,11 @@ impl OutputDir {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     make_dir(dir.as_fd(), comp, &shown, false)?;
-                    open_dir(dir.as_fd(), comp).map_err(|e| not_a_dir(e, &shown))?
+                    open_dir(dir.as_fd(), comp)
+                        .map_err(|e| refuse_at(dir.as_fd(), comp, e, &shown))?
                 }
                 Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(not_a_dir(e, &shown)),
+                Err(e) => return Err(refuse_at(dir.as_fd(), comp, e, &shown)),
             };
         }
         push_comp(&mut shown, name);
@@ -199,10 +207,10 @@ impl OutputDir {
             Ok(fd) => fd,
             Err(Errno::NOENT) if create => {
                 make_dir(dir.as_fd(), name, &shown, true)?;
-                open_dir(dir.as_fd(), name).map_err(|e| not_a_dir(e, &shown))?
+                open_dir(dir.as_fd(), name).map_err(|e| refuse_at(dir.as_fd(), name, e, &shown))?
             }
             Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(not_a_dir(e, &shown)),
+            Err(e) => return Err(refuse_at(dir.as_fd(), name, e, &shown)),
         };
         if !has_mark(fd.as_fd(), DIR_MARK) {
             let entries = list(fd.as_fd(), &shown)?;
@@ -296,10 +304,11 @@ impl Root {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     make_dir(dir.as_fd(), comp, &shown, true)?;
-                    open_dir(dir.as_fd(), comp).map_err(|e| not_a_dir(e, &shown))?
+                    open_dir(dir.as_fd(), comp)
+                        .map_err(|e| refuse_at(dir.as_fd(), comp, e, &shown))?
                 }
                 Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(not_a_dir(e, &shown)),
+                Err(e) => return Err(refuse_at(dir.as_fd(), comp, e, &shown)),
             };
         }
         Ok(Some((dir, name)))
@@ -360,7 +369,8 @@ impl Root {
     /// for further layouts; temporary ones are included.
     pub fn layouts(&self) -> Result<Vec<String>, OutputError> {
         let mut found = Vec::new();
-        let mut stack: Vec<(OwnedFd, String)> = vec![(dup(self.fd.as_fd(), &self.shown)?, String::new())];
+        let mut stack: Vec<(OwnedFd, String)> =
+            vec![(dup(self.fd.as_fd(), &self.shown)?, String::new())];
         while let Some((dir, rel)) = stack.pop() {
             for name in list(dir.as_fd(), &self.show(&rel))? {
                 let Ok(name) = name.into_string() else {
@@ -550,7 +560,7 @@ fn check_replaceable(parent: BorrowedFd<'_>, name: &str, shown: &str) -> Result<
     let dir = match open_dir(parent, name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(not_a_dir(e, shown)),
+        Err(e) => return Err(refuse_at(parent, name, e, shown)),
     };
     if !has_mark(dir.as_fd(), LAYOUT_MARK) {
         return Err(OutputError::Refused(format!(
@@ -579,7 +589,8 @@ fn swap(parent: BorrowedFd<'_>, tmp: &str, name: &str, shown: &str) -> Result<()
     let aside = make_tmp_name(parent, shown)?;
     rfs::renameat(parent, name, parent, aside.as_str())
         .map_err(|e| OutputError::io("move aside", shown, e))?;
-    rfs::renameat(parent, tmp, parent, name).map_err(|e| OutputError::io("rename into", shown, e))?;
+    rfs::renameat(parent, tmp, parent, name)
+        .map_err(|e| OutputError::io("rename into", shown, e))?;
     rfs::renameat(parent, aside.as_str(), parent, tmp)
         .map_err(|e| OutputError::io("move aside", shown, e))
 }
@@ -595,7 +606,13 @@ fn make_tmp_dir(parent: BorrowedFd<'_>, shown: &str) -> Result<String, OutputErr
                 return Ok(name);
             }
             Err(Errno::EXIST) => continue,
-            Err(e) => return Err(OutputError::io("create a temporary directory beside", shown, e)),
+            Err(e) => {
+                return Err(OutputError::io(
+                    "create a temporary directory beside",
+                    shown,
+                    e,
+                ));
+            }
         }
     }
     Err(OutputError::Refused(format!(
@@ -656,7 +673,8 @@ fn fill_layout(
         }
         // Not linkable (another filesystem): copy.
         let shown_src = src.to_string_lossy();
-        let mut from = std::fs::File::open(&src).map_err(|e| OutputError::io("read", &shown_src, e))?;
+        let mut from =
+            std::fs::File::open(&src).map_err(|e| OutputError::io("read", &shown_src, e))?;
         let to = rfs::openat(
             sha.as_fd(),
             hex.as_str(),
@@ -681,7 +699,7 @@ fn remove_layout_in(
     let dir = match open_dir(parent, name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Vec::new()),
-        Err(e) => return Err(not_a_dir(e, shown)),
+        Err(e) => return Err(refuse_at(parent, name, e, shown)),
     };
     if !has_mark(dir.as_fd(), LAYOUT_MARK) {
         return Ok(vec![shown.to_string()]);
@@ -732,12 +750,17 @@ fn remove_marked_dir(parent: BorrowedFd<'_>, name: &str, shown: &str) -> Result<
 
 /// Removes `name` in `dir` and everything below it, never following a link (links
 /// are removed, not their targets). Only used on a layout's `blobs` directory.
-fn remove_tree(dir: BorrowedFd<'_>, name: &str, shown: &str, depth: usize) -> Result<(), OutputError> {
+fn remove_tree(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    shown: &str,
+    depth: usize,
+) -> Result<(), OutputError> {
     let sub = match open_dir(dir, name) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(()),
         Err(Errno::NOTDIR | Errno::LOOP) => return unlink(dir, name, shown),
-        Err(e) => return Err(not_a_dir(e, shown)),
+        Err(e) => return Err(refuse_at(dir, name, e, shown)),
     };
     if depth > 8 {
         return Err(OutputError::Refused(format!(
@@ -747,7 +770,8 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &str, shown: &str, depth: usize) -> Re
     for entry in list(sub.as_fd(), shown)? {
         let Some(entry) = entry.to_str().map(str::to_string) else {
             // Not UTF-8: remove it by its bytes.
-            let c = std::ffi::CString::new(entry.as_bytes()).map_err(|e| OutputError::io("remove", shown, io::Error::other(e)))?;
+            let c = std::ffi::CString::new(entry.as_bytes())
+                .map_err(|e| OutputError::io("remove", shown, io::Error::other(e)))?;
             match rfs::unlinkat(sub.as_fd(), c.as_c_str(), AtFlags::empty()) {
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(Errno::ISDIR) => {
@@ -859,6 +883,14 @@ fn dup(fd: BorrowedFd<'_>, shown: &str) -> Result<OwnedFd, OutputError> {
         .map_err(|e| OutputError::io("open", shown, e))
 }
 
+/// The error for `name` in `dir` that could not be opened as a directory: with
+/// `O_NOFOLLOW | O_DIRECTORY`, Linux answers `ENOTDIR` for a link, so look.
+fn refuse_at(dir: BorrowedFd<'_>, name: &str, e: Errno, shown: &str) -> OutputError {
+    let is_link = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+    not_a_dir(if is_link { Errno::LOOP } else { e }, shown)
+}
+
 /// The error for a path component that could not be opened as a directory.
 fn not_a_dir(e: Errno, shown: &str) -> OutputError {
     match e {
@@ -896,7 +928,12 @@ fn has_mark(dir: BorrowedFd<'_>, mark: &str) -> bool {
 }
 
 /// Creates the file `name` in `dir` with `bytes` (an existing mark is fine).
-fn write_new(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], shown: &str) -> Result<(), OutputError> {
+fn write_new(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    bytes: &[u8],
+    shown: &str,
+) -> Result<(), OutputError> {
     let fd = match rfs::openat(
         dir,
         name,
@@ -923,7 +960,9 @@ fn read_small(dir: BorrowedFd<'_>, name: &str) -> Option<Vec<u8>> {
     )
     .ok()?;
     let st = rfs::fstat(&fd).ok()?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 > MAX_INDEX_BYTES {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_size as u64 > MAX_INDEX_BYTES
+    {
         return None;
     }
     let mut bytes = Vec::new();

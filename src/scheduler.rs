@@ -688,7 +688,9 @@ fn materialize(
     if !out.layout_is_current(rel, cas, (img.manifest, img.manifest_size), &sized, refs) {
         out.write_layout(rel, cas, (img.manifest, img.manifest_size), &blobs, refs)
             .map_err(|e| match e.io_error() {
-                Some(io) => ActionError::failed(format_args!("cannot write `{}`", out.show(rel)), io),
+                Some(io) => {
+                    ActionError::failed(format_args!("cannot write `{}`", out.show(rel)), io)
+                }
                 None => ActionError::Message(e.to_string()),
             })?;
     }

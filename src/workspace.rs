@@ -283,7 +283,11 @@ fn read(path: &Path) -> Result<String, WorkspaceError> {
 /// write into (and `imgc clean` remove from) a directory of sources, and its
 /// packages would silently drop out of the graph. The root package does not count
 /// (every output directory is inside the workspace root).
-fn output_dir_overlaps(config: &WorkspaceConfig, ws_file: FileId, packages: &[String]) -> Vec<Diag> {
+fn output_dir_overlaps(
+    config: &WorkspaceConfig,
+    ws_file: FileId,
+    packages: &[String],
+) -> Vec<Diag> {
     let out = config.output_dir.trim_end_matches('/');
     let within = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
     let mut diags = Vec::new();
@@ -292,7 +296,9 @@ fn output_dir_overlaps(config: &WorkspaceConfig, ws_file: FileId, packages: &[St
         .iter()
         .find(|p| !p.is_empty() && within(out, p) && !within(p, out));
     let problem = match (holds.first(), inside) {
-        (Some(p), _) if p.as_str() == out => Some(format!("`output-dir` \"{out}\" is the package `//{p}`")),
+        (Some(p), _) if p.as_str() == out => {
+            Some(format!("`output-dir` \"{out}\" is the package `//{p}`"))
+        }
         (Some(p), _) => Some(format!(
             "`output-dir` \"{out}\" holds the package `//{p}`{}",
             if holds.len() > 1 {
@@ -301,7 +307,9 @@ fn output_dir_overlaps(config: &WorkspaceConfig, ws_file: FileId, packages: &[St
                 String::new()
             }
         )),
-        (None, Some(p)) => Some(format!("`output-dir` \"{out}\" is inside the package `//{p}`")),
+        (None, Some(p)) => Some(format!(
+            "`output-dir` \"{out}\" is inside the package `//{p}`"
+        )),
         (None, None) => None,
     };
     if let Some(message) = problem {

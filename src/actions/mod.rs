@@ -100,7 +100,10 @@ pub enum ActionError {
 impl ActionError {
     /// `context: error`, as [`ActionError::Env`] if the error (or one it was caused
     /// by) is a full disk or an exceeded quota, else as [`ActionError::Message`].
-    pub fn failed(context: impl std::fmt::Display, e: &(dyn std::error::Error + 'static)) -> ActionError {
+    pub fn failed(
+        context: impl std::fmt::Display,
+        e: &(dyn std::error::Error + 'static),
+    ) -> ActionError {
         let text = format!("{context}: {e}");
         if is_out_of_room(e) {
             ActionError::Env(text)

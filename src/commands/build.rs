@@ -1,9 +1,9 @@
 //! `imgc build [PATTERN...]`: build the selected targets and write their images.
 
 use super::{CmdError, Context, Loaded};
+use crate::actions::ActionError;
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
-use crate::actions::ActionError;
 use crate::report::{Event, Reporter};
 use crate::scheduler::{Engine, Outcome, Params, Settings, Summary};
 use petgraph::graph::NodeIndex;
@@ -54,7 +54,9 @@ pub fn settings(
             None
         } else {
             let out = crate::output::OutputDir::new(&loaded.ws.root, &config.output_dir);
-            Some(std::sync::Arc::new(out.open_for_write().map_err(output_error)?))
+            Some(std::sync::Arc::new(
+                out.open_for_write().map_err(output_error)?,
+            ))
         },
         dry_run,
         before_run: None,

@@ -173,7 +173,11 @@ impl Loaded {
         let set = PatternSet::parse(&args, &self.cwd_package)
             .map_err(|e| CmdError::Usage(format!("bad target pattern: {e}")))?;
         if set.include.is_empty() {
-            let first = set.exclude.first().map(|p| p.to_string()).unwrap_or_default();
+            let first = set
+                .exclude
+                .first()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             return Err(CmdError::Usage(format!(
                 "the patterns only subtract (`-{first}`): they select nothing; \
                  to build everything else, add what to subtract from, like `-- //... -{first}`"
@@ -194,8 +198,7 @@ impl Loaded {
         let selected = self.graph.select(&set);
         if selected.is_empty() {
             return Err(CmdError::Usage(
-                "the patterns select nothing: every target they include is subtracted again"
-                    .into(),
+                "the patterns select nothing: every target they include is subtracted again".into(),
             ));
         }
         Ok(selected)

@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(slashdash_nesting(r#"a "/-{ /-{" { b }"#).0, 0);
         assert_eq!(slashdash_nesting(r##"a #"/-{ "/-{"# { b }"##).0, 0);
         assert_eq!(slashdash_nesting("a \"\"\"\n/-{ \" /-{\n\"\"\" { b }").0, 0);
-        assert_eq!(slashdash_nesting("// /-{ /-{\na /* /-{ /* /-{ */ */ { }").0, 0);
+        assert_eq!(
+            slashdash_nesting("// /-{ /-{\na /* /-{ /* /-{ */ */ { }").0,
+            0
+        );
         assert_eq!(slashdash_nesting(r#"a "\" /-{" /-{ b }"#).0, 1);
         // A slashdashed node (not its children) does not count.
         assert_eq!(slashdash_nesting("/-a { /-b { c } }").0, 0);

@@ -177,7 +177,10 @@ fn output_dir(cx: &mut Ctx, s: &Spanned<String>) -> Option<String> {
             let d = cx.diag(
                 Code::InvalidValue,
                 s.span,
-                format!("`output-dir` may not be `.git` or inside it, got \"{}\"", s.value),
+                format!(
+                    "`output-dir` may not be `.git` or inside it, got \"{}\"",
+                    s.value
+                ),
                 "invalid output directory",
             );
             cx.push(d.help("name a directory of its own below the root, like \"imgc-out\""));

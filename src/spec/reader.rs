@@ -238,7 +238,9 @@ impl<'a> Ctx<'a> {
                     ),
                     "too deep",
                 );
-                self.push(d.help("the spec language nests at most 3 levels: `image` > `layer` > `copy`"));
+                self.push(
+                    d.help("the spec language nests at most 3 levels: `image` > `layer` > `copy`"),
+                );
                 None
             }
             Parsed::Error(e) => {
@@ -263,7 +265,21 @@ impl<'a> Ctx<'a> {
     }
 
     fn syntax_errors(&mut self, e: &KdlError) {
-        for d in &e.diagnostics {
+        // The parser may report one error per stray character: the first few are
+        // what helps (and rendering hundreds of thousands would take minutes).
+        const SHOWN: usize = 20;
+        if e.diagnostics.len() > SHOWN {
+            let more = e.diagnostics.len() - SHOWN;
+            let d = Diag::new(
+                Code::Syntax,
+                format!("{more} more syntax errors in this file are not shown"),
+            )
+            .at(self.file, SourceSpan::from(0..0))
+            .label("in this file")
+            .help("fix the errors shown first");
+            self.push(d);
+        }
+        for d in e.diagnostics.iter().take(SHOWN) {
             let msg = d.message.as_deref().unwrap_or("invalid KDL");
             let label = d.label.as_deref().unwrap_or("here");
             let mut diag = self.diag(Code::Syntax, d.span, lowercase_first(msg), label);
