@@ -236,7 +236,7 @@ impl Diag {
                     Cow::Borrowed(_) => f.text.clone(),
                     Cow::Owned(masked) => Arc::new(masked),
                 };
-                NamedSource::new(escape_controls(&f.path).into_owned(), text)
+                NamedSource::new(escape_controls(&f.path), text)
             }),
             span: self.location.map(|(_, s)| s),
             label: self
