@@ -407,6 +407,21 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_escaped_and_masked() {
+        assert_eq!(escape_controls("plain/path ok\n\t"), "plain/path ok\n\t");
+        assert_eq!(escape_controls("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(escape_controls("x\ry\u{7f}"), "x\\u{d}y\\u{7f}");
+        assert_eq!(escape_controls("evil\u{202e}txt"), "evil\\u{202e}txt");
+        assert_eq!(escape_controls("\u{9b}31m"), "\\u{9b}31m");
+        // Masking keeps every byte offset.
+        for text in ["a\u{1b}b", "c\u{9b}d", "e\u{202e}f", "é\u{7}"] {
+            let masked = mask_controls(text);
+            assert_eq!(masked.len(), text.len(), "{text:?}");
+            assert!(!masked.chars().any(needs_escape));
+        }
+    }
+
+    #[test]
     fn suggestions() {
         assert_eq!(
             did_you_mean("runtme", ["runtime", "certs"]),

@@ -10,7 +10,7 @@
 //! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
 //! | 5 | execute | [`scheduler`], [`actions`] | key hit in [`cache`] → fresh; miss → the kind's action runs on a rayon worker, blobs into [`cas`] |
 //! | 6 | assemble | [`layer`], [`oci`], [`import`] | layers, config, manifest: cached actions too (early cutoff) |
-//! | 7 | materialize | [`oci`] | an OCI image layout per image, blobs hard-linked from the CAS |
+//! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //!
 //! # Invariants

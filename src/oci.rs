@@ -51,14 +51,16 @@
 //!
 //! # Layouts ([`write_layout`])
 //!
-//! An image is materialized as an OCI image layout: `oci-layout`, `index.json`
-//! with one manifest descriptor annotated `org.opencontainers.image.ref.name`,
-//! and `blobs/sha256/<hex>` hard-linked from the CAS (copied when linking fails,
-//! e.g. across filesystems). It is built in a temp dir next to the destination
-//! and swapped in with one `renameat2(RENAME_EXCHANGE)` (falling back to two
-//! renames), so readers see the old or the new layout, never a half-written one.
-//! [`layout_is_current`] is the cheap no-op check: `index.json` bytes equal to
-//! what would be written and every blob present with its size.
+//! An image is materialized as an OCI image layout: `oci-layout` ([`OCI_LAYOUT`]),
+//! `index.json` ([`build_index`]: one manifest descriptor annotated
+//! `org.opencontainers.image.ref.name`) and `blobs/sha256/<hex>` hard-linked from
+//! the CAS. Writing, replacing and checking layouts on disk is
+//! [`crate::output`]'s job: it marks each layout it writes, never replaces one it
+//! did not write, never follows a link, and swaps the new layout in atomically.
+//! [`write_layout`], [`layout_is_current`] and [`layout_stamp`] are path-based
+//! entry points to it for a layout anywhere (tests, fixtures); builds go through
+//! [`crate::output::Root`], which also opens every directory above the layout
+//! without following links.
 //!
 //! # What it deliberately does not do
 //!

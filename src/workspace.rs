@@ -2,12 +2,23 @@
 //!
 //! The workspace root is the nearest directory at or above the starting point that
 //! holds `imgc.kdl` (as git looks for `.git`). Every directory below it holding a
-//! `BUILD.kdl` is a package; the output directory, `.git` and hidden directories
-//! are not searched. Packages are returned sorted by path, so everything that
-//! follows is deterministic whatever order the filesystem lists entries in.
+//! `BUILD.kdl` is a package; the output directory (once imgc made it: see
+//! [`crate::output`]), `.git` and hidden directories are not searched. Packages are
+//! returned sorted by path, so everything that follows is deterministic whatever
+//! order the filesystem lists entries in.
 //!
 //! This module reads files; it hands their text to the pure [`crate::spec`] parser
-//! and collects every diagnostic of every file.
+//! and collects every diagnostic of every file. It never reads outside the
+//! workspace: linked directories are not followed, and a `BUILD.kdl` that is a
+//! symbolic link is read only if it resolves to a regular file inside the
+//! workspace (else a diagnostic names it). Spec files are opened without blocking
+//! and must be regular files of at most [`MAX_SPEC_FILE_BYTES`]. Parsing runs on a
+//! pool of threads with large stacks, because the KDL parser recurses (see
+//! [`crate::spec::limits`]).
+//!
+//! An `output-dir` that is, holds or is inside a package is refused here (the
+//! parser refuses the root, `.git`, absolute and escaping ones): imgc would write
+//! into a directory of sources, and its packages would drop out of the graph.
 //!
 //! # The parse cache
 //!

@@ -207,3 +207,32 @@ pub fn run(
         Prepared::Image => image::run(ctx, n, deps),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_an_environment_failure() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(
+            ActionError::failed("layer `//a:b`", &full),
+            ActionError::Env(_)
+        ));
+        let quota = std::io::Error::from_raw_os_error(libc::EDQUOT);
+        assert!(matches!(
+            ActionError::failed("x", &quota),
+            ActionError::Env(_)
+        ));
+        // Wrapped with a kind kept, or flattened into text on the way.
+        let wrapped = std::io::Error::new(full.kind(), format!("cannot write `x`: {full}"));
+        assert!(is_out_of_room(&wrapped));
+        let flattened = std::io::Error::other(format!("store: {full}"));
+        assert!(is_out_of_room(&flattened));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(
+            ActionError::failed("x", &denied),
+            ActionError::Message(_)
+        ));
+    }
+}
