@@ -42,7 +42,7 @@ pub enum Command {
     /// Inspect the local cache.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// Remove build outputs (and, with --cache, the local cache).
+    /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
     Clean(CleanArgs),
 }
 
@@ -52,7 +52,7 @@ pub struct BuildArgs {
     #[arg(value_name = "PATTERN")]
     pub patterns: Vec<String>,
 
-    /// Number of parallel jobs [default: number of CPUs].
+    /// Number of parallel jobs, at most 1024 [default: number of CPUs].
     #[arg(short = 'j', long = "jobs", value_name = "N")]
     pub jobs: Option<usize>,
 
@@ -137,6 +137,11 @@ pub enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub struct CleanArgs {
+    /// Only remove the layouts of images that no longer exist (and the directories
+    /// that leaves empty).
+    #[arg(long)]
+    pub stale: bool,
+
     /// Also remove the local cache directory (action cache and blobs).
     #[arg(long)]
     pub cache: bool,

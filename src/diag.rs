@@ -7,6 +7,7 @@
 
 use crate::spec::model::FileId;
 use miette::{LabeledSpan, NamedSource, SourceSpan};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -58,10 +59,13 @@ pub enum Code {
     /// A layer of an image that would change a lower layer's path between
     /// directory and non-directory (deleting what was below).
     StackConflict,
+    /// A spec beyond a documented limit: nesting depth, file size for the parser,
+    /// the length of an output path.
+    Limit,
 }
 
 impl Code {
-    pub const ALL: [Code; 22] = [
+    pub const ALL: [Code; 23] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -84,6 +88,7 @@ impl Code {
         Code::Conflict,
         Code::OutputCollision,
         Code::StackConflict,
+        Code::Limit,
     ];
 
     /// The stable code, `E001`...
@@ -111,6 +116,7 @@ impl Code {
             Code::Conflict => "E020",
             Code::OutputCollision => "E021",
             Code::StackConflict => "E030",
+            Code::Limit => "E040",
         }
     }
 }
@@ -217,16 +223,30 @@ impl Diag {
         let rendered = Rendered {
             code: self.code,
             message: match &pos {
-                Some(pos) => format!("{pos}: {}", self.message),
-                None => self.message.clone(),
+                Some(pos) => format!(
+                    "{}: {}",
+                    escape_controls(pos),
+                    escape_controls(&self.message)
+                ),
+                None => escape_controls(&self.message).into_owned(),
             },
             source: self.location.map(|(file, _)| {
                 let f = sources.get(file);
-                NamedSource::new(f.path.clone(), f.text.clone())
+                let text = match mask_controls(&f.text) {
+                    Cow::Borrowed(_) => f.text.clone(),
+                    Cow::Owned(masked) => Arc::new(masked),
+                };
+                NamedSource::new(escape_controls(&f.path), text)
             }),
             span: self.location.map(|(_, s)| s),
-            label: self.label.clone(),
-            help: self.help.clone(),
+            label: self
+                .label
+                .as_deref()
+                .map(|l| escape_controls(l).into_owned()),
+            help: self
+                .help
+                .as_deref()
+                .map(|h| escape_controls(h).into_owned()),
         };
         miette::Report::new(rendered)
     }
@@ -236,8 +256,13 @@ impl Diag {
 impl Diag {
     pub fn short(&self, sources: &Sources) -> String {
         match self.position(sources) {
-            Some(pos) => format!("{} {pos}: {}", self.code, self.message),
-            None => format!("{} {}", self.code, self.message),
+            Some(pos) => format!(
+                "{} {}: {}",
+                self.code,
+                escape_controls(&pos),
+                escape_controls(&self.message)
+            ),
+            None => format!("{} {}", self.code, escape_controls(&self.message)),
         }
     }
 }
@@ -282,6 +307,51 @@ impl miette::Diagnostic for Rendered {
             span,
         ))))
     }
+}
+
+/// `text` with every character that a terminal would act on instead of showing
+/// escaped as `\u{..}`: control characters other than newline and tab (so an
+/// escape sequence in a file name cannot recolour, retitle or rewrite the terminal)
+/// and the Unicode direction overrides (so a name cannot reorder what is shown).
+/// Everything imgc prints that comes from the workspace or the environment (paths,
+/// file names, messages that quote them) goes through it; labels are validated.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with each character [`escape_controls`] would escape replaced by one of
+/// the same length in UTF-8 (`?`, `¿` or U+FFFD), so byte offsets (spans) stay
+/// valid: for source text shown under a diagnostic.
+pub fn mask_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| match (needs_escape(c), c.len_utf8()) {
+                (false, _) => c,
+                (true, 1) => '?',
+                (true, 2) => '\u{bf}',
+                (true, _) => '\u{fffd}',
+            })
+            .collect(),
+    )
 }
 
 /// Suggests the closest candidate to `name`, for "did you mean".
@@ -333,6 +403,21 @@ mod tests {
                 book.contains(&format!("| {c} |")),
                 "{c} is missing from the diagnostics table"
             );
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_masked() {
+        assert_eq!(escape_controls("plain/path ok\n\t"), "plain/path ok\n\t");
+        assert_eq!(escape_controls("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(escape_controls("x\ry\u{7f}"), "x\\u{d}y\\u{7f}");
+        assert_eq!(escape_controls("evil\u{202e}txt"), "evil\\u{202e}txt");
+        assert_eq!(escape_controls("\u{9b}31m"), "\\u{9b}31m");
+        // Masking keeps every byte offset.
+        for text in ["a\u{1b}b", "c\u{9b}d", "e\u{202e}f", "é\u{7}"] {
+            let masked = mask_controls(text);
+            assert_eq!(masked.len(), text.len(), "{text:?}");
+            assert!(!masked.chars().any(needs_escape));
         }
     }
 

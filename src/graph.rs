@@ -334,6 +334,69 @@ fn output_collisions(g: &Graph) -> Vec<Diag> {
     diags
 }
 
+/// The longest name of one path component (Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest layout directory path, the workspace root's absolute path included:
+/// `PATH_MAX` (4096) less room for `blobs/sha256/<64 hex digits>` inside it.
+pub const MAX_LAYOUT_PATH_BYTES: usize = 4000;
+
+/// Diagnostics for images whose layout at `<root>/<output_dir>/<package>/<name>`
+/// could not be written: a name longer than [`MAX_NAME_BYTES`], or a path longer
+/// than [`MAX_LAYOUT_PATH_BYTES`] (`root_len` is the length of the workspace root's
+/// absolute path). Checked with the graph, so `imgc check` finds what a build would
+/// otherwise fail on with `ENAMETOOLONG`.
+pub fn output_path_limits(g: &Graph, output_dir: &str, root_len: usize) -> Vec<Diag> {
+    // Temporary layouts are written beside the destination under this long a name.
+    const TMP_NAME_BYTES: usize = 22;
+    let mut diags = Vec::new();
+    for n in g.nodes() {
+        let node = &g.graph[n];
+        if !node.is_image() {
+            continue;
+        }
+        let name = node.label.name();
+        let package = node.label.package();
+        let (message, label) = if name.len() > MAX_NAME_BYTES {
+            (
+                format!(
+                    "image name `{}...` is {} bytes long; a file name may have at most {MAX_NAME_BYTES}",
+                    &name[..40.min(name.len())],
+                    name.len()
+                ),
+                "name too long",
+            )
+        } else {
+            let len = root_len
+                + 1
+                + output_dir.trim_end_matches('/').len()
+                + if package.is_empty() {
+                    0
+                } else {
+                    package.len() + 1
+                }
+                + 1
+                + name.len().max(TMP_NAME_BYTES);
+            if len <= MAX_LAYOUT_PATH_BYTES {
+                continue;
+            }
+            (
+                format!(
+                    "the image layout of `{}` would be at a path of {len} bytes (with the workspace's own path); at most {MAX_LAYOUT_PATH_BYTES} are allowed",
+                    node.label
+                ),
+                "path too long",
+            )
+        };
+        diags.push(
+            Diag::new(Code::Limit, message)
+                .at(node.file, node.target.name.span)
+                .label(label)
+                .help("shorten the image name (or the package path, or `output-dir`)"),
+        );
+    }
+    diags
+}
+
 fn article(kind: &str) -> &'static str {
     if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"

@@ -10,7 +10,7 @@
 //! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
 //! | 5 | execute | [`scheduler`], [`actions`] | key hit in [`cache`] → fresh; miss → the kind's action runs on a rayon worker, blobs into [`cas`] |
 //! | 6 | assemble | [`layer`], [`oci`], [`import`] | layers, config, manifest: cached actions too (early cutoff) |
-//! | 7 | materialize | [`oci`] | an OCI image layout per image, blobs hard-linked from the CAS |
+//! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //!
 //! # Invariants
@@ -46,6 +46,7 @@ pub mod label;
 pub mod layer;
 pub mod listing;
 pub mod oci;
+pub mod output;
 pub mod report;
 pub mod scheduler;
 pub mod spec;
@@ -67,6 +68,7 @@ mod architecture {
             ("spec/parse.rs", include_str!("spec/parse.rs")),
             ("spec/reader.rs", include_str!("spec/reader.rs")),
             ("spec/paths.rs", include_str!("spec/paths.rs")),
+            ("spec/limits.rs", include_str!("spec/limits.rs")),
         ];
         let forbidden = [
             "std::fs",

@@ -51,14 +51,16 @@
 //!
 //! # Layouts ([`write_layout`])
 //!
-//! An image is materialized as an OCI image layout: `oci-layout`, `index.json`
-//! with one manifest descriptor annotated `org.opencontainers.image.ref.name`,
-//! and `blobs/sha256/<hex>` hard-linked from the CAS (copied when linking fails,
-//! e.g. across filesystems). It is built in a temp dir next to the destination
-//! and swapped in with one `renameat2(RENAME_EXCHANGE)` (falling back to two
-//! renames), so readers see the old or the new layout, never a half-written one.
-//! [`layout_is_current`] is the cheap no-op check: `index.json` bytes equal to
-//! what would be written and every blob present with its size.
+//! An image is materialized as an OCI image layout: `oci-layout` ([`OCI_LAYOUT`]),
+//! `index.json` ([`build_index`]: one manifest descriptor annotated
+//! `org.opencontainers.image.ref.name`) and `blobs/sha256/<hex>` hard-linked from
+//! the CAS. Writing, replacing and checking layouts on disk is
+//! [`crate::output`]'s job: it marks each layout it writes, never replaces one it
+//! did not write, never follows a link, and swaps the new layout in atomically.
+//! [`write_layout`], [`layout_is_current`] and [`layout_stamp`] are path-based
+//! entry points to it for a layout anywhere (tests, fixtures); builds go through
+//! [`crate::output::Root`], which also opens every directory above the layout
+//! without following links.
 //!
 //! # What it deliberately does not do
 //!
@@ -79,7 +81,7 @@ use oci_spec::image::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -90,7 +92,8 @@ pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+/// The `oci-layout` file of every layout.
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Serializes `v` with sorted object keys and no whitespace.
 pub fn canonical_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -425,6 +428,10 @@ pub fn build_index(manifest: (Digest, u64), ref_names: &[String]) -> ImageIndex 
 
 /// Writes (or atomically replaces) an OCI image layout at `dest` holding the
 /// manifest `manifest` and `blobs` (its config and layers), all from `cas`.
+/// `dest`'s parent is created (through the path as given); `dest` itself must be
+/// missing or a layout imgc wrote, and is never reached through a link: see
+/// [`crate::output`], which builds do go through ([`crate::output::Root`]) so that
+/// no directory of the output is reached through a link either.
 pub fn write_layout(
     dest: &Path,
     cas: &Cas,
@@ -432,88 +439,38 @@ pub fn write_layout(
     blobs: &[Digest],
     ref_names: &[String],
 ) -> io::Result<()> {
+    let (parent, name) = parent_and_name(dest)?;
+    fs::create_dir_all(parent).map_err(|e| ctx(e, "create", parent))?;
+    let dir = fs::File::open(parent).map_err(|e| ctx(e, "open", parent))?;
+    crate::output::write_layout_in(
+        std::os::fd::AsFd::as_fd(&dir),
+        name,
+        &dest.to_string_lossy(),
+        cas,
+        manifest,
+        blobs,
+        ref_names,
+    )
+    .map_err(|e| match e.io_error() {
+        Some(source) => io::Error::new(source.kind(), e.to_string()),
+        None => io::Error::other(e.to_string()),
+    })
+}
+
+fn parent_and_name(dest: &Path) -> io::Result<(&Path, &str)> {
     let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let name = dest
         .file_name()
+        .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other(format!("`{}` names no directory", dest.display())))?;
-    fs::create_dir_all(parent).map_err(|e| ctx(e, "create", parent))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.new-", name.to_string_lossy()))
-        .tempdir_in(parent)
-        .map_err(|e| ctx(e, "create a temp dir in", parent))?;
-    let root = tmp.path();
-    write_file(&root.join("oci-layout"), OCI_LAYOUT)?;
-    write_file(
-        &root.join("index.json"),
-        &canonical_json(&build_index(manifest, ref_names)),
-    )?;
-    let blob_dir = root.join("blobs").join("sha256");
-    fs::create_dir_all(&blob_dir).map_err(|e| ctx(e, "create", &blob_dir))?;
-    let all: BTreeSet<&Digest> = std::iter::once(&manifest.0).chain(blobs).collect();
-    for d in all {
-        let src = cas.blob_path(d);
-        let dst = blob_dir.join(d.hex());
-        if fs::hard_link(&src, &dst).is_err() {
-            fs::copy(&src, &dst).map_err(|e| ctx(e, "copy", &src))?;
-        }
-    }
-    swap_into_place(root, dest)?;
-    // `tmp` now holds the old layout (or nothing); dropping it removes it.
-    drop(tmp);
-    Ok(())
+    Ok((parent, name))
 }
 
-/// Moves `new` to `dest`; whatever was at `dest` ends up at `new`.
-fn swap_into_place(new: &Path, dest: &Path) -> io::Result<()> {
-    if fs::symlink_metadata(dest).is_err() {
-        return fs::rename(new, dest).map_err(|e| ctx(e, "rename into", dest));
-    }
-    #[cfg(target_os = "linux")]
-    {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let a = CString::new(new.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        let b = CString::new(dest.as_os_str().as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them
-        // like `rename` does.
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                a.as_ptr(),
-                libc::AT_FDCWD,
-                b.as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-    }
-    // No atomic exchange here: move the old one aside, then the new one in.
-    let mut aside = new.as_os_str().to_owned();
-    aside.push(".old");
-    let aside = PathBuf::from(aside);
-    fs::rename(dest, &aside).map_err(|e| ctx(e, "move aside", dest))?;
-    fs::rename(new, dest).map_err(|e| ctx(e, "rename into", dest))?;
-    let old_meta = fs::symlink_metadata(&aside)?;
-    if old_meta.is_dir() {
-        fs::remove_dir_all(&aside).map_err(|e| ctx(e, "remove", &aside))?;
-    } else {
-        fs::remove_file(&aside).map_err(|e| ctx(e, "remove", &aside))?;
-    }
-    // Leave an empty dir at `new` so the caller's cleanup has something to remove.
-    let _ = fs::create_dir(new);
-    Ok(())
-}
-
-/// Whether `dest` already is the layout [`write_layout`] would write: same
-/// `oci-layout` and `index.json` bytes, and every blob (the manifest and
-/// `blobs`) present with its size and, where it was hard-linked, still the very
-/// file the CAS holds (so a blob the CAS replaced after damage is linked
-/// again). Stats only; no hashing.
+/// Whether `dest` already is the layout [`write_layout`] would write (see
+/// [`crate::output::layout_is_current_in`]). Stats only; no hashing.
 pub fn layout_is_current(
     dest: &Path,
     cas: &Cas,
@@ -521,53 +478,27 @@ pub fn layout_is_current(
     blobs: &[(Digest, u64)],
     ref_names: &[String],
 ) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let same = |p: PathBuf, want: &[u8]| fs::read(p).is_ok_and(|b| b == want);
-    if !same(dest.join("oci-layout"), OCI_LAYOUT)
-        || !same(
-            dest.join("index.json"),
-            &canonical_json(&build_index(manifest, ref_names)),
-        )
-    {
+    let Ok((parent, name)) = parent_and_name(dest) else {
         return false;
-    }
-    std::iter::once(&manifest).chain(blobs).all(|(d, size)| {
-        let Ok(out) = fs::symlink_metadata(dest.join("blobs").join("sha256").join(d.hex())) else {
-            return false;
-        };
-        let Ok(stored) = fs::metadata(cas.blob_path(d)) else {
-            return false;
-        };
-        let same_file = out.dev() == stored.dev() && out.ino() == stored.ino();
-        let copied = out.dev() != stored.dev();
-        out.is_file() && out.len() == *size && (same_file || copied)
-    })
+    };
+    let Ok(dir) = fs::File::open(parent) else {
+        return false;
+    };
+    crate::output::layout_is_current_in(
+        std::os::fd::AsFd::as_fd(&dir),
+        name,
+        cas,
+        manifest,
+        blobs,
+        ref_names,
+    )
 }
 
-/// The stat data of a layout's `oci-layout`, `index.json` and `blobs/sha256`
-/// directory, as text, and the newest mtime or ctime among them (ns): what
-/// [`crate::cache::LayoutRecord`] remembers. Adding, removing or replacing a
-/// blob or rewriting a top-level file changes it. `None` if any is missing.
+/// The stat stamp of the layout at `dest` (see [`crate::output::layout_stamp_in`]).
 pub fn layout_stamp(dest: &Path) -> Option<(String, i64)> {
-    let mut text = String::new();
-    let mut newest = i64::MIN;
-    for p in [
-        dest.join("oci-layout"),
-        dest.join("index.json"),
-        dest.join("blobs").join("sha256"),
-    ] {
-        let s = crate::cache::StatKey::from_metadata(&fs::symlink_metadata(p).ok()?);
-        newest = newest.max(s.mtime_ns).max(s.ctime_ns);
-        text.push_str(&format!(
-            "{}:{}:{}:{}:{};",
-            s.size, s.mtime_ns, s.ctime_ns, s.inode, s.mode
-        ));
-    }
-    Some((text, newest))
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    fs::write(path, bytes).map_err(|e| ctx(e, "write", path))
+    let (parent, name) = parent_and_name(dest).ok()?;
+    let dir = fs::File::open(parent).ok()?;
+    crate::output::layout_stamp_in(std::os::fd::AsFd::as_fd(&dir), name)
 }
 
 fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {

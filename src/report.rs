@@ -10,6 +10,7 @@ use crate::diag::{Diag, Sources};
 use crate::hash::{Digest, Key};
 use crate::label::Label;
 use miette::{GraphicalReportHandler, GraphicalTheme};
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,20 +20,52 @@ pub fn color_enabled() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Prints a result line (or block) on stdout.
+/// `text` with every character that a terminal would act on instead of showing
+/// escaped as `\u{..}`: control characters other than newline and tab (so an
+/// escape sequence in a file name cannot recolour, retitle or rewrite the terminal)
+/// and the Unicode direction overrides (so a name cannot reorder what is shown).
+/// Everything imgc prints that comes from the workspace or the environment (paths,
+/// file names, messages that quote them) goes through it; labels are validated.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Prints a result line (or block) on stdout, control characters escaped.
 pub fn result(text: &str) {
+    raw_stdout(&escape_controls(text));
+}
+
+/// Prints `text` on stdout as it is (JSON lines: serde escapes control characters).
+fn raw_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
 }
 
-/// Prints a status line on stderr.
+/// Prints a status line on stderr, as it is: callers escape what they put in it
+/// (rendered diagnostics carry the colour codes of the renderer).
 pub fn status(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// Prints a warning on stderr.
+/// Prints a warning on stderr, control characters escaped.
 pub fn warning(text: &str) {
-    status(&format!("warning: {text}"));
+    status(&format!("warning: {}", escape_controls(text)));
 }
 
 /// Renders diagnostics (miette: source line, caret, help), without a count.
@@ -71,8 +104,14 @@ pub fn error(err: &CmdError) {
         CmdError::Diagnostics { sources, diags } => {
             write!(e, "{}", render_diagnostics(sources, diags, color_enabled()))
         }
-        CmdError::Failed(msg) | CmdError::Env(msg) => writeln!(e, "error: {msg}"),
-        CmdError::Usage(msg) => writeln!(e, "error: {msg}\n\nFor more information, try '--help'."),
+        CmdError::Failed(msg) | CmdError::Env(msg) => {
+            writeln!(e, "error: {}", escape_controls(msg))
+        }
+        CmdError::Usage(msg) => writeln!(
+            e,
+            "error: {}\n\nFor more information, try '--help'.",
+            escape_controls(msg)
+        ),
     };
 }
 
@@ -122,6 +161,10 @@ pub enum Event<'a> {
     Warning {
         message: &'a str,
     },
+    /// A stale layout (of an image that no longer exists) was removed from `path`.
+    Removed {
+        path: &'a Path,
+    },
 }
 
 /// Renders build events: human progress on stderr (a live bar on a terminal,
@@ -160,7 +203,7 @@ impl Reporter {
     }
 
     fn json_line(&self, v: serde_json::Value) {
-        result(&v.to_string());
+        raw_stdout(&v.to_string());
     }
 
     fn line(&self, text: &str) {
@@ -225,6 +268,9 @@ impl Reporter {
                 "event": "materialized", "label": label.to_string(), "path": self.relative(path), "digest": digest.to_string()
             }),
             Event::Warning { message } => json!({"event": "warning", "message": message}),
+            Event::Removed { path } => {
+                json!({"event": "removed", "path": self.relative(path)})
+            }
         };
         self.json_line(v);
     }
@@ -232,7 +278,7 @@ impl Reporter {
     fn error_text(&self, error: &ActionError) -> String {
         match error {
             ActionError::Spec(d) => d.short(&self.sources),
-            ActionError::Message(m) => m.clone(),
+            ActionError::Message(m) | ActionError::Env(m) => m.clone(),
         }
     }
 
@@ -290,11 +336,15 @@ impl Reporter {
                     ActionError::Spec(d) => {
                         render_reports(&self.sources, std::slice::from_ref(d), color_enabled())
                     }
-                    ActionError::Message(m) => format!("error: {m}"),
+                    ActionError::Message(m) | ActionError::Env(m) => {
+                        format!("error: {}", escape_controls(m))
+                    }
                 };
                 self.line(&format!("failed: {label}\n{}", text.trim_end()));
             }
-            Event::Skipped { label, because } => self.line(&format!("skipped {label}: {because}")),
+            Event::Skipped { label, because } => {
+                self.line(&format!("skipped {label}: {}", escape_controls(because)))
+            }
             Event::Materialized {
                 label,
                 path,
@@ -306,7 +356,13 @@ impl Reporter {
                     result(&format!("{label} {} {digest}", self.relative(path)));
                 }
             }
-            Event::Warning { message } => self.line(&format!("warning: {message}")),
+            Event::Warning { message } => {
+                self.line(&format!("warning: {}", escape_controls(message)))
+            }
+            Event::Removed { path } => self.line(&format!(
+                "removed the stale layout `{}`",
+                escape_controls(&self.relative(path))
+            )),
         }
     }
 

@@ -33,7 +33,6 @@ use crate::cache::{BlobRef, Cache, FileMemo, LayoutRecord, MemoEntry, StatKey};
 use crate::cas::Cas;
 use crate::graph::Graph;
 use crate::hash::{Digest, Key};
-use crate::oci;
 use crate::report::{Event, Reporter};
 use crate::spec::model::{ImageSpec, TargetKind};
 use petgraph::Direction;
@@ -50,8 +49,9 @@ pub struct Settings {
     pub keep_going: bool,
     /// What shapes the actions' outputs.
     pub params: Params,
-    /// Absolute output directory; `None` to build without writing layouts.
-    pub output_dir: Option<PathBuf>,
+    /// The opened output directory (see [`crate::output`]); `None` to build
+    /// without writing layouts.
+    pub output_dir: Option<std::sync::Arc<crate::output::Root>>,
     /// Compute keys and reasons only: run nothing, write nothing.
     pub dry_run: bool,
     /// Test hook: called on the worker right before an action runs (after it was
@@ -363,11 +363,12 @@ impl Engine<'_> {
 
             // Materialize the requested images that were built.
             if !settings.dry_run
-                && let Some(out_dir) = &settings.output_dir
+                && let Some(out) = &settings.output_dir
             {
+                let out: &crate::output::Root = out;
                 let records = self
                     .cache
-                    .layout_records(&out_dir.to_string_lossy())
+                    .layout_records(&out.path().to_string_lossy())
                     .unwrap_or_default();
                 let mut written = BTreeMap::new();
                 let mut checked: Vec<(NodeIndex, LayoutRecord)> = Vec::new();
@@ -381,7 +382,8 @@ impl Engine<'_> {
                         continue;
                     };
                     let node = graph.node(n);
-                    let dest = out_dir.join(node.label.package()).join(node.label.name());
+                    let rel = crate::output::layout_rel(&node.label);
+                    let dest = out.path().join(&rel);
                     let refs = ref_names(spec);
                     let record = LayoutRecord {
                         manifest: img.manifest,
@@ -391,7 +393,7 @@ impl Engine<'_> {
                     // A layout unchanged since a build checked it in full, none of
                     // whose blobs this build replaced, is trusted without a look at
                     // every blob.
-                    let trusted = oci::layout_stamp(&dest).is_some_and(|(stamp, _)| {
+                    let trusted = out.layout_stamp(&rel).is_some_and(|(stamp, _)| {
                         records.get(&*dest.to_string_lossy()).is_some_and(|r| {
                             r.manifest == record.manifest
                                 && r.refs == record.refs
@@ -409,7 +411,7 @@ impl Engine<'_> {
                     let tx = tx.clone();
                     in_flight += 1;
                     scope.spawn(move |_| {
-                        let r = materialize(cas, &dest, &img, &refs);
+                        let r = materialize(cas, out, &rel, &img, &refs);
                         let _ = tx.send(Msg::Materialized(n, r));
                     });
                 }
@@ -422,7 +424,8 @@ impl Engine<'_> {
                 }
                 for (n, mut record) in checked {
                     if let Some((_, Ok((dest, _)))) = written.get(&graph.node(n).label)
-                        && let Some((stamp, newest_ns)) = oci::layout_stamp(dest)
+                        && let Some((stamp, newest_ns)) =
+                            out.layout_stamp(&crate::output::layout_rel(&graph.node(n).label))
                     {
                         record.stamp = stamp;
                         let _ = self.cache.put_layout(
@@ -669,19 +672,27 @@ pub fn ref_names(spec: &ImageSpec) -> Vec<String> {
     names
 }
 
-/// Writes (or leaves in place, if already current) an image's OCI layout.
+/// Writes (or leaves in place, if already current) an image's OCI layout at
+/// `rel` in the output directory `out` (which refuses to replace or write through
+/// anything imgc did not make).
 fn materialize(
     cas: &Cas,
-    dest: &Path,
+    out: &crate::output::Root,
+    rel: &str,
     img: &ImageOut,
     refs: &[String],
 ) -> Result<(PathBuf, Digest), ActionError> {
     let mut sized = vec![(img.config, img.config_size)];
     sized.extend(img.layers.iter().map(|l| (l.digest, l.size)));
     let blobs: Vec<Digest> = sized.iter().map(|(d, _)| *d).collect();
-    if !oci::layout_is_current(dest, cas, (img.manifest, img.manifest_size), &sized, refs) {
-        oci::write_layout(dest, cas, (img.manifest, img.manifest_size), &blobs, refs)
-            .map_err(|e| ActionError::Message(format!("cannot write `{}`: {e}", dest.display())))?;
+    if !out.layout_is_current(rel, cas, (img.manifest, img.manifest_size), &sized, refs) {
+        out.write_layout(rel, cas, (img.manifest, img.manifest_size), &blobs, refs)
+            .map_err(|e| match e.io_error() {
+                Some(io) => {
+                    ActionError::failed(format_args!("cannot write `{}`", out.show(rel)), io)
+                }
+                None => ActionError::Message(e.to_string()),
+            })?;
     }
-    Ok((dest.to_path_buf(), img.manifest))
+    Ok((out.path().join(rel), img.manifest))
 }

@@ -2,12 +2,23 @@
 //!
 //! The workspace root is the nearest directory at or above the starting point that
 //! holds `imgc.kdl` (as git looks for `.git`). Every directory below it holding a
-//! `BUILD.kdl` is a package; the output directory, `.git` and hidden directories
-//! are not searched. Packages are returned sorted by path, so everything that
-//! follows is deterministic whatever order the filesystem lists entries in.
+//! `BUILD.kdl` is a package; the output directory (once imgc made it: see
+//! [`crate::output`]), `.git` and hidden directories are not searched. Packages are
+//! returned sorted by path, so everything that follows is deterministic whatever
+//! order the filesystem lists entries in.
 //!
 //! This module reads files; it hands their text to the pure [`crate::spec`] parser
-//! and collects every diagnostic of every file.
+//! and collects every diagnostic of every file. It never reads outside the
+//! workspace: linked directories are not followed, and a `BUILD.kdl` that is a
+//! symbolic link is read only if it resolves to a regular file inside the
+//! workspace (else a diagnostic names it). Spec files are opened without blocking
+//! and must be regular files of at most [`MAX_SPEC_FILE_BYTES`]. Parsing runs on a
+//! pool of threads with large stacks, because the KDL parser recurses (see
+//! [`crate::spec::limits`]).
+//!
+//! An `output-dir` that is, holds or is inside a package is refused here (the
+//! parser refuses the root, `.git`, absolute and escaping ones): imgc would write
+//! into a directory of sources, and its packages would drop out of the graph.
 //!
 //! # The parse cache
 //!
@@ -27,7 +38,7 @@ use crate::cache::{Cache, CacheError};
 use crate::diag::{Code, Diag, Sources};
 use crate::hash::{Key, KeyHasher};
 use crate::spec::PARSE_FORMAT_VERSION;
-use crate::spec::model::{Package, Target, WorkspaceConfig};
+use crate::spec::model::{FileId, Package, Target, WorkspaceConfig};
 use crate::spec::parse::{parse_build_file, parse_workspace_file};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -125,68 +136,205 @@ pub fn package_of_dir(root: &Path, dir: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// What [`discover_packages`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Package paths, sorted.
+    pub packages: Vec<String>,
+    /// Problems with linked `BUILD.kdl` files, as (workspace-relative path, message).
+    pub problems: Vec<(String, String)>,
+}
+
 /// Lists the package paths below `root`, sorted.
 ///
 /// Directories are read in parallel (a large workspace has thousands, most of them
-/// data directories of packages) and the result is sorted once at the end. Symbolic
-/// links are not followed, and a `BUILD.kdl` that is not a regular file does not make
-/// a package.
-pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Vec<String>, WorkspaceError> {
-    let output_dir = Path::new(output_dir.trim_end_matches('/'));
-    let mut packages = walk(root, Path::new(""), output_dir)?;
-    packages.sort();
-    Ok(packages)
+/// data directories of packages) and the result is sorted once at the end. Linked
+/// directories are not followed; hidden directories, directories named `imgc-out`
+/// and the output directory `output_dir` (when imgc made it: an unmarked one is
+/// searched, so that packages in it are found and refused) are not searched. A
+/// `BUILD.kdl` that is a symbolic link makes a package if it resolves to a regular
+/// file inside the workspace; otherwise it is reported in [`Discovered::problems`]
+/// (never read).
+pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Discovered, WorkspaceError> {
+    let out = crate::output::OutputDir::new(root, output_dir);
+    let skip = out.is_marked().then(|| PathBuf::from(out.shown()));
+    let canonical = std::fs::canonicalize(root).map_err(|source| WorkspaceError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let walker = Walker {
+        root,
+        canonical: &canonical,
+        skip: skip.as_deref(),
+    };
+    let mut found = walker.walk(Path::new(""))?;
+    found.packages.sort();
+    found.problems.sort();
+    Ok(found)
 }
 
-/// The packages at and below `root/rel`.
-fn walk(root: &Path, rel: &Path, output_dir: &Path) -> Result<Vec<String>, WorkspaceError> {
-    let dir = root.join(rel);
-    let io = |path: &Path, source| WorkspaceError::Io {
+struct Walker<'a> {
+    root: &'a Path,
+    /// `root` with links resolved: where linked BUILD.kdl files must lead.
+    canonical: &'a Path,
+    /// The output directory, relative, when it is to be skipped.
+    skip: Option<&'a Path>,
+}
+
+impl Walker<'_> {
+    /// The packages at and below `root/rel`.
+    fn walk(&self, rel: &Path) -> Result<Discovered, WorkspaceError> {
+        let dir = self.root.join(rel);
+        let io = |path: &Path, source| WorkspaceError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut subdirs = Vec::new();
+        let mut is_package = false;
+        let mut problems = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            let name = entry.file_name();
+            // Usually from the directory entry itself: no stat.
+            let file_type = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+            if file_type.is_dir() {
+                let shown = name.to_string_lossy();
+                if shown.starts_with('.') || shown == "imgc-out" {
+                    continue;
+                }
+                let sub = rel.join(&name);
+                if Some(sub.as_path()) != self.skip {
+                    subdirs.push(sub);
+                }
+            } else if name == BUILD_FILE && file_type.is_file() {
+                is_package = true;
+            } else if name == BUILD_FILE && file_type.is_symlink() {
+                let shown = rel.join(BUILD_FILE).to_string_lossy().into_owned();
+                match self.linked_build_file(&entry.path()) {
+                    Ok(()) => is_package = true,
+                    Err(why) => problems.push((shown, why)),
+                }
+            }
+        }
+        let mut found = Discovered::default();
+        for sub in subdirs
+            .par_iter()
+            .map(|sub| self.walk(sub))
+            .collect::<Result<Vec<_>, _>>()?
+        {
+            found.packages.extend(sub.packages);
+            found.problems.extend(sub.problems);
+        }
+        found.problems.extend(problems);
+        if is_package {
+            let parts: Vec<String> = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            found.packages.push(parts.join("/"));
+        }
+        Ok(found)
+    }
+
+    /// Whether the linked BUILD.kdl at `path` may be read: it must resolve to a
+    /// regular file inside the workspace. Otherwise, why not.
+    fn linked_build_file(&self, path: &Path) -> Result<(), String> {
+        let resolved = std::fs::canonicalize(path)
+            .map_err(|e| format!("is a symbolic link that cannot be followed ({e})"))?;
+        if !resolved.starts_with(self.canonical) {
+            return Err(
+                "is a symbolic link to a file outside the workspace, which imgc does not read"
+                    .into(),
+            );
+        }
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_file() => Ok(()),
+            Ok(_) => Err("is a symbolic link to something that is not a regular file".into()),
+            Err(e) => Err(format!("is a symbolic link that cannot be followed ({e})")),
+        }
+    }
+}
+
+/// The largest spec file imgc reads (the parser refuses far smaller ones anyway:
+/// see [`crate::spec::limits`]).
+pub const MAX_SPEC_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a spec file: only a regular file (opened without blocking, so a FIFO
+/// cannot hang the load), of at most [`MAX_SPEC_FILE_BYTES`].
+fn read(path: &Path) -> Result<String, WorkspaceError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| WorkspaceError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut subdirs = Vec::new();
-    let mut is_package = false;
-    for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
-        let entry = entry.map_err(|e| io(&dir, e))?;
-        let name = entry.file_name();
-        // Usually from the directory entry itself: no stat.
-        let file_type = entry.file_type().map_err(|e| io(&entry.path(), e))?;
-        if file_type.is_dir() {
-            let shown = name.to_string_lossy();
-            if shown.starts_with('.') || shown == "imgc-out" {
-                continue;
-            }
-            let sub = rel.join(&name);
-            if sub != output_dir {
-                subdirs.push(sub);
-            }
-        } else if file_type.is_file() && name == BUILD_FILE {
-            is_package = true;
-        }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
     }
-    let mut packages: Vec<String> = subdirs
-        .par_iter()
-        .map(|sub| walk(root, sub, output_dir))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    if is_package {
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        packages.push(parts.join("/"));
+    if meta.len() > MAX_SPEC_FILE_BYTES {
+        return Err(err(std::io::Error::other(format!(
+            "larger than the {} MiB a spec file may have",
+            MAX_SPEC_FILE_BYTES >> 20
+        ))));
     }
-    Ok(packages)
+    let mut text = String::new();
+    file.take(MAX_SPEC_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    Ok(text)
 }
 
-fn read(path: &Path) -> Result<String, WorkspaceError> {
-    std::fs::read_to_string(path).map_err(|source| WorkspaceError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Diagnostics for an `output-dir` that holds or is inside a package: imgc would
+/// write into (and `imgc clean` remove from) a directory of sources, and its
+/// packages would silently drop out of the graph. The root package does not count
+/// (every output directory is inside the workspace root).
+fn output_dir_overlaps(
+    config: &WorkspaceConfig,
+    ws_file: FileId,
+    packages: &[String],
+) -> Vec<Diag> {
+    let out = config.output_dir.trim_end_matches('/');
+    let within = |a: &str, b: &str| a == b || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'));
+    let mut diags = Vec::new();
+    let holds: Vec<&String> = packages.iter().filter(|p| within(p, out)).collect();
+    let inside: Option<&String> = packages
+        .iter()
+        .find(|p| !p.is_empty() && within(out, p) && !within(p, out));
+    let problem = match (holds.first(), inside) {
+        (Some(p), _) if p.as_str() == out => {
+            Some(format!("`output-dir` \"{out}\" is the package `//{p}`"))
+        }
+        (Some(p), _) => Some(format!(
+            "`output-dir` \"{out}\" holds the package `//{p}`{}",
+            if holds.len() > 1 {
+                format!(" and {} more", holds.len() - 1)
+            } else {
+                String::new()
+            }
+        )),
+        (None, Some(p)) => Some(format!(
+            "`output-dir` \"{out}\" is inside the package `//{p}`"
+        )),
+        (None, None) => None,
+    };
+    if let Some(message) = problem {
+        let mut d = Diag::new(
+            Code::InvalidValue,
+            format!("{message}: imgc writes there and `imgc clean` removes what is there"),
+        )
+        .help("name a directory of its own that holds no sources, like \"imgc-out\"");
+        if let Some(span) = config.output_dir_span {
+            d = d.at(ws_file, span).label("a directory of sources");
+        }
+        diags.push(d);
+    }
+    diags
 }
 
 /// Workspace-relative path of a package's BUILD.kdl, `/`-separated.
@@ -286,7 +434,15 @@ pub fn load(
         }
     };
 
-    let package_paths = discover_packages(root, &config.output_dir)?;
+    let found = discover_packages(root, &config.output_dir)?;
+    for (path, why) in &found.problems {
+        diags.push(
+            Diag::new(Code::Workspace, format!("`{path}` {why}"))
+                .help("replace the link by the file, or by a link to a file inside the workspace"),
+        );
+    }
+    diags.extend(output_dir_overlaps(&config, ws_file, &found.packages));
+    let package_paths = found.packages;
     let texts: Vec<(String, String, Key)> = package_paths
         .into_par_iter()
         .map(|pkg| {
@@ -302,7 +458,42 @@ pub fn load(
         .iter()
         .map(|(pkg, text, _)| sources.add(build_file_path(pkg), text.clone()))
         .collect();
-    let parsed: Vec<Parsed> = texts
+    let parsed = match parse_pool() {
+        Some(pool) => pool.install(|| parse_texts(texts, ids, &hits)),
+        None => parse_texts(texts, ids, &hits),
+    };
+    let mut packages = Vec::with_capacity(parsed.len());
+    for p in parsed {
+        match p.store {
+            None => pc.report.hits += 1,
+            Some(store) => {
+                pc.report.parsed += 1;
+                new_entries.extend(store);
+            }
+        }
+        packages.push(p.package);
+        diags.extend(p.diags);
+    }
+    pc.put(&new_entries, &touch);
+    Ok((
+        Workspace {
+            root: root.to_path_buf(),
+            config,
+            sources,
+            packages,
+            parse_cache: pc.report,
+        },
+        diags,
+    ))
+}
+
+/// Parses each text (or takes it from `hits`): on the parse pool when there is one.
+fn parse_texts(
+    texts: Vec<(String, String, Key)>,
+    ids: Vec<usize>,
+    hits: &BTreeMap<Key, String>,
+) -> Vec<Parsed> {
+    texts
         .into_par_iter()
         .zip(ids.into_par_iter())
         .map(|((pkg, text, key), file)| {
@@ -336,30 +527,22 @@ pub fn load(
                 store: Some(store),
             }
         })
-        .collect();
-    let mut packages = Vec::with_capacity(parsed.len());
-    for p in parsed {
-        match p.store {
-            None => pc.report.hits += 1,
-            Some(store) => {
-                pc.report.parsed += 1;
-                new_entries.extend(store);
-            }
-        }
-        packages.push(p.package);
-        diags.extend(p.diags);
-    }
-    pc.put(&new_entries, &touch);
-    Ok((
-        Workspace {
-            root: root.to_path_buf(),
-            config,
-            sources,
-            packages,
-            parse_cache: pc.report,
-        },
-        diags,
-    ))
+        .collect()
+}
+
+/// Stack of the threads that parse spec files: texts needing no more than this
+/// (see [`crate::spec::limits`]) parse on them, larger ones on a thread of their own.
+const PARSE_POOL_STACK: usize = 64 << 20;
+
+/// A pool of threads with large stacks for parsing, if one can be started (else
+/// each large text gets a thread of its own).
+fn parse_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("imgc-parse-{i}"))
+        .stack_size(PARSE_POOL_STACK)
+        .start_handler(|_| crate::spec::set_parse_stack_hint(PARSE_POOL_STACK - (4 << 20)))
+        .build()
+        .ok()
 }
 
 /// One BUILD.kdl, parsed or taken from the cache.
@@ -390,17 +573,19 @@ mod tests {
             std::fs::write(root.join(d).join(BUILD_FILE), "").unwrap();
         }
         std::fs::write(root.join(WORKSPACE_FILE), "").unwrap();
-        // Symbolic links are not followed, and a linked BUILD.kdl makes no package.
+        // Linked directories are not followed.
         std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
         std::fs::create_dir_all(root.join("c")).unwrap();
         std::os::unix::fs::symlink(root.join("b").join(BUILD_FILE), root.join("c/BUILD.kdl"))
             .unwrap();
-        assert_eq!(
-            discover_packages(root, "imgc-out").unwrap(),
-            vec!["a/x", "b", "out/z"]
-        );
-        assert_eq!(discover_packages(root, "out/").unwrap(), vec!["a/x", "b"]);
-        assert_eq!(discover_packages(root, "out").unwrap(), vec!["a/x", "b"]);
+        // A linked BUILD.kdl resolving to a file inside the workspace makes a package.
+        let packages = |out: &str| discover_packages(root, out).unwrap().packages;
+        assert_eq!(packages("imgc-out"), vec!["a/x", "b", "c", "out/z"]);
+        // An output directory is skipped only once imgc made it (it is marked).
+        assert_eq!(packages("out"), vec!["a/x", "b", "c", "out/z"]);
+        std::fs::write(root.join("out").join(crate::output::DIR_MARK), "").unwrap();
+        assert_eq!(packages("out/"), vec!["a/x", "b", "c"]);
+        assert_eq!(packages("out"), vec!["a/x", "b", "c"]);
         assert_eq!(
             find_root(&root.join("a/x")).unwrap(),
             std::path::absolute(root).unwrap()

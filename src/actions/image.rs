@@ -69,7 +69,8 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
             node.label
         )));
     };
-    let io_err = |e: std::io::Error| ActionError::Message(format!("image `{}`: {e}", node.label));
+    let io_err =
+        |e: std::io::Error| ActionError::failed(format_args!("image `{}`", node.label), &e);
     let mut base: Option<(&ImageOut, oci::BaseConfig)> = None;
     let mut own: Vec<(String, LayerDesc)> = Vec::new();
     for (edge, label, out) in deps {

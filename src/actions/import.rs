@@ -94,7 +94,7 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
     };
     let imported = import::import(src, &ctx.params.platform, ctx.cas)
         .and_then(|img| img.check_read(&prepared.keyed).map(|()| img))
-        .map_err(|e| ActionError::Message(format!("import `{}`: {e}", node.label)))?;
+        .map_err(|e| ActionError::failed(format_args!("import `{}`", node.label), &e))?;
     // Each layer's listing goes into the CAS beside it, so images built on the
     // import check their own layers against it ([`crate::listing::Stack`]).
     let mut layers = imported.layers;

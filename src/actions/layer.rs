@@ -61,11 +61,11 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
         ctx.params.source_date_epoch,
         ctx.cas,
     )
-    .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+    .map_err(|e| ActionError::failed(format_args!("layer `{}`", node.label), &e))?;
     let (digest, size) = ctx
         .cas
         .put_bytes(&out.listing.to_json())
-        .map_err(|e| ActionError::Message(format!("layer `{}`: {e}", node.label)))?;
+        .map_err(|e| ActionError::failed(format_args!("layer `{}`", node.label), &e))?;
     Ok(Output::Layer(LayerDesc {
         digest: out.digest,
         diff_id: out.diff_id,

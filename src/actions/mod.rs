@@ -92,13 +92,59 @@ pub enum ActionError {
     Spec(Diag),
     /// Anything else (IO, corrupt import), already phrased for the user.
     Message(String),
+    /// The machine ran out of room (no space left, quota exceeded): not the
+    /// build's fault, so the command exits 3 (environment), not 1.
+    Env(String),
+}
+
+impl ActionError {
+    /// `context: error`, as [`ActionError::Env`] if the error (or one it was caused
+    /// by) is a full disk or an exceeded quota, else as [`ActionError::Message`].
+    pub fn failed(
+        context: impl std::fmt::Display,
+        e: &(dyn std::error::Error + 'static),
+    ) -> ActionError {
+        let text = format!("{context}: {e}");
+        if is_out_of_room(e) {
+            ActionError::Env(text)
+        } else {
+            ActionError::Message(text)
+        }
+    }
+}
+
+/// Whether `e` or an error in its source chain is ENOSPC or EDQUOT. Errors that
+/// were flattened into text on the way keep the OS's own wording, so the text is
+/// checked too (`(os error 28)`, `(os error 122)`: how std shows these errors).
+pub fn is_out_of_room(e: &(dyn std::error::Error + 'static)) -> bool {
+    let full = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    };
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().is_some_and(full) {
+            return true;
+        }
+        let text = err.to_string();
+        if [libc::ENOSPC, libc::EDQUOT]
+            .iter()
+            .any(|code| text.contains(&format!("(os error {code})")))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl std::fmt::Display for ActionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ActionError::Spec(d) => f.write_str(&d.message),
-            ActionError::Message(m) => f.write_str(m),
+            ActionError::Message(m) | ActionError::Env(m) => f.write_str(m),
         }
     }
 }
@@ -159,5 +205,34 @@ pub fn run(
         Prepared::Layer(p) => layer::run(ctx, n, p),
         Prepared::Import(p) => import::run(ctx, n, p),
         Prepared::Image => image::run(ctx, n, deps),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_an_environment_failure() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert!(matches!(
+            ActionError::failed("layer `//a:b`", &full),
+            ActionError::Env(_)
+        ));
+        let quota = std::io::Error::from_raw_os_error(libc::EDQUOT);
+        assert!(matches!(
+            ActionError::failed("x", &quota),
+            ActionError::Env(_)
+        ));
+        // Wrapped with a kind kept, or flattened into text on the way.
+        let wrapped = std::io::Error::new(full.kind(), format!("cannot write `x`: {full}"));
+        assert!(is_out_of_room(&wrapped));
+        let flattened = std::io::Error::other(format!("store: {full}"));
+        assert!(is_out_of_room(&flattened));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(matches!(
+            ActionError::failed("x", &denied),
+            ActionError::Message(_)
+        ));
     }
 }

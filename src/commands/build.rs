@@ -1,10 +1,11 @@
 //! `imgc build [PATTERN...]`: build the selected targets and write their images.
 
 use super::{CmdError, Context, Loaded};
+use crate::actions::ActionError;
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
-use crate::report::Reporter;
-use crate::scheduler::{Engine, Params, Settings, Summary};
+use crate::report::{Event, Reporter};
+use crate::scheduler::{Engine, Outcome, Params, Settings, Summary};
 use petgraph::graph::NodeIndex;
 
 /// The source-date-epoch in force: `SOURCE_DATE_EPOCH` overrides the workspace's.
@@ -19,6 +20,10 @@ pub fn source_date_epoch(configured: u64) -> Result<u64, CmdError> {
     }
 }
 
+/// The most parallel jobs `-j` may ask for: each is a thread, and more than a
+/// machine's CPUs only costs memory. (`-j 99999999999` used to try to start them.)
+pub const MAX_JOBS: usize = 1024;
+
 /// Settings from the workspace config and the command line.
 pub fn settings(
     loaded: &Loaded,
@@ -28,8 +33,13 @@ pub fn settings(
 ) -> Result<Settings, CmdError> {
     let jobs = match jobs {
         Some(0) => return Err(CmdError::Usage("`--jobs` must be at least 1".into())),
+        Some(j) if j > MAX_JOBS => {
+            return Err(CmdError::Usage(format!(
+                "`--jobs {j}` is more than the {MAX_JOBS} parallel jobs imgc allows"
+            )));
+        }
         Some(j) => j,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_JOBS)),
     };
     let config = &loaded.ws.config;
     Ok(Settings {
@@ -40,10 +50,26 @@ pub fn settings(
             format: LayerFormat::default_for(config.compression),
             platform: config.platform.clone(),
         },
-        output_dir: Some(loaded.ws.root.join(&config.output_dir)),
+        output_dir: if dry_run {
+            None
+        } else {
+            let out = crate::output::OutputDir::new(&loaded.ws.root, &config.output_dir);
+            Some(std::sync::Arc::new(
+                out.open_for_write().map_err(output_error)?,
+            ))
+        },
         dry_run,
         before_run: None,
     })
+}
+
+/// A problem with the output directory as a command error: refusals exit 1 (the
+/// workspace must be fixed), IO failures 3.
+pub fn output_error(e: crate::output::OutputError) -> CmdError {
+    match e.io_error() {
+        Some(_) => CmdError::Env(e.to_string()),
+        None => CmdError::Failed(e.to_string()),
+    }
 }
 
 /// Opens the stores (reusing the index [`Loaded`] opened) and runs the engine
@@ -55,6 +81,11 @@ pub fn run_engine(
     settings: Settings,
     reporter: &mut Reporter,
 ) -> Result<Summary, CmdError> {
+    if loaded.index.is_none()
+        && let Some(why) = loaded.index_error.take()
+    {
+        return Err(CmdError::Env(why));
+    }
     let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     if let Some(w) = stores.warning.take() {
         crate::report::warning(&w);
@@ -80,6 +111,22 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         &loaded.ws.root,
         loaded.ws.sources.clone(),
     );
+    if loaded.selects_everything(&args.patterns)
+        && let Some(out) = &settings.output_dir
+    {
+        let (removed, kept) = out
+            .remove_stale(&loaded.image_layouts())
+            .map_err(output_error)?;
+        for rel in removed {
+            reporter.event(&Event::Removed {
+                path: &out.path().join(rel),
+            });
+        }
+        for k in kept {
+            let message = format!("kept `{k}`: imgc did not make it");
+            reporter.event(&Event::Warning { message: &message });
+        }
+    }
     let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
     reporter.summary(
         summary.images,
@@ -88,6 +135,17 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         summary.failed,
         summary.elapsed,
     );
+    let out_of_room = summary
+        .outcomes
+        .values()
+        .filter(|o| matches!(o, Outcome::Failed(ActionError::Env(_))))
+        .count();
+    if out_of_room > 0 {
+        return Err(CmdError::Env(format!(
+            "{out_of_room} target{} failed because the disk is full (or a quota is exceeded)",
+            if out_of_room == 1 { "" } else { "s" }
+        )));
+    }
     if summary.failed > 0 {
         return Err(CmdError::Failed(format!(
             "{} target{} failed",

@@ -6,6 +6,7 @@ use crate::report;
 
 pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     let loaded = Loaded::load(ctx)?;
+    loaded.warn_without_cache();
     let roots = loaded.select(&args.patterns)?;
     let selected = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
     report::result(&format!(

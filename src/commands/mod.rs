@@ -72,12 +72,17 @@ pub struct Loaded {
     /// The cache index opened for the parse cache (`None` if it could not be
     /// opened): pass it to [`cache::Stores::open_with`] rather than opening it twice.
     pub index: Option<crate::cache::Cache>,
+    /// Why the index could not be opened. Not printed by [`Loaded::load`]: a command
+    /// that needs the cache fails with it (once), one that does not warns with
+    /// [`Loaded::warn_without_cache`].
+    pub index_error: Option<String>,
 }
 
 impl Loaded {
     /// Loads everything; any spec or graph diagnostic fails the command.
     pub fn load(ctx: &Context) -> Result<Loaded, CmdError> {
         let root = workspace::find_root(&ctx.cwd)?;
+        let mut index_error = None;
         let mut index = match cache::open_index(ctx) {
             Ok((index, warning)) => {
                 if let Some(w) = warning {
@@ -85,13 +90,12 @@ impl Loaded {
                 }
                 Some(index)
             }
-            // Only an optimization: never fail a command because of it.
+            // Only an optimization for loading: never fail the load because of it.
             Err(e) => {
-                let why = match e {
+                index_error = Some(match e {
                     CmdError::Env(m) | CmdError::Usage(m) | CmdError::Failed(m) => m,
                     CmdError::Diagnostics { .. } => "cannot open the cache".to_string(),
-                };
-                report::warning(&format!("{why}; parsing every file"));
+                });
                 None
             }
         };
@@ -104,6 +108,11 @@ impl Loaded {
         let package_count = packages.len();
         let (graph, graph_diags) = graph::build(packages);
         diags.extend(graph_diags);
+        diags.extend(graph::output_path_limits(
+            &graph,
+            &ws.config.output_dir,
+            ws.root.as_os_str().len(),
+        ));
         if !diags.is_empty() {
             return Err(CmdError::Diagnostics {
                 sources: ws.sources,
@@ -117,7 +126,40 @@ impl Loaded {
             package_count,
             cwd_package,
             index,
+            index_error,
         })
+    }
+
+    /// For commands that use the cache only to parse faster: warns that it could
+    /// not be opened, if so.
+    pub fn warn_without_cache(&self) {
+        if let Some(why) = &self.index_error {
+            report::warning(&format!("{why}; parsing every file"));
+        }
+    }
+
+    /// Whether `args` select the whole workspace: no pattern, or `//...` (or a
+    /// relative `...` at the root) with nothing subtracted.
+    pub fn selects_everything(&self, args: &[String]) -> bool {
+        if args.is_empty() {
+            return true;
+        }
+        PatternSet::parse(args, &self.cwd_package).is_ok_and(|set| {
+            set.exclude.is_empty()
+                && set
+                    .include
+                    .iter()
+                    .any(|p| matches!(p, Pattern::Recursive(prefix) if prefix.is_empty()))
+        })
+    }
+
+    /// The layout paths (`<package>/<name>`) of every image of the workspace.
+    pub fn image_layouts(&self) -> std::collections::BTreeSet<String> {
+        self.graph
+            .nodes()
+            .filter(|n| self.graph.node(*n).is_image())
+            .map(|n| crate::output::layout_rel(&self.graph.node(n).label))
+            .collect()
     }
 
     /// Resolves command-line patterns (`//...` when empty). A pattern that
@@ -130,6 +172,17 @@ impl Loaded {
         };
         let set = PatternSet::parse(&args, &self.cwd_package)
             .map_err(|e| CmdError::Usage(format!("bad target pattern: {e}")))?;
+        if set.include.is_empty() {
+            let first = set
+                .exclude
+                .first()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            return Err(CmdError::Usage(format!(
+                "the patterns only subtract (`-{first}`): they select nothing; \
+                 to build everything else, add what to subtract from, like `-- //... -{first}`"
+            )));
+        }
         let mut diags = Vec::new();
         for p in &set.include {
             if !self.graph.labels().any(|l| p.matches(l)) {
@@ -142,7 +195,13 @@ impl Loaded {
                 diags,
             });
         }
-        Ok(self.graph.select(&set))
+        let selected = self.graph.select(&set);
+        if selected.is_empty() {
+            return Err(CmdError::Usage(
+                "the patterns select nothing: every target they include is subtracted again".into(),
+            ));
+        }
+        Ok(selected)
     }
 
     fn no_match(&self, p: &Pattern) -> Diag {

@@ -17,6 +17,7 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
         QueryCommand::Rdeps(a) => (a, Some(Direction::Incoming)),
     };
     let loaded = Loaded::load(ctx)?;
+    loaded.warn_without_cache();
     let roots = loaded.select(&args.patterns)?;
     let set: BTreeSet<NodeIndex> = match dir {
         None => roots.into_iter().collect(),

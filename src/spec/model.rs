@@ -83,6 +83,9 @@ impl std::fmt::Display for Platform {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceConfig {
     pub output_dir: String,
+    /// Where `output-dir` was written in imgc.kdl, if it was (for diagnostics).
+    #[serde(default)]
+    pub output_dir_span: Option<SourceSpan>,
     pub source_date_epoch: u64,
     pub compression: Compression,
     pub platform: Platform,
@@ -93,6 +96,7 @@ impl Default for WorkspaceConfig {
     fn default() -> Self {
         WorkspaceConfig {
             output_dir: "imgc-out".to_string(),
+            output_dir_span: None,
             source_date_epoch: 0,
             compression: Compression::Gzip,
             platform: Platform {

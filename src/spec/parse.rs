@@ -129,6 +129,7 @@ fn workspace_setting(cx: &mut Ctx, node: &KdlNode, config: &mut WorkspaceConfig)
         "output-dir" => {
             if let Some(dir) = output_dir(cx, &s) {
                 config.output_dir = dir;
+                config.output_dir_span = Some(s.span);
             }
         }
         "compression" => {
@@ -172,6 +173,19 @@ fn source_date_epoch(cx: &mut Ctx, e: &KdlEntry) -> Option<u64> {
 
 fn output_dir(cx: &mut Ctx, s: &Spanned<String>) -> Option<String> {
     match normalize_source("`output-dir`", "", &s.value) {
+        Ok(dir) if dir.split('/').next() == Some(".git") => {
+            let d = cx.diag(
+                Code::InvalidValue,
+                s.span,
+                format!(
+                    "`output-dir` may not be `.git` or inside it, got \"{}\"",
+                    s.value
+                ),
+                "invalid output directory",
+            );
+            cx.push(d.help("name a directory of its own below the root, like \"imgc-out\""));
+            None
+        }
         Ok(dir) if dir != "." => Some(dir),
         Ok(_) => {
             let d = cx.diag(

@@ -4,10 +4,79 @@
 //! lowering in [`super::parse`] passes in the names that are valid at each place.
 
 use crate::diag::{Code, Diag, did_you_mean};
+use crate::spec::limits;
 use crate::spec::model::{FileId, Spanned};
 use kdl::{KdlDocument, KdlEntry, KdlError, KdlNode, KdlValue};
 use miette::SourceSpan;
+use std::cell::Cell;
 use std::collections::HashMap;
+
+thread_local! {
+    /// Stack this thread is known to have free for a parse (see [`set_parse_stack_hint`]).
+    static STACK_HINT: Cell<usize> = const { Cell::new(DEFAULT_STACK_HINT) };
+}
+
+/// What any thread may be assumed to have free: Rust threads get 2 MiB by default.
+const DEFAULT_STACK_HINT: usize = 1 << 20;
+
+/// Tells the parser that the current thread has about `bytes` of stack free, so
+/// texts needing no more are parsed on it instead of on a thread of their own.
+/// For thread pools built with a large `stack_size` (see `workspace::load`).
+pub fn set_parse_stack_hint(bytes: usize) {
+    STACK_HINT.with(|h| h.set(bytes));
+}
+
+/// The outcome of one kdl parse.
+enum Parsed {
+    Doc(KdlDocument),
+    /// Nested deeper than [`limits::MAX_DEPTH`]: the span of the first node too deep.
+    TooDeep(SourceSpan),
+    Error(KdlError),
+    /// No thread with the stack needed could be started.
+    NoStack(std::io::Error),
+}
+
+/// Parses `text` on a stack of at least `need` bytes: on this thread if its hint
+/// says it has that much, else on a scoped thread of exactly that size. The depth
+/// check runs (and a too-deep document is dropped) on that same stack.
+fn parse_on_stack(text: &str, need: usize) -> Parsed {
+    let parse = || match KdlDocument::parse(text) {
+        Ok(doc) => match too_deep(&doc) {
+            Some(span) => Parsed::TooDeep(span),
+            None => Parsed::Doc(doc),
+        },
+        Err(e) => Parsed::Error(e),
+    };
+    if need <= STACK_HINT.with(Cell::get) {
+        return parse();
+    }
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .name("imgc-parse".into())
+            .stack_size(need)
+            .spawn_scoped(s, parse)
+        {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Parsed::NoStack(e),
+        }
+    })
+}
+
+/// The span of the first node nested deeper than [`limits::MAX_DEPTH`] (iterative).
+fn too_deep(doc: &KdlDocument) -> Option<SourceSpan> {
+    let mut stack: Vec<(&KdlNode, usize)> = doc.nodes().iter().rev().map(|n| (n, 1)).collect();
+    while let Some((node, depth)) = stack.pop() {
+        if depth > limits::MAX_DEPTH {
+            return Some(head_span(node));
+        }
+        if let Some(children) = node.children() {
+            stack.extend(children.nodes().iter().rev().map(|n| (n, depth + 1)));
+        }
+    }
+    None
+}
 
 /// The state of one file's lowering: where we are and what went wrong so far.
 pub(crate) struct Ctx<'a> {
@@ -121,21 +190,96 @@ impl<'a> Ctx<'a> {
     }
 
     /// Parses KDL text, converting every syntax error into a [`Code::Syntax`] diag.
+    /// Texts beyond the limits of [`super::limits`] get one [`Code::Limit`] diag
+    /// and no document.
     pub fn parse_kdl(&mut self) -> Option<KdlDocument> {
-        match KdlDocument::parse(self.text) {
-            Ok(doc) => {
+        let need = limits::parse_stack_bytes(self.text);
+        if need > limits::MAX_PARSE_STACK {
+            let d = Diag::new(
+                Code::Limit,
+                format!(
+                    "this file is too large for the spec parser: it may need {} MiB of stack, the limit is {} MiB",
+                    need >> 20,
+                    limits::MAX_PARSE_STACK >> 20
+                ),
+            )
+            .at(self.file, SourceSpan::from(0..0))
+            .label("in this file")
+            .help("split it: move some targets into packages of their own");
+            self.push(d);
+            return None;
+        }
+        let (nesting, at) = limits::slashdash_nesting(self.text);
+        if nesting > limits::MAX_SLASHDASH_NESTING {
+            let d = self.diag(
+                Code::Limit,
+                SourceSpan::from(at..at + 1),
+                format!(
+                    "children blocks commented out with `/-` are nested {nesting} deep; the limit is {}",
+                    limits::MAX_SLASHDASH_NESTING
+                ),
+                "too deep",
+            );
+            self.push(d.help("remove the commented-out blocks, or use `//` comments"));
+            return None;
+        }
+        match parse_on_stack(self.text, need) {
+            Parsed::Doc(doc) => {
                 self.check_types(doc.nodes());
                 Some(doc)
             }
-            Err(e) => {
+            Parsed::TooDeep(span) => {
+                let d = self.diag(
+                    Code::Limit,
+                    span,
+                    format!(
+                        "nodes are nested more than {} levels deep",
+                        limits::MAX_DEPTH
+                    ),
+                    "too deep",
+                );
+                self.push(
+                    d.help("the spec language nests at most 3 levels: `image` > `layer` > `copy`"),
+                );
+                None
+            }
+            Parsed::Error(e) => {
                 self.syntax_errors(&e);
+                None
+            }
+            Parsed::NoStack(e) => {
+                let d = Diag::new(
+                    Code::Limit,
+                    format!(
+                        "cannot parse this file: no thread with {} MiB of stack could be started ({e})",
+                        need.div_ceil(1 << 20)
+                    ),
+                )
+                .at(self.file, SourceSpan::from(0..0))
+                .label("in this file")
+                .help("split it: move some targets into packages of their own");
+                self.push(d);
                 None
             }
         }
     }
 
     fn syntax_errors(&mut self, e: &KdlError) {
-        for d in &e.diagnostics {
+        // The parser may report one error per stray character: the first few are
+        // what helps (and rendering hundreds of thousands would take minutes).
+        const SHOWN: usize = 20;
+        if e.diagnostics.len() > SHOWN {
+            let more = e.diagnostics.len() - SHOWN;
+            let d = Diag::new(
+                Code::Syntax,
+                format!("{more} more syntax errors in this file are not shown"),
+            )
+            .at(self.file, SourceSpan::from(0..0))
+            .label("in this file")
+            .help("fix the errors shown first");
+            self.push(d);
+        }
+        for d in e.diagnostics.iter().take(SHOWN) {
             let msg = d.message.as_deref().unwrap_or("invalid KDL");
             let label = d.label.as_deref().unwrap_or("here");
             let mut diag = self.diag(Code::Syntax, d.span, lowercase_first(msg), label);

@@ -12,3 +12,4 @@ mod imports;
 mod layers;
 mod parse_cache;
 mod robustness;
+mod safety;
