@@ -281,3 +281,79 @@ fn a_source_behind_a_link_out_of_the_workspace_is_refused_without_looking_outsid
         assert_eq!(watch.events(), [], "{name}");
     }
 }
+
+/// A tar of `(name, kind, link target)` entries, directories and symlinks only.
+fn layer_tar(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, target) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(*kind);
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_path(name).unwrap();
+        if !target.is_empty() {
+            h.set_link_name(target).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Before: the E030 message printed the path a layer's entry lands on once
+/// lower symlinks are followed, and that path comes from an imported layer
+/// (a symlink's target, a directory's name) chosen by the archive's author:
+/// terminal escape sequences reached the terminal as they were.
+#[test]
+fn stack_conflict_messages_escape_paths_from_imported_layers() {
+    use tar::EntryType::{Directory, Symlink};
+    let evil = "evil\u{1b}]2;owned\u{7}\u{1b}[2J";
+    let layer = layer_tar(&[
+        (&format!("{evil}/"), Directory, ""),
+        (&format!("{evil}/x/"), Directory, ""),
+        ("lib", Symlink, evil),
+    ]);
+    let diff = imgc::hash::Digest::of_bytes(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff.to_string()]}}))
+    .unwrap();
+    let cname = format!("{}.json", imgc::hash::Digest::of_bytes(&config).hex());
+    let manifest =
+        serde_json::to_vec(&serde_json::json!([{"Config": cname, "Layers": ["l/layer.tar"]}]))
+            .unwrap();
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("l/layer.tar", &layer[..]),
+        (&cname, &config),
+        ("manifest.json", &manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        archive.append_data(&mut h, name, data).unwrap();
+    }
+    let ws = Ws::new(&[
+        ("imgc.kdl", "workspace {}\n"),
+        (
+            "pkg/BUILD.kdl",
+            "import \"up\" {\n    docker-archive \"img.tar\"\n}\n\
+             layer \"x\" {\n    text \"/lib/x\" \"a file\"\n}\n\
+             image \"img\" {\n    from \":up\"\n    layers \":x\"\n}\n",
+        ),
+    ]);
+    ws.write_bytes("pkg/img.tar", &archive.into_inner().unwrap());
+    let out = ws.run(&["build"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("E030"), "{err}");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{7}'),
+        "raw control characters: {err:?}"
+    );
+    assert!(
+        err.contains(
+            "(at `/evil\\u{1b}]2;owned\\u{7}\\u{1b}[2J/x` once lower symlinks are followed)"
+        ),
+        "{err}"
+    );
+}
