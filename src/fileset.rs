@@ -26,19 +26,30 @@
 //!
 //! # Confinement
 //!
-//! The workspace may be hostile (a cloned repository can ship any symlink), so
-//! nothing outside it is ever read:
+//! The workspace may be hostile (a cloned repository can ship any symlink, and
+//! anything on the machine may rename its directories while imgc runs), so
+//! nothing outside it is ever read. Every file and directory is opened through
+//! [`crate::input::Root`], relative to a descriptor of the canonical workspace
+//! root, never by its absolute path: a check of a path followed by an open of
+//! the same path could be raced (a parent directory swapped for a symlink in
+//! between), an open beneath the root cannot.
 //!
 //! - A source path is resolved by its words ([`ws_path`]: `..` and `.` by name),
-//!   then its parent directories are checked: if one of them is a symlink, the
-//!   resolved parent must still be inside the workspace ([`confine`]). The
-//!   source itself is never followed: a symlink is copied as a symlink.
+//!   then located beneath the root: its parent directories may be symlinks only
+//!   while they lead inside the workspace (else `E008`). The source itself is
+//!   never followed: a symlink is copied as a symlink.
 //! - A glob's literal directory (`ext` in `ext/*.txt`) is walked, so it is
-//!   checked like the parents, itself included. The walk follows no link below
-//!   it, so everything it finds is inside.
-//! - A copied directory is listed with `lstat`: a symlink found in it (to a
-//!   directory outside, to `/dev/zero`) is copied as a symlink, never followed;
-//!   a FIFO, socket or device is refused, never opened.
+//!   opened like the parents, itself included. Below it, every directory is
+//!   listed through its own descriptor and entered without following a link,
+//!   so everything the walk finds is inside.
+//! - A copied directory is listed the same way, each entry `lstat`ed through the
+//!   directory's descriptor: a symlink found in it (to a directory outside, to
+//!   `/dev/zero`) is copied as a symlink, never followed; a FIFO, socket or
+//!   device is refused, never opened.
+//! - The layer writer opens each file again the same way
+//!   ([`crate::layer::SourceFile`]), so a directory swapped for a link out of
+//!   the workspace between keying and writing fails the layer instead of
+//!   handing it outside bytes.
 //!
 //! A name that would be copied must be UTF-8: keys, tar headers and listings
 //! hold UTF-8 paths, and a lossy conversion would copy a file under another
@@ -55,22 +66,24 @@
 //! Every file is hashed (blake3) as expansion finds it, through the file-hash
 //! memo: a file whose stat data (size, mtime, ctime, inode, mode) matches the
 //! memo is not re-read. The stat data itself never enters a key; only the
-//! blake3 of the content does. A file that is read is opened without following
-//! a link or blocking on a FIFO, and must be the regular file that was found
-//! (same inode, same size), so a key never describes something swapped in.
+//! blake3 of the content does. A file that is read is opened through the
+//! descriptor of the directory it was found in, without following a link or
+//! blocking on a FIFO, and must be the regular file that was found (same
+//! inode, same size), so a key never describes something swapped in. Reading
+//! and hashing is [`crate::input`]'s ([`input::hash_all`]), as for imports.
 //!
 //! The hash travels with the entry ([`EntryData::File`]): the layer writer
 //! hashes the file again as it streams it into the tar and fails if the bytes
 //! differ, so a file rewritten between keying and writing (even to the same
 //! size and mtime) fails the layer instead of caching bytes its key does not
-//! describe. [`hash_files`] is the same protocol for inputs that are not layer
-//! entries (imports).
+//! describe.
 
 use crate::cache::{FileMemo, MemoEntry, StatKey};
 use crate::diag::{Code, Diag};
 use crate::graph::Graph;
 use crate::hash::Key;
-use crate::layer::{Entry, EntryData};
+use crate::input::{self, Algos, Dir, InputError, Limit, Located, Root, Stat};
+use crate::layer::{Entry, EntryData, SourceFile};
 use crate::spec::model::{
     CopySource, FileId, LayerEntry, LayerSpec, Mode, Owner, Spanned, TargetKind,
 };
@@ -79,10 +92,10 @@ use miette::SourceSpan;
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One planned entry of a layer, and the workspace-relative source file it is read from.
 #[derive(Debug, Clone)]
@@ -112,7 +125,8 @@ pub struct Expanded {
 
 struct Ctx<'a> {
     root: &'a Path,
-    canonical_root: &'a Path,
+    /// The canonical root, opened: every file and directory is opened beneath it.
+    ws: &'a Arc<Root>,
     graph: &'a Graph,
     memo: &'a FileMemo,
 }
@@ -121,8 +135,8 @@ struct Ctx<'a> {
 /// they read, through `memo` (a file whose stat data matches its memo entry is
 /// not read). Every problem is a diagnostic pointing at the spec entry that
 /// caused it. `canonical_root` is the workspace root with symlinks resolved
-/// (computed once per build), to refuse sources reached through a symlink that
-/// leaves the workspace.
+/// (computed once per build): every source is opened beneath it, so that
+/// nothing outside the workspace is read.
 pub fn expand_layer(
     root: &Path,
     canonical_root: &Path,
@@ -130,9 +144,18 @@ pub fn expand_layer(
     node: NodeIndex,
     memo: &FileMemo,
 ) -> Result<Expanded, Diag> {
+    let ws = Arc::new(Root::open(canonical_root).map_err(|e| {
+        Diag::new(
+            Code::SourceMissing,
+            format!(
+                "cannot open the workspace root `{}`: {e}",
+                canonical_root.display()
+            ),
+        )
+    })?);
     let ctx = Ctx {
         root,
-        canonical_root,
+        ws: &ws,
         graph,
         memo,
     };
@@ -142,29 +165,36 @@ pub fn expand_layer(
 }
 
 impl Expanded {
-    /// The blake3 of the file at `abs` (workspace-relative `ws_rel`), whose
-    /// `lstat` gave `meta`: from this expansion, else from the memo, else read.
+    /// The blake3 of the file `name` of `dir` (workspace-relative `ws_rel`),
+    /// whose `lstat` gave `stat`: from this expansion, else from the memo
+    /// (keyed by `memo_path`), else read.
     fn hash(
         &mut self,
         memo: &FileMemo,
         ws_rel: &str,
-        abs: &Path,
-        meta: &std::fs::Metadata,
+        memo_path: &Path,
+        dir: &Dir,
+        name: &OsStr,
+        stat: &StatKey,
     ) -> Result<Key, Diag> {
         if let Some(k) = self.hashes.get(ws_rel) {
             return Ok(*k);
         }
-        let stat = StatKey::from_metadata(meta);
         // The memo is keyed by absolute path: two checkouts may share one cache.
-        let memo_path = abs.to_string_lossy();
-        let key = match memo.lookup(&memo_path, &stat) {
+        let memo_path = memo_path.to_string_lossy();
+        let key = match memo.lookup(&memo_path, stat) {
             Some(k) => k,
             None => {
-                let k = hash_source(abs, &stat).map_err(|e| {
+                let k = hash_source(dir, name, stat).map_err(|e| {
                     Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}"))
                 })?;
-                self.learnt
-                    .push((memo_path.into_owned(), MemoEntry { stat, hash: k }));
+                self.learnt.push((
+                    memo_path.into_owned(),
+                    MemoEntry {
+                        stat: *stat,
+                        hash: k,
+                    },
+                ));
                 k
             }
         };
@@ -173,53 +203,33 @@ impl Expanded {
     }
 }
 
-/// blake3 of the regular file at `abs`, which must be the very file `stat`
-/// describes (same inode, same size): it is opened without following a
-/// symlink (`O_NOFOLLOW`) or blocking on a FIFO (`O_NONBLOCK`), and anything
-/// else there now (a link, a FIFO, a device, another file moved in, a file
-/// that grew or shrank) is an error rather than a hash of something else.
-fn hash_source(abs: &Path, stat: &StatKey) -> std::io::Result<Key> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// blake3 of the regular file `name` of `dir`, which must be the very file
+/// `stat` describes (same inode, same size): it is opened without following a
+/// symlink or blocking on a FIFO ([`Dir::open_regular`]), and anything else
+/// there now (a link, a FIFO, a device, another file moved in, a file that
+/// grew or shrank) is an error rather than a hash of something else.
+fn hash_source(dir: &Dir, name: &OsStr, stat: &StatKey) -> std::io::Result<Key> {
     let changed =
         |what: &str| std::io::Error::other(format!("it changed while being hashed: {what}"));
-    let mut f = std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(abs)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                changed("it is now a symbolic link")
-            } else {
-                e
-            }
+    let o = dir
+        .open_regular(name)
+        .map_err(|e| match input::input_error(&e) {
+            Some(InputError::Symlink) => changed("it is now a symbolic link"),
+            Some(InputError::NotRegular(_)) => changed("it is no longer a regular file"),
+            _ => e,
         })?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(changed("it is no longer a regular file"));
-    }
-    if meta.ino() != stat.inode {
+    if o.meta.ino() != stat.inode {
         return Err(changed("another file is there now"));
     }
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        total += n as u64;
-    }
-    if total != stat.size {
-        return Err(changed(&format!(
-            "{total} bytes read, {} expected",
-            stat.size
-        )));
-    }
-    Ok(Key(*h.finalize().as_bytes()))
+    let h = input::hash_all(o.file, Limit::Exactly(stat.size), Algos::Blake3).map_err(|e| {
+        match input::input_error(&e) {
+            Some(InputError::TooLong { .. } | InputError::TooShort { .. }) => {
+                changed(&e.to_string())
+            }
+            _ => e,
+        }
+    })?;
+    Ok(h.blake3.expect("blake3 was asked for"))
 }
 
 fn expand_into(ctx: &Ctx<'_>, node: NodeIndex, out: &mut Expanded) -> Result<(), Diag> {
@@ -269,7 +279,7 @@ fn join(dir: &str, name: &str) -> String {
 /// `.` for the package directory): `..` and `.` are resolved by name, so
 /// `services/api` + `../shared/certs` is `shared/certs`. What a path names is
 /// decided by its words, never by where a symlink on the way happens to point
-/// (that is [`confine`]'s business). Empty for the workspace root.
+/// (that is [`Root::locate`]'s business). Empty for the workspace root.
 fn ws_path(package: &str, rel: &str) -> String {
     let mut parts: Vec<&str> = package.split('/').filter(|c| !c.is_empty()).collect();
     for c in rel.split('/') {
@@ -367,7 +377,7 @@ fn expand_entry(
                 }
                 CopySource::Path(rel) => {
                     let ws_rel = ws_path(package, rel);
-                    let abs = checked_source(ctx, &ws_rel, file, src.span)?;
+                    let (found, stat) = checked_source(ctx, &ws_rel, file, src.span)?;
                     let name = ws_rel.rsplit('/').next().unwrap_or(&ws_rel);
                     // `copy "." to="/app/"` copies the package directory's
                     // contents into `/app/`, as `cp -r . /app/` and a
@@ -379,8 +389,17 @@ fn expand_entry(
                     } else {
                         (dest, rel.as_str())
                     };
-                    copy_path(&abs, &ws_rel, pkg_rel, &target, &mut opts, out)
-                        .map_err(|d| d.at(file, src.span))?;
+                    let at = At {
+                        ws_rel: &ws_rel,
+                        pkg_rel,
+                        dest: &target,
+                    };
+                    match &found.name {
+                        Some(name) => copy_path(ctx, &found.dir, name, stat, at, &mut opts, out),
+                        // The path led to a directory it walked into (the root).
+                        None => copy_dir(ctx, found.dir, at, &mut opts, out),
+                    }
+                    .map_err(|d| d.at(file, src.span))?;
                 }
                 CopySource::Glob(pattern) => {
                     copy_glob(ctx, pattern, &dest, &mut opts, out)
@@ -485,70 +504,51 @@ fn glob(pattern: &str) -> Result<Glob, Diag> {
         .map_err(|e| Diag::new(Code::InvalidValue, format!("bad glob `{pattern}`: {e}")))
 }
 
-/// The absolute path of a workspace-relative source, refusing one that does not
-/// exist or whose parent directory resolves (through symlinks) outside the
-/// workspace. The source itself is not followed: a symlink is copied as one.
+/// Finds a workspace-relative source beneath the workspace root, refusing one
+/// that does not exist or whose parent directories lead (through symlinks)
+/// outside the workspace. The source itself is not followed: a symlink is
+/// copied as one. Returns where it is and its `lstat`.
 fn checked_source(
     ctx: &Ctx<'_>,
     ws_rel: &str,
     file: FileId,
     span: SourceSpan,
-) -> Result<PathBuf, Diag> {
-    let abs = ctx.root.join(ws_rel);
-    if std::fs::symlink_metadata(&abs).is_err() {
-        return Err(Diag::new(
+) -> Result<(Located, Stat), Diag> {
+    let missing = || {
+        Diag::new(
             Code::SourceMissing,
             format!("source `{ws_rel}` does not exist"),
         )
         .at(file, span)
         .label("not found")
-        .help("source paths are relative to the directory of the BUILD.kdl"));
-    }
-    confine(ctx, ws_rel, false)
-        .map_err(|()| {
-            Diag::new(
-                Code::PathEscapes,
-                format!("source `{ws_rel}` resolves outside the workspace through a symlink"),
-            )
-            .at(file, span)
-        })
-        .map(|()| abs)
-}
-
-/// Checks that following `ws_rel`'s symlinks keeps inside the workspace: its
-/// parent directories, and the path itself too if `follow_last` (a glob's base
-/// directory, which is walked). Only a symlink on the way can lead outside, so
-/// the components are `lstat`ed, and the path is resolved fully only if one of
-/// them is a link (a link inside the workspace to elsewhere inside it is
-/// fine). A path that does not resolve (missing, a dangling link) is not
-/// refused here: whoever reads it finds it missing.
-fn confine(ctx: &Ctx<'_>, ws_rel: &str, follow_last: bool) -> Result<(), ()> {
-    let comps: Vec<&str> = ws_rel.split('/').filter(|c| !c.is_empty()).collect();
-    let followed = if follow_last {
-        &comps[..]
-    } else {
-        &comps[..comps.len().saturating_sub(1)]
+        .help("source paths are relative to the directory of the BUILD.kdl")
     };
-    let mut prefix = ctx.root.to_path_buf();
-    let through_link = followed.iter().any(|c| {
-        prefix.push(c);
-        std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink())
-    });
-    if !through_link {
-        return Ok(());
-    }
-    let mut resolved = ctx.root.to_path_buf();
-    resolved.extend(followed);
-    match resolved.canonicalize() {
-        Ok(p) if p.starts_with(ctx.canonical_root) => Ok(()),
-        Ok(_) => Err(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(_) => Err(()),
-    }
+    let found = ctx
+        .ws
+        .locate(Path::new(ws_rel), false)
+        .and_then(|l| l.lstat().map(|s| (l, s)));
+    found.map_err(|e| match input::input_error(&e) {
+        Some(InputError::Escapes) => Diag::new(
+            Code::PathEscapes,
+            format!("source `{ws_rel}` resolves outside the workspace through a symlink"),
+        )
+        .at(file, span),
+        _ if is_missing(&e) => missing(),
+        _ => Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}")).at(file, span),
+    })
 }
 
-fn default_file_mode(meta: &std::fs::Metadata) -> u32 {
-    if meta.mode() & 0o111 != 0 {
+/// Whether an error says a path is not there (a component missing, or not a
+/// directory).
+fn is_missing(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
+fn default_file_mode(stat: &Stat) -> u32 {
+    if stat.mode() & 0o111 != 0 {
         0o755
     } else {
         0o644
@@ -600,23 +600,31 @@ fn not_utf8_below(dir_ws_rel: &str, rel: &Path) -> Diag {
     not_utf8(rel.as_os_str(), dir_ws_rel)
 }
 
-/// Copies the file, symlink or directory (recursively) at `abs`.
-/// `ws_rel` is its workspace-relative path, `pkg_rel` its package-relative
-/// one (what `exclude` patterns match), `dest` its in-image path.
+/// Where one entry being copied is, and goes.
+#[derive(Clone, Copy)]
+struct At<'p> {
+    /// Workspace-relative path (file hashes, memo, messages).
+    ws_rel: &'p str,
+    /// Package-relative path: what `exclude` patterns match.
+    pkg_rel: &'p str,
+    /// In-image path.
+    dest: &'p str,
+}
+
+/// Copies the entry `name` of `dir` (a file, a symlink, or a directory,
+/// recursively), whose `lstat` is `stat`.
 fn copy_path(
-    abs: &Path,
-    ws_rel: &str,
-    pkg_rel: &str,
-    dest: &str,
+    ctx: &Ctx<'_>,
+    dir: &Dir,
+    name: &OsStr,
+    stat: Stat,
+    at: At<'_>,
     opts: &mut CopyOpts<'_>,
     out: &mut Expanded,
 ) -> Result<(), Diag> {
-    let owner = opts.owner;
-    let meta = std::fs::symlink_metadata(abs)
-        .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot read `{ws_rel}`: {e}")))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(abs).map_err(|e| {
+    let (ws_rel, dest, owner) = (at.ws_rel, at.dest, opts.owner);
+    if stat.is_symlink() {
+        let target = dir.read_link(name).map_err(|e| {
             Diag::new(
                 Code::SourceMissing,
                 format!("cannot read the symlink `{ws_rel}`: {e}"),
@@ -636,51 +644,34 @@ fn copy_path(
             entry: entry(dest.to_string(), EntryData::Symlink(target), 0o777, owner),
             source: None,
         });
-    } else if ft.is_file() {
-        let blake3 = out.hash(opts.memo, ws_rel, abs, &meta)?;
+    } else if stat.is_file() {
+        let memo_path = ctx.root.join(ws_rel);
+        let blake3 = out.hash(opts.memo, ws_rel, &memo_path, dir, name, &stat.key)?;
         out.planned.push(Planned {
             entry: entry(
                 dest.to_string(),
                 EntryData::File {
-                    source: abs.to_path_buf(),
-                    size: meta.len(),
+                    source: SourceFile {
+                        root: ctx.ws.clone(),
+                        rel: PathBuf::from(ws_rel),
+                    },
+                    size: stat.len(),
                     blake3,
                 },
-                opts.mode.unwrap_or_else(|| default_file_mode(&meta)),
+                opts.mode.unwrap_or_else(|| default_file_mode(&stat)),
                 owner,
             ),
             source: Some(Source {
                 rel: ws_rel.to_string(),
             }),
         });
-    } else if ft.is_dir() {
-        out.planned.push(Planned {
-            entry: entry(dest.to_string(), EntryData::Dir, 0o755, owner),
-            source: None,
-        });
-        let cannot_list = |e: std::io::Error| {
-            Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}"))
-        };
-        let mut children = Vec::new();
-        for child in std::fs::read_dir(abs).map_err(cannot_list)? {
-            children.push(child.map_err(cannot_list)?.file_name());
-        }
-        children.sort();
-        for name in children {
-            let child_pkg = Path::new(pkg_rel).join(&name);
-            if opts.excludes.excludes(&child_pkg) {
-                continue;
-            }
-            let name = name.to_str().ok_or_else(|| not_utf8(&name, ws_rel))?;
-            copy_path(
-                &abs.join(name),
-                &join(ws_rel, name),
-                &join(pkg_rel, name),
-                &join(dest, name),
-                opts,
-                out,
-            )?;
-        }
+    } else if stat.is_dir() {
+        // Opened without following a link: a directory swapped for one since
+        // its `lstat` is an error, not a way out.
+        let sub = dir
+            .open_dir(name)
+            .map_err(|e| Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}")))?;
+        copy_dir(ctx, sub, at, opts, out)?;
     } else {
         // A FIFO, socket or device: never opened (a FIFO would block, a
         // device would be read without end).
@@ -688,6 +679,49 @@ fn copy_path(
             Code::SourceMissing,
             format!("source `{ws_rel}` is not a regular file, directory or symlink"),
         ));
+    }
+    Ok(())
+}
+
+/// Copies the open directory `dir` and everything below it, listed and
+/// opened through its descriptor.
+fn copy_dir(
+    ctx: &Ctx<'_>,
+    dir: Dir,
+    at: At<'_>,
+    opts: &mut CopyOpts<'_>,
+    out: &mut Expanded,
+) -> Result<(), Diag> {
+    let ws_rel = at.ws_rel;
+    out.planned.push(Planned {
+        entry: entry(at.dest.to_string(), EntryData::Dir, 0o755, opts.owner),
+        source: None,
+    });
+    let cannot_list =
+        |e: std::io::Error| Diag::new(Code::SourceMissing, format!("cannot list `{ws_rel}`: {e}"));
+    for name in dir.names().map_err(cannot_list)? {
+        let child_pkg = Path::new(at.pkg_rel).join(&name);
+        if opts.excludes.excludes(&child_pkg) {
+            continue;
+        }
+        let utf8 = name.to_str().ok_or_else(|| not_utf8(&name, ws_rel))?;
+        let (child_ws, child_pkg, child_dest) = (
+            join(ws_rel, utf8),
+            join(at.pkg_rel, utf8),
+            join(at.dest, utf8),
+        );
+        let stat = dir.lstat(&name).map_err(|e| {
+            Diag::new(
+                Code::SourceMissing,
+                format!("cannot read `{child_ws}`: {e}"),
+            )
+        })?;
+        let child = At {
+            ws_rel: &child_ws,
+            pkg_rel: &child_pkg,
+            dest: &child_dest,
+        };
+        copy_path(ctx, &dir, &name, stat, child, opts, out)?;
     }
     Ok(())
 }
@@ -716,57 +750,38 @@ fn copy_glob(
     let matcher = glob(pattern)?.compile_matcher();
     let base = glob_base(pattern);
     let base_ws = ws_path(package, base);
-    // The walk follows the base directory itself if it is a symlink (and no
-    // link below it): the base is confined like a source's parents.
-    confine(ctx, &base_ws, true).map_err(|()| {
-        Diag::new(
-            Code::PathEscapes,
-            format!(
-                "glob `{pattern}` searches `{base_ws}`, which resolves outside the workspace through a symlink"
-            ),
-        )
-    })?;
-    let base_abs = ctx.root.join(&base_ws);
-    let mut matched = 0usize;
-    if base_abs.is_dir() {
-        let walker = walkdir::WalkDir::new(&base_abs)
-            .follow_links(false)
-            .sort_by_file_name();
-        for item in walker {
-            // An unreadable directory under the glob is an error, not fewer files.
-            let item = item.map_err(|e| {
-                Diag::new(
-                    Code::SourceMissing,
-                    format!("cannot read below `{base_ws}`: {e}"),
-                )
-            })?;
-            if item.depth() == 0 || item.file_type().is_dir() {
-                continue;
-            }
-            let Ok(rel_to_base) = item.path().strip_prefix(&base_abs) else {
-                continue;
-            };
-            // Matched as bytes: a name that is not UTF-8 is refused only if it
-            // would be copied.
-            let pkg_rel_path = Path::new(base).join(rel_to_base);
-            if !matcher.is_match(&pkg_rel_path) || opts.excludes.excludes(&pkg_rel_path) {
-                continue;
-            }
-            let rel_to_base = rel_to_base
-                .to_str()
-                .ok_or_else(|| not_utf8_below(&base_ws, rel_to_base))?;
-            matched += 1;
-            copy_path(
-                item.path(),
-                &join(&base_ws, rel_to_base),
-                &join(base, rel_to_base),
-                &join(dest, rel_to_base),
-                opts,
-                out,
-            )?;
+    // The base directory is followed if it is a symlink (and no link below
+    // it): it is confined like a source's parents.
+    let dir = match ctx.ws.dir(Path::new(&base_ws)) {
+        Ok(dir) => Some(dir),
+        Err(e) if input::input_error(&e) == Some(&InputError::Escapes) => {
+            return Err(Diag::new(
+                Code::PathEscapes,
+                format!(
+                    "glob `{pattern}` searches `{base_ws}`, which resolves outside the workspace through a symlink"
+                ),
+            ));
         }
+        Err(e) if is_missing(&e) => None,
+        Err(e) => {
+            return Err(Diag::new(
+                Code::SourceMissing,
+                format!("cannot read `{base_ws}`: {e}"),
+            ));
+        }
+    };
+    let mut walk = GlobWalk {
+        ctx,
+        matcher: &matcher,
+        base,
+        base_ws: &base_ws,
+        dest,
+        matched: 0,
+    };
+    if let Some(dir) = dir {
+        walk.dir(&dir, Path::new(""), opts, out)?;
     }
-    if matched == 0 {
+    if walk.matched == 0 {
         return Err(Diag::new(
             Code::SourceMissing,
             format!("glob `{pattern}` matches no file"),
@@ -779,65 +794,69 @@ fn copy_glob(
     Ok(())
 }
 
-/// blake3 of a file's contents, streamed.
-pub fn hash_file(path: &Path) -> std::io::Result<Key> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Key(*h.finalize().as_bytes()))
+/// The walk below a glob's literal directory: every directory is listed
+/// through its descriptor, in name order, and entered without following a
+/// link, so everything it finds is inside; each file or symlink the glob
+/// matches (and no `exclude` pattern does) is copied.
+struct GlobWalk<'a> {
+    ctx: &'a Ctx<'a>,
+    matcher: &'a globset::GlobMatcher,
+    /// The literal directory, package-relative and workspace-relative.
+    base: &'a str,
+    base_ws: &'a str,
+    dest: &'a str,
+    matched: usize,
 }
 
-/// Content hashes of input files, and memo entries learnt on the way.
-#[derive(Debug, Default)]
-pub struct Hashed {
-    pub hashes: BTreeMap<String, Key>,
-    pub learnt: Vec<(String, MemoEntry)>,
-}
-
-/// Hashes every file `(workspace-relative path, absolute path, stat data if
-/// already taken)`, through the memo. The stat is taken before the contents are
-/// read, so an edit during the read shows up as a stat change next time.
-/// (Whether a learnt entry is fresh enough to be trusted later is decided by
-/// [`crate::cache::Cache::store_memo`].)
-pub fn hash_files<'a>(
-    files: impl IntoIterator<Item = (&'a str, &'a Path, Option<StatKey>)>,
-    memo: &FileMemo,
-) -> std::io::Result<Hashed> {
-    let mut out = Hashed::default();
-    for (rel, abs, stat) in files {
-        if out.hashes.contains_key(rel) {
-            continue;
-        }
-        let stat =
-            match stat {
-                Some(s) => s,
-                None => StatKey::from_metadata(&std::fs::symlink_metadata(abs).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
-                })?),
-            };
-        // The memo is keyed by absolute path: two checkouts may share one cache.
-        let memo_path = abs.to_string_lossy();
-        let key = match memo.lookup(&memo_path, &stat) {
-            Some(k) => k,
-            None => {
-                let k = hash_file(abs).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("cannot read `{rel}`: {e}"))
-                })?;
-                out.learnt
-                    .push((memo_path.into_owned(), MemoEntry { stat, hash: k }));
-                k
-            }
+impl GlobWalk<'_> {
+    /// Walks `dir`, at `rel` below the base.
+    fn dir(
+        &mut self,
+        dir: &Dir,
+        rel: &Path,
+        opts: &mut CopyOpts<'_>,
+        out: &mut Expanded,
+    ) -> Result<(), Diag> {
+        // An unreadable directory under the glob is an error, not fewer files.
+        let base_ws = self.base_ws;
+        let below = |e: std::io::Error| {
+            Diag::new(
+                Code::SourceMissing,
+                format!("cannot read below `{base_ws}`: {e}"),
+            )
         };
-        out.hashes.insert(rel.to_string(), key);
+        for name in dir.names().map_err(below)? {
+            let rel_to_base = rel.join(&name);
+            let stat = dir.lstat(&name).map_err(below)?;
+            if stat.is_dir() {
+                let sub = dir.open_dir(&name).map_err(below)?;
+                self.dir(&sub, &rel_to_base, opts, out)?;
+                continue;
+            }
+            // Matched as bytes: a name that is not UTF-8 is refused only if it
+            // would be copied.
+            let pkg_rel_path = Path::new(self.base).join(&rel_to_base);
+            if !self.matcher.is_match(&pkg_rel_path) || opts.excludes.excludes(&pkg_rel_path) {
+                continue;
+            }
+            let rel_to_base = rel_to_base
+                .to_str()
+                .ok_or_else(|| not_utf8_below(self.base_ws, &rel_to_base))?;
+            self.matched += 1;
+            let (ws_rel, pkg_rel, dest) = (
+                join(self.base_ws, rel_to_base),
+                join(self.base, rel_to_base),
+                join(self.dest, rel_to_base),
+            );
+            let at = At {
+                ws_rel: &ws_rel,
+                pkg_rel: &pkg_rel,
+                dest: &dest,
+            };
+            copy_path(self.ctx, dir, &name, stat, at, opts, out)?;
+        }
+        Ok(())
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -865,33 +884,45 @@ mod tests {
     /// file moved in or resized since it was found.
     #[test]
     fn sources_are_hashed_only_as_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("f");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().canonicalize().unwrap();
+        let root = Root::open(&path).unwrap();
+        let dir = root.dir(Path::new("")).unwrap();
+        let f = path.join("f");
         std::fs::write(&f, b"content").unwrap();
-        let stat = |p: &Path| StatKey::from_metadata(&std::fs::symlink_metadata(p).unwrap());
-        let found = stat(&f);
-        assert_eq!(hash_source(&f, &found).unwrap(), Key::of_bytes(b"content"));
+        let stat = |name: &str| dir.lstat(OsStr::new(name)).unwrap().key;
+        let found = stat("f");
+        let hash = |name: &str, stat: &StatKey| hash_source(&dir, OsStr::new(name), stat);
+        assert_eq!(hash("f", &found).unwrap(), Key::of_bytes(b"content"));
         // grown since it was found
         std::fs::write(&f, b"content!").unwrap();
-        let err = hash_source(&f, &found).unwrap_err().to_string();
-        assert!(err.contains("8 bytes read, 7 expected"), "{err}");
+        let err = hash("f", &found).unwrap_err().to_string();
+        assert!(
+            err.contains("changed while being hashed: it holds more than the expected 7 bytes"),
+            "{err}"
+        );
+        // shrunk
+        std::fs::write(&f, b"conten").unwrap();
+        let err = hash("f", &found).unwrap_err().to_string();
+        assert!(
+            err.contains("it ended after 6 of the expected 7 bytes"),
+            "{err}"
+        );
         // another file moved in
-        let g = dir.path().join("g");
+        let g = path.join("g");
         std::fs::write(&g, b"content").unwrap();
         std::fs::rename(&g, &f).unwrap();
-        let err = hash_source(&f, &found).unwrap_err().to_string();
+        let err = hash("f", &found).unwrap_err().to_string();
         assert!(err.contains("another file is there now"), "{err}");
         // a symlink to it, or to a device
-        let l = dir.path().join("l");
-        std::os::unix::fs::symlink("/dev/zero", &l).unwrap();
-        let err = hash_source(&l, &found).unwrap_err().to_string();
+        std::os::unix::fs::symlink("/dev/zero", path.join("l")).unwrap();
+        let err = hash("l", &found).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-        // a FIFO: opened without blocking, then refused
-        let p = dir.path().join("p");
-        let c = std::ffi::CString::new(p.to_string_lossy().as_bytes()).unwrap();
+        // a FIFO: refused without being opened
+        let c = std::ffi::CString::new(path.join("p").to_string_lossy().as_bytes()).unwrap();
         // SAFETY: mkfifo reads a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let err = hash_source(&p, &stat(&p)).unwrap_err().to_string();
+        let err = hash("p", &stat("p")).unwrap_err().to_string();
         assert!(err.contains("no longer a regular file"), "{err}");
     }
 

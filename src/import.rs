@@ -20,10 +20,12 @@
 //!   for a docker archive, the tarball. Files of the layout that the import
 //!   does not read (other platforms' blobs, `oci-layout`, garbage) are not in
 //!   the key and changing them rebuilds nothing.
-//! - Both sides open files the same way ([`crate::input`]): the path is resolved
-//!   one component at a time, **following a symlink only while every step stays
-//!   inside the workspace**, and only a regular file is opened (`O_NOFOLLOW`,
-//!   `O_NONBLOCK`, then `fstat`). Links are followed rather than refused
+//! - Both sides open files the same way ([`crate::input::Root`]): relative to a
+//!   descriptor of the workspace root, never by absolute path, **following a
+//!   symlink only while every step stays inside the workspace** (so a directory
+//!   swapped for a link out of it between the key and the read is refused, not
+//!   read), and only a regular file is opened (`lstat` first, then
+//!   `O_NOFOLLOW | O_NONBLOCK` and `fstat`). Links are followed rather than refused
 //!   because vendored images are legitimately reached through them: git-annex
 //!   stores every large file as a link into `.git/annex/objects`, and a
 //!   `third_party/debian -> ../vendor/debian-12` link is ordinary. The key
@@ -112,7 +114,7 @@ pub use scan::EXT_HEADER_LIMIT;
 use crate::cache::{FileMemo, MemoEntry, StatKey};
 use crate::cas::Cas;
 use crate::hash::{DiffId, Digest, Key};
-use crate::input::{self, Algos, HashReader, Limit, escape};
+use crate::input::{self, Algos, HashReader, Limit, Located, Root, Stat, escape};
 use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD};
 use crate::listing::Listing;
 use crate::oci::LayerDesc;
@@ -120,7 +122,7 @@ use crate::spec::model::Platform;
 use oci_spec::image::ImageConfiguration;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The most bytes a JSON document of an import may hold.
 pub const JSON_LIMIT: u64 = 4 << 20;
@@ -320,7 +322,7 @@ pub fn key_inputs(
     platform: &Platform,
     memo: &FileMemo,
 ) -> Result<KeyInputs, ImportError> {
-    let mut files = Files::new(src.root, None);
+    let mut files = Files::new(&src, None)?;
     let mut learnt = Vec::new();
     match src.format {
         Format::OciLayout => {
@@ -347,7 +349,7 @@ pub fn import(
     platform: &Platform,
     cas: &Cas,
 ) -> Result<ImportedImage, ImportError> {
-    let mut files = Files::new(src.root, Some(cas));
+    let mut files = Files::new(&src, Some(cas))?;
     match src.format {
         Format::OciLayout => {
             files.check_dir(src.rel)?;
@@ -365,24 +367,32 @@ pub fn import(
 
 /// The workspace files one import (or its key) reads, and their hashes.
 struct Files<'a> {
-    root: &'a Path,
+    /// Every file is opened beneath it, through links inside the workspace only.
+    root: Root,
     /// Where the import stores the documents it reads; `None` on the key side.
     store: Option<&'a Cas>,
     read: BTreeMap<String, Key>,
 }
 
 impl<'a> Files<'a> {
-    fn new(root: &'a Path, store: Option<&'a Cas>) -> Files<'a> {
-        Files {
+    fn new(src: &Source<'_>, store: Option<&'a Cas>) -> Result<Files<'a>, ImportError> {
+        let root = Root::open(src.root).map_err(|e| ImportError::Io {
+            path: src.root.display().to_string(),
+            source: e,
+        })?;
+        Ok(Files {
             root,
             store,
             read: BTreeMap::new(),
-        }
+        })
     }
 
-    /// The path of `rel` with every symlink resolved inside the workspace.
-    fn resolve(&self, rel: &str) -> Result<PathBuf, ImportError> {
-        input::resolve_inside(self.root, Path::new(rel)).map_err(|e| self.io_error(rel, e))
+    /// Where `rel` leads, every symlink (its own too) followed inside the
+    /// workspace only.
+    fn resolve(&self, rel: &str) -> Result<Located, ImportError> {
+        self.root
+            .locate(Path::new(rel), true)
+            .map_err(|e| self.io_error(rel, e))
     }
 
     fn io_error(&self, rel: &str, e: io::Error) -> ImportError {
@@ -397,34 +407,42 @@ impl<'a> Files<'a> {
         }
     }
 
-    fn check_exists(&self, rel: &str, format: Format) -> Result<PathBuf, ImportError> {
-        match self.resolve(rel) {
-            Err(ImportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Err(ImportError::Missing {
-                    path: rel.to_string(),
-                    what: format.what(),
-                })
-            }
+    /// `stat` of `rel` (through its links), which must exist.
+    fn check_exists(&self, rel: &str, format: Format) -> Result<Stat, ImportError> {
+        let missing = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            )
+        };
+        let stat = self
+            .resolve(rel)
+            .and_then(|l| l.lstat().map_err(|e| self.io_error(rel, e)));
+        match stat {
+            Err(ImportError::Io { source, .. }) if missing(&source) => Err(ImportError::Missing {
+                path: rel.to_string(),
+                what: format.what(),
+            }),
             r => r,
         }
     }
 
     fn check_dir(&self, rel: &str) -> Result<(), ImportError> {
-        let path = self.check_exists(rel, Format::OciLayout)?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(invalid(
+        if self.check_exists(rel, Format::OciLayout)?.is_dir() {
+            Ok(())
+        } else {
+            Err(invalid(
                 rel,
                 "OCI layout directory",
                 "it is not a directory",
-            )),
-            Err(e) => Err(self.io_error(rel, e)),
+            ))
         }
     }
 
     fn open(&self, rel: &str) -> Result<input::Opened, ImportError> {
-        let path = self.resolve(rel)?;
-        input::open_regular(&path).map_err(|e| self.io_error(rel, e))
+        self.root
+            .open_regular(Path::new(rel))
+            .map_err(|e| self.io_error(rel, e))
     }
 
     fn record(&mut self, rel: &str, key: Key) {
@@ -543,20 +561,26 @@ impl<'a> Files<'a> {
         memo: &FileMemo,
         learnt: &mut Vec<(String, MemoEntry)>,
     ) -> Result<(), ImportError> {
-        let path = self.resolve(rel)?;
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| self.io_error(rel, e))?;
-        let memo_path = path.to_string_lossy().into_owned();
+        let found = self.resolve(rel)?;
+        let stat = found.lstat().map_err(|e| self.io_error(rel, e))?;
+        // The memo is keyed by the resolved path: re-pointing a link misses.
+        let memo_path = self
+            .root
+            .path()
+            .join(&found.resolved)
+            .to_string_lossy()
+            .into_owned();
         // Anything but a regular file is left to `open_regular` to refuse.
-        if meta.is_file() {
+        if stat.is_file() {
             if let Some((d, size)) = desc {
-                check_size(rel, d, meta.len(), size)?;
+                check_size(rel, d, stat.len(), size)?;
             }
-            if let Some(k) = memo.lookup(&memo_path, &StatKey::from_metadata(&meta)) {
+            if let Some(k) = memo.lookup(&memo_path, &stat.key) {
                 self.record(rel, k);
                 return Ok(());
             }
         }
-        let o = input::open_regular(&path).map_err(|e| self.io_error(rel, e))?;
+        let o = found.open_regular().map_err(|e| self.io_error(rel, e))?;
         let size = match desc {
             Some((d, size)) => {
                 check_size(rel, d, o.meta.len(), size)?;
@@ -565,13 +589,8 @@ impl<'a> Files<'a> {
             None => o.meta.len(),
         };
         let stat = StatKey::from_metadata(&o.meta);
-        let h = HashReader::with(
-            io::BufReader::with_capacity(256 * 1024, o.file),
-            Limit::Exactly(size),
-            Algos::Blake3,
-        )
-        .finish()
-        .map_err(|e| self.io_error(rel, e))?;
+        let h = input::hash_all(o.file, Limit::Exactly(size), Algos::Blake3)
+            .map_err(|e| self.io_error(rel, e))?;
         let Some(k) = h.blake3 else {
             unreachable!("blake3 was asked for");
         };

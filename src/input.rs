@@ -1,20 +1,57 @@
-//! Reading untrusted input files: open safely, read within bounds, hash what is read.
+//! Reading untrusted input files: open them confined, read within bounds, hash what is read.
 //!
 //! Every byte imgc takes from a workspace may come from a hostile checkout, and
 //! every byte that shapes an output must be the byte its key hashed. This module
-//! is the one place that opens such a file and reads it:
+//! is the one place that opens such a file and reads it.
 //!
-//! - [`resolve_inside`] resolves a workspace-relative path one component at a
-//!   time, following a symlink only while every step stays inside the workspace
-//!   root. A link that leaves the workspace (even one whose chain comes back in)
-//!   is an error of kind [`io::ErrorKind::PermissionDenied`] carrying
-//!   [`InputError::Escapes`]; the result has no symlink left in it.
-//! - [`open_regular`] opens a **regular file only**: it `lstat`s first, so a FIFO,
-//!   socket or device is refused without ever being opened (opening a device can
-//!   have side effects; opening a FIFO blocks until a writer comes), then opens
-//!   with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` and checks the descriptor's
-//!   `fstat` again, so a path swapped for a link or a FIFO between the two calls
-//!   is refused too, never followed and never waited on.
+//! # Confinement: every open is relative to the workspace root's descriptor
+//!
+//! A workspace file is never opened by its absolute path. [`Root`] holds a
+//! directory descriptor of the canonical workspace root, and every workspace
+//! file or directory is opened *relative to it*, so no read can leave the
+//! workspace, not even under a race: checking a path for symlinks and then
+//! opening it by name (what imgc did before) let a parent directory swapped
+//! for a link between the check and the open hand over a file outside.
+//!
+//! - **The fast path** is one `openat2` with `RESOLVE_BENEATH |
+//!   RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS`: the kernel resolves the
+//!   whole path beneath the root, atomically, and fails if any component is a
+//!   symlink. This is the common case (no links on the way) in one system call.
+//! - **The walk** ([`Root::locate`] falls back to it when `openat2` meets a
+//!   link, is missing (`ENOSYS`: kernels before 5.6, some seccomp filters) or
+//!   fails in any other way than "not found") resolves the path one component
+//!   at a time, each opened with `openat(O_NOFOLLOW | O_DIRECTORY)` relative to
+//!   the descriptor of the one before. A symlink met on the way is read
+//!   (`readlinkat`) and followed *by hand*: its target's components replace
+//!   it, `..` pops the walk's own stack of descriptors (never the kernel's
+//!   `..`), and an absolute target is followed only if it names a path inside
+//!   the root. A link that leaves the workspace, even one whose chain comes back
+//!   in (`../ws/a`), is an error of kind [`io::ErrorKind::PermissionDenied`]
+//!   carrying [`InputError::Escapes`]; more than 40 links is
+//!   [`InputError::TooManyLinks`]. The walk always knows the path it resolved
+//!   ([`Located::resolved`]).
+//!
+//! Both give the same answers (the unit tests run every case through both):
+//! links inside the workspace are followed where imgc follows them today, links
+//! leaving it are refused. Which links are followed is the caller's choice:
+//! [`Root::locate`] with `follow_last = false` follows the parents only (a
+//! `copy` source that is a symlink is copied as one), with `true` the last
+//! component too (imports, glob bases). Below a directory opened this way,
+//! [`Dir`] opens, stats and lists entries relative to *its* descriptor and never
+//! follows a link ([`Dir::open_dir`] and [`Dir::open_regular`] use
+//! `O_NOFOLLOW`), so walking a copied directory or a glob cannot leave it
+//! whatever is renamed meanwhile.
+//!
+//! # Only regular files, bounded reads
+//!
+//! - [`Dir::open_regular`] (and [`open_regular`] for files that are not in a
+//!   workspace, like CAS blobs) opens a **regular file only**: it `lstat`s
+//!   first, so a FIFO, socket or device is refused without ever being opened
+//!   (opening a device can have side effects; opening a FIFO blocks until a
+//!   writer comes), then opens with `O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC` and
+//!   checks the descriptor's `fstat` again, so an entry swapped for a link or a
+//!   FIFO between the two calls is refused too, never followed and never
+//!   waited on.
 //! - [`HashReader`] wraps any reader: it hashes what passes through (blake3,
 //!   sha256, or both, in one pass) and enforces a [`Limit`]: `Exactly(n)` for a
 //!   file whose size is known (from `fstat` or from a descriptor), `AtMost(n)` for
@@ -30,13 +67,16 @@
 //! # How to use it
 //!
 //! ```text
-//! hash a file (the key side):     input::hash_file(path, Algos::Blake3)           -> (Hashes, Metadata)
-//! stream a file of known size:    let o = input::open_regular(path)?;
-//!                                 let mut r = HashReader::new(o.file, Limit::Exactly(o.meta.len())).blake3();
-//!                                 io::copy(&mut r, &mut sink)?; let h = r.finish()?;
-//! read a capped document:         HashReader::new(o.file, Limit::AtMost(CAP)).blake3().sha256()
-//!                                 + read_to_end, then finish()
-//! verify a stored blob:           HashReader::new(file, Limit::Exactly(size)).sha256().blake3()
+//! the workspace, once per action:   let root = Root::open(canonical_root)?;
+//! a file, links followed inside:    root.open_regular(rel)?                   (imports)
+//! a file, parents followed only:    root.open_nofollow(rel)?                  (layer sources)
+//! a directory to list:              root.dir(rel)?.names()?, then Dir::lstat / open_dir / open_regular
+//! hash a file (the key side):       hash_opened(opened, Limit::Exactly(size), Algos::Blake3) -> Hashes
+//! stream a file of known size:      let mut r = HashReader::new(o.file, Limit::Exactly(o.meta.len())).blake3();
+//!                                   io::copy(&mut r, &mut sink)?; let h = r.finish()?;
+//! read a capped document:           HashReader::new(o.file, Limit::AtMost(CAP)).blake3().sha256()
+//!                                   + read_all
+//! verify a file outside a workspace: hash_file(path, Algos::Sha256)
 //! ```
 //!
 //! Errors are [`io::Error`]s whose message says what is wrong with the file
@@ -48,16 +88,26 @@
 //!
 //! - No memo, no stat-based skipping: deciding *whether* to read a file is the
 //!   caller's business ([`crate::cache::FileMemo`]).
-//! - No path checks of its own beyond [`resolve_inside`]: a caller that opens a
-//!   path it did not resolve gets `O_NOFOLLOW` on the last component only.
+//! - No defence against the workspace's own directories being moved while a
+//!   walk holds them: a directory renamed out of the workspace after it was
+//!   opened is still read through its descriptor. Everything below it is the
+//!   workspace's own content, moved; nothing that was outside becomes reachable.
 //! - No retries on a changed file: a file that changes while it is read is an
 //!   error; the build fails rather than store what its key does not describe.
+//! - The root itself is opened by its path: the directories above the workspace
+//!   are the user's, not the checkout's.
 
+use crate::cache::StatKey;
 use crate::hash::{Digest, Key, Sha256};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many symlinks one path may pass through (Linux's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
@@ -162,7 +212,8 @@ fn kind_name(ft: std::fs::FileType) -> &'static str {
 }
 
 /// Opens `path` for reading if it is a regular file, never following a symlink
-/// at its last component and never blocking (see the module docs).
+/// at its last component and never blocking (see the module docs). For files
+/// outside a workspace (the CAS): a workspace file is opened through [`Root`].
 pub fn open_regular(path: &Path) -> io::Result<Opened> {
     let lmeta = std::fs::symlink_metadata(path)?;
     let ft = lmeta.file_type();
@@ -183,6 +234,11 @@ pub fn open_regular(path: &Path) -> io::Result<Opened> {
         }
         Err(e) => return Err(e),
     };
+    opened(file)
+}
+
+/// An open file with its `fstat`, if that says it is a regular file.
+fn opened(file: File) -> io::Result<Opened> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(InputError::NotRegular(kind_name(meta.file_type())).into_io());
@@ -190,50 +246,8 @@ pub fn open_regular(path: &Path) -> io::Result<Opened> {
     Ok(Opened { file, meta })
 }
 
-/// Resolves `rel` (relative to `root`, which must already be canonical) to a
-/// path without symlinks, following each link only while every step stays
-/// inside `root`. A missing component is the usual [`io::ErrorKind::NotFound`].
-pub fn resolve_inside(root: &Path, rel: &Path) -> io::Result<PathBuf> {
-    let mut todo: Vec<std::ffi::OsString> = Vec::new();
-    push_components(&mut todo, rel)?;
-    let mut cur = root.to_path_buf();
-    let mut links = 0usize;
-    // `todo` is a stack: the next component is at the end.
-    while let Some(c) = todo.pop() {
-        if c == ".." {
-            if cur == root {
-                return Err(InputError::Escapes.into_io());
-            }
-            cur.pop();
-            continue;
-        }
-        let next = cur.join(&c);
-        let meta = std::fs::symlink_metadata(&next)?;
-        if !meta.file_type().is_symlink() {
-            cur = next;
-            continue;
-        }
-        links += 1;
-        if links > MAX_LINKS {
-            return Err(InputError::TooManyLinks.into_io());
-        }
-        let target = std::fs::read_link(&next)?;
-        if target.is_absolute() {
-            // Only a target inside the root keeps every step inside.
-            let inner = target
-                .strip_prefix(root)
-                .map_err(|_| InputError::Escapes.into_io())?;
-            cur = root.to_path_buf();
-            push_components(&mut todo, inner)?;
-        } else {
-            push_components(&mut todo, &target)?;
-        }
-    }
-    Ok(cur)
-}
-
 /// Pushes the components of a relative path onto a stack (last first), `.` dropped.
-fn push_components(stack: &mut Vec<std::ffi::OsString>, p: &Path) -> io::Result<()> {
+fn push_components(stack: &mut Vec<OsString>, p: &Path) -> io::Result<()> {
     let mut parts = Vec::new();
     for c in p.components() {
         match c {
@@ -247,6 +261,426 @@ fn push_components(stack: &mut Vec<std::ffi::OsString>, p: &Path) -> io::Result<
     }
     stack.extend(parts.into_iter().rev());
     Ok(())
+}
+
+/// Whether `openat2` is worth trying: cleared for good (for this process) the
+/// first time it answers `ENOSYS` or `EPERM` (kernels before 5.6, seccomp
+/// filters that refuse system calls they do not know).
+static OPENAT2: AtomicBool = AtomicBool::new(true);
+
+/// How every directory is opened: for reading (listing), never following a
+/// link at the last component, and never anything but a directory (so a
+/// device or FIFO is refused before it is opened).
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The workspace root, opened: every workspace file is opened beneath it (see
+/// the module docs). Two roots are equal if they name the same path.
+#[derive(Debug)]
+pub struct Root {
+    dir: Dir,
+    path: PathBuf,
+    /// Try `openat2` first; `false` makes every lookup walk by hand (as on a
+    /// kernel without `openat2`), for tests.
+    fast: bool,
+}
+
+impl PartialEq for Root {
+    fn eq(&self, other: &Root) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for Root {}
+
+/// Where a workspace path led: the entry `name` of the directory `dir`, or
+/// `dir` itself if `name` is `None` (the path resolved to a directory it
+/// walked into: the root for an empty path, or `a` for `a/b/..`).
+#[derive(Debug)]
+pub struct Located {
+    pub dir: Dir,
+    pub name: Option<OsString>,
+    /// The workspace-relative path it resolved to, without links or `..`.
+    pub resolved: PathBuf,
+}
+
+impl Root {
+    /// Opens the workspace root at `canonical` (a path with no symlink in it,
+    /// as `canonicalize` returns).
+    pub fn open(canonical: &Path) -> io::Result<Root> {
+        let fd = rustix::fs::open(canonical, DIR_FLAGS, Mode::empty())?;
+        Ok(Root {
+            dir: Dir { fd },
+            path: canonical.to_path_buf(),
+            fast: true,
+        })
+    }
+
+    /// [`Root::open`], but every lookup walks the path by hand, as on a kernel
+    /// without `openat2`. For tests of the fallback.
+    #[doc(hidden)]
+    pub fn open_walking(canonical: &Path) -> io::Result<Root> {
+        Ok(Root {
+            fast: false,
+            ..Root::open(canonical)?
+        })
+    }
+
+    /// The canonical path of the root.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Finds `rel` (relative to the root): its parent directories are followed
+    /// through symlinks that stay inside the workspace, and so is `rel` itself
+    /// if `follow_last`. The entry itself is not checked: a missing last
+    /// component is found missing by whoever opens or stats it.
+    pub fn locate(&self, rel: &Path, follow_last: bool) -> io::Result<Located> {
+        if let Some((parent, name)) = self.fast_split(rel) {
+            match self.beneath(parent) {
+                Ok(fd) => {
+                    let dir = Dir { fd };
+                    let name = name.to_os_string();
+                    // A last component that is a link is left to the walk,
+                    // which knows where links may lead.
+                    if !(follow_last && dir.lstat(&name).is_ok_and(|s| s.is_symlink())) {
+                        return Ok(Located {
+                            dir,
+                            name: Some(name),
+                            resolved: rel.to_path_buf(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.walk(rel, follow_last)
+    }
+
+    /// Opens the directory `rel`, following symlinks (its own too) only inside
+    /// the workspace.
+    pub fn dir(&self, rel: &Path) -> io::Result<Dir> {
+        if self.fast_split(rel).is_some() {
+            match self.beneath(rel) {
+                Ok(fd) => return Ok(Dir { fd }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let l = self.walk(rel, true)?;
+        match &l.name {
+            None => Ok(l.dir),
+            Some(name) => l.dir.open_dir(name),
+        }
+    }
+
+    /// Opens `rel` if it is a regular file, following symlinks (its own too)
+    /// only inside the workspace.
+    pub fn open_regular(&self, rel: &Path) -> io::Result<Opened> {
+        self.locate(rel, true)?.open_regular()
+    }
+
+    /// Opens `rel` if it is a regular file and not a symlink, following
+    /// symlinks in its parent directories only inside the workspace.
+    pub fn open_nofollow(&self, rel: &Path) -> io::Result<Opened> {
+        self.locate(rel, false)?.open_regular()
+    }
+
+    /// `rel` split into its parent and last component, if the fast path may
+    /// take it: `openat2` is there, and `rel` is made of plain names only (so
+    /// that, with no link on the way, the path it resolves to is `rel`).
+    fn fast_split<'p>(&self, rel: &'p Path) -> Option<(&'p Path, &'p OsStr)> {
+        if !self.fast || !OPENAT2.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return None;
+        }
+        Some((rel.parent()?, rel.file_name()?))
+    }
+
+    /// The directory `rel` (plain names only) opened by one `openat2` beneath
+    /// the root, refusing any symlink on the way.
+    fn beneath(&self, rel: &Path) -> io::Result<OwnedFd> {
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let r = rustix::fs::openat2(
+            &self.dir.fd,
+            rel,
+            DIR_FLAGS,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_SYMLINKS,
+        );
+        match r {
+            Ok(fd) => Ok(fd),
+            Err(e) => {
+                if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM {
+                    OPENAT2.store(false, Ordering::Relaxed);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Resolves `rel` one component at a time (see the module docs).
+    fn walk(&self, rel: &Path, follow_last: bool) -> io::Result<Located> {
+        let mut todo: Vec<OsString> = Vec::new();
+        push_components(&mut todo, rel)?;
+        // The directories walked into below the root, each with its name:
+        // together, the path resolved so far.
+        let mut dirs: Vec<(Dir, OsString)> = Vec::new();
+        let mut links = 0usize;
+        // `todo` is a stack: the next component is at the end.
+        while let Some(c) = todo.pop() {
+            if c == ".." {
+                if dirs.pop().is_none() {
+                    return Err(InputError::Escapes.into_io());
+                }
+                continue;
+            }
+            let cur = dirs.last().map_or(&self.dir, |(d, _)| d);
+            if todo.is_empty() {
+                if !follow_last || !cur.lstat(&c)?.is_symlink() {
+                    return self.located(dirs, Some(c));
+                }
+            } else {
+                match cur.open_dir(&c) {
+                    Ok(d) => {
+                        dirs.push((d, c));
+                        continue;
+                    }
+                    // A link (`ELOOP`, or `ENOTDIR` from `O_DIRECTORY`) is
+                    // followed below; anything else is the error.
+                    Err(e) => {
+                        if !cur.lstat(&c).is_ok_and(|s| s.is_symlink()) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(InputError::TooManyLinks.into_io());
+            }
+            let target = cur.read_link(&c)?;
+            if target.is_absolute() {
+                // Only a target inside the root keeps every step inside.
+                let inner = target
+                    .strip_prefix(&self.path)
+                    .map_err(|_| InputError::Escapes.into_io())?;
+                dirs.clear();
+                push_components(&mut todo, inner)?;
+            } else {
+                push_components(&mut todo, &target)?;
+            }
+        }
+        self.located(dirs, None)
+    }
+
+    fn located(
+        &self,
+        mut dirs: Vec<(Dir, OsString)>,
+        name: Option<OsString>,
+    ) -> io::Result<Located> {
+        let mut resolved: PathBuf = dirs.iter().map(|(_, n)| n.as_os_str()).collect();
+        if let Some(n) = &name {
+            resolved.push(n);
+        }
+        let dir = match dirs.pop() {
+            Some((d, _)) => d,
+            None => self.dir.try_clone()?,
+        };
+        Ok(Located {
+            dir,
+            name,
+            resolved,
+        })
+    }
+}
+
+impl Located {
+    /// Opens what was located if it is a regular file (see [`Dir::open_regular`]).
+    pub fn open_regular(&self) -> io::Result<Opened> {
+        match &self.name {
+            Some(name) => self.dir.open_regular(name),
+            None => Err(InputError::NotRegular("a directory").into_io()),
+        }
+    }
+
+    /// `lstat` of what was located.
+    pub fn lstat(&self) -> io::Result<Stat> {
+        match &self.name {
+            Some(name) => self.dir.lstat(name),
+            None => self.dir.stat_self(),
+        }
+    }
+}
+
+/// An open directory of the workspace. Everything below it is reached through
+/// its descriptor, never by path, and no symlink is ever followed.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+/// A name handed to a [`Dir`] must be one plain component.
+fn check_name(name: &OsStr) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{}` is not a file name", name.as_bytes().escape_ascii()),
+        ));
+    }
+    Ok(())
+}
+
+impl Dir {
+    fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
+    /// `lstat` of the entry `name`.
+    pub fn lstat(&self, name: &OsStr) -> io::Result<Stat> {
+        check_name(name)?;
+        Ok(Stat::of(&rustix::fs::statat(
+            &self.fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+
+    /// `stat` of the directory itself.
+    pub fn stat_self(&self) -> io::Result<Stat> {
+        Ok(Stat::of(&rustix::fs::fstat(&self.fd)?))
+    }
+
+    /// The target of the symlink `name`, as written.
+    pub fn read_link(&self, name: &OsStr) -> io::Result<PathBuf> {
+        check_name(name)?;
+        let target = rustix::fs::readlinkat(&self.fd, name, Vec::new())?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
+    }
+
+    /// Opens the subdirectory `name`; a symlink is refused, never followed.
+    pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
+        check_name(name)?;
+        Ok(Dir {
+            fd: rustix::fs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())?,
+        })
+    }
+
+    /// Opens the entry `name` if it is a regular file: `lstat` first, so
+    /// anything else is refused without being opened, then `O_NOFOLLOW |
+    /// O_NONBLOCK` and `fstat` again (see the module docs).
+    pub fn open_regular(&self, name: &OsStr) -> io::Result<Opened> {
+        let st = self.lstat(name)?;
+        if st.is_symlink() {
+            return Err(InputError::Symlink.into_io());
+        }
+        if !st.is_file() {
+            return Err(InputError::NotRegular(st.kind_name()).into_io());
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::LOOP) => return Err(InputError::Symlink.into_io()),
+            Err(e) => return Err(e.into()),
+        };
+        opened(File::from(fd))
+    }
+
+    /// The names of the directory's entries (without `.` and `..`), sorted
+    /// bytewise.
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        let mut dir = rustix::fs::Dir::read_from(&self.fd)?;
+        let mut names = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// What `lstat` (or `fstat`) says of a workspace entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    file_type: FileType,
+    /// The stat data the file-hash memo compares.
+    pub key: StatKey,
+}
+
+impl Stat {
+    /// Field types differ between architectures (hence the casts).
+    #[allow(clippy::unnecessary_cast)]
+    fn of(s: &rustix::fs::Stat) -> Stat {
+        let ns = |sec: i64, nsec: i64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
+        Stat {
+            file_type: FileType::from_raw_mode(s.st_mode as _),
+            key: StatKey {
+                size: s.st_size as u64,
+                mtime_ns: ns(s.st_mtime as i64, s.st_mtime_nsec as i64),
+                ctime_ns: ns(s.st_ctime as i64, s.st_ctime_nsec as i64),
+                inode: s.st_ino as u64,
+                mode: s.st_mode as u32,
+            },
+        }
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file_type == FileType::RegularFile
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type == FileType::Directory
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.file_type == FileType::Symlink
+    }
+
+    pub fn len(&self) -> u64 {
+        self.key.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.key.size == 0
+    }
+
+    /// `st_mode`, permission and file type bits.
+    pub fn mode(&self) -> u32 {
+        self.key.mode
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.key.inode
+    }
+
+    /// "a FIFO", "a directory", ...: for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self.file_type {
+            FileType::RegularFile => "a regular file",
+            FileType::Directory => "a directory",
+            FileType::Symlink => "a symbolic link",
+            FileType::Fifo => "a FIFO",
+            FileType::Socket => "a socket",
+            FileType::CharacterDevice => "a character device",
+            FileType::BlockDevice => "a block device",
+            FileType::Unknown => "a special file",
+        }
+    }
 }
 
 /// Which hashes a [`HashReader`] computes.
@@ -272,7 +706,13 @@ pub struct HashReader<R> {
     sha256: Option<Sha256>,
     limit: Limit,
     n: u64,
+    /// The input has been seen to end (a read returned 0).
+    ended: bool,
 }
+
+/// The size of the reads of every input imgc streams: large enough that
+/// system calls and hashing per call cost nothing next to the data.
+pub const READ_BUF: usize = 256 * 1024;
 
 impl<R: Read> HashReader<R> {
     /// A reader computing no hash yet: add [`HashReader::blake3`] and/or
@@ -284,6 +724,7 @@ impl<R: Read> HashReader<R> {
             sha256: None,
             limit,
             n: 0,
+            ended: false,
         }
     }
 
@@ -315,13 +756,18 @@ impl<R: Read> HashReader<R> {
     /// Reads the rest of the input (hashing it, within the limit) and returns
     /// the hashes of everything.
     pub fn finish(mut self) -> io::Result<Hashes> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match self.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        if !self.ended {
+            // Whatever is left, in reads of at most `READ_BUF` (one byte if
+            // the input should be at its end: the probe for one more).
+            let left = self.limit.max().saturating_sub(self.n);
+            let mut buf = vec![0u8; left.saturating_add(1).min(READ_BUF as u64) as usize];
+            loop {
+                match self.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(Hashes {
@@ -352,7 +798,10 @@ impl<R: Read> Read for HashReader<R> {
             // At the bound: the input must end here.
             let mut probe = [0u8; 1];
             return match self.inner_read(&mut probe)? {
-                0 => Ok(0),
+                0 => {
+                    self.ended = true;
+                    Ok(0)
+                }
                 _ => Err(InputError::TooLong { limit: self.limit }.into_io()),
             };
         }
@@ -366,6 +815,7 @@ impl<R: Read> Read for HashReader<R> {
                 }
                 .into_io());
             }
+            self.ended = true;
             return Ok(0);
         }
         if let Some(h) = &mut self.blake3 {
@@ -379,17 +829,20 @@ impl<R: Read> Read for HashReader<R> {
     }
 }
 
-/// Hashes a whole regular file (opened with [`open_regular`]); its size must not
-/// change while it is read. Returns the hashes and the `fstat` taken before reading.
+/// Hashes everything `r` holds, which must fit `limit` (for a file of known
+/// size, `Limit::Exactly` of the size the caller saw: a file that changed
+/// size since is an error), reading [`READ_BUF`] bytes at a time.
+pub fn hash_all<R: Read>(r: R, limit: Limit, hash: Algos) -> io::Result<Hashes> {
+    HashReader::with(r, limit, hash).finish()
+}
+
+/// Hashes a whole regular file outside a workspace (opened with
+/// [`open_regular`]); its size must not change while it is read. Returns the
+/// hashes and the `fstat` taken before reading.
 pub fn hash_file(path: &Path, hash: Algos) -> io::Result<(Hashes, Metadata)> {
     let o = open_regular(path)?;
-    let size = o.meta.len();
-    let r = HashReader::with(
-        io::BufReader::with_capacity(256 * 1024, o.file),
-        Limit::Exactly(size),
-        hash,
-    );
-    Ok((r.finish()?, o.meta))
+    let h = hash_all(o.file, Limit::Exactly(o.meta.len()), hash)?;
+    Ok((h, o.meta))
 }
 
 /// Reads a whole input into memory through a [`HashReader`] (for capped documents).
@@ -533,6 +986,19 @@ mod tests {
         assert_eq!(h.sha256, Some(Digest::of_bytes(b"hello")));
     }
 
+    /// Both ways of resolving: `openat2` first, and the walk by hand alone (as
+    /// on a kernel without `openat2`). Every case must give the same answer.
+    fn roots(path: &Path) -> [Root; 2] {
+        [Root::open(path).unwrap(), Root::open_walking(path).unwrap()]
+    }
+
+    fn read(o: Opened) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut f = o.file;
+        f.read_to_end(&mut v).unwrap();
+        v
+    }
+
     #[test]
     fn links_are_followed_only_inside_the_root() {
         let outer = tempfile::tempdir().unwrap();
@@ -550,38 +1016,175 @@ mod tests {
         symlink("../ws/a/b/f", root.join("out-and-in")).unwrap();
         symlink("/dev/zero", root.join("zero")).unwrap();
         symlink("loop", root.join("loop")).unwrap();
-        let want = root.join("a/b/f");
-        for ok in [
-            "a/b/f",
-            "rel/f",
-            "abs/b/f",
-            "a/b/up",
-            "abs-in/b/f",
-            "a/../a/b/f",
-        ] {
-            assert_eq!(resolve_inside(&root, Path::new(ok)).unwrap(), want, "{ok}");
+        symlink(&outer, root.join("outer")).unwrap();
+        for ws in roots(&root) {
+            let fast = ws.fast;
+            for ok in [
+                "a/b/f",
+                "rel/f",
+                "abs/b/f",
+                "a/b/up",
+                "abs-in/b/f",
+                "a/../a/b/f",
+            ] {
+                let l = ws.locate(Path::new(ok), true).unwrap();
+                assert_eq!(l.resolved, Path::new("a/b/f"), "{ok} {fast}");
+                assert_eq!(read(l.open_regular().unwrap()), b"x", "{ok} {fast}");
+                assert_eq!(read(ws.open_regular(Path::new(ok)).unwrap()), b"x");
+            }
+            for bad in [
+                "out",
+                "out-and-in",
+                "zero",
+                "..",
+                "a/../../secret",
+                "/etc/passwd",
+                "outer/secret",
+                "outer/ws/a/b/f",
+            ] {
+                let e = ws.open_regular(Path::new(bad)).unwrap_err();
+                assert_eq!(err_of(&e), InputError::Escapes, "{bad} {fast}");
+                assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            }
+            assert_eq!(
+                err_of(&ws.open_regular(Path::new("loop")).unwrap_err()),
+                InputError::TooManyLinks
+            );
+            assert_eq!(
+                ws.open_regular(Path::new("a/nope")).unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+            // Parents only: the last link is not followed.
+            assert_eq!(
+                err_of(&ws.open_nofollow(Path::new("a/b/up")).unwrap_err()),
+                InputError::Symlink
+            );
+            assert_eq!(read(ws.open_nofollow(Path::new("rel/f")).unwrap()), b"x");
+            assert_eq!(
+                err_of(&ws.open_nofollow(Path::new("outer/secret")).unwrap_err()),
+                InputError::Escapes
+            );
+            let l = ws.locate(Path::new("out"), false).unwrap();
+            assert!(l.lstat().unwrap().is_symlink());
+            assert_eq!(
+                l.dir.read_link(OsStr::new("out")).unwrap(),
+                Path::new("../secret")
+            );
+            // Directories, their own links followed inside only.
+            assert_eq!(
+                ws.dir(Path::new("rel")).unwrap().names().unwrap(),
+                ["f", "up"]
+            );
+            assert_eq!(
+                ws.dir(Path::new("abs/b")).unwrap().names().unwrap(),
+                ["f", "up"]
+            );
+            assert_eq!(
+                err_of(&ws.dir(Path::new("outer")).unwrap_err()),
+                InputError::Escapes
+            );
+            let top = ws.dir(Path::new("")).unwrap().names().unwrap();
+            assert_eq!(top[0], "a");
+            assert_eq!(top.len(), 9);
+            assert!(ws.locate(Path::new(""), true).unwrap().name.is_none());
+            assert_eq!(
+                ws.dir(Path::new("a/b/f")).unwrap_err().kind(),
+                io::ErrorKind::NotADirectory
+            );
         }
-        for bad in [
-            "out",
-            "out-and-in",
-            "zero",
-            "..",
-            "a/../../secret",
-            "/etc/passwd",
-        ] {
-            let e = resolve_inside(&root, Path::new(bad)).unwrap_err();
-            assert_eq!(err_of(&e), InputError::Escapes, "{bad}");
+    }
+
+    /// The race the descriptors close: a parent directory swapped for a link
+    /// to a directory outside the workspace after it was looked at. Opening
+    /// beneath the root refuses it (whichever way it resolves), and a
+    /// directory already open keeps reading the directory that was there.
+    #[test]
+    fn a_parent_swapped_for_a_link_out_of_the_workspace_is_never_read() {
+        let outer = tempfile::tempdir().unwrap();
+        let outer = outer.path().canonicalize().unwrap();
+        let root = outer.join("ws");
+        let outside = outer.join("outside");
+        std::fs::create_dir_all(root.join("pkg/sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("pkg/sub/f"), b"inside").unwrap();
+        std::fs::write(outside.join("f"), b"SECRET").unwrap();
+        for target in [outside.clone(), PathBuf::from("../../outside")] {
+            for ws in roots(&root) {
+                let held = ws.dir(Path::new("pkg/sub")).unwrap();
+                let found = ws.locate(Path::new("pkg/sub/f"), false).unwrap();
+                // The swap.
+                std::fs::rename(root.join("pkg/sub"), root.join("pkg/old")).unwrap();
+                symlink(&target, root.join("pkg/sub")).unwrap();
+                for rel in ["pkg/sub/f", "pkg/sub/../sub/f"] {
+                    for e in [
+                        ws.open_nofollow(Path::new(rel)).unwrap_err(),
+                        ws.open_regular(Path::new(rel)).unwrap_err(),
+                    ] {
+                        assert_eq!(err_of(&e), InputError::Escapes, "{rel} {}", ws.fast);
+                    }
+                }
+                assert_eq!(
+                    err_of(&ws.dir(Path::new("pkg/sub")).unwrap_err()),
+                    InputError::Escapes
+                );
+                // What was opened before the swap is still the inside.
+                assert_eq!(held.names().unwrap(), ["f"]);
+                assert_eq!(read(held.open_regular(OsStr::new("f")).unwrap()), b"inside");
+                assert_eq!(read(found.open_regular().unwrap()), b"inside");
+                std::fs::remove_file(root.join("pkg/sub")).unwrap();
+                std::fs::rename(root.join("pkg/old"), root.join("pkg/sub")).unwrap();
+            }
         }
-        assert_eq!(
-            err_of(&resolve_inside(&root, Path::new("loop")).unwrap_err()),
-            InputError::TooManyLinks
-        );
-        assert_eq!(
-            resolve_inside(&root, Path::new("a/nope"))
-                .unwrap_err()
-                .kind(),
-            io::ErrorKind::NotFound
-        );
+    }
+
+    /// Below an open directory nothing is followed and nothing but a regular
+    /// file is opened.
+    #[test]
+    fn a_dir_follows_no_link_and_opens_only_regular_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(path.join("d")).unwrap();
+        std::fs::write(path.join("d/f"), b"x").unwrap();
+        symlink("d", path.join("to-d")).unwrap();
+        symlink("d/f", path.join("to-f")).unwrap();
+        let c = std::ffi::CString::new(path.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        symlink("fifo", path.join("to-fifo")).unwrap();
+        for ws in roots(&path) {
+            let top = ws.dir(Path::new("")).unwrap();
+            let name = OsStr::new;
+            assert!(top.lstat(name("to-d")).unwrap().is_symlink());
+            assert!(top.open_dir(name("to-d")).is_err());
+            assert_eq!(
+                err_of(&top.open_regular(name("to-f")).unwrap_err()),
+                InputError::Symlink
+            );
+            assert_eq!(
+                err_of(&top.open_regular(name("fifo")).unwrap_err()),
+                InputError::NotRegular("a FIFO")
+            );
+            assert_eq!(
+                err_of(&ws.open_regular(Path::new("to-fifo")).unwrap_err()),
+                InputError::NotRegular("a FIFO")
+            );
+            assert_eq!(
+                err_of(&ws.open_regular(Path::new("d")).unwrap_err()),
+                InputError::NotRegular("a directory")
+            );
+            assert_eq!(read(ws.open_regular(Path::new("to-f")).unwrap()), b"x");
+            for bad in ["..", ".", "a/b", ""] {
+                assert_eq!(
+                    top.lstat(name(bad)).unwrap_err().kind(),
+                    io::ErrorKind::InvalidInput
+                );
+            }
+            let st = top.lstat(name("d")).unwrap();
+            assert!(st.is_dir() && !st.is_file() && !st.is_symlink());
+            let f = ws.dir(Path::new("d")).unwrap().lstat(name("f")).unwrap();
+            let meta = std::fs::symlink_metadata(path.join("d/f")).unwrap();
+            assert_eq!(f.key, StatKey::from_metadata(&meta));
+            assert_eq!(f.len(), 1);
+        }
     }
 
     #[test]

@@ -130,12 +130,15 @@
 //!
 //! - It does not read the workspace, expand globs or decide modes and owners:
 //!   [`crate::fileset`] does, and hands over finished entries.
-//! - It does not follow symlinks when reading a [`EntryData::File`] source
-//!   (`O_NOFOLLOW` on the last component; directories on the way are the
-//!   fileset's business). A source that became a symlink, is no longer a
-//!   regular file, whose size differs from the size given (at open time or
-//!   while reading), or whose content does not have the blake3 the entry
-//!   carries is an error naming the path, never a silently different layer.
+//! - It does not follow symlinks when reading a [`EntryData::File`] source: the
+//!   file is opened beneath the workspace root's descriptor
+//!   ([`crate::input::Root::open_nofollow`]), its parent directories followed
+//!   only through links that stay inside the workspace, itself never. A source
+//!   that became a symlink, is no longer a regular file, is now reached
+//!   through a link out of the workspace, whose size differs from the size
+//!   given (at open time or while reading), or whose content does not have
+//!   the blake3 the entry carries is an error naming the path, never a
+//!   silently different layer.
 //!   The caller hashed the file when it computed the layer's key, and that hash
 //!   travels with the entry ([`EntryData::File`]); the file is hashed again as
 //!   it streams into the tar, and a change since (even one that keeps the size
@@ -146,13 +149,13 @@
 
 use crate::cas::Cas;
 use crate::hash::{DiffId, Digest, Key, Sha256};
+use crate::input::{self, HashReader, InputError, Limit, READ_BUF, Root};
 use crate::listing::{Listed, Listing, PathKind};
 use crate::spec::model::Compression;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Revision of the tar encoding below; part of [`LayerFormat::identity`].
 const TAR_FORMAT: &str = "tar-pax-1";
@@ -169,7 +172,7 @@ pub enum EntryData {
     /// A regular file read from `source`, which must still have `size` bytes
     /// whose blake3 is `blake3`: the hash the layer's key was computed from.
     File {
-        source: PathBuf,
+        source: SourceFile,
         size: u64,
         blake3: Key,
     },
@@ -178,6 +181,16 @@ pub enum EntryData {
     Dir,
     /// A symbolic link to the given target (stored as written).
     Symlink(String),
+}
+
+/// A workspace file that a layer reads: opened beneath `root` (never by an
+/// absolute path) when the layer is written, following symlinks in its parent
+/// directories only inside the workspace, and never a symlink itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub root: Arc<Root>,
+    /// Relative to the root; names the file in messages.
+    pub rel: PathBuf,
 }
 
 /// One entry of a layer.
@@ -625,15 +638,22 @@ fn gzip_member(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 /// Writes the tar stream into `out`, returning its sha256 and `out`.
 fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> Result<(Digest, W), LayerError> {
     let mut w = TarSink::new(out);
+    // One read buffer for every source file of the layer.
+    let mut buf = Vec::new();
     for e in entries {
-        write_entry(&mut w, e, mtime)?;
+        write_entry(&mut w, e, mtime, &mut buf)?;
     }
     // End of archive: two zero blocks.
     w.write_all(&[0u8; 2 * BLOCK]).map_err(LayerError::Store)?;
     w.finish().map_err(LayerError::Store)
 }
 
-fn write_entry(w: &mut impl Write, e: &Entry, mtime: u64) -> Result<(), LayerError> {
+fn write_entry(
+    w: &mut impl Write,
+    e: &Entry,
+    mtime: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), LayerError> {
     let (kind, size, link) = match &e.data {
         EntryData::File { size, .. } => (tar::EntryType::Regular, *size, None),
         EntryData::Bytes(b) => (tar::EntryType::Regular, b.len() as u64, None),
@@ -698,7 +718,7 @@ fn write_entry(w: &mut impl Write, e: &Entry, mtime: u64) -> Result<(), LayerErr
             source,
             size,
             blake3,
-        } => copy_source(w, source, *size, blake3)?,
+        } => copy_source(w, source, *size, blake3, buf)?,
         EntryData::Bytes(b) => w.write_all(b).map_err(LayerError::Store)?,
         EntryData::Dir | EntryData::Symlink(_) => {}
     }
@@ -766,73 +786,55 @@ fn pad(w: &mut impl Write, size: u64) -> Result<(), LayerError> {
 }
 
 /// Copies exactly `size` bytes of a regular file, refusing symlinks, anything
-/// but a regular file, and any change of size before or during the copy; the
-/// bytes are hashed as they stream through and must have the blake3 `expect`.
+/// but a regular file, a path that now leaves the workspace, and any change of
+/// size before or during the copy; the bytes are hashed as they stream through
+/// (in reads of [`READ_BUF`] bytes, into `buf`) and must have the blake3 `expect`.
 fn copy_source(
     w: &mut impl Write,
-    source: &PathBuf,
+    source: &SourceFile,
     size: u64,
     expect: &Key,
+    buf: &mut Vec<u8>,
 ) -> Result<(), LayerError> {
     let changed = |reason: String| LayerError::SourceChanged {
-        path: source.clone(),
+        path: source.rel.clone(),
         reason,
     };
-    let read_err = |e: io::Error| LayerError::Read {
-        path: source.clone(),
-        source: e,
-    };
-    let mut f = match File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(source)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(changed("it is now a symbolic link".into()));
+    // What the input module says of the file, as the reason it changed.
+    let refused = |e: io::Error| match input::input_error(&e) {
+        Some(InputError::Symlink) => changed("it is now a symbolic link".into()),
+        Some(InputError::NotRegular(_)) => changed("it is no longer a regular file".into()),
+        Some(InputError::Escapes) => {
+            changed("it now resolves outside the workspace through a symbolic link".into())
         }
-        Err(e) => return Err(read_err(e)),
+        Some(InputError::TooShort { got, expected }) => changed(format!(
+            "it shrank while being read ({got} of {expected} bytes)"
+        )),
+        Some(InputError::TooLong { .. }) => changed("it grew while being read".into()),
+        _ => LayerError::Read {
+            path: source.rel.clone(),
+            source: e,
+        },
     };
-    let meta = f.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(changed("it is no longer a regular file".into()));
-    }
-    if meta.len() != size {
+    let o = source.root.open_nofollow(&source.rel).map_err(refused)?;
+    if o.meta.len() != size {
         return Err(changed(format!(
             "its size is {} bytes, expected {size}",
-            meta.len()
+            o.meta.len()
         )));
     }
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut hasher = blake3::Hasher::new();
-    let mut left = size;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = match f.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(changed(format!(
-                    "it shrank while being read ({} of {size} bytes)",
-                    size - left
-                )));
-            }
+    buf.resize(READ_BUF, 0);
+    let mut r = HashReader::new(o.file, Limit::Exactly(size)).blake3();
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
+            Err(e) => return Err(refused(e)),
         };
-        hasher.update(&buf[..n]);
         w.write_all(&buf[..n]).map_err(LayerError::Store)?;
-        left -= n as u64;
     }
-    let mut one = [0u8; 1];
-    loop {
-        match f.read(&mut one) {
-            Ok(0) => break,
-            Ok(_) => return Err(changed("it grew while being read".into())),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        }
-    }
-    if Key(*hasher.finalize().as_bytes()) != *expect {
+    if r.finish().map_err(refused)?.blake3 != Some(*expect) {
         return Err(changed(
             "its content is not what the layer's key was computed from \
              (it was rewritten after it was hashed)"
@@ -859,6 +861,14 @@ mod tests {
 
     fn file(path: &str, content: &str) -> Entry {
         e(path, EntryData::Bytes(content.as_bytes().to_vec()), 0o644)
+    }
+
+    /// A source file `rel` of a workspace whose root is `dir`.
+    fn source(dir: &std::path::Path, rel: &str) -> SourceFile {
+        SourceFile {
+            root: Arc::new(Root::open(&dir.canonicalize().unwrap()).unwrap()),
+            rel: rel.into(),
+        }
     }
 
     fn cas() -> (tempfile::TempDir, Cas) {
@@ -1405,7 +1415,7 @@ mod tests {
             normalize(vec![e(
                 "data.bin",
                 EntryData::File {
-                    source: src.clone(),
+                    source: source(dir.path(), "src.bin"),
                     size,
                     blake3,
                 },
@@ -1456,7 +1466,7 @@ mod tests {
         let entries = vec![e(
             "l",
             EntryData::File {
-                source: link,
+                source: source(dir.path(), "link.bin"),
                 size: content.len() as u64,
                 blake3,
             },
@@ -1468,7 +1478,7 @@ mod tests {
         let entries = vec![e(
             "m",
             EntryData::File {
-                source: dir.path().join("missing"),
+                source: source(dir.path(), "missing"),
                 size: 1,
                 blake3,
             },
@@ -1581,7 +1591,7 @@ mod tests {
             entries.push(e(
                 &format!("data/f{f}"),
                 EntryData::File {
-                    source: src,
+                    source: source(dir.path(), &format!("f{f}")),
                     size: data.len() as u64,
                     blake3: Key::of_bytes(&data),
                 },
@@ -1631,7 +1641,7 @@ mod tests {
         // The CLIs on the same tar, from a file, for comparison: GNU gzip, and
         // zstd single-threaded and on every core (what `tar | zstd -T0` does).
         let tar_path = dir.path().join("layer.tar");
-        write_tar(&entries, 0, File::create(&tar_path).unwrap()).unwrap();
+        write_tar(&entries, 0, std::fs::File::create(&tar_path).unwrap()).unwrap();
         let out_path = dir.path().join("layer.tar.out");
         for (tool, args, media_type) in [
             ("gzip", &["-6"][..], MEDIA_TYPE_GZIP),
@@ -1645,7 +1655,7 @@ mod tests {
                 .args(args)
                 .arg("-c")
                 .arg(&tar_path)
-                .stdout(File::create(&out_path).unwrap())
+                .stdout(std::fs::File::create(&out_path).unwrap())
                 .status();
             let secs = t.elapsed().as_secs_f64();
             let cpu = cpu_secs(libc::RUSAGE_CHILDREN) - cpu;

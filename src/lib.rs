@@ -7,7 +7,8 @@
 //! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
 //! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
 //! | 3 | resolve & plan | [`label`], [`graph`] | model + patterns → graph of targets; unknown labels, cycles are errors |
-//! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`]) + deps' output digests → blake3 key |
+//! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`], [`import`]) + deps' output digests → blake3 key |
+//! | 4, 6 | read inputs | [`input`] | workspace files opened beneath the root's descriptor (no link out of it, regular files only), read within bounds and hashed as read: the same bytes for the key and the output |
 //! | 5 | execute | [`scheduler`], [`actions`] | key hit in [`cache`] → fresh; miss → the kind's action runs on a rayon worker, blobs into [`cas`] |
 //! | 6 | assemble | [`layer`], [`oci`], [`import`] | layers, config, manifest: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |

@@ -8,6 +8,7 @@ use super::{ActionError, Ctx, Dep, Keyed, Prepared};
 use crate::action::{Components, ImageOut, Output, params_hash};
 use crate::diag::{Code, Diag};
 use crate::graph::{EdgeKind, Graph};
+use crate::input::escape;
 use crate::listing::{Listing, PathKind, Stack};
 use crate::oci::{self, LayerDesc};
 use crate::spec::model::{ImageSpec, TargetKind};
@@ -182,15 +183,20 @@ fn check_stack(
                     .find(|s| s.value.to_string() == *label)
                     .map(|s| s.span)
             });
+            // Paths (and where lower symlinks lead them) can come from an
+            // imported layer, named by the archive's author: escaped.
             let at = if c.resolved == c.path {
                 String::new()
             } else {
-                format!(" (at `/{}` once lower symlinks are followed)", c.resolved)
+                format!(
+                    " (at `/{}` once lower symlinks are followed)",
+                    escape(&c.resolved)
+                )
             };
             problems.push(format!(
                 "layer `{label}` puts a {} at `/{}`{at} where {} holds a {}: unpacked, it would {}",
                 c.upper.noun(),
-                c.path,
+                escape(&c.path),
                 c.lower_origin,
                 c.lower.noun(),
                 if c.lower == PathKind::Dir {

@@ -7,6 +7,7 @@ use crate::spec::model::{Compression, ImageSpec};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 fn amd64() -> Platform {

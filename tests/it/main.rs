@@ -5,6 +5,7 @@ mod support;
 
 mod build;
 mod cli;
+mod confinement;
 mod conformance;
 mod determinism;
 mod diagnostics;
