@@ -13,15 +13,37 @@
 //! directory, which lives on the same filesystem as the blobs. The
 //! [`BlobWriter`] hashes everything written through it. [`BlobWriter::commit`]
 //! then flushes, fsyncs, makes the file read-only (`0444`), and publishes it
-//! under its final name with a no-clobber rename (`renameat2(RENAME_NOREPLACE)`
-//! or link + unlink): if the blob is already there, the existing file is kept and
-//! the temp file dropped ("first writer wins"; both had the same content). The
-//! containing directory is fsynced so the name survives a crash.
+//! under its final name:
 //!
-//! So a process killed at any moment leaves at most a temp file in `tmp/`, never
-//! a partial blob under a final name. Stale temp files are garbage for a later
-//! `gc` to sweep; this module never deletes files it did not create, because
-//! another process may be writing them right now.
+//! - **nothing there yet**: a no-clobber rename (`renameat2(RENAME_NOREPLACE)` or
+//!   link + unlink), so of two writers racing on the same content the first wins
+//!   and the second finds an existing blob (next case);
+//! - **a blob already there** is kept only if it is *intact*: a regular file of
+//!   the right size whose content hashes to its name. Keeping it unchecked would
+//!   let a damaged blob (a truncated write from another tool, a file edited in
+//!   place through a layout's hard link) outlive every rebuild and be linked into
+//!   new layouts;
+//! - **a damaged blob there** (or anything that is not a regular file) is
+//!   replaced atomically: the temp file is renamed over it. Readers see the old
+//!   file or the new one, never a mix; concurrent writers all rename good copies.
+//!   The replaced digest is noted (see [`Cas::take_repaired`]) so the caller can
+//!   distrust whatever remembered the old file, e.g. layouts hard-linking it.
+//!
+//! Why check and replace, rather than always rename over the existing blob?
+//! Image layouts hard-link store blobs: replacing an intact blob by an equal copy
+//! would give it a new inode, so every layout linking the old one would no longer
+//! share its file with the store (twice the disk, and a rewrite of each layout
+//! the next time it is checked). Replacing only damaged blobs keeps the links of
+//! good ones, and a damaged one must not be shared anyway. The price is one
+//! re-hash of the existing blob when an action produces a blob the store already
+//! holds (an early-cutoff rebuild, a re-import), which costs less than producing
+//! it did.
+//!
+//! The containing directory is fsynced so the name survives a crash. A process
+//! killed at any moment leaves at most a temp file in `tmp/`, never a partial blob
+//! under a final name. Stale temp files are garbage for a later sweep; this module
+//! never deletes files it did not create, because another process may be writing
+//! them right now.
 //!
 //! # What it deliberately does not do
 //!
@@ -33,14 +55,22 @@
 //! - No trust in what is on disk: [`Cas::contains`] is a cheap `stat` for the
 //!   local fast path, but [`Cas::read`] and [`Cas::verify`] re-hash, and a
 //!   mismatch is an error of kind [`io::ErrorKind::InvalidData`]. A caller that
-//!   finds a corrupt blob drops it with [`Cas::remove`] and rebuilds it.
+//!   finds a corrupt blob rebuilds it: publishing the rebuilt blob replaces the
+//!   damaged file (no need to remove it first, which could race with another
+//!   process that has just published a good copy).
+//! - No following of links: blobs are opened with `O_NOFOLLOW | O_NONBLOCK`, and
+//!   only regular files are read, so a symlink or FIFO planted under a blob's name
+//!   is treated as damage, never read through.
 //! - No compression, no knowledge of media types: a blob is bytes.
 
 use crate::hash::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Size of the read and write buffers used when streaming blobs.
 const BUF_SIZE: usize = 256 * 1024;
@@ -52,6 +82,18 @@ pub struct Cas {
     tmp: PathBuf,
     /// `ab/<hex>` (local store) or `<hex>` (flat remote layout).
     fanout: bool,
+    /// Digests whose damaged file this process replaced (shared by clones).
+    repaired: Arc<Mutex<BTreeSet<Digest>>>,
+}
+
+/// What is under a blob's final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Missing,
+    /// A regular file of the right size that hashes to its name.
+    Intact,
+    /// Anything else: wrong content or size, a symlink, a FIFO, a directory.
+    Damaged,
 }
 
 impl Cas {
@@ -83,6 +125,7 @@ impl Cas {
             blobs: blobs_dir.to_path_buf(),
             tmp: tmp_dir.to_path_buf(),
             fanout,
+            repaired: Arc::default(),
         })
     }
 
@@ -115,20 +158,50 @@ impl Cas {
     }
 
     /// Re-hashes a stored blob. `Ok(false)` if it is missing, has the wrong size,
-    /// or does not hash to `d`; `Err` only for other IO errors.
+    /// is not a regular file, or does not hash to `d`; `Err` only for other IO
+    /// errors.
     pub fn verify(&self, d: &Digest, expected_size: Option<u64>) -> io::Result<bool> {
+        Ok(self.existing(d, expected_size)? == Existing::Intact)
+    }
+
+    /// Checks what is under the name of `d` (hashing it if it is a regular file
+    /// of the expected size). Never follows a symlink, never opens a FIFO.
+    fn existing(&self, d: &Digest, expected_size: Option<u64>) -> io::Result<Existing> {
         let path = self.blob_path(d);
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        let mut file = match open_regular(&path) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Existing::Damaged),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Existing::Missing),
             Err(e) => return Err(with_path(e, "open", &path)),
         };
-        let meta = file.metadata().map_err(|e| with_path(e, "stat", &path))?;
-        if !meta.is_file() || expected_size.is_some_and(|s| s != meta.len()) {
-            return Ok(false);
+        let len = file
+            .metadata()
+            .map_err(|e| with_path(e, "stat", &path))?
+            .len();
+        if expected_size.is_some_and(|s| s != len) {
+            return Ok(Existing::Damaged);
         }
         let (digest, size) = hash_reader(&mut file).map_err(|e| with_path(e, "read", &path))?;
-        Ok(digest == *d && size == meta.len())
+        Ok(if digest == *d && size == len {
+            Existing::Intact
+        } else {
+            Existing::Damaged
+        })
+    }
+
+    /// The digests whose damaged stored file this store (or a clone of it)
+    /// replaced since the last call. Anything that remembered the old file (a
+    /// layout hard-linking it, a record of its verification) must not be
+    /// trusted any more.
+    pub fn take_repaired(&self) -> BTreeSet<Digest> {
+        std::mem::take(&mut *self.repaired.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn note_repaired(&self, d: Digest) {
+        self.repaired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d);
     }
 
     /// Starts writing a new blob; see [`BlobWriter`].
@@ -145,11 +218,13 @@ impl Cas {
         })
     }
 
-    /// Stores `bytes`, returning their digest and size.
+    /// Stores `bytes`, returning their digest and size. An intact stored copy is
+    /// kept; a damaged one is replaced.
     pub fn put_bytes(&self, bytes: &[u8]) -> io::Result<(Digest, u64)> {
         let digest = Digest::of_bytes(bytes);
-        if self.contains(&digest) {
-            return Ok((digest, bytes.len() as u64));
+        let size = bytes.len() as u64;
+        if self.existing(&digest, Some(size))? == Existing::Intact {
+            return Ok((digest, size));
         }
         let mut w = self.writer()?;
         w.write_all(bytes)?;
@@ -157,11 +232,22 @@ impl Cas {
     }
 
     /// Reads a whole blob, verifying its digest. A blob that does not hash to
-    /// `d` is an error of kind [`io::ErrorKind::InvalidData`]. Meant for small
-    /// blobs (configs, manifests); stream layers with [`Cas::blob_path`].
+    /// `d` (or is not a regular file) is an error of kind
+    /// [`io::ErrorKind::InvalidData`]. Meant for small blobs (configs,
+    /// manifests); stream layers with [`Cas::blob_path`].
     pub fn read(&self, d: &Digest) -> io::Result<Vec<u8>> {
         let path = self.blob_path(d);
-        let bytes = fs::read(&path).map_err(|e| with_path(e, "read", &path))?;
+        let mut file = open_regular(&path)
+            .map_err(|e| with_path(e, "read", &path))?
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("corrupt blob `{}`: not a regular file", path.display()),
+                )
+            })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| with_path(e, "read", &path))?;
         let actual = Digest::of_bytes(&bytes);
         if actual != *d {
             return Err(io::Error::new(
@@ -178,10 +264,11 @@ impl Cas {
     /// Copies an external file into the store, verifying that it hashes to
     /// `expected` (else an [`io::ErrorKind::InvalidData`] error naming `src`, and
     /// nothing is stored). Returns its size. The source is hashed even when the
-    /// blob is already stored, so a corrupt source is always noticed.
+    /// blob is already stored, so a corrupt source is always noticed; a stored
+    /// copy is kept only if it is intact, else it is replaced by the source.
     pub fn import_file(&self, src: &Path, expected: &Digest) -> io::Result<u64> {
         let mut file = File::open(src).map_err(|e| with_path(e, "open", src))?;
-        if self.contains(expected) {
+        if self.existing(expected, None)? == Existing::Intact {
             let (digest, size) = hash_reader(&mut file).map_err(|e| with_path(e, "read", src))?;
             check_expected(src, expected, &digest)?;
             return Ok(size);
@@ -251,7 +338,8 @@ impl BlobWriter {
     }
 
     /// Publishes the blob under its digest (see the module docs) and returns
-    /// its digest and size. If the blob already exists, the existing file is kept.
+    /// its digest and size. An intact existing copy is kept (and this one
+    /// dropped); a damaged one is replaced.
     pub fn commit(self) -> io::Result<(Digest, u64)> {
         self.publish(None)
     }
@@ -275,7 +363,8 @@ impl BlobWriter {
             check_expected(tmp.path(), expected, &digest)?;
         }
         let dest = cas.blob_path(&digest);
-        if cas.contains(&digest) {
+        let found = cas.existing(&digest, Some(size))?;
+        if found == Existing::Intact {
             return Ok((digest, size)); // `tmp` is deleted on drop
         }
         let file = tmp.as_file();
@@ -283,13 +372,30 @@ impl BlobWriter {
             .map_err(|e| with_path(e, "fsync", tmp.path()))?;
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(|e| with_path(e, "chmod", tmp.path()))?;
-        let dir = dest.parent().expect("a blob path has a parent");
+        let dir = dest.parent().ok_or_else(|| {
+            io::Error::other(format!("blob path `{}` has no parent", dest.display()))
+        })?;
         fs::create_dir_all(dir).map_err(|e| with_path(e, "create", dir))?;
-        match tmp.persist_noclobber(&dest) {
-            Ok(_) => {}
-            // Another writer published the same content first: keep theirs.
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(with_path(e.error, "publish", &dest)),
+        let tmp = if found == Existing::Missing {
+            match tmp.persist_noclobber(&dest) {
+                Ok(_) => None,
+                // Another writer published first: keep theirs if it is intact.
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                    match cas.existing(&digest, Some(size))? {
+                        Existing::Intact => None,
+                        _ => Some(e.file),
+                    }
+                }
+                Err(e) => return Err(with_path(e.error, "publish", &dest)),
+            }
+        } else {
+            Some(tmp)
+        };
+        if let Some(tmp) = tmp {
+            // Damaged: replace it atomically (a plain rename over it).
+            tmp.persist(&dest)
+                .map_err(|e| with_path(e.error, "replace the damaged blob", &dest))?;
+            cas.note_repaired(digest);
         }
         // Make the new name durable; failing to fsync a directory is not fatal
         // on filesystems that do not support it.
@@ -298,6 +404,22 @@ impl BlobWriter {
         }
         Ok((digest, size))
     }
+}
+
+/// Opens `path` for reading without following a symlink and without blocking on
+/// a FIFO. `Ok(None)` if it exists but is not a regular file.
+fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        // O_NOFOLLOW on a symlink
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(file.metadata()?.is_file().then_some(file))
 }
 
 fn check_expected(path: &Path, expected: &Digest, actual: &Digest) -> io::Result<()> {
@@ -450,6 +572,139 @@ mod tests {
         // Already present: the source is still checked.
         fs::write(&src, b"tampered").unwrap();
         assert!(cas.import_file(&src, &good).is_err());
+    }
+
+    /// Damages the stored blob `d` in place (as an edit through a layout's hard
+    /// link would), keeping its size.
+    fn damage(cas: &Cas, d: &Digest) {
+        let p = cas.blob_path(d);
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[0] ^= 0xff;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&p, &bytes).unwrap();
+    }
+
+    fn inode(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn publishing_over_a_damaged_blob_replaces_it() {
+        let (dir, cas) = store();
+        let layout_link = dir.path().join("layout-link");
+        for how in ["put_bytes", "writer", "import_file"] {
+            let content = format!("content for {how}");
+            let (d, _) = cas.put_bytes(content.as_bytes()).unwrap();
+            let p = cas.blob_path(&d);
+            let _ = fs::remove_file(&layout_link);
+            fs::hard_link(&p, &layout_link).unwrap();
+            damage(&cas, &d);
+            assert!(cas.take_repaired().is_empty());
+            match how {
+                "put_bytes" => {
+                    cas.put_bytes(content.as_bytes()).unwrap();
+                }
+                "writer" => {
+                    let mut w = cas.writer().unwrap();
+                    w.write_all(content.as_bytes()).unwrap();
+                    w.commit().unwrap();
+                }
+                _ => {
+                    let src = dir.path().join("src");
+                    fs::write(&src, &content).unwrap();
+                    cas.import_file(&src, &d).unwrap();
+                }
+            }
+            assert_eq!(cas.read(&d).unwrap(), content.as_bytes(), "{how}");
+            assert_eq!(cas.take_repaired(), BTreeSet::from([d]), "{how}");
+            // A new file: the damaged one is still what the old link names.
+            assert_ne!(inode(&p), inode(&layout_link), "{how}");
+            let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o444, "{how}");
+        }
+        assert_eq!(fs::read_dir(dir.path().join("v1/tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn publishing_an_intact_blob_keeps_its_file() {
+        let (dir, cas) = store();
+        let (d, _) = cas.put_bytes(b"shared").unwrap();
+        let p = cas.blob_path(&d);
+        let before = inode(&p);
+        cas.put_bytes(b"shared").unwrap();
+        let mut w = cas.writer().unwrap();
+        w.write_all(b"shared").unwrap();
+        w.commit().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"shared").unwrap();
+        cas.import_file(&src, &d).unwrap();
+        assert_eq!(inode(&p), before, "layouts linking it keep sharing it");
+        assert!(cas.take_repaired().is_empty());
+    }
+
+    #[test]
+    fn a_truncated_blob_is_replaced() {
+        let (_dir, cas) = store();
+        let (d, _) = cas.put_bytes(b"0123456789").unwrap();
+        let p = cas.blob_path(&d);
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        assert!(!cas.verify(&d, None).unwrap());
+        cas.put_bytes(b"0123456789").unwrap();
+        assert!(cas.verify(&d, Some(10)).unwrap());
+    }
+
+    #[test]
+    fn a_symlink_or_fifo_under_a_blob_name_is_replaced_never_read() {
+        let (dir, cas) = store();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, b"link target").unwrap();
+        // a symlink to a file holding the very content: still not a blob
+        let d = Digest::of_bytes(b"link target");
+        let p = cas.blob_path(&d);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &p).unwrap();
+        assert!(!cas.verify(&d, None).unwrap());
+        assert_eq!(cas.read(&d).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        cas.put_bytes(b"link target").unwrap();
+        assert!(fs::symlink_metadata(&p).unwrap().is_file());
+        assert_eq!(fs::read(&elsewhere).unwrap(), b"link target");
+
+        // a FIFO: opening it for reading must not block
+        let d = Digest::of_bytes(b"fifo");
+        let p = cas.blob_path(&d);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(!cas.verify(&d, None).unwrap());
+        cas.put_bytes(b"fifo").unwrap();
+        assert!(cas.verify(&d, Some(4)).unwrap());
+        assert_eq!(cas.take_repaired().len(), 2);
+    }
+
+    #[test]
+    fn concurrent_writers_over_a_damaged_blob_leave_it_intact() {
+        let (_dir, cas) = store();
+        let (d, _) = cas.put_bytes(b"contended").unwrap();
+        damage(&cas, &d);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let mut w = cas.writer().unwrap();
+                    w.write_all(b"contended").unwrap();
+                    assert_eq!(w.commit().unwrap(), (d, 9));
+                });
+            }
+        });
+        assert!(cas.verify(&d, Some(9)).unwrap());
+        assert_eq!(cas.take_repaired(), BTreeSet::from([d]));
     }
 
     #[test]

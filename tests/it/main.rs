@@ -5,6 +5,7 @@ mod support;
 
 mod build;
 mod cli;
+mod concurrency;
 mod confinement;
 mod conformance;
 mod determinism;
