@@ -6,12 +6,17 @@
 -- an old database is simply moved aside and rebuilt, because it is only an index.
 --
 -- Conventions:
---   * blake3 keys and sha256 digests are stored as 32-byte BLOBs, never as hex text
---     (use `hex(key)` in the sqlite3 shell to read them);
+--   * blake3 keys, sha256 digests and workspace ids are stored as 32-byte BLOBs,
+--     never as hex text (use `hex(key)` in the sqlite3 shell to read them);
 --   * times are integers: unix seconds for bookkeeping, nanoseconds for file stat;
+--   * `seen_at` is when a build last used a row, refreshed at most once a day per
+--     row; rows not seen for 30 days are deleted (at most once a day, by the first
+--     build that commits after that);
 --   * no foreign-key pragmas are relied on: src/cache.rs deletes dependent rows itself.
 
--- Action cache: an action key -> what the action produced.
+-- Action cache: an action key -> what the action produced. Shared by every
+-- workspace using this cache directory (keys hold no path), and not pruned here:
+-- its rows are the roots that keep store blobs alive.
 CREATE TABLE action (
     key         BLOB    NOT NULL PRIMARY KEY CHECK (length(key) = 32),
     kind        TEXT    NOT NULL,            -- "layer", "image", ... (for humans and stats)
@@ -31,26 +36,59 @@ CREATE TABLE action_blob (
 ) WITHOUT ROWID;
 CREATE INDEX action_blob_by_digest ON action_blob (digest);
 
+-- The workspaces (checkouts) that built with this cache: id = blake3 of the
+-- canonical root path. Rows scoped by workspace (file_memo, last_build, layout) are
+-- deleted with their workspace, when it was not seen for 30 days or when more than
+-- `cache::MAX_WORKSPACES` more recently seen workspaces exist (CI with a new
+-- checkout path per job must not grow the index forever).
+CREATE TABLE workspace (
+    id       BLOB    NOT NULL PRIMARY KEY CHECK (length(id) = 32),
+    root     TEXT    NOT NULL,               -- the canonical root path (for humans)
+    seen_at  INTEGER NOT NULL                -- unix seconds, last build (refreshed hourly)
+) WITHOUT ROWID;
+
 -- File-hash memo: stat data -> blake3 of the contents, only to skip re-hashing.
 -- Never part of any key. Rows are only written for files whose mtime and ctime are
--- safely older than the start of the build that hashed them (racy-git rule).
+-- safely older than the start of the build that hashed them (racy-git rule). A
+-- build loads only its own workspace's rows.
 CREATE TABLE file_memo (
-    path      TEXT    NOT NULL PRIMARY KEY,
+    ws        BLOB    NOT NULL CHECK (length(ws) = 32),
+    path      TEXT    NOT NULL,
     size      INTEGER NOT NULL,
     mtime_ns  INTEGER NOT NULL,
     ctime_ns  INTEGER NOT NULL,
     inode     INTEGER NOT NULL,
     mode      INTEGER NOT NULL,
-    hash      BLOB    NOT NULL CHECK (length(hash) = 32)
+    hash      BLOB    NOT NULL CHECK (length(hash) = 32),
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (ws, path)
 ) WITHOUT ROWID;
 
--- The last build of each label: its key and the JSON of the key's named components,
--- so the next build can say why it rebuilt ("`src/main.rs` changed").
+-- Store blobs verified to hash to their name, with their stat data at that moment:
+-- a later hit naming the blob re-hashes it only if the stat data changed (a blob
+-- damaged in place changes its mtime and ctime). Shared by all workspaces, like the
+-- store; same racy-file rule as file_memo. A replaced blob's row is deleted.
+CREATE TABLE blob_check (
+    digest    BLOB    NOT NULL PRIMARY KEY CHECK (length(digest) = 32),
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
+    inode     INTEGER NOT NULL,
+    mode      INTEGER NOT NULL,
+    seen_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The last build of each label in each workspace: its key and the JSON of the key's
+-- named components, so the next build can say why it rebuilt ("`src/main.rs`
+-- changed"). Two checkouts sharing a cache keep their own rows.
 CREATE TABLE last_build (
-    label       TEXT    NOT NULL PRIMARY KEY,
+    ws          BLOB    NOT NULL CHECK (length(ws) = 32),
+    label       TEXT    NOT NULL,
     key         BLOB    NOT NULL CHECK (length(key) = 32),
     components  TEXT    NOT NULL,
-    built_at    INTEGER NOT NULL             -- unix seconds
+    built_at    INTEGER NOT NULL,            -- unix seconds
+    seen_at     INTEGER NOT NULL,
+    PRIMARY KEY (ws, label)
 ) WITHOUT ROWID;
 
 -- Parse cache: a key over (parser format version, file kind, package path, exact file
@@ -67,14 +105,34 @@ CREATE INDEX parse_cache_by_used_at ON parse_cache (used_at);
 -- Image layouts as a build last wrote or fully checked them: the absolute path of the
 -- layout directory -> the manifest digest and ref names it holds, and the stat data of
 -- its `oci-layout`, `index.json` and `blobs/sha256` directory at that moment (the
--- "stamp", as text). A later build trusts a layout whose stamp is unchanged, and none
--- of whose blobs it had to replace in the store, without checking it blob by blob:
--- adding, removing or replacing a blob changes the directory's stat data, and a blob
--- changed in place is the store's own file, which the build verifies. A stamp younger
--- than the racy window is not stored (as for file_memo).
+-- "stamp", as text). A later build trusts a layout whose stamp is unchanged without
+-- checking it blob by blob: adding, removing or replacing a blob changes the
+-- directory's stat data, and a blob changed in place is the store's own file, which
+-- builds verify. When any build (of any workspace) replaces a damaged store blob, it
+-- deletes every layout row naming it (through layout_blob), so a layout still
+-- linking the damaged file is checked in full and re-linked. A stamp younger than the
+-- racy window is not stored (as for file_memo).
 CREATE TABLE layout (
-    path      TEXT    NOT NULL PRIMARY KEY,
+    ws        BLOB    NOT NULL CHECK (length(ws) = 32),
+    path      TEXT    NOT NULL,
     manifest  BLOB    NOT NULL CHECK (length(manifest) = 32),
     refs      TEXT    NOT NULL,
-    stamp     TEXT    NOT NULL
+    stamp     TEXT    NOT NULL,
+    seen_at   INTEGER NOT NULL,
+    PRIMARY KEY (ws, path)
+) WITHOUT ROWID;
+
+-- The blobs of each remembered layout (manifest, config, layers).
+CREATE TABLE layout_blob (
+    ws      BLOB    NOT NULL CHECK (length(ws) = 32),
+    path    TEXT    NOT NULL,
+    digest  BLOB    NOT NULL CHECK (length(digest) = 32),
+    PRIMARY KEY (ws, path, digest)
+) WITHOUT ROWID;
+CREATE INDEX layout_blob_by_digest ON layout_blob (digest);
+
+-- Small named values: `pruned_at` (unix seconds of the last pruning).
+CREATE TABLE meta (
+    name   TEXT    NOT NULL PRIMARY KEY,
+    value  INTEGER NOT NULL
 ) WITHOUT ROWID;

@@ -3,7 +3,7 @@
 //! # What is stored
 //!
 //! `<cache-dir>/v1/imgc.sqlite` (schema: `cache-schema.sql`, loaded with
-//! `include_str!`) holds five small tables:
+//! `include_str!`) holds small tables:
 //!
 //! - **the action cache**: an action [`Key`] → the action's outputs, as an opaque JSON
 //!   text that the scheduler defines, plus the list of blob [`Digest`]s (and their sizes)
@@ -12,101 +12,164 @@
 //! - **the file-hash memo**: a path and its stat data ([`StatKey`]: size, mtime, ctime,
 //!   inode, mode) → the blake3 of its contents, so that an unchanged file is not read
 //!   again. Stat data only decides whether to re-hash: it never enters a key;
+//! - **blob checks**: store blobs verified to hash to their name, with their stat data
+//!   then, so that a hit re-hashes a blob only when its stat data changed;
 //! - **the last build of each label**: its key and the JSON of the key's named
 //!   components, so the next build can print *why* something rebuilt;
+//! - **layouts**: what each image layout directory held when a build last wrote or
+//!   fully checked it, and the blobs it names ([`LayoutRecord`]);
 //! - **the parse cache**: a [`Key`] over a spec file's exact text (and the parser
 //!   version, file kind and package) → the parse result as opaque JSON, defined by
 //!   `workspace`. Only files that parsed without any diagnostic are stored, so errors
-//!   are always reported fresh. Rows not used for [`PARSE_KEEP`] are dropped whenever
-//!   new rows are written, which keeps the table about the size of the workspace;
-//! - bookkeeping: when each action was recorded and last used, blob sizes.
+//!   are always reported fresh;
+//! - bookkeeping: the workspaces that built, when each row was last used.
 //!
 //! # What is deliberately not stored
 //!
 //! No blob contents (those live in the content-addressed store, `cas/`, as plain
 //! immutable files that are valid OCI blobs), no spec text (only parse results keyed
-//! by its hash), no build logs, no absolute
-//! workspace paths inside keys, nothing from a remote cache. The database is a
+//! by its hash), no build logs, nothing from a remote cache. The database is a
 //! **per-machine index**: everything in it can be recomputed from the workspace and the
 //! CAS. It is never the only copy of anything, so losing it costs one cold build, never
-//! correctness. That is why [`Cache::open`] never fails because of what is in the file:
-//! a file that is not a database, a corrupt one, or one with another schema version is
-//! moved aside (to `imgc.sqlite.bad`) and a fresh one is created, with a warning
-//! returned to the caller. Only environment errors (permissions, a full disk) fail.
-//! Damage found later, by a query (an error with [`CacheError::is_corrupt`]), is
-//! handled the same way by [`Cache::recover`]: the caller warns and goes on with an
-//! empty index.
+//! correctness.
+//!
+//! # Damage heals itself
+//!
+//! [`Cache::open`] never fails because of what is in the file: a file that is not a
+//! database or has another schema version is moved aside (to `imgc.sqlite.bad`) and a
+//! fresh one is created, with a warning returned to the caller. A file damaged further
+//! in (page 1 intact, so it opens, but its tables garbage) is found by the first
+//! statement that reads a damaged page, which fails with `SQLITE_CORRUPT`: every method
+//! then does the same, once, by itself (moves the file aside, starts a new one, and
+//! runs the statement again on it), and keeps the warning for
+//! [`Cache::take_warnings`]. A caller therefore never sees corruption as an error, and
+//! one damaged file gives one warning, not one per statement. Only environment errors
+//! (permissions, a full disk, a lock held too long) are returned. No integrity check
+//! runs at open: it reads the whole file, on every command, to find what the first
+//! failing statement finds anyway.
+//!
+//! If another process already replaced the damaged file (the path now names another
+//! file than the one this connection opened), the replacement is used as it is,
+//! rather than moved aside in turn.
 //!
 //! The remote cache never holds SQLite: SQLite's locking and WAL do not work on
 //! network filesystems. It is a directory of immutable files handled by `cas`.
 //!
-//! # How it is opened
+//! # Several processes, short transactions
 //!
-//! - **WAL mode** with `synchronous=NORMAL`: readers never block the writer, and a
-//!   commit is an append to the write-ahead log without an fsync (the log is synced at
-//!   checkpoints). A power cut may lose the last few commits, never consistency: for an
-//!   index that is the right trade. A build of 1,000 actions therefore does not do
-//!   1,000 fsyncs even with one commit per action; [`Cache::batch`] groups writes
-//!   further when the caller has several at hand.
-//! - **A busy timeout**: two imgc processes may share a cache directory. Write
-//!   transactions here are short (one action, one memo flush), so waiting is cheap.
-//! - **Versioning**: the directory name (`v1/`) changes when the on-disk format
-//!   changes; inside it, `PRAGMA user_version` must equal [`SCHEMA_VERSION`], else the
-//!   file is rebuilt. There are no migrations. A test pins a hash of the schema text so
-//!   a schema edit cannot forget the version bump.
+//! Two builds (of one workspace or of two), `imgc query` and `imgc cache stats` may
+//! run at the same time on one cache directory. The rules that make that work:
+//!
+//! - **WAL mode** with `synchronous=NORMAL`: readers never block the writer or each
+//!   other, and a commit appends to the write-ahead log without an fsync (the log is
+//!   synced at checkpoints). A power cut may lose the last few commits, never
+//!   consistency: for an index that is the right trade.
+//! - **Opening takes no write lock** unless it must create the schema: checking the
+//!   schema version is a read. Read-only commands (`query`, `check`, `explain`,
+//!   `cache stats`) only read, except the parse cache, whose writes are best-effort:
+//!   they wait at most [`PARSE_WRITE_WAIT`] for the lock and are skipped if it is busy.
+//! - **Builds write in batches of short transactions.** The coordinator collects its
+//!   records (actions, last builds, memo rows, layouts, repairs) in a [`Batch`], in
+//!   memory, and [`Cache::commit`]s it every few hundred milliseconds and at the end:
+//!   at most [`CHUNK`] rows per transaction, so the write lock is held for
+//!   milliseconds at a time and never while an action runs. Every row is independent
+//!   (a key and its blobs go in one row's statements), so a batch need not be atomic;
+//!   a killed build keeps what it committed. A **busy timeout** covers the rest.
+//!
+//! Two builds of the same workspace may both run an action and record the same key:
+//! the records are equal (a key determines its outputs), so the last write wins
+//! harmlessly.
+//!
+//! # What keeps it bounded
+//!
+//! Rows that name a checkout (memo rows are keyed by absolute path; last builds and
+//! layouts are per checkout) are scoped by a [`WorkspaceId`], the hash of the canonical
+//! workspace root. A build loads only its own workspace's memo. Every such row, blob
+//! check and parse-cache row carries the time it was last used (refreshed at most once
+//! a day, so a build in which everything hits writes nearly nothing), and
+//! [`Cache::prune`], run by a commit at most once a day, deletes rows not used for
+//! [`KEEP`], and every row of workspaces beyond the [`MAX_WORKSPACES`] most recently
+//! seen (a CI job with a new checkout path each time leaves its rows for the next
+//! prune, not forever). Action rows are not pruned here: they are the roots of the
+//! blob store, and go with its garbage collection.
+//!
+//! # Versioning
+//!
+//! The directory name (`v1/`) changes when the on-disk format changes; inside it,
+//! `PRAGMA user_version` must equal [`SCHEMA_VERSION`], else the file is rebuilt. There
+//! are no migrations. A test pins a hash of the schema text so a schema edit cannot
+//! forget the version bump.
 //!
 //! # Threads
 //!
 //! A [`Cache`] (a `rusqlite::Connection`) lives on the coordinating thread. Workers
 //! get read-only snapshots instead: [`Cache::load_memo`] returns a [`FileMemo`]
-//! (`Send + Sync`), workers return new [`MemoEntry`]s, and the coordinator stores them
-//! with one [`Cache::store_memo`] call.
+//! (`Send + Sync`), workers return new [`MemoEntry`]s, and the coordinator adds them
+//! to its [`Batch`]. A memo row that a worker finds still valid is marked used in the
+//! snapshot (an atomic flag), so [`Batch::touch_memo`] can refresh it later.
 //!
 //! # The racy-file rule
 //!
 //! A file modified in the same clock tick as it was hashed could later show the same
-//! stat data with different contents (git's "racy git" problem). So
-//! [`Cache::store_memo`] takes the start time of the build and refuses to store an entry
-//! whose mtime or ctime is not at least [`RACY_WINDOW`] older than that start; such a
-//! file is simply hashed again next time (by then it is old enough to be remembered).
-//! Entries in the database are therefore always trustworthy, and
+//! stat data with different contents (git's "racy git" problem). So a memo row (and a
+//! blob check, and a layout stamp) whose mtime or ctime is not at least
+//! [`RACY_WINDOW`] older than the start of the build that computed it is not stored;
+//! such a file is simply hashed again next time (by then it is old enough to be
+//! remembered). Rows in the database are therefore always trustworthy, and
 //! [`FileMemo::lookup`] only compares stat data. Callers must take the stat *before*
 //! reading the contents they hash, so a concurrent edit shows up as a stat change. The
 //! ctime is part of [`StatKey`] because, unlike mtime, no user tool can set it back.
-//!
-//! Memo rows are keyed by the path the caller gives. Use the file's absolute path:
-//! the memo never enters a key, so absolute paths are harmless there, and two
-//! checkouts sharing one cache directory then keep separate rows instead of
-//! overwriting each other's on every build.
 
 use crate::hash::{Digest, Key};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The schema, as created by [`Cache::open`].
 pub const SCHEMA: &str = include_str!("../cache-schema.sql");
 
 /// `PRAGMA user_version` of a database made from [`SCHEMA`]. Bump on any schema change.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// How much older than the build start a file's mtime and ctime must be before its
 /// hash is remembered (covers coarse filesystem timestamps, e.g. 2 s on FAT).
 pub const RACY_WINDOW: Duration = Duration::from_secs(2);
 
-/// Parse-cache rows not used for this long are deleted when new rows are written.
-pub const PARSE_KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Rows (memo, blob checks, last builds, layouts, parse results) not used for this
+/// long are deleted.
+pub const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// A hit (parse cache or action cache) refreshes its `used_at` only when it is
-/// older than this, so a run in which everything hits writes nothing.
+/// Parse-cache rows not used for this long are deleted when new rows are written.
+pub const PARSE_KEEP: Duration = KEEP;
+
+/// A hit (parse cache, action cache, memo row...) refreshes its last-use time only
+/// when it is older than this, so a run in which everything hits writes nothing.
 pub const TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// How long to wait for another imgc process holding the write lock.
+/// How often a build refreshes its workspace's last-seen time.
+pub const WORKSPACE_TOUCH_AFTER: Duration = Duration::from_secs(3600);
+
+/// How often [`Cache::commit`] prunes old rows.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// The workspaces whose rows are kept: the most recently seen ones.
+pub const MAX_WORKSPACES: usize = 16;
+
+/// Rows written per transaction by [`Cache::commit`]: the write lock is held for
+/// about a millisecond per chunk.
+pub const CHUNK: usize = 256;
+
+/// How long a best-effort write (the parse cache) waits for the write lock.
+pub const PARSE_WRITE_WAIT: Duration = Duration::from_millis(100);
+
+/// How long to wait for another imgc process holding the write lock. Every write
+/// transaction is short, so this is only reached when something is badly wrong.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Errors of the cache index. Corruption found after opening is reported as
-/// [`CacheError::Corrupt`] so the caller can treat it like a miss and carry on.
+/// Errors of the cache index. Corruption is healed inside [`Cache`] (see the module
+/// docs); what remains are environment problems.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cache database `{path}`: {source}")]
@@ -134,6 +197,11 @@ impl CacheError {
             CacheError::Io { .. } => false,
         }
     }
+
+    /// True when another process held the lock for longer than the wait allowed.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CacheError::Db { source, .. } if is_busy(source))
+    }
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -141,6 +209,40 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
     )
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A checkout that builds with this cache: the hash of its canonical root path,
+/// which scopes the rows that name its files (memo, last builds, layouts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceId {
+    id: [u8; 32],
+    root: String,
+}
+
+impl WorkspaceId {
+    /// The id of the workspace whose canonical (symlink-free, absolute) root is
+    /// `canonical_root`.
+    pub fn of_root(canonical_root: &Path) -> WorkspaceId {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = b"imgc workspace\0".to_vec();
+        bytes.extend_from_slice(canonical_root.as_os_str().as_bytes());
+        WorkspaceId {
+            id: Key::of_bytes(&bytes).0,
+            root: canonical_root.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// The root path it was made from (for humans).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
 }
 
 /// A blob referenced by an action's outputs.
@@ -193,6 +295,11 @@ impl StatKey {
             mode: m.mode(),
         }
     }
+
+    /// Whether this stat data is older than the racy window before `limit_ns`.
+    fn settled(&self, limit_ns: i64) -> bool {
+        self.mtime_ns <= limit_ns && self.ctime_ns <= limit_ns
+    }
 }
 
 /// What a layout directory held when a build last wrote or fully checked it.
@@ -205,6 +312,24 @@ pub struct LayoutRecord {
     pub stamp: String,
 }
 
+/// A remembered layout, as [`Cache::layout_records`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RememberedLayout {
+    pub record: LayoutRecord,
+    /// Not seen for [`TOUCH_AFTER`]: pass the path to [`Batch::touch_layout`] when
+    /// the build trusts it again.
+    pub stale: bool,
+}
+
+/// The last build of a label, as [`Cache::last_build_keys`] returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastKey {
+    pub key: Key,
+    /// Not seen for [`TOUCH_AFTER`]: pass the label to
+    /// [`Batch::touch_last_build`] when a build finds the same key again.
+    pub stale: bool,
+}
+
 /// One memo row: a file's stat data and the blake3 of its contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoEntry {
@@ -212,27 +337,58 @@ pub struct MemoEntry {
     pub hash: Key,
 }
 
-/// A read-only snapshot of the file-hash memo, for worker threads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
+struct MemoSlot {
+    entry: MemoEntry,
+    /// Last used more than [`TOUCH_AFTER`] ago.
+    stale: bool,
+    /// Set by a lookup that matched (only tracked for stale rows).
+    used: AtomicBool,
+}
+
+#[derive(Debug)]
+struct BlobSlot {
+    stat: StatKey,
+    stale: bool,
+    used: AtomicBool,
+}
+
+/// A read-only snapshot of the file-hash memo of one workspace and of the blob
+/// checks, for worker threads.
+#[derive(Debug, Default)]
 pub struct FileMemo {
-    entries: HashMap<String, MemoEntry>,
+    files: HashMap<String, MemoSlot>,
+    blobs: HashMap<Digest, BlobSlot>,
 }
 
 impl FileMemo {
     /// The remembered hash of `path`, if its stat data is exactly as recorded.
     pub fn lookup(&self, path: &str, stat: &StatKey) -> Option<Key> {
-        self.entries
-            .get(path)
-            .filter(|e| e.stat == *stat)
-            .map(|e| e.hash)
+        let slot = self.files.get(path).filter(|s| s.entry.stat == *stat)?;
+        if slot.stale {
+            slot.used.store(true, Ordering::Relaxed);
+        }
+        Some(slot.entry.hash)
     }
 
+    /// Whether the store blob `d` was verified with exactly this stat data.
+    pub fn blob_verified(&self, d: &Digest, stat: &StatKey) -> bool {
+        let Some(slot) = self.blobs.get(d).filter(|s| s.stat == *stat) else {
+            return false;
+        };
+        if slot.stale {
+            slot.used.store(true, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Memo rows (files) in the snapshot.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.files.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.files.is_empty()
     }
 }
 
@@ -244,6 +400,12 @@ pub struct CacheStats {
     /// Rows of the parse cache.
     pub parsed_files: u64,
     pub last_builds: u64,
+    /// Workspaces (checkouts) with rows in the index.
+    pub workspaces: u64,
+    /// Remembered layouts.
+    pub layouts: u64,
+    /// Store blobs remembered as verified.
+    pub blob_checks: u64,
     /// Distinct blobs referenced by at least one action.
     pub blobs_referenced: u64,
     /// Total size of those distinct blobs, in bytes.
@@ -270,11 +432,224 @@ pub struct MemoStored {
     pub too_recent: usize,
 }
 
+/// What [`Cache::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Committed {
+    /// Rows written (of any kind).
+    pub rows: usize,
+    /// Memo rows, blob checks and layout stamps refused by the racy-file rule.
+    pub too_recent: usize,
+    /// Transactions used.
+    pub transactions: usize,
+    /// Whether old rows were pruned.
+    pub pruned: bool,
+}
+
+/// What [`Cache::prune`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    pub workspaces: usize,
+    pub memo_rows: usize,
+    pub last_builds: usize,
+    pub layouts: usize,
+    pub blob_checks: usize,
+    pub parsed_files: usize,
+}
+
+/// One record waiting in a [`Batch`].
+#[derive(Debug, Clone)]
+enum Op {
+    Action {
+        key: Key,
+        kind: String,
+        label: String,
+        outputs: String,
+        blobs: Vec<BlobRef>,
+    },
+    Forget(Key),
+    Used(Key),
+    LastBuild {
+        label: String,
+        key: Key,
+        components: String,
+    },
+    TouchLastBuild(String),
+    Memo(String, MemoEntry),
+    TouchMemo(String),
+    BlobVerified(Digest, StatKey),
+    TouchBlob(Digest),
+    Layout {
+        path: String,
+        record: LayoutRecord,
+        blobs: Vec<Digest>,
+        newest_ns: i64,
+    },
+    TouchLayout(String),
+    Repaired(Digest),
+}
+
+/// Records of one build of one workspace, kept in memory until
+/// [`Cache::commit`] writes them in short transactions (see the module docs). The
+/// records are written in the order they were added.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    ws: WorkspaceId,
+    /// Stat data newer than this (ns) is not remembered: the racy-file rule.
+    settled_before_ns: i64,
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch for a build of `ws` that started at `build_start` (taken
+    /// before any file was stat-ed).
+    pub fn new(ws: WorkspaceId, build_start: SystemTime) -> Batch {
+        Batch {
+            ws,
+            settled_before_ns: system_time_ns(build_start)
+                .saturating_sub(RACY_WINDOW.as_nanos() as i64),
+            ops: Vec::new(),
+        }
+    }
+
+    pub fn workspace(&self) -> &WorkspaceId {
+        &self.ws
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Records (or replaces) the outputs of `key`.
+    pub fn put_action(
+        &mut self,
+        key: &Key,
+        kind: &str,
+        label: &str,
+        outputs_json: &str,
+        blobs: &[BlobRef],
+    ) {
+        self.ops.push(Op::Action {
+            key: *key,
+            kind: kind.to_string(),
+            label: label.to_string(),
+            outputs: outputs_json.to_string(),
+            blobs: blobs.to_vec(),
+        });
+    }
+
+    /// Removes `key`, e.g. when a blob it references turned out missing or corrupt.
+    pub fn forget_action(&mut self, key: &Key) {
+        self.ops.push(Op::Forget(*key));
+    }
+
+    /// Marks a hit as used now (for the garbage collector's LRU order). Pass only
+    /// hits that [`Cache::get_outputs`] flagged as stale.
+    pub fn mark_used(&mut self, key: &Key) {
+        self.ops.push(Op::Used(*key));
+    }
+
+    /// Records the last build of `label` in this workspace.
+    pub fn set_last_build(&mut self, label: &str, key: &Key, components_json: &str) {
+        self.ops.push(Op::LastBuild {
+            label: label.to_string(),
+            key: *key,
+            components: components_json.to_string(),
+        });
+    }
+
+    /// Keeps the last build of `label` from being pruned (see [`LastKey::stale`]).
+    pub fn touch_last_build(&mut self, label: &str) {
+        self.ops.push(Op::TouchLastBuild(label.to_string()));
+    }
+
+    /// A freshly computed file hash, for the memo. Not stored if its stat data is
+    /// too recent (the racy-file rule), and then any older row for `path` is dropped.
+    pub fn learn(&mut self, path: &str, entry: MemoEntry) {
+        self.ops.push(Op::Memo(path.to_string(), entry));
+    }
+
+    /// A store blob just verified to hash to `d`, with its stat data taken before
+    /// it was read. Same racy-file rule as [`Batch::learn`].
+    pub fn blob_verified(&mut self, d: &Digest, stat: StatKey) {
+        self.ops.push(Op::BlobVerified(*d, stat));
+    }
+
+    /// Refreshes the memo rows and blob checks that the build found valid and that
+    /// were last used more than [`TOUCH_AFTER`] ago, so they are not pruned.
+    pub fn touch_memo(&mut self, memo: &FileMemo) {
+        let mut paths: Vec<&String> = memo
+            .files
+            .iter()
+            .filter(|(_, s)| s.used.load(Ordering::Relaxed))
+            .map(|(p, _)| p)
+            .collect();
+        paths.sort();
+        let mut blobs: Vec<&Digest> = memo
+            .blobs
+            .iter()
+            .filter(|(_, s)| s.used.load(Ordering::Relaxed))
+            .map(|(d, _)| d)
+            .collect();
+        blobs.sort();
+        self.ops
+            .extend(paths.into_iter().map(|p| Op::TouchMemo(p.clone())));
+        self.ops
+            .extend(blobs.into_iter().map(|d| Op::TouchBlob(*d)));
+    }
+
+    /// Records a layout as written or fully checked, with the blobs it names (its
+    /// manifest, config and layers). `newest_ns` is the newest mtime or ctime in
+    /// its stamp: a stamp within the racy window is not stored (and any older record
+    /// of `path` is dropped).
+    pub fn put_layout(
+        &mut self,
+        path: &str,
+        record: &LayoutRecord,
+        blobs: &[Digest],
+        newest_ns: i64,
+    ) {
+        let mut blobs = blobs.to_vec();
+        blobs.sort();
+        blobs.dedup();
+        self.ops.push(Op::Layout {
+            path: path.to_string(),
+            record: record.clone(),
+            blobs,
+            newest_ns,
+        });
+    }
+
+    /// Keeps a trusted layout record from being pruned (see
+    /// [`RememberedLayout::stale`]).
+    pub fn touch_layout(&mut self, path: &str) {
+        self.ops.push(Op::TouchLayout(path.to_string()));
+    }
+
+    /// The store blob `d` was found damaged (and is being rebuilt) or was replaced:
+    /// forget every layout record naming it, in every workspace, so each such layout
+    /// is checked in full (and re-linked) by its next build, and its blob check.
+    pub fn blob_repaired(&mut self, d: &Digest) {
+        self.ops.push(Op::Repaired(*d));
+    }
+}
+
 /// The cache index. See the module docs.
 pub struct Cache {
     conn: Connection,
     /// For error messages; `:memory:` for an in-memory database.
     path: String,
+    /// (device, inode) of the file this connection opened: recovery moves aside
+    /// only that file, never one another process put in its place.
+    file_id: Option<(u64, u64)>,
+    /// Damage healed since the last [`Cache::take_warnings`].
+    warnings: Vec<String>,
+    /// Whether this connection already asked if a prune is due.
+    prune_checked: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -305,15 +680,36 @@ fn system_time_ns(t: SystemTime) -> i64 {
     }
 }
 
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 fn blob32(v: &[u8], what: &str) -> Result<[u8; 32], String> {
     v.try_into()
         .map_err(|_| format!("{what} has {} bytes, expected 32", v.len()))
 }
 
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A row of the stat columns shared by `file_memo` and `blob_check`.
+fn stat_from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StatKey> {
+    Ok(StatKey {
+        size: r.get::<_, i64>(first)? as u64,
+        mtime_ns: r.get(first + 1)?,
+        ctime_ns: r.get(first + 2)?,
+        inode: r.get::<_, i64>(first + 3)? as u64,
+        mode: r.get::<_, i64>(first + 4)? as u32,
+    })
+}
+
 impl Cache {
     /// Opens (creating if needed) the database at `path`. A file that is corrupt, not a
     /// database, or of another schema version is moved aside to `<path>.bad` and
-    /// replaced; the returned warning says so. Creates the parent directory.
+    /// replaced; the returned warning says so. Creates the parent directory. Takes
+    /// the write lock only to create the schema.
     pub fn open(path: &Path) -> Result<(Cache, Option<String>), CacheError> {
         let shown = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -352,7 +748,13 @@ impl Cache {
             path: path.clone(),
             source,
         })?;
-        let cache = Cache { conn, path };
+        let cache = Cache {
+            conn,
+            path,
+            file_id: None,
+            warnings: Vec::new(),
+            prune_checked: false,
+        };
         match cache.init() {
             Ok(()) => Ok(cache),
             Err(Unusable::Fail(e)) => Err(e),
@@ -366,18 +768,25 @@ impl Cache {
     fn try_open(path: &Path) -> Result<Cache, Unusable> {
         let shown = path.display().to_string();
         let conn = Connection::open(path).map_err(|source| classify(&shown, source))?;
-        let cache = Cache { conn, path: shown };
+        let cache = Cache {
+            conn,
+            path: shown,
+            file_id: file_id(path),
+            warnings: Vec::new(),
+            prune_checked: false,
+        };
         cache.init()?;
         Ok(cache)
     }
 
-    /// Pragmas, then schema check or creation.
+    /// Pragmas, then schema check (a read) or creation (a short write).
     fn init(&self) -> Result<(), Unusable> {
         let c = &self.conn;
         let err = |source| classify(&self.path, source);
         c.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         if self.path != ":memory:" {
-            // Reading the header happens here: garbage fails with NotADatabase.
+            // Reading the header happens here: garbage fails with NotADatabase. On a
+            // file already in WAL mode this needs no lock.
             let mode: String = c
                 .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
                 .map_err(err)?;
@@ -396,23 +805,32 @@ impl Cache {
             .map_err(err)?;
         c.pragma_update(None, "cache_size", -32768i64)
             .map_err(err)?;
+        // The common case, a database of this version, is a read: no write lock, so
+        // opening never waits behind a running build.
+        if self.schema_state()? == SchemaState::Current {
+            return Ok(());
+        }
         // IMMEDIATE: two processes creating the same fresh file serialize here, and the
         // second one sees the first one's schema.
         c.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-        let result = self.check_or_create_schema();
+        let result = match self.schema_state() {
+            Ok(SchemaState::Current) => Ok(()),
+            Ok(SchemaState::Empty) => self.create_schema(),
+            Err(e) => Err(e),
+        };
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
         let ended = c.execute_batch(end).map_err(err);
         result.and(ended)
     }
 
-    fn check_or_create_schema(&self) -> Result<(), Unusable> {
+    fn schema_state(&self) -> Result<SchemaState, Unusable> {
         let c = &self.conn;
         let err = |source| classify(&self.path, source);
         let version: i32 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
         if version == SCHEMA_VERSION {
-            return Ok(());
+            return Ok(SchemaState::Current);
         }
         if version != 0 {
             return Err(Unusable::Replace(format!(
@@ -427,38 +845,80 @@ impl Cache {
                 "tables present but no schema version".to_string(),
             ));
         }
-        c.execute_batch(SCHEMA).map_err(err)?;
-        c.pragma_update(None, "user_version", SCHEMA_VERSION)
+        Ok(SchemaState::Empty)
+    }
+
+    fn create_schema(&self) -> Result<(), Unusable> {
+        let err = |source| classify(&self.path, source);
+        self.conn.execute_batch(SCHEMA).map_err(err)?;
+        self.conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
         Ok(())
     }
 
-    /// Replaces a database found corrupt after opening (any call returned an error
-    /// with [`CacheError::is_corrupt`]): moves the file aside and starts a new one, like
-    /// [`Cache::open`] does. Returns the warning to show. An in-memory cache is simply
-    /// emptied.
+    /// Replaces a database found corrupt after opening: moves the file aside and
+    /// starts a new one, like [`Cache::open`] does (unless another process already
+    /// replaced it: then that replacement is opened). Returns the warning to show.
+    /// An in-memory cache is simply emptied. Every method does this by itself when
+    /// a statement finds corruption; callers rarely need it.
     pub fn recover(&mut self) -> Result<String, CacheError> {
         let memory = Connection::open_in_memory().map_err(|e| self.db_err(e))?;
         // Closes the damaged file before it is renamed.
         drop(std::mem::replace(&mut self.conn, memory));
+        let warnings = std::mem::take(&mut self.warnings);
         if self.path == ":memory:" {
             *self = Cache::open_in_memory()?;
+            self.warnings = warnings;
             return Ok("the in-memory cache was corrupt and was emptied".to_string());
         }
         let path = PathBuf::from(&self.path);
-        let aside = move_aside(&path)?;
-        *self = Cache::try_open(&path).map_err(|u| match u {
-            Unusable::Fail(e) => e,
-            Unusable::Replace(what) => CacheError::Corrupt {
-                path: path.display().to_string(),
-                what,
-            },
-        })?;
-        Ok(format!(
-            "cache database `{}` is corrupt; moved it to `{}` and started a new one",
-            path.display(),
-            aside.display()
-        ))
+        let current = file_id(&path);
+        let mut warning = if current.is_none() || current != self.file_id {
+            // Another process moved it aside (and maybe made a new one) first.
+            format!(
+                "cache database `{}` is corrupt; another imgc process has already replaced it",
+                path.display()
+            )
+        } else {
+            let aside = move_aside(&path)?;
+            format!(
+                "cache database `{}` is corrupt; moved it to `{}` and started a new one \
+                 (only the local cache index is lost: this build re-hashes inputs and \
+                 re-checks cached outputs)",
+                path.display(),
+                aside.display()
+            )
+        };
+        let (fresh, more) = Cache::open(&path)?;
+        *self = fresh;
+        self.warnings = warnings;
+        if let Some(more) = more {
+            warning.push_str(&format!("; then: {more}"));
+        }
+        Ok(warning)
+    }
+
+    /// Warnings about damage healed since the last call (see the module docs):
+    /// the caller shows them once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Runs `op`; if it finds the database corrupt, replaces the database (keeping
+    /// the warning) and runs `op` again on the new one.
+    fn healing<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Cache) -> Result<T, CacheError>,
+    ) -> Result<T, CacheError> {
+        match op(self) {
+            Err(e) if e.is_corrupt() => {
+                let warning = self.recover()?;
+                self.warnings.push(warning);
+                op(self)
+            }
+            other => other,
+        }
     }
 
     fn db_err(&self, source: rusqlite::Error) -> CacheError {
@@ -475,69 +935,15 @@ impl Cache {
         }
     }
 
-    /// Runs `f` in one transaction: all its writes commit together, or none if it
-    /// fails. Nested calls (and the single-write methods, which open their own
-    /// savepoints) join the outer transaction.
-    pub fn batch<T>(
-        &mut self,
-        f: impl FnOnce(&mut Cache) -> Result<T, CacheError>,
-    ) -> Result<T, CacheError> {
-        if !self.conn.is_autocommit() {
-            return f(self);
-        }
-        self.conn
-            .execute_batch("BEGIN")
-            .map_err(|e| self.db_err(e))?;
-        match f(self) {
-            Ok(v) => {
-                self.conn
-                    .execute_batch("COMMIT")
-                    .map_err(|e| self.db_err(e))?;
-                Ok(v)
-            }
-            Err(e) => {
-                // The original error matters more than a failed rollback.
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
-    }
-
-    /// Starts a long write transaction for a build: every lookup and record of the
-    /// build then shares it instead of paying for one transaction each. The caller
-    /// calls [`Cache::checkpoint_batch`] now and then (so a killed build keeps what
-    /// it recorded, and other processes get their turn) and
-    /// [`Cache::end_batch`] at the end. Within it, [`Cache::batch`] nests.
-    pub fn begin_batch(&mut self) -> Result<(), CacheError> {
-        if !self.conn.is_autocommit() {
-            return Ok(());
-        }
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// Commits what a long transaction holds so far and starts a new one.
-    pub fn checkpoint_batch(&mut self) -> Result<(), CacheError> {
-        self.end_batch()?;
-        self.begin_batch()
-    }
-
-    /// Commits a long transaction, if one is open.
-    pub fn end_batch(&mut self) -> Result<(), CacheError> {
-        if self.conn.is_autocommit() {
-            return Ok(());
-        }
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| self.db_err(e))
-    }
-
     // ---- action cache ----
 
     /// The recorded outputs of `key`, if any. Does not check that the blobs exist:
-    /// the caller verifies them in the CAS and calls [`Cache::forget_action`] if not.
-    pub fn get_action(&self, key: &Key) -> Result<Option<ActionRecord>, CacheError> {
+    /// the caller verifies them in the CAS and forgets the action if not.
+    pub fn get_action(&mut self, key: &Key) -> Result<Option<ActionRecord>, CacheError> {
+        self.healing(|c| c.get_action_once(key))
+    }
+
+    fn get_action_once(&self, key: &Key) -> Result<Option<ActionRecord>, CacheError> {
         let row = self
             .conn
             .prepare_cached(
@@ -585,7 +991,27 @@ impl Cache {
             .collect()
     }
 
-    /// Records (or replaces) the outputs of `key`.
+    /// The recorded outputs of `key` (the scheduler's JSON) without the blob list:
+    /// one indexed read, for the hot path of a no-op build. The flag says the
+    /// entry's `used_at` is older than [`TOUCH_AFTER`]: the caller passes such hits
+    /// to [`Batch::mark_used`], so a build refreshes the garbage collector's view at
+    /// most once a day per entry instead of writing on every hit.
+    pub fn get_outputs(&mut self, key: &Key) -> Result<Option<(String, bool)>, CacheError> {
+        let stale_before = now_unix() - secs(TOUCH_AFTER);
+        self.healing(|c| {
+            c.conn
+                .prepare_cached("SELECT outputs, used_at < ?2 FROM action WHERE key = ?1")
+                .and_then(|mut st| {
+                    st.query_row(params![&key.0[..], stale_before], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(|e| c.db_err(e))
+        })
+    }
+
+    /// Records (or replaces) the outputs of `key`, in its own short transaction.
     pub fn put_action(
         &mut self,
         key: &Key,
@@ -594,171 +1020,143 @@ impl Cache {
         outputs_json: &str,
         blobs: &[BlobRef],
     ) -> Result<(), CacheError> {
-        let now = now_unix();
-        self.write(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO action (key, kind, label, outputs, created_at, used_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            )?
-            .execute(params![&key.0[..], kind, label, outputs_json, now])?;
-            c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
-                .execute(params![&key.0[..]])?;
-            let mut ins = c.prepare_cached(
-                "INSERT OR REPLACE INTO action_blob (key, digest, size) VALUES (?1, ?2, ?3)",
-            )?;
-            for b in blobs {
-                let size = i64::try_from(b.size).unwrap_or(i64::MAX);
-                ins.execute(params![&key.0[..], &b.digest.0[..], size])?;
-            }
-            Ok(())
-        })
+        let mut b = self.unscoped_batch();
+        b.put_action(key, kind, label, outputs_json, blobs);
+        self.commit_ops(&mut b).map(|_| ())
     }
 
-    /// Removes `key`, e.g. when a blob it references turned out missing or corrupt.
+    /// Removes `key`, in its own short transaction.
     pub fn forget_action(&mut self, key: &Key) -> Result<(), CacheError> {
-        self.write(|c| {
-            c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
-                .execute(params![&key.0[..]])?;
-            c.prepare_cached("DELETE FROM action WHERE key = ?1")?
-                .execute(params![&key.0[..]])?;
-            Ok(())
-        })
+        let mut b = self.unscoped_batch();
+        b.forget_action(key);
+        self.commit_ops(&mut b).map(|_| ())
     }
 
-    /// Marks hits as used now, for least-recently-used garbage collection. One
-    /// transaction; call it once per build with all the keys that hit.
+    /// Marks hits as used now, for least-recently-used garbage collection.
     pub fn mark_used(&mut self, keys: &[Key]) -> Result<(), CacheError> {
-        let now = now_unix();
-        self.write(|c| {
-            let mut st = c.prepare_cached("UPDATE action SET used_at = ?2 WHERE key = ?1")?;
-            for k in keys {
-                st.execute(params![&k.0[..], now])?;
-            }
-            Ok(())
-        })
+        let mut b = self.unscoped_batch();
+        for k in keys {
+            b.mark_used(k);
+        }
+        self.commit_ops(&mut b).map(|_| ())
     }
 
     /// Every blob referenced by some action: the roots of CAS garbage collection.
-    pub fn referenced_blobs(&self) -> Result<BTreeSet<Digest>, CacheError> {
-        let rows: Vec<Vec<u8>> = self
-            .conn
-            .prepare("SELECT DISTINCT digest FROM action_blob")
-            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-            .map_err(|e| self.db_err(e))?;
-        rows.iter()
-            .map(|d| {
-                blob32(d, "a blob digest")
-                    .map(Digest)
-                    .map_err(|w| self.corrupt(w))
-            })
-            .collect()
+    pub fn referenced_blobs(&mut self) -> Result<BTreeSet<Digest>, CacheError> {
+        self.healing(|c| {
+            let rows: Vec<Vec<u8>> = c
+                .conn
+                .prepare("SELECT DISTINCT digest FROM action_blob")
+                .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+                .map_err(|e| c.db_err(e))?;
+            rows.iter()
+                .map(|d| {
+                    blob32(d, "a blob digest")
+                        .map(Digest)
+                        .map_err(|w| c.corrupt(w))
+                })
+                .collect()
+        })
     }
 
-    // ---- file-hash memo ----
+    // ---- file-hash memo and blob checks ----
 
-    /// All memo rows, as a snapshot for worker threads.
-    pub fn load_memo(&self) -> Result<FileMemo, CacheError> {
+    /// The memo rows of workspace `ws` and every blob check, as a snapshot for
+    /// worker threads.
+    pub fn load_memo(&mut self, ws: &WorkspaceId) -> Result<FileMemo, CacheError> {
+        let stale_before = now_unix() - secs(TOUCH_AFTER);
+        self.healing(|c| c.load_memo_once(ws, stale_before))
+    }
+
+    fn load_memo_once(&self, ws: &WorkspaceId, stale_before: i64) -> Result<FileMemo, CacheError> {
+        let err = |e| self.db_err(e);
+        let mut memo = FileMemo::default();
+        // One read transaction: one snapshot for both tables.
+        let _read = if self.conn.is_autocommit() {
+            Some(self.conn.unchecked_transaction().map_err(err)?)
+        } else {
+            None
+        };
         let mut st = self
             .conn
-            .prepare("SELECT path, size, mtime_ns, ctime_ns, inode, mode, hash FROM file_memo")
-            .map_err(|e| self.db_err(e))?;
-        let mut rows = st.query([]).map_err(|e| self.db_err(e))?;
-        let mut entries = HashMap::new();
-        while let Some(r) = rows.next().map_err(|e| self.db_err(e))? {
-            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, MemoRow)> {
-                Ok((
-                    r.get(0)?,
-                    (
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ),
-                ))
-            };
-            let (path, (size, mtime_ns, ctime_ns, inode, mode, hash)) =
-                get(r).map_err(|e| self.db_err(e))?;
+            .prepare_cached(
+                "SELECT path, size, mtime_ns, ctime_ns, inode, mode, hash, seen_at < ?2
+                 FROM file_memo WHERE ws = ?1",
+            )
+            .map_err(err)?;
+        let mut rows = st.query(params![&ws.id[..], stale_before]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let path: String = r.get(0).map_err(err)?;
+            let stat = stat_from_row(r, 1).map_err(err)?;
+            let hash: Vec<u8> = r.get(6).map_err(err)?;
             let hash = Key(blob32(&hash, "a memo hash").map_err(|w| self.corrupt(w))?);
-            let stat = StatKey {
-                size: size as u64,
-                mtime_ns,
-                ctime_ns,
-                inode: inode as u64,
-                mode: mode as u32,
-            };
-            entries.insert(path, MemoEntry { stat, hash });
+            let stale: bool = r.get(7).map_err(err)?;
+            memo.files.insert(
+                path,
+                MemoSlot {
+                    entry: MemoEntry { stat, hash },
+                    stale,
+                    used: AtomicBool::new(false),
+                },
+            );
         }
-        Ok(FileMemo { entries })
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT digest, size, mtime_ns, ctime_ns, inode, mode, seen_at < ?1
+                 FROM blob_check",
+            )
+            .map_err(err)?;
+        let mut rows = st.query(params![stale_before]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let d: Vec<u8> = r.get(0).map_err(err)?;
+            let d = Digest(blob32(&d, "a blob digest").map_err(|w| self.corrupt(w))?);
+            let stat = stat_from_row(r, 1).map_err(err)?;
+            let stale: bool = r.get(6).map_err(err)?;
+            memo.blobs.insert(
+                d,
+                BlobSlot {
+                    stat,
+                    stale,
+                    used: AtomicBool::new(false),
+                },
+            );
+        }
+        Ok(memo)
     }
 
-    /// Stores freshly computed hashes in one transaction, applying the racy-file rule:
-    /// an entry whose mtime or ctime is later than `build_start - RACY_WINDOW` is not
-    /// stored (and any older row for its path is dropped). `build_start` is the time
-    /// the build began, taken before any file was stat-ed.
+    /// Stores freshly computed hashes for workspace `ws` right away, applying the
+    /// racy-file rule: an entry whose mtime or ctime is later than
+    /// `build_start - RACY_WINDOW` is not stored (and any older row for its path is
+    /// dropped). `build_start` is the time the build began, taken before any file
+    /// was stat-ed. Builds use [`Batch::learn`] instead.
     pub fn store_memo(
         &mut self,
+        ws: &WorkspaceId,
         build_start: SystemTime,
         entries: &[(String, MemoEntry)],
     ) -> Result<MemoStored, CacheError> {
-        let limit = system_time_ns(build_start).saturating_sub(RACY_WINDOW.as_nanos() as i64);
-        let mut out = MemoStored::default();
-        self.write(|c| {
-            let mut ins = c.prepare_cached(
-                "INSERT OR REPLACE INTO file_memo (path, size, mtime_ns, ctime_ns, inode, mode, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut del = c.prepare_cached("DELETE FROM file_memo WHERE path = ?1")?;
-            for (path, e) in entries {
-                let s = &e.stat;
-                if s.mtime_ns > limit || s.ctime_ns > limit {
-                    del.execute(params![path])?;
-                    out.too_recent += 1;
-                    continue;
-                }
-                // SQLite integers are i64: u64 values are stored bit-for-bit.
-                ins.execute(params![
-                    path,
-                    s.size as i64,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.inode as i64,
-                    i64::from(s.mode),
-                    &e.hash.0[..]
-                ])?;
-                out.stored += 1;
-            }
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Drops memo rows whose path `keep` rejects (files gone from the workspace).
-    /// Returns how many were dropped.
-    pub fn prune_memo(&mut self, keep: impl Fn(&str) -> bool) -> Result<usize, CacheError> {
-        let paths: Vec<String> = self
-            .conn
-            .prepare("SELECT path FROM file_memo")
-            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
-            .map_err(|e| self.db_err(e))?;
-        let gone: Vec<&String> = paths.iter().filter(|p| !keep(p)).collect();
-        self.write(|c| {
-            let mut del = c.prepare_cached("DELETE FROM file_memo WHERE path = ?1")?;
-            for p in &gone {
-                del.execute(params![p])?;
-            }
-            Ok(())
-        })?;
-        Ok(gone.len())
+        let mut b = Batch::new(ws.clone(), build_start);
+        for (path, e) in entries {
+            b.learn(path, *e);
+        }
+        let done = self.commit(&mut b)?;
+        Ok(MemoStored {
+            stored: entries.len() - done.too_recent,
+            too_recent: done.too_recent,
+        })
     }
 
     // ---- parse cache ----
 
     /// The stored values of those `keys` that are present (one prepared statement).
     /// Reads only: refreshing the stale hits is [`Cache::put_parsed`]'s job.
-    pub fn get_parsed(&self, keys: &[Key]) -> Result<ParsedHits, CacheError> {
-        let stale_before = now_unix() - TOUCH_AFTER.as_secs() as i64;
+    pub fn get_parsed(&mut self, keys: &[Key]) -> Result<ParsedHits, CacheError> {
+        self.healing(|c| c.get_parsed_once(keys))
+    }
+
+    fn get_parsed_once(&self, keys: &[Key]) -> Result<ParsedHits, CacheError> {
+        let stale_before = now_unix() - secs(TOUCH_AFTER);
         let mut hits = ParsedHits::default();
         // One read transaction: one snapshot and one WAL read lock for all the keys,
         // instead of taking and releasing the lock for each (measurably slower).
@@ -794,6 +1192,10 @@ impl Cache {
     /// and, if anything was stored, deletes the rows unused for [`PARSE_KEEP`].
     /// Does not write at all when both lists are empty. Returns how many rows were
     /// deleted.
+    ///
+    /// Best-effort: it waits at most [`PARSE_WRITE_WAIT`] for the write lock and
+    /// stores nothing (returning `Ok(0)`) if another process holds it longer, so a
+    /// read-only command never waits behind a build.
     pub fn put_parsed(
         &mut self,
         entries: &[(Key, String)],
@@ -802,205 +1204,616 @@ impl Cache {
         if entries.is_empty() && touch.is_empty() {
             return Ok(0);
         }
-        let now = now_unix();
-        let mut dropped = 0;
-        self.write(|c| {
-            let mut ins = c.prepare_cached(
-                "INSERT OR REPLACE INTO parse_cache (key, value, used_at) VALUES (?1, ?2, ?3)",
-            )?;
-            for (k, v) in entries {
-                ins.execute(params![&k.0[..], v, now])?;
-            }
-            let mut upd = c.prepare_cached("UPDATE parse_cache SET used_at = ?2 WHERE key = ?1")?;
-            for k in touch {
-                upd.execute(params![&k.0[..], now])?;
-            }
-            if !entries.is_empty() {
-                dropped = c
-                    .prepare_cached("DELETE FROM parse_cache WHERE used_at < ?1")?
-                    .execute(params![now - PARSE_KEEP.as_secs() as i64])?;
-            }
-            Ok(())
-        })?;
-        Ok(dropped)
-    }
-
-    // ---- image layouts ----
-
-    /// The layout records of every layout directory whose path starts with
-    /// `prefix` (an output directory), by path.
-    pub fn layout_records(
-        &self,
-        prefix: &str,
-    ) -> Result<HashMap<String, LayoutRecord>, CacheError> {
-        let rows: Vec<(String, Vec<u8>, String, String)> = self
-            .conn
-            .prepare_cached("SELECT path, manifest, refs, stamp FROM layout")
-            .and_then(|mut st| {
-                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect()
-            })
-            .map_err(|e| self.db_err(e))?;
-        rows.into_iter()
-            .filter(|(path, ..)| path.starts_with(prefix))
-            .map(|(path, m, refs, stamp)| {
-                let manifest =
-                    Digest(blob32(&m, "a layout manifest").map_err(|w| self.corrupt(w))?);
-                Ok((
-                    path,
-                    LayoutRecord {
-                        manifest,
-                        refs,
-                        stamp,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// Records a layout as written or fully checked. A stamp with an mtime or
-    /// ctime within [`RACY_WINDOW`] of `build_start` is not trusted later: the
-    /// row is dropped instead, and `false` returned.
-    pub fn put_layout(
-        &mut self,
-        path: &str,
-        record: &LayoutRecord,
-        newest_ns: i64,
-        build_start: SystemTime,
-    ) -> Result<bool, CacheError> {
-        let limit = system_time_ns(build_start).saturating_sub(RACY_WINDOW.as_nanos() as i64);
-        let fresh = newest_ns > limit;
-        self.write(|c| {
-            if fresh {
-                c.prepare_cached("DELETE FROM layout WHERE path = ?1")?.execute(params![path])?;
-            } else {
-                c.prepare_cached(
-                    "INSERT OR REPLACE INTO layout (path, manifest, refs, stamp) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![path, &record.manifest.0[..], record.refs, record.stamp])?;
-            }
-            Ok(())
-        })?;
-        Ok(!fresh)
-    }
-
-    // ---- last builds ----
-
-    /// The key and components JSON of the last build of `label`.
-    pub fn last_build(&self, label: &str) -> Result<Option<(Key, String)>, CacheError> {
-        let row: Option<(Vec<u8>, String)> = self
-            .conn
-            .prepare_cached("SELECT key, components FROM last_build WHERE label = ?1")
-            .and_then(|mut st| {
-                st.query_row(params![label], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .map_err(|e| self.db_err(e))?;
-        match row {
-            None => Ok(None),
-            Some((k, json)) => {
-                let key = Key(blob32(&k, "a last-build key").map_err(|w| self.corrupt(w))?);
-                Ok(Some((key, json)))
-            }
+        let result = self.healing(|c| {
+            c.conn
+                .busy_timeout(PARSE_WRITE_WAIT)
+                .map_err(|e| c.db_err(e))?;
+            let r = c.put_parsed_once(entries, touch);
+            c.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| c.db_err(e))?;
+            r
+        });
+        match result {
+            Err(e) if e.is_busy() => Ok(0),
+            other => other,
         }
     }
 
-    /// The key of the last build of every label, in one query (a build compares
-    /// each hit with it, and fetches the components only for what must rebuild).
-    pub fn last_build_keys(&self) -> Result<HashMap<String, Key>, CacheError> {
-        let rows: Vec<(String, Vec<u8>)> = self
-            .conn
-            .prepare_cached("SELECT label, key FROM last_build")
-            .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .map_err(|e| self.db_err(e))?;
-        rows.into_iter()
-            .map(|(label, k)| {
-                let key = Key(blob32(&k, "a last-build key").map_err(|w| self.corrupt(w))?);
-                Ok((label, key))
-            })
-            .collect()
-    }
-
-    /// The recorded outputs of `key` (the scheduler's JSON) without the blob list:
-    /// one indexed read, for the hot path of a no-op build. The flag says the
-    /// entry's `used_at` is older than [`TOUCH_AFTER`]: the caller passes
-    /// such hits to [`Cache::mark_used`], so a build refreshes the garbage
-    /// collector's view at most once a day per entry instead of writing on every hit.
-    pub fn get_outputs(&self, key: &Key) -> Result<Option<(String, bool)>, CacheError> {
-        let stale_before = now_unix() - TOUCH_AFTER.as_secs() as i64;
-        self.conn
-            .prepare_cached("SELECT outputs, used_at < ?2 FROM action WHERE key = ?1")
-            .and_then(|mut st| {
-                st.query_row(params![&key.0[..], stale_before], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-            })
-            .map_err(|e| self.db_err(e))
-    }
-
-    /// Records the last build of `label`: its key and the JSON of the key's named
-    /// components (component name → hash hex), defined by the caller.
-    pub fn set_last_build(
+    fn put_parsed_once(
         &mut self,
-        label: &str,
-        key: &Key,
-        components_json: &str,
-    ) -> Result<(), CacheError> {
+        entries: &[(Key, String)],
+        touch: &[Key],
+    ) -> Result<usize, CacheError> {
         let now = now_unix();
-        self.write(|c| {
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO last_build (label, key, components, built_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![label, &key.0[..], components_json, now])?;
-            Ok(())
-        })
-    }
-
-    // ---- bookkeeping ----
-
-    pub fn stats(&self) -> Result<CacheStats, CacheError> {
-        let count = |sql: &str| -> Result<u64, CacheError> {
-            self.conn
-                .query_row(sql, [], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-                .map_err(|e| self.db_err(e))
-        };
-        Ok(CacheStats {
-            actions: count("SELECT count(*) FROM action")?,
-            memo_entries: count("SELECT count(*) FROM file_memo")?,
-            parsed_files: count("SELECT count(*) FROM parse_cache")?,
-            last_builds: count("SELECT count(*) FROM last_build")?,
-            blobs_referenced: count("SELECT count(DISTINCT digest) FROM action_blob")?,
-            bytes_referenced: count(
-                "SELECT coalesce(sum(size), 0) FROM
-                 (SELECT max(size) AS size FROM action_blob GROUP BY digest)",
-            )?,
-            db_bytes: count(
-                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            )?,
-        })
-    }
-
-    /// One write in its own savepoint: atomic alone, or part of an enclosing
-    /// [`Cache::batch`].
-    fn write(
-        &mut self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
-    ) -> Result<(), CacheError> {
         let path = self.path.clone();
         let err = |source| CacheError::Db {
             path: path.clone(),
             source,
         };
-        let sp = self.conn.savepoint().map_err(err)?;
-        f(&sp).map_err(err)?;
-        sp.commit().map_err(err)
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut dropped = 0;
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO parse_cache (key, value, used_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(err)?;
+            for (k, v) in entries {
+                ins.execute(params![&k.0[..], v, now]).map_err(err)?;
+            }
+            let mut upd = tx
+                .prepare_cached("UPDATE parse_cache SET used_at = ?2 WHERE key = ?1")
+                .map_err(err)?;
+            for k in touch {
+                upd.execute(params![&k.0[..], now]).map_err(err)?;
+            }
+            if !entries.is_empty() {
+                dropped = tx
+                    .prepare_cached("DELETE FROM parse_cache WHERE used_at < ?1")
+                    .and_then(|mut st| st.execute(params![now - secs(PARSE_KEEP)]))
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(dropped)
+    }
+
+    // ---- image layouts ----
+
+    /// The layout records of workspace `ws`, by layout path.
+    pub fn layout_records(
+        &mut self,
+        ws: &WorkspaceId,
+    ) -> Result<BTreeMap<String, RememberedLayout>, CacheError> {
+        let stale_before = now_unix() - secs(TOUCH_AFTER);
+        self.healing(|c| {
+            let rows: Vec<(String, Vec<u8>, String, String, bool)> = c
+                .conn
+                .prepare_cached(
+                    "SELECT path, manifest, refs, stamp, seen_at < ?2 FROM layout WHERE ws = ?1",
+                )
+                .and_then(|mut st| {
+                    st.query_map(params![&ws.id[..], stale_before], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| c.db_err(e))?;
+            rows.into_iter()
+                .map(|(path, m, refs, stamp, stale)| {
+                    let manifest =
+                        Digest(blob32(&m, "a layout manifest").map_err(|w| c.corrupt(w))?);
+                    let record = LayoutRecord {
+                        manifest,
+                        refs,
+                        stamp,
+                    };
+                    Ok((path, RememberedLayout { record, stale }))
+                })
+                .collect()
+        })
+    }
+
+    /// Records a layout right away (see [`Batch::put_layout`]); `false` if its
+    /// stamp was too recent to be stored.
+    pub fn put_layout(
+        &mut self,
+        ws: &WorkspaceId,
+        path: &str,
+        record: &LayoutRecord,
+        blobs: &[Digest],
+        newest_ns: i64,
+        build_start: SystemTime,
+    ) -> Result<bool, CacheError> {
+        let mut b = Batch::new(ws.clone(), build_start);
+        b.put_layout(path, record, blobs, newest_ns);
+        Ok(self.commit(&mut b)?.too_recent == 0)
+    }
+
+    // ---- last builds ----
+
+    /// The key and components JSON of the last build of `label` in workspace `ws`.
+    pub fn last_build(
+        &mut self,
+        ws: &WorkspaceId,
+        label: &str,
+    ) -> Result<Option<(Key, String)>, CacheError> {
+        self.healing(|c| {
+            let row: Option<(Vec<u8>, String)> = c
+                .conn
+                .prepare_cached(
+                    "SELECT key, components FROM last_build WHERE ws = ?1 AND label = ?2",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![&ws.id[..], label], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(|e| c.db_err(e))?;
+            match row {
+                None => Ok(None),
+                Some((k, json)) => {
+                    let key = Key(blob32(&k, "a last-build key").map_err(|w| c.corrupt(w))?);
+                    Ok(Some((key, json)))
+                }
+            }
+        })
+    }
+
+    /// The key of the last build of every label of workspace `ws`, in one query (a
+    /// build compares each hit with it, and fetches the components only for what
+    /// must rebuild).
+    pub fn last_build_keys(
+        &mut self,
+        ws: &WorkspaceId,
+    ) -> Result<BTreeMap<String, LastKey>, CacheError> {
+        let stale_before = now_unix() - secs(TOUCH_AFTER);
+        self.healing(|c| {
+            let rows: Vec<(String, Vec<u8>, bool)> = c
+                .conn
+                .prepare_cached("SELECT label, key, seen_at < ?2 FROM last_build WHERE ws = ?1")
+                .and_then(|mut st| {
+                    st.query_map(params![&ws.id[..], stale_before], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| c.db_err(e))?;
+            rows.into_iter()
+                .map(|(label, k, stale)| {
+                    let key = Key(blob32(&k, "a last-build key").map_err(|w| c.corrupt(w))?);
+                    Ok((label, LastKey { key, stale }))
+                })
+                .collect()
+        })
+    }
+
+    /// Records the last build of `label` in workspace `ws` right away.
+    pub fn set_last_build(
+        &mut self,
+        ws: &WorkspaceId,
+        label: &str,
+        key: &Key,
+        components_json: &str,
+    ) -> Result<(), CacheError> {
+        let mut b = Batch::new(ws.clone(), SystemTime::now());
+        b.set_last_build(label, key, components_json);
+        self.commit(&mut b).map(|_| ())
+    }
+
+    // ---- writing ----
+
+    /// A batch for writes that name no workspace (actions).
+    fn unscoped_batch(&self) -> Batch {
+        Batch::new(WorkspaceId::of_root(Path::new("")), SystemTime::now())
+    }
+
+    /// Writes everything `batch` holds, in transactions of at most [`CHUNK`] rows,
+    /// and empties it. Also refreshes the workspace's last-seen time (at most
+    /// hourly: with nothing to write and a fresh workspace row, it writes nothing)
+    /// and, at most once per [`PRUNE_EVERY`] or when a new workspace appears,
+    /// prunes old rows ([`Cache::prune`]).
+    ///
+    /// The rows are independent, so an error (a full disk, a lock held past the
+    /// busy timeout) loses the rows not yet written (the batch is emptied anyway:
+    /// it is only an index) and is returned for the caller to warn about.
+    pub fn commit(&mut self, batch: &mut Batch) -> Result<Committed, CacheError> {
+        let now = now_unix();
+        let mut done = Committed::default();
+        let new_workspace = self.healing(|c| c.touch_workspace(&batch.ws, now))?;
+        if new_workspace.is_some() {
+            done.transactions += 1;
+        }
+        done = self.commit_ops_counting(batch, done)?;
+        if new_workspace == Some(true) {
+            // Cheap (by primary key), so a new checkout path per CI job cannot
+            // pile up memo rows between two daily prunes.
+            self.healing(|c| c.evict_workspaces(now - secs(KEEP)).map(|_| ()))?;
+        }
+        if !self.prune_checked {
+            self.prune_checked = true;
+            if self.prune_due(now)? {
+                self.prune(now)?;
+                done.pruned = true;
+            }
+        }
+        Ok(done)
+    }
+
+    /// [`Cache::commit`] without the workspace bookkeeping (for rows that name no
+    /// workspace).
+    fn commit_ops(&mut self, batch: &mut Batch) -> Result<Committed, CacheError> {
+        self.commit_ops_counting(batch, Committed::default())
+    }
+
+    fn commit_ops_counting(
+        &mut self,
+        batch: &mut Batch,
+        mut done: Committed,
+    ) -> Result<Committed, CacheError> {
+        let ops = std::mem::take(&mut batch.ops);
+        let now = now_unix();
+        for chunk in ops.chunks(CHUNK) {
+            let (rows, too_recent) =
+                self.healing(|c| c.write_chunk(&batch.ws, chunk, batch.settled_before_ns, now))?;
+            done.rows += rows;
+            done.too_recent += too_recent;
+            done.transactions += 1;
+        }
+        Ok(done)
+    }
+
+    /// Inserts or refreshes the workspace row if it is missing or older than
+    /// [`WORKSPACE_TOUCH_AFTER`]: `Some(true)` if it was new, `Some(false)` if
+    /// refreshed, `None` if nothing was written.
+    fn touch_workspace(&mut self, ws: &WorkspaceId, now: i64) -> Result<Option<bool>, CacheError> {
+        let seen: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT seen_at FROM workspace WHERE id = ?1")
+            .and_then(|mut st| st.query_row(params![&ws.id[..]], |r| r.get(0)).optional())
+            .map_err(|e| self.db_err(e))?;
+        if seen.is_some_and(|s| s >= now - secs(WORKSPACE_TOUCH_AFTER)) {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO workspace (id, root, seen_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| st.execute(params![&ws.id[..], ws.root, now]))
+            .map_err(|e| self.db_err(e))?;
+        Ok(Some(seen.is_none()))
+    }
+
+    /// One short write transaction: (rows written, rows refused as too recent).
+    fn write_chunk(
+        &mut self,
+        ws: &WorkspaceId,
+        ops: &[Op],
+        settled_before_ns: i64,
+        now: i64,
+    ) -> Result<(usize, usize), CacheError> {
+        let path = self.path.clone();
+        let err = |source| CacheError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut too_recent = 0;
+        for op in ops {
+            if !write_op(&tx, &ws.id, op, settled_before_ns, now).map_err(err)? {
+                too_recent += 1;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok((ops.len() - too_recent, too_recent))
+    }
+
+    fn prune_due(&mut self, now: i64) -> Result<bool, CacheError> {
+        self.healing(|c| {
+            let last: Option<i64> = c
+                .conn
+                .prepare_cached("SELECT value FROM meta WHERE name = 'pruned_at'")
+                .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+                .map_err(|e| c.db_err(e))?;
+            Ok(last.is_none_or(|t| t < now - secs(PRUNE_EVERY)))
+        })
+    }
+
+    /// Deletes the rows of workspaces not seen for [`KEEP`] or beyond the
+    /// [`MAX_WORKSPACES`] most recently seen, and every memo row, blob check, last
+    /// build, layout and parse-cache row not used since `now - KEEP` (unix
+    /// seconds). One short transaction per table.
+    pub fn prune(&mut self, now: i64) -> Result<Pruned, CacheError> {
+        let cutoff = now - secs(KEEP);
+        self.healing(|c| c.prune_once(now, cutoff))
+    }
+
+    /// Deletes workspaces not seen since `cutoff` or beyond the [`MAX_WORKSPACES`]
+    /// most recently seen, with every row they scope: one short transaction each.
+    fn evict_workspaces(&mut self, cutoff: i64) -> Result<Pruned, CacheError> {
+        let path = self.path.clone();
+        let err = |source| CacheError::Db {
+            path: path.clone(),
+            source,
+        };
+        let mut out = Pruned::default();
+        let keep = i64::try_from(MAX_WORKSPACES).unwrap_or(i64::MAX);
+        // Workspaces first, with everything they scope.
+        let gone: Vec<Vec<u8>> = self
+            .conn
+            .prepare(
+                "SELECT id FROM workspace WHERE seen_at < ?1 OR id NOT IN
+                 (SELECT id FROM workspace ORDER BY seen_at DESC, id LIMIT ?2)",
+            )
+            .and_then(|mut st| st.query_map(params![cutoff, keep], |r| r.get(0))?.collect())
+            .map_err(err)?;
+        for id in &gone {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            out.memo_rows += tx
+                .execute("DELETE FROM file_memo WHERE ws = ?1", params![id])
+                .map_err(err)?;
+            out.last_builds += tx
+                .execute("DELETE FROM last_build WHERE ws = ?1", params![id])
+                .map_err(err)?;
+            out.layouts += tx
+                .execute("DELETE FROM layout WHERE ws = ?1", params![id])
+                .map_err(err)?;
+            tx.execute("DELETE FROM layout_blob WHERE ws = ?1", params![id])
+                .map_err(err)?;
+            out.workspaces += tx
+                .execute("DELETE FROM workspace WHERE id = ?1", params![id])
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(out)
+    }
+
+    fn prune_once(&mut self, now: i64, cutoff: i64) -> Result<Pruned, CacheError> {
+        let mut out = self.evict_workspaces(cutoff)?;
+        let path = self.path.clone();
+        let err = |source| CacheError::Db {
+            path: path.clone(),
+            source,
+        };
+        // Then rows not used for a while, and rows whose workspace is gone.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        out.memo_rows += tx
+            .execute(
+                "DELETE FROM file_memo WHERE seen_at < ?1
+                 OR ws NOT IN (SELECT id FROM workspace)",
+                params![cutoff],
+            )
+            .map_err(err)?;
+        out.last_builds += tx
+            .execute(
+                "DELETE FROM last_build WHERE seen_at < ?1
+                 OR ws NOT IN (SELECT id FROM workspace)",
+                params![cutoff],
+            )
+            .map_err(err)?;
+        out.layouts += tx
+            .execute(
+                "DELETE FROM layout WHERE seen_at < ?1
+                 OR ws NOT IN (SELECT id FROM workspace)",
+                params![cutoff],
+            )
+            .map_err(err)?;
+        tx.execute(
+            "DELETE FROM layout_blob WHERE NOT EXISTS (SELECT 1 FROM layout
+             WHERE layout.ws = layout_blob.ws AND layout.path = layout_blob.path)",
+            [],
+        )
+        .map_err(err)?;
+        out.blob_checks += tx
+            .execute("DELETE FROM blob_check WHERE seen_at < ?1", params![cutoff])
+            .map_err(err)?;
+        out.parsed_files += tx
+            .execute(
+                "DELETE FROM parse_cache WHERE used_at < ?1",
+                params![cutoff],
+            )
+            .map_err(err)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES ('pruned_at', ?1)",
+            params![now],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(out)
+    }
+
+    // ---- bookkeeping ----
+
+    pub fn stats(&mut self) -> Result<CacheStats, CacheError> {
+        self.healing(|c| {
+            let count = |sql: &str| -> Result<u64, CacheError> {
+                c.conn
+                    .query_row(sql, [], |r| r.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(|e| c.db_err(e))
+            };
+            Ok(CacheStats {
+                actions: count("SELECT count(*) FROM action")?,
+                memo_entries: count("SELECT count(*) FROM file_memo")?,
+                parsed_files: count("SELECT count(*) FROM parse_cache")?,
+                last_builds: count("SELECT count(*) FROM last_build")?,
+                workspaces: count("SELECT count(*) FROM workspace")?,
+                layouts: count("SELECT count(*) FROM layout")?,
+                blob_checks: count("SELECT count(*) FROM blob_check")?,
+                blobs_referenced: count("SELECT count(DISTINCT digest) FROM action_blob")?,
+                bytes_referenced: count(
+                    "SELECT coalesce(sum(size), 0) FROM
+                     (SELECT max(size) AS size FROM action_blob GROUP BY digest)",
+                )?,
+                db_bytes: count(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )?,
+            })
+        })
     }
 }
 
-type MemoRow = (i64, i64, i64, i64, i64, Vec<u8>);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaState {
+    Current,
+    Empty,
+}
+
+/// Writes one record; `false` if the racy-file rule refused it.
+fn write_op(
+    c: &Connection,
+    ws: &[u8; 32],
+    op: &Op,
+    settled_before_ns: i64,
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let ws = &ws[..];
+    match op {
+        Op::Action {
+            key,
+            kind,
+            label,
+            outputs,
+            blobs,
+        } => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO action (key, kind, label, outputs, created_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )?
+            .execute(params![&key.0[..], kind, label, outputs, now])?;
+            c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
+                .execute(params![&key.0[..]])?;
+            let mut ins = c.prepare_cached(
+                "INSERT OR REPLACE INTO action_blob (key, digest, size) VALUES (?1, ?2, ?3)",
+            )?;
+            for b in blobs {
+                let size = i64::try_from(b.size).unwrap_or(i64::MAX);
+                ins.execute(params![&key.0[..], &b.digest.0[..], size])?;
+            }
+        }
+        Op::Forget(key) => {
+            c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
+                .execute(params![&key.0[..]])?;
+            c.prepare_cached("DELETE FROM action WHERE key = ?1")?
+                .execute(params![&key.0[..]])?;
+        }
+        Op::Used(key) => {
+            c.prepare_cached("UPDATE action SET used_at = ?2 WHERE key = ?1")?
+                .execute(params![&key.0[..], now])?;
+        }
+        Op::LastBuild {
+            label,
+            key,
+            components,
+        } => {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO last_build (ws, label, key, components, built_at, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )?
+            .execute(params![ws, label, &key.0[..], components, now])?;
+        }
+        Op::TouchLastBuild(label) => {
+            c.prepare_cached("UPDATE last_build SET seen_at = ?3 WHERE ws = ?1 AND label = ?2")?
+                .execute(params![ws, label, now])?;
+        }
+        Op::Memo(path, e) => {
+            if !e.stat.settled(settled_before_ns) {
+                c.prepare_cached("DELETE FROM file_memo WHERE ws = ?1 AND path = ?2")?
+                    .execute(params![ws, path])?;
+                return Ok(false);
+            }
+            let s = &e.stat;
+            // SQLite integers are i64: u64 values are stored bit-for-bit.
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO file_memo
+                 (ws, path, size, mtime_ns, ctime_ns, inode, mode, hash, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                ws,
+                path,
+                s.size as i64,
+                s.mtime_ns,
+                s.ctime_ns,
+                s.inode as i64,
+                i64::from(s.mode),
+                &e.hash.0[..],
+                now
+            ])?;
+        }
+        Op::TouchMemo(path) => {
+            c.prepare_cached("UPDATE file_memo SET seen_at = ?3 WHERE ws = ?1 AND path = ?2")?
+                .execute(params![ws, path, now])?;
+        }
+        Op::BlobVerified(d, s) => {
+            if !s.settled(settled_before_ns) {
+                c.prepare_cached("DELETE FROM blob_check WHERE digest = ?1")?
+                    .execute(params![&d.0[..]])?;
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO blob_check
+                 (digest, size, mtime_ns, ctime_ns, inode, mode, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                &d.0[..],
+                s.size as i64,
+                s.mtime_ns,
+                s.ctime_ns,
+                s.inode as i64,
+                i64::from(s.mode),
+                now
+            ])?;
+        }
+        Op::TouchBlob(d) => {
+            c.prepare_cached("UPDATE blob_check SET seen_at = ?2 WHERE digest = ?1")?
+                .execute(params![&d.0[..], now])?;
+        }
+        Op::Layout {
+            path,
+            record,
+            blobs,
+            newest_ns,
+        } => {
+            c.prepare_cached("DELETE FROM layout_blob WHERE ws = ?1 AND path = ?2")?
+                .execute(params![ws, path])?;
+            if *newest_ns > settled_before_ns {
+                c.prepare_cached("DELETE FROM layout WHERE ws = ?1 AND path = ?2")?
+                    .execute(params![ws, path])?;
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO layout (ws, path, manifest, refs, stamp, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                ws,
+                path,
+                &record.manifest.0[..],
+                record.refs,
+                record.stamp,
+                now
+            ])?;
+            let mut ins = c.prepare_cached(
+                "INSERT OR REPLACE INTO layout_blob (ws, path, digest) VALUES (?1, ?2, ?3)",
+            )?;
+            for d in blobs {
+                ins.execute(params![ws, path, &d.0[..]])?;
+            }
+        }
+        Op::TouchLayout(path) => {
+            c.prepare_cached("UPDATE layout SET seen_at = ?3 WHERE ws = ?1 AND path = ?2")?
+                .execute(params![ws, path, now])?;
+        }
+        Op::Repaired(d) => {
+            // Every layout (of any workspace) naming the blob, then its blob rows.
+            let named: Vec<(Vec<u8>, String)> = c
+                .prepare_cached("SELECT ws, path FROM layout_blob WHERE digest = ?1")?
+                .query_map(params![&d.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (w, p) in &named {
+                c.prepare_cached("DELETE FROM layout WHERE ws = ?1 AND path = ?2")?
+                    .execute(params![w, p])?;
+                c.prepare_cached("DELETE FROM layout_blob WHERE ws = ?1 AND path = ?2")?
+                    .execute(params![w, p])?;
+            }
+            c.prepare_cached("DELETE FROM blob_check WHERE digest = ?1")?
+                .execute(params![&d.0[..]])?;
+        }
+    }
+    Ok(true)
+}
 
 fn classify(path: &str, source: rusqlite::Error) -> Unusable {
     if is_corruption(&source) {
@@ -1066,10 +1879,30 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    fn ws(name: &str) -> WorkspaceId {
+        WorkspaceId::of_root(Path::new(name))
+    }
+
+    /// Sets the last-use time of every row of `table` to `secs_ago` seconds ago.
+    fn age(c: &Cache, table: &str, column: &str, secs_ago: u64) {
+        c.conn
+            .execute(
+                &format!("UPDATE {table} SET {column} = ?1"),
+                params![now_unix() - secs_ago as i64],
+            )
+            .unwrap();
+    }
+
+    fn count(c: &Cache, table: &str) -> i64 {
+        c.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// If this fails, the schema changed: bump SCHEMA_VERSION and update the hash.
     #[test]
     fn schema_is_pinned_to_its_version() {
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         // Comments and layout do not count, only the statements.
         let normalized: Vec<&str> = SCHEMA
             .lines()
@@ -1078,13 +1911,20 @@ mod tests {
             .collect();
         assert_eq!(
             Key::of_bytes(normalized.join(" ").as_bytes()).to_hex(),
-            "345d66c2b90ea7747f92b123b8ba0f27ea72697c4563775242fafa05247f8d58",
+            "928c1175793e8546c0462791e2f086979f69300eda56a82306301f5e0161564a",
             "cache-schema.sql changed: bump SCHEMA_VERSION and update this hash"
         );
     }
 
     #[test]
-    fn layout_records_round_trip_by_prefix_and_refuse_racy_stamps() {
+    fn workspace_ids_differ_by_root_and_are_stable() {
+        assert_eq!(ws("/a/b"), ws("/a/b"));
+        assert_ne!(ws("/a/b").id, ws("/a/c").id);
+        assert_eq!(ws("/a/b").root(), "/a/b");
+    }
+
+    #[test]
+    fn layout_records_are_per_workspace_and_refuse_racy_stamps() {
         let mut c = Cache::open_in_memory().unwrap();
         let r = LayoutRecord {
             manifest: Digest::of_bytes(b"m"),
@@ -1092,23 +1932,66 @@ mod tests {
             stamp: "1:2:3".into(),
         };
         let old_ns = 1_000_000_000i64;
+        let blobs = [Digest::of_bytes(b"m"), Digest::of_bytes(b"c")];
+        let (one, two) = (ws("/ws"), ws("/other"));
         assert!(
-            c.put_layout("/ws/imgc-out/a/b", &r, old_ns, at(100))
+            c.put_layout(&one, "/ws/imgc-out/a/b", &r, &blobs, old_ns, at(100))
                 .unwrap()
         );
         assert!(
-            c.put_layout("/other/imgc-out/a/b", &r, old_ns, at(100))
+            c.put_layout(&two, "/other/imgc-out/a/b", &r, &blobs, old_ns, at(100))
                 .unwrap()
         );
-        let got = c.layout_records("/ws/imgc-out/").unwrap();
+        let got = c.layout_records(&one).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(got["/ws/imgc-out/a/b"], r);
+        assert_eq!(got["/ws/imgc-out/a/b"].record, r);
+        assert!(!got["/ws/imgc-out/a/b"].stale);
         // a stamp within the racy window replaces nothing and drops the row
         assert!(
-            !c.put_layout("/ws/imgc-out/a/b", &r, 99_500_000_000, at(100))
-                .unwrap()
+            !c.put_layout(
+                &one,
+                "/ws/imgc-out/a/b",
+                &r,
+                &blobs,
+                99_500_000_000,
+                at(100)
+            )
+            .unwrap()
         );
-        assert!(c.layout_records("/ws/imgc-out/").unwrap().is_empty());
+        assert!(c.layout_records(&one).unwrap().is_empty());
+        assert_eq!(c.layout_records(&two).unwrap().len(), 1);
+        assert_eq!(count(&c, "layout_blob"), 2, "only the other layout's blobs");
+    }
+
+    /// A store blob replaced after damage was linked by layouts of any checkout:
+    /// none of their records may be trusted any more.
+    #[test]
+    fn a_repaired_blob_forgets_every_layout_naming_it_in_every_workspace() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let r = LayoutRecord {
+            manifest: Digest::of_bytes(b"m"),
+            refs: "latest".into(),
+            stamp: "s".into(),
+        };
+        let (damaged, other) = (Digest::of_bytes(b"layer"), Digest::of_bytes(b"other"));
+        let (one, two) = (ws("/one"), ws("/two"));
+        for (w, path, blobs) in [
+            (&one, "/one/out/app", vec![r.manifest, damaged]),
+            (&two, "/two/out/app", vec![r.manifest, damaged]),
+            (&two, "/two/out/base", vec![r.manifest, other]),
+        ] {
+            assert!(c.put_layout(w, path, &r, &blobs, 1, at(100)).unwrap());
+        }
+        let mut b = Batch::new(one.clone(), at(100));
+        b.blob_verified(&damaged, stat(10));
+        b.blob_repaired(&damaged);
+        c.commit(&mut b).unwrap();
+        assert!(b.is_empty());
+        assert!(c.layout_records(&one).unwrap().is_empty());
+        let left: Vec<String> = c.layout_records(&two).unwrap().into_keys().collect();
+        assert_eq!(left, ["/two/out/base"]);
+        assert_eq!(count(&c, "layout_blob"), 2);
+        assert_eq!(count(&c, "blob_check"), 0, "its verification is void too");
     }
 
     #[test]
@@ -1120,10 +2003,7 @@ mod tests {
             c.get_outputs(&key(1)).unwrap(),
             Some(("{}".to_string(), false))
         );
-        let old = now_unix() - TOUCH_AFTER.as_secs() as i64 - 10;
-        c.conn
-            .execute("UPDATE action SET used_at = ?1", params![old])
-            .unwrap();
+        age(&c, "action", "used_at", TOUCH_AFTER.as_secs() + 10);
         assert_eq!(
             c.get_outputs(&key(1)).unwrap(),
             Some(("{}".to_string(), true))
@@ -1177,7 +2057,7 @@ mod tests {
             .unwrap();
         c.put_action(&key(2), "image", "//a:i", "{}", &[blob(1, 100), blob(3, 7)])
             .unwrap();
-        c.set_last_build("//a:i", &key(2), "{}").unwrap();
+        c.set_last_build(&ws("/w"), "//a:i", &key(2), "{}").unwrap();
         let refs = c.referenced_blobs().unwrap();
         let want: BTreeSet<Digest> = [1u8, 2, 3]
             .iter()
@@ -1189,6 +2069,7 @@ mod tests {
         assert_eq!(s.blobs_referenced, 3);
         assert_eq!(s.bytes_referenced, 112);
         assert_eq!(s.last_builds, 1);
+        assert_eq!(s.workspaces, 1);
         assert_eq!(s.memo_entries, 0);
         assert!(s.db_bytes > 0);
     }
@@ -1240,22 +2121,47 @@ mod tests {
     }
 
     #[test]
-    fn last_build_round_trip() {
+    fn last_builds_are_kept_per_workspace() {
         let mut c = Cache::open_in_memory().unwrap();
-        assert_eq!(c.last_build("//a:i").unwrap(), None);
-        c.set_last_build("//a:i", &key(1), r#"{"file:x":"ab"}"#)
+        let (one, two) = (ws("/checkout-one"), ws("/checkout-two"));
+        assert_eq!(c.last_build(&one, "//a:i").unwrap(), None);
+        c.set_last_build(&one, "//a:i", &key(1), r#"{"file:x":"ab"}"#)
             .unwrap();
-        c.set_last_build("//a:i", &key(2), r#"{"file:x":"cd"}"#)
+        c.set_last_build(&one, "//a:i", &key(2), r#"{"file:x":"cd"}"#)
+            .unwrap();
+        // another checkout of the same label does not overwrite it
+        c.set_last_build(&two, "//a:i", &key(3), r#"{"file:x":"ef"}"#)
             .unwrap();
         assert_eq!(
-            c.last_build("//a:i").unwrap(),
+            c.last_build(&one, "//a:i").unwrap(),
             Some((key(2), r#"{"file:x":"cd"}"#.to_string()))
         );
+        assert_eq!(
+            c.last_build(&two, "//a:i").unwrap(),
+            Some((key(3), r#"{"file:x":"ef"}"#.to_string()))
+        );
+        let keys = c.last_build_keys(&one).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            keys["//a:i"],
+            LastKey {
+                key: key(2),
+                stale: false
+            }
+        );
+        age(&c, "last_build", "seen_at", TOUCH_AFTER.as_secs() + 10);
+        assert!(c.last_build_keys(&one).unwrap()["//a:i"].stale);
+        let mut b = Batch::new(one.clone(), SystemTime::now());
+        b.touch_last_build("//a:i");
+        c.commit(&mut b).unwrap();
+        assert!(!c.last_build_keys(&one).unwrap()["//a:i"].stale);
+        assert!(c.last_build_keys(&two).unwrap()["//a:i"].stale);
     }
 
     #[test]
     fn memo_round_trip_and_racy_rule() {
         let mut c = Cache::open_in_memory().unwrap();
+        let w = ws("/w");
         let start = at(1_000_000);
         let old = MemoEntry {
             stat: stat(1_000_000 - 10),
@@ -1277,7 +2183,7 @@ mod tests {
             ("future".to_string(), future),
             ("ctime".to_string(), recent_ctime),
         ];
-        let r = c.store_memo(start, &entries).unwrap();
+        let r = c.store_memo(&w, start, &entries).unwrap();
         assert_eq!(
             r,
             MemoStored {
@@ -1286,7 +2192,7 @@ mod tests {
             }
         );
 
-        let memo = c.load_memo().unwrap();
+        let memo = c.load_memo(&w).unwrap();
         assert_eq!(memo.len(), 1);
         assert_eq!(memo.lookup("old", &old.stat), Some(key(1)));
         assert_eq!(memo.lookup("racy", &racy.stat), None);
@@ -1300,19 +2206,196 @@ mod tests {
 
         // A later build trusts the once-racy file, and a racy re-store drops the old row.
         let later = at(1_000_100);
-        c.store_memo(later, &[("racy".to_string(), racy)]).unwrap();
+        c.store_memo(&w, later, &[("racy".to_string(), racy)])
+            .unwrap();
         let edited = MemoEntry {
             stat: stat(1_000_100),
             hash: key(4),
         };
-        c.store_memo(later, &[("old".to_string(), edited)]).unwrap();
-        let memo = c.load_memo().unwrap();
+        c.store_memo(&w, later, &[("old".to_string(), edited)])
+            .unwrap();
+        let memo = c.load_memo(&w).unwrap();
         assert_eq!(memo.lookup("racy", &racy.stat), Some(key(2)));
         assert_eq!(memo.lookup("old", &old.stat), None);
         assert_eq!(c.stats().unwrap().memo_entries, 1);
+    }
 
-        assert_eq!(c.prune_memo(|p| p != "racy").unwrap(), 1);
-        assert!(c.load_memo().unwrap().is_empty());
+    /// CI with a new checkout path per job must not make every build load (and the
+    /// index keep) every other checkout's rows.
+    #[test]
+    fn a_build_loads_only_its_own_workspace_memo() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let e = MemoEntry {
+            stat: stat(100),
+            hash: key(1),
+        };
+        for n in 0..5 {
+            let w = ws(&format!("/ci/job-{n}"));
+            c.store_memo(&w, at(1_000), &[(format!("/ci/job-{n}/f"), e)])
+                .unwrap();
+        }
+        let memo = c.load_memo(&ws("/ci/job-3")).unwrap();
+        assert_eq!(memo.len(), 1);
+        assert_eq!(memo.lookup("/ci/job-3/f", &e.stat), Some(key(1)));
+        assert!(c.load_memo(&ws("/ci/job-9")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn blob_checks_round_trip_and_follow_the_racy_rule() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let w = ws("/w");
+        let (d1, d2) = (Digest::of_bytes(b"1"), Digest::of_bytes(b"2"));
+        let mut b = Batch::new(w.clone(), at(1_000));
+        b.blob_verified(&d1, stat(500));
+        b.blob_verified(&d2, stat(999)); // too recent
+        let done = c.commit(&mut b).unwrap();
+        assert_eq!((done.rows, done.too_recent), (1, 1));
+        let memo = c.load_memo(&ws("/any")).unwrap();
+        assert!(memo.blob_verified(&d1, &stat(500)));
+        assert!(!memo.blob_verified(&d1, &stat(501)));
+        assert!(!memo.blob_verified(&d2, &stat(999)));
+    }
+
+    /// Rows used by a build are refreshed at most once a day (so a no-op build
+    /// writes nothing), and rows nobody used for 30 days are pruned.
+    #[test]
+    fn used_rows_are_touched_and_unused_rows_pruned() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let w = ws("/w");
+        let e = MemoEntry {
+            stat: stat(100),
+            hash: key(1),
+        };
+        let d = Digest::of_bytes(b"blob");
+        let mut b = Batch::new(w.clone(), at(1_000));
+        b.learn("/w/used", e);
+        b.learn("/w/unused", e);
+        b.blob_verified(&d, stat(100));
+        c.commit(&mut b).unwrap();
+
+        // Fresh rows: a lookup marks nothing, touching writes nothing.
+        let memo = c.load_memo(&w).unwrap();
+        assert!(memo.lookup("/w/used", &e.stat).is_some());
+        let mut b = Batch::new(w.clone(), at(1_000));
+        b.touch_memo(&memo);
+        assert!(b.is_empty());
+
+        // Stale rows that are used get touched; unused ones are left to age.
+        age(&c, "file_memo", "seen_at", KEEP.as_secs() - 100);
+        age(&c, "blob_check", "seen_at", KEEP.as_secs() - 100);
+        let memo = c.load_memo(&w).unwrap();
+        assert!(memo.lookup("/w/used", &e.stat).is_some());
+        assert!(memo.blob_verified(&d, &stat(100)));
+        let mut b = Batch::new(w.clone(), at(1_000));
+        b.touch_memo(&memo);
+        assert_eq!(b.len(), 2);
+        c.commit(&mut b).unwrap();
+
+        // A month later, only what was touched is left.
+        let pruned = c.prune(now_unix() + 200).unwrap();
+        assert_eq!(pruned.memo_rows, 1);
+        assert_eq!(pruned.blob_checks, 0);
+        let memo = c.load_memo(&w).unwrap();
+        assert_eq!(memo.len(), 1);
+        assert!(memo.lookup("/w/used", &e.stat).is_some());
+    }
+
+    #[test]
+    fn only_the_most_recent_workspaces_keep_their_rows() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let e = MemoEntry {
+            stat: stat(100),
+            hash: key(1),
+        };
+        let r = LayoutRecord {
+            manifest: Digest::of_bytes(b"m"),
+            refs: "latest".into(),
+            stamp: "s".into(),
+        };
+        let n = MAX_WORKSPACES + 4;
+        let now = now_unix();
+        for i in 0..n {
+            let w = ws(&format!("/ci/{i:02}"));
+            let mut b = Batch::new(w.clone(), at(1_000));
+            b.learn(&format!("/ci/{i:02}/f"), e);
+            b.set_last_build("//a:b", &key(1), "{}");
+            b.put_layout(&format!("/ci/{i:02}/out"), &r, &[r.manifest], 1);
+            c.commit(&mut b).unwrap();
+            // Seen in order: workspace i was last seen i seconds after the first.
+            c.conn
+                .execute(
+                    "UPDATE workspace SET seen_at = ?2 WHERE id = ?1",
+                    params![&w.id[..], now - 1_000 + i as i64],
+                )
+                .unwrap();
+        }
+        // Each new workspace evicted the oldest beyond the limit, with its rows.
+        assert_eq!(count(&c, "workspace") as usize, MAX_WORKSPACES);
+        for table in ["file_memo", "last_build", "layout", "layout_blob"] {
+            assert_eq!(count(&c, table) as usize, MAX_WORKSPACES, "{table}");
+        }
+        assert!(c.load_memo(&ws("/ci/03")).unwrap().is_empty());
+        assert_eq!(c.load_memo(&ws("/ci/04")).unwrap().len(), 1);
+        assert_eq!(c.prune(now).unwrap(), Pruned::default());
+
+        // Not seen for 30 days: gone too, whatever the count.
+        let later = now + KEEP.as_secs() as i64;
+        let pruned = c.prune(later).unwrap();
+        assert_eq!(pruned.workspaces, MAX_WORKSPACES);
+        assert_eq!(pruned.memo_rows, MAX_WORKSPACES);
+        for table in [
+            "workspace",
+            "file_memo",
+            "last_build",
+            "layout",
+            "layout_blob",
+        ] {
+            assert_eq!(count(&c, table), 0, "{table}");
+        }
+    }
+
+    /// A new workspace evicts the oldest at once, without waiting for the daily
+    /// prune: a CI runner with a new checkout path per job stays bounded.
+    #[test]
+    fn a_new_workspace_evicts_the_oldest_beyond_the_limit() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let e = MemoEntry {
+            stat: stat(100),
+            hash: key(1),
+        };
+        for i in 0..MAX_WORKSPACES + 3 {
+            let w = ws(&format!("/ci/{i:02}"));
+            c.store_memo(&w, at(1_000), &[("f".to_string(), e)])
+                .unwrap();
+            c.conn
+                .execute(
+                    "UPDATE workspace SET seen_at = seen_at - ?2 WHERE id = ?1",
+                    params![&w.id[..], 1_000 - i as i64],
+                )
+                .unwrap();
+        }
+        assert_eq!(count(&c, "workspace") as usize, MAX_WORKSPACES);
+        assert_eq!(count(&c, "file_memo") as usize, MAX_WORKSPACES);
+    }
+
+    #[test]
+    fn commit_writes_in_short_transactions_and_empties_the_batch() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let w = ws("/w");
+        let mut b = Batch::new(w.clone(), SystemTime::now());
+        for n in 0..(CHUNK * 3 + 1) as u32 {
+            let k = Key::of_bytes(&n.to_le_bytes());
+            b.put_action(&k, "layer", "//a:l", "{}", &[blob(1, 1)]);
+        }
+        let done = c.commit(&mut b).unwrap();
+        assert!(b.is_empty());
+        assert_eq!(done.rows, CHUNK * 3 + 1);
+        // one for the new workspace row, four for the records
+        assert_eq!(done.transactions, 5);
+        assert_eq!(c.stats().unwrap().actions, (CHUNK * 3 + 1) as u64);
+        // the workspace row is fresh: an empty commit writes nothing
+        let done = c.commit(&mut b).unwrap();
+        assert_eq!(done.transactions, 0);
     }
 
     #[test]
@@ -1325,29 +2408,6 @@ mod tests {
         assert!(s.mtime_ns > 1_600_000_000 * 1_000_000_000);
         assert_eq!(s.mode & 0o170000, 0o100000);
         assert_eq!(s, StatKey::from_metadata(&std::fs::metadata(&p).unwrap()));
-    }
-
-    #[test]
-    fn batch_commits_together_or_not_at_all() {
-        let mut c = Cache::open_in_memory().unwrap();
-        c.batch(|c| {
-            for n in 0..100 {
-                c.put_action(&key(n), "layer", "//a:l", "{}", &[blob(n, 1)])?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(c.stats().unwrap().actions, 100);
-
-        let r: Result<(), CacheError> = c.batch(|c| {
-            c.forget_action(&key(0))?;
-            Err(CacheError::Corrupt {
-                path: "x".into(),
-                what: "test".into(),
-            })
-        });
-        assert!(r.is_err());
-        assert!(c.get_action(&key(0)).unwrap().is_some(), "rolled back");
     }
 
     #[test]
@@ -1371,7 +2431,7 @@ mod tests {
                 .unwrap();
             assert_eq!(sync, 1);
         }
-        let (c, warning) = Cache::open(&path).unwrap();
+        let (mut c, warning) = Cache::open(&path).unwrap();
         assert_eq!(warning, None);
         assert!(c.get_action(&key(1)).unwrap().is_some());
     }
@@ -1387,6 +2447,48 @@ mod tests {
         b.put_action(&key(2), "layer", "//a:m", "{}", &[]).unwrap();
         assert!(a.get_action(&key(2)).unwrap().is_some());
         assert!(b.get_action(&key(1)).unwrap().is_some());
+    }
+
+    /// While another process holds the write lock (a build committing), opening
+    /// the cache and everything a read-only command does must not wait for it.
+    #[test]
+    fn opening_and_reading_never_wait_for_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        let w = ws("/w");
+        {
+            let (mut c, _) = Cache::open(&path).unwrap();
+            c.put_action(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)])
+                .unwrap();
+            c.put_parsed(&[(key(7), "[7]".to_string())], &[]).unwrap();
+        }
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        holder
+            .execute("DELETE FROM meta WHERE name = 'none'", [])
+            .unwrap();
+
+        let t = std::time::Instant::now();
+        let (mut c, warning) = Cache::open(&path).unwrap();
+        assert_eq!(warning, None);
+        assert!(c.get_outputs(&key(1)).unwrap().is_some());
+        assert_eq!(c.get_parsed(&[key(7)]).unwrap().values.len(), 1);
+        c.load_memo(&w).unwrap();
+        c.last_build_keys(&w).unwrap();
+        c.layout_records(&w).unwrap();
+        c.stats().unwrap();
+        // the parse cache write is best-effort: skipped when the lock is busy
+        assert_eq!(
+            c.put_parsed(&[(key(8), "[8]".to_string())], &[]).unwrap(),
+            0
+        );
+        let took = t.elapsed();
+        assert!(
+            took < PARSE_WRITE_WAIT + Duration::from_secs(1),
+            "read-only work waited {took:?} for the write lock"
+        );
+        holder.execute_batch("COMMIT").unwrap();
+        assert!(c.get_parsed(&[key(8)]).unwrap().values.is_empty());
     }
 
     /// With WAL and synchronous=NORMAL a commit does not fsync: 1,000 single-action
@@ -1444,44 +2546,105 @@ mod tests {
             *b = 0xA5;
         }
         std::fs::write(&path, &bytes).unwrap();
-        let (c, warning) = Cache::open(&path).unwrap();
+        let (mut c, warning) = Cache::open(&path).unwrap();
         assert!(warning.is_some());
         assert_eq!(c.get_action(&key(1)).unwrap(), None);
     }
 
-    #[test]
-    fn corruption_found_after_open_is_reported_and_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("imgc.sqlite");
-        let page_size: usize;
+    /// Writes a database with some rows of every kind, then overwrites every page
+    /// after the first with garbage: it still opens (page 1 holds the header and
+    /// the schema version), and only reading a table finds the damage.
+    fn corrupt_from_the_second_page(path: &Path) {
+        let w = ws("/w");
         {
-            let (mut c, _) = Cache::open(&path).unwrap();
-            c.put_action(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)])
-                .unwrap();
-            page_size = c
-                .conn
-                .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
-                .unwrap() as usize;
+            let (mut c, _) = Cache::open(path).unwrap();
+            let mut b = Batch::new(w.clone(), at(1_000));
+            for n in 0..50u8 {
+                b.put_action(&key(n), "layer", "//a:l", "{}", &[blob(n, 1)]);
+                b.learn(
+                    &format!("/w/f{n}"),
+                    MemoEntry {
+                        stat: stat(100),
+                        hash: key(n),
+                    },
+                );
+                b.set_last_build(&format!("//a:{n}"), &key(n), "{}");
+            }
+            c.commit(&mut b).unwrap();
+            c.put_parsed(&[(key(1), "[1]".to_string())], &[]).unwrap();
             c.conn
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
                 .unwrap();
         }
-        // Page 1 (header and schema) intact, every table page garbage: opening works,
-        // reading an action does not.
-        let mut bytes = std::fs::read(&path).unwrap();
-        for b in &mut bytes[page_size..] {
-            *b = 0x5A;
+        let page_size = 4096;
+        let mut bytes = std::fs::read(path).unwrap();
+        assert!(bytes.len() > 3 * page_size);
+        for (i, b) in bytes[page_size..].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31).wrapping_add(7);
         }
-        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_database_corrupt_from_its_second_page_is_replaced_once_whatever_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        let w = ws("/w");
+        corrupt_from_the_second_page(&path);
         let (mut c, warning) = Cache::open(&path).unwrap();
-        assert_eq!(warning, None);
-        let err = c.get_action(&key(1)).unwrap_err();
-        assert!(err.is_corrupt(), "{err}");
-        let warning = c.recover().unwrap();
-        assert!(warning.contains("imgc.sqlite.bad"), "{warning}");
-        assert_eq!(c.get_action(&key(1)).unwrap(), None);
-        c.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+        assert_eq!(warning, None, "page 1 is intact: it opens");
+        // Whatever reads first heals it; nothing fails, nothing is found.
+        assert_eq!(c.get_outputs(&key(1)).unwrap(), None);
+        let warnings = c.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("imgc.sqlite.bad"), "{warnings:?}");
         assert!(dir.path().join("imgc.sqlite.bad").exists());
+        assert!(c.load_memo(&w).unwrap().is_empty());
+        assert!(c.last_build_keys(&w).unwrap().is_empty());
+        assert_eq!(c.stats().unwrap().actions, 0);
+        c.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+        assert!(c.get_action(&key(1)).unwrap().is_some());
+        assert!(c.take_warnings().is_empty(), "one warning in all");
+
+        // Every entry point heals the same way.
+        type Probe = fn(&mut Cache) -> bool;
+        let probes: [(&str, Probe); 6] = [
+            ("stats", |c| c.stats().is_ok()),
+            ("load_memo", |c| c.load_memo(&ws("/w")).is_ok()),
+            ("get_parsed", |c| c.get_parsed(&[key(1)]).is_ok()),
+            ("last_build", |c| c.last_build(&ws("/w"), "//a:1").is_ok()),
+            ("layout_records", |c| c.layout_records(&ws("/w")).is_ok()),
+            ("commit", |c| {
+                let mut b = Batch::new(ws("/w"), SystemTime::now());
+                b.put_action(&key(2), "layer", "//a:l", "{}", &[]);
+                c.commit(&mut b).is_ok()
+            }),
+        ];
+        for (name, probe) in probes {
+            drop(c);
+            let _ = std::fs::remove_file(dir.path().join("imgc.sqlite"));
+            corrupt_from_the_second_page(&path);
+            let (mut fresh, warning) = Cache::open(&path).unwrap();
+            assert_eq!(warning, None);
+            assert!(probe(&mut fresh), "{name} failed on a corrupt database");
+            assert_eq!(fresh.take_warnings().len(), 1, "{name}");
+            c = fresh;
+        }
+    }
+
+    #[test]
+    fn recovery_keeps_a_replacement_another_process_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        let (mut a, _) = Cache::open(&path).unwrap();
+        // Another process found it corrupt first: moved it aside and made a new one.
+        std::fs::rename(&path, dir.path().join("elsewhere")).unwrap();
+        let (mut b, _) = Cache::open(&path).unwrap();
+        b.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+        let warning = a.recover().unwrap();
+        assert!(warning.contains("already replaced"), "{warning}");
+        assert!(!dir.path().join("imgc.sqlite.bad").exists());
+        assert!(a.get_action(&key(1)).unwrap().is_some(), "uses b's file");
     }
 
     #[test]
@@ -1495,7 +2658,7 @@ mod tests {
                 .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
                 .unwrap();
         }
-        let (c, warning) = Cache::open(&path).unwrap();
+        let (mut c, warning) = Cache::open(&path).unwrap();
         let warning = warning.expect("a warning");
         assert!(
             warning.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),

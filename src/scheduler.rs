@@ -15,8 +15,19 @@
 //!   hashes through the memo); image keys need no IO and are computed on the
 //!   coordinator from the spec and the dependencies' outputs.
 //! * **Lookup**: a hit is used only if every blob it names is in the CAS with its
-//!   recorded size; a missing or damaged blob makes it a miss (the bad blob is
-//!   removed so the rebuild can write it anew), never an error.
+//!   recorded size and content ([`BlobChecks`]); a missing or damaged blob makes it
+//!   a miss, never an error. The rebuild publishes the blob again, which replaces
+//!   the damaged file (see [`crate::cas`]); the damaged file is not removed first,
+//!   since another process may have just replaced it with a good copy.
+//! * **Recording**: the coordinator collects what the cache must remember (actions,
+//!   last builds, memo rows, blob checks, layouts, repairs) in a [`Batch`] and
+//!   commits it every [`COMMIT_EVERY`] and at the end, in short transactions: the
+//!   SQLite write lock is never held while actions run, so other builds and
+//!   commands on the same cache proceed. A dry run (`imgc explain`) commits nothing.
+//! * **Repairs invalidate layouts**: a blob found damaged, or replaced by a publish,
+//!   is recorded as repaired, which drops every remembered layout naming it, in
+//!   every checkout sharing the cache: those layouts may hard-link the damaged file,
+//!   so their next build checks them in full and re-links them.
 //! * **Early cutoff**: keys include the dependencies' *output digests*, so a layer
 //!   rebuilt to the same bytes leaves the images above it cached.
 //! * **Failure**: a failed action fails its dependents (reported as skipped); with
@@ -29,7 +40,7 @@ pub use crate::actions::{ActionError, Params};
 
 use crate::action::{Components, ImageOut, Output, Reason};
 use crate::actions::{self, Dep};
-use crate::cache::{BlobRef, Cache, FileMemo, LayoutRecord, MemoEntry, StatKey};
+use crate::cache::{Batch, BlobRef, Cache, FileMemo, LastKey, LayoutRecord, StatKey, WorkspaceId};
 use crate::cas::Cas;
 use crate::graph::Graph;
 use crate::hash::{Digest, Key};
@@ -120,8 +131,11 @@ pub struct Engine<'a> {
     pub reporter: &'a mut Reporter,
 }
 
-/// How long records may wait in the build's transaction before they are committed.
+/// How long records may wait in the build's [`Batch`] before they are committed.
 const COMMIT_EVERY: Duration = Duration::from_millis(250);
+
+/// How many records may wait in the build's [`Batch`] before they are committed.
+const COMMIT_AT: usize = crate::cache::CHUNK;
 
 impl Engine<'_> {
     /// Builds `requested` and everything they depend on; materializes the
@@ -131,7 +145,13 @@ impl Engine<'_> {
         let closure = self.graph.closure(requested, Direction::Outgoing);
         let requested: BTreeSet<NodeIndex> = requested.iter().copied().collect();
         let mut summary = Summary::default();
-        let memo = match self.cache.load_memo() {
+        // Taken before any file is stat-ed: the racy-file rule compares with it.
+        let build_start = std::time::SystemTime::now();
+        let canonical_root = self.root.canonicalize().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot resolve the workspace root: {e}"))
+        })?;
+        let ws = WorkspaceId::of_root(&canonical_root);
+        let memo = match self.cache.load_memo(&ws) {
             Ok(m) => m,
             Err(e) => {
                 summary.warnings.push(format!(
@@ -140,10 +160,6 @@ impl Engine<'_> {
                 FileMemo::default()
             }
         };
-        let build_start = std::time::SystemTime::now();
-        let canonical_root = self.root.canonicalize().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot resolve the workspace root: {e}"))
-        })?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(self.settings.jobs.max(1))
             .build()
@@ -151,15 +167,10 @@ impl Engine<'_> {
         self.reporter.event(&Event::Planned {
             actions: closure.len(),
         });
-        // One transaction for the build's lookups and records, committed now and then.
-        if let Err(e) = self.cache.begin_batch() {
-            summary
-                .warnings
-                .push(format!("action cache busy, recording without a batch: {e}"));
-        }
+        // What the cache must remember, committed now and then in short transactions.
+        let mut batch = Batch::new(ws.clone(), build_start);
         let mut last_commit = Instant::now();
-        let mut last_keys = self.cache.last_build_keys().unwrap_or_default();
-        let mut stale_hits: Vec<Key> = Vec::new();
+        let mut last_keys = self.cache.last_build_keys(&ws).unwrap_or_default();
 
         let mut waiting: BTreeMap<NodeIndex, usize> = closure
             .iter()
@@ -175,10 +186,8 @@ impl Engine<'_> {
         let mut keys: BTreeMap<NodeIndex, (Key, Components)> = BTreeMap::new();
         let memo = &memo;
         let canonical_root = canonical_root.as_path();
-        let mut learnt: Vec<(String, MemoEntry)> = Vec::new();
         let mut checks = BlobChecks {
             memo,
-            learnt: Vec::new(),
             verified: BTreeSet::new(),
             replaced: BTreeSet::new(),
         };
@@ -248,8 +257,9 @@ impl Engine<'_> {
                 }
                 let Ok(msg) = rx.recv() else { break };
                 in_flight -= 1;
-                if last_commit.elapsed() > COMMIT_EVERY {
-                    let _ = self.cache.checkpoint_batch();
+                checks.note_repairs(cas, &mut batch);
+                if batch.len() >= COMMIT_AT || last_commit.elapsed() > COMMIT_EVERY {
+                    self.commit(&mut batch, &mut summary);
                     last_commit = Instant::now();
                 }
                 match msg {
@@ -258,18 +268,31 @@ impl Engine<'_> {
                         ready.extend(self.release(n, &mut waiting));
                     }
                     Msg::Keyed(n, Ok(k)) => {
-                        learnt.extend(k.learnt);
+                        for (path, entry) in &k.learnt {
+                            batch.learn(path, *entry);
+                        }
                         let label = graph.node(n).label.to_string();
-                        match self.lookup(&k.key, &mut checks, &mut stale_hits) {
+                        match self.lookup(&k.key, &mut checks, &mut batch) {
                             Some(output) => {
-                                if last_keys.get(&label) != Some(&k.key) {
-                                    let _ = self.cache.set_last_build(
+                                match last_keys.get(&label) {
+                                    Some(last) if last.key == k.key => {
+                                        if last.stale {
+                                            batch.touch_last_build(&label);
+                                        }
+                                    }
+                                    _ => batch.set_last_build(
                                         &label,
                                         &k.key,
                                         &k.components.to_json(),
-                                    );
-                                    last_keys.insert(label, k.key);
+                                    ),
                                 }
+                                last_keys.insert(
+                                    label,
+                                    LastKey {
+                                        key: k.key,
+                                        stale: false,
+                                    },
+                                );
                                 self.reporter.event(&Event::Finished {
                                     label: &graph.node(n).label,
                                     kind: graph.node(n).kind_name(),
@@ -283,7 +306,7 @@ impl Engine<'_> {
                                 ready.extend(self.release(n, &mut waiting));
                             }
                             None => {
-                                let last = self.cache.last_build(&label).ok().flatten();
+                                let last = self.cache.last_build(&ws, &label).ok().flatten();
                                 let last_components =
                                     last.as_ref().and_then(|(_, j)| Components::from_json(j));
                                 let reason = Reason::between(
@@ -331,20 +354,14 @@ impl Engine<'_> {
                             .into_iter()
                             .map(|(digest, size)| BlobRef { digest, size })
                             .collect();
-                        if let Err(e) = self.cache.put_action(
+                        batch.put_action(
                             &key,
                             graph.node(n).kind_name(),
                             &label,
                             &output.to_json(),
                             &blobs,
-                        ) {
-                            summary
-                                .warnings
-                                .push(format!("cannot record `{label}` in the action cache: {e}"));
-                        }
-                        let _ = self
-                            .cache
-                            .set_last_build(&label, &key, &components.to_json());
+                        );
+                        batch.set_last_build(&label, &key, &components.to_json());
                         self.reporter.event(&Event::Finished {
                             label: &graph.node(n).label,
                             kind: graph.node(n).kind_name(),
@@ -366,12 +383,10 @@ impl Engine<'_> {
                 && let Some(out) = &settings.output_dir
             {
                 let out: &crate::output::Root = out;
-                let records = self
-                    .cache
-                    .layout_records(&out.path().to_string_lossy())
-                    .unwrap_or_default();
+                let records = self.cache.layout_records(&ws).unwrap_or_default();
+                checks.note_repairs(cas, &mut batch);
                 let mut written = BTreeMap::new();
-                let mut checked: Vec<(NodeIndex, LayoutRecord)> = Vec::new();
+                let mut checked: Vec<(NodeIndex, LayoutRecord, Vec<Digest>)> = Vec::new();
                 for &n in &requested {
                     let Some(Output::Image(img)) =
                         summary.outcomes.get(&n).and_then(Outcome::output).cloned()
@@ -390,24 +405,31 @@ impl Engine<'_> {
                         refs: refs.join("\n"),
                         stamp: String::new(),
                     };
-                    // A layout unchanged since a build checked it in full, none of
-                    // whose blobs this build replaced, is trusted without a look at
-                    // every blob.
-                    let trusted = out.layout_stamp(&rel).is_some_and(|(stamp, _)| {
-                        records.get(&*dest.to_string_lossy()).is_some_and(|r| {
-                            r.manifest == record.manifest
-                                && r.refs == record.refs
-                                && r.stamp == stamp
-                        })
-                    }) && !Output::Image(img.clone())
+                    let blobs: Vec<Digest> = Output::Image(img.clone())
                         .blobs()
-                        .iter()
-                        .any(|(d, _)| checks.replaced.contains(d));
+                        .into_iter()
+                        .map(|(d, _)| d)
+                        .collect();
+                    // A layout unchanged since a build checked it in full, none of
+                    // whose blobs was repaired since (by this build: `replaced`; by
+                    // another: the record would be gone), is trusted without a look
+                    // at every blob.
+                    let path = dest.to_string_lossy().into_owned();
+                    let remembered = records.get(&path).filter(|r| {
+                        r.record.manifest == record.manifest && r.record.refs == record.refs
+                    });
+                    let trusted = remembered.is_some_and(|r| {
+                        out.layout_stamp(&rel)
+                            .is_some_and(|(stamp, _)| r.record.stamp == stamp)
+                    }) && !blobs.iter().any(|d| checks.replaced.contains(d));
                     if trusted {
+                        if remembered.is_some_and(|r| r.stale) {
+                            batch.touch_layout(&path);
+                        }
                         written.insert(node.label.clone(), (n, Ok((dest, img.manifest))));
                         continue;
                     }
-                    checked.push((n, record));
+                    checked.push((n, record, blobs));
                     let tx = tx.clone();
                     in_flight += 1;
                     scope.spawn(move |_| {
@@ -422,18 +444,13 @@ impl Engine<'_> {
                         written.insert(graph.node(n).label.clone(), (n, r));
                     }
                 }
-                for (n, mut record) in checked {
+                for (n, mut record, blobs) in checked {
                     if let Some((_, Ok((dest, _)))) = written.get(&graph.node(n).label)
                         && let Some((stamp, newest_ns)) =
                             out.layout_stamp(&crate::output::layout_rel(&graph.node(n).label))
                     {
                         record.stamp = stamp;
-                        let _ = self.cache.put_layout(
-                            &dest.to_string_lossy(),
-                            &record,
-                            newest_ns,
-                            build_start,
-                        );
+                        batch.put_layout(&dest.to_string_lossy(), &record, &blobs, newest_ns);
                     }
                 }
                 // Reported in label order, whatever order the workers finished in.
@@ -453,23 +470,10 @@ impl Engine<'_> {
             }
         });
 
-        learnt.append(&mut checks.learnt);
-        if !stale_hits.is_empty() && !self.settings.dry_run {
-            let _ = self.cache.mark_used(&stale_hits);
-        }
-        if let Err(e) = self.cache.end_batch() {
-            summary
-                .warnings
-                .push(format!("cannot commit the action cache: {e}"));
-        }
-        if !learnt.is_empty()
-            && !self.settings.dry_run
-            && let Err(e) = self.cache.store_memo(build_start, &learnt)
-        {
-            summary
-                .warnings
-                .push(format!("cannot update the file-hash memo: {e}"));
-        }
+        checks.note_repairs(self.cas, &mut batch);
+        batch.touch_memo(memo);
+        self.commit(&mut batch, &mut summary);
+        summary.warnings.extend(self.cache.take_warnings());
         summary.images = requested
             .iter()
             .filter(|n| {
@@ -538,30 +542,42 @@ impl Engine<'_> {
     }
 
     /// A cache hit whose every blob is present and intact. Hits not marked used
-    /// for a day go into `stale`, for one [`Cache::mark_used`] at the end.
+    /// for a day are marked now (in the batch).
     fn lookup(
         &mut self,
         key: &Key,
         checks: &mut BlobChecks<'_>,
-        stale: &mut Vec<Key>,
+        batch: &mut Batch,
     ) -> Option<Output> {
         let (outputs, is_stale) = self.cache.get_outputs(key).ok().flatten()?;
         let output = Output::from_json(&outputs)?;
         let mut ok = true;
         for (digest, size) in output.blobs() {
-            if !checks.intact(self.cas, &digest, size) {
-                let _ = self.cas.remove(&digest);
-                ok = false;
-            }
+            // Every blob, not only up to the first bad one: each bad one is a repair.
+            ok &= checks.intact(self.cas, &digest, size, batch);
         }
         if !ok {
-            let _ = self.cache.forget_action(key);
+            batch.forget_action(key);
             return None;
         }
         if is_stale {
-            stale.push(*key);
+            batch.mark_used(key);
         }
         Some(output)
+    }
+
+    /// Commits what `batch` holds (never in a dry run, which writes nothing); a
+    /// failure is a warning (once), since the cache is only an index.
+    fn commit(&mut self, batch: &mut Batch, summary: &mut Summary) {
+        if self.settings.dry_run {
+            return;
+        }
+        if let Err(e) = self.cache.commit(batch) {
+            let w = format!("cannot record this build in the action cache: {e}");
+            if !summary.warnings.contains(&w) {
+                summary.warnings.push(w);
+            }
+        }
     }
 
     fn dep_outputs(&self, n: NodeIndex, outcomes: &BTreeMap<NodeIndex, Outcome>) -> Vec<Dep> {
@@ -581,73 +597,57 @@ impl Engine<'_> {
 ///
 /// Re-hashing every blob of every hit would make a no-op build read every
 /// layer, so verification is remembered like file hashes are: once a blob has
-/// been verified, its stat data goes into the memo (as `cas:<hex>`, with the
-/// blake3 of its content), and later hits only compare the stat data. A blob
-/// changed in place (even to the same size) changes its mtime and ctime, and is
-/// verified again, found bad, and not used.
+/// been verified, its stat data (taken before reading it) goes into the index's
+/// blob checks, and later hits only compare the stat data. A blob changed in
+/// place (even to the same size) changes its mtime and ctime, and is verified
+/// again, found bad, and not used.
 struct BlobChecks<'m> {
     memo: &'m FileMemo,
-    learnt: Vec<(String, MemoEntry)>,
     /// Blobs already found intact in this build (shared base layers are checked once).
     verified: BTreeSet<Digest>,
-    /// Blobs found missing or damaged (and removed): layouts holding them must be
-    /// checked in full, since they may still link the damaged file.
+    /// Blobs found missing or damaged, or replaced by a publish: layouts holding
+    /// them must be checked in full, since they may still link the damaged file.
     replaced: BTreeSet<Digest>,
 }
 
 impl BlobChecks<'_> {
-    fn intact(&mut self, cas: &Cas, d: &Digest, size: u64) -> bool {
+    fn intact(&mut self, cas: &Cas, d: &Digest, size: u64, batch: &mut Batch) -> bool {
         if self.verified.contains(d) {
             return true;
         }
         let path = cas.blob_path(d);
-        let Ok(meta) = std::fs::metadata(&path) else {
-            return false;
-        };
-        if meta.len() != size {
-            return false;
-        }
-        let stat = StatKey::from_metadata(&meta);
-        let memo_path = format!("cas:{}", d.hex());
-        let ok = if self.memo.lookup(&memo_path, &stat).is_some() {
-            true
-        } else if let Ok(Some(content)) = verify_blob(&path, d) {
-            self.learnt.push((
-                memo_path,
-                MemoEntry {
-                    stat,
-                    hash: content,
-                },
-            ));
-            true
-        } else {
-            false
+        let ok = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == size => {
+                let stat = StatKey::from_metadata(&meta);
+                if self.memo.blob_verified(d, &stat) {
+                    true
+                } else if cas.verify(d, Some(size)).unwrap_or(false) {
+                    batch.blob_verified(d, stat);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
         };
         if ok {
             self.verified.insert(*d);
-        } else {
-            self.replaced.insert(*d);
+        } else if self.replaced.insert(*d) {
+            batch.blob_repaired(d);
         }
         ok
     }
-}
 
-/// Reads a blob once: its sha256 must equal `d`; returns its blake3.
-fn verify_blob(path: &Path, d: &Digest) -> std::io::Result<Option<Key>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut sha = crate::hash::Sha256::new();
-    let mut b3 = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+    /// Takes the blobs the store replaced (on any worker) since the last call:
+    /// repairs too.
+    fn note_repairs(&mut self, cas: &Cas, batch: &mut Batch) {
+        for d in cas.take_repaired() {
+            self.verified.remove(&d);
+            if self.replaced.insert(d) {
+                batch.blob_repaired(&d);
+            }
         }
-        sha.update(&buf[..n]);
-        b3.update(&buf[..n]);
     }
-    Ok((sha.finish() == *d).then(|| Key(*b3.finalize().as_bytes())))
 }
 
 /// Names for `index.json` (`org.opencontainers.image.ref.name`): the tag part of

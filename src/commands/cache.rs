@@ -1,4 +1,8 @@
 //! `imgc cache stats`, and opening the local stores for other commands.
+//!
+//! `cache stats` only reads: opening the index takes no write lock (see
+//! [`crate::cache`]), so it answers at once while builds run on the same cache. A
+//! damaged index is replaced on the way, with a warning, and reported as empty.
 
 use super::{CmdError, Context};
 use crate::cache::Cache;
@@ -85,21 +89,30 @@ pub fn open_index(ctx: &Context) -> Result<(Cache, Option<String>), CmdError> {
 pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
     match cmd {
         CacheCommand::Stats => {
-            let stores = Stores::open(ctx)?;
-            let stats = stores
-                .cache
-                .stats()
-                .map_err(|e| CmdError::Env(format!("cannot read the action cache: {e}")))?;
+            let mut stores = Stores::open(ctx)?;
+            if let Some(w) = stores.warning.take() {
+                report::warning(&w);
+            }
+            let stats = stores.cache.stats();
+            // A damaged index is replaced on the way (and counts as empty): say so.
+            for w in stores.cache.take_warnings() {
+                report::warning(&w);
+            }
+            let stats =
+                stats.map_err(|e| CmdError::Env(format!("cannot read the action cache: {e}")))?;
             let (blobs, bytes) = stores
                 .cas
                 .usage()
                 .map_err(|e| CmdError::Env(format!("cannot read the blob store: {e}")))?;
             report::result(&format!(
-                "cache directory  {}\nactions          {}\nfile hashes      {}\nparsed files     {}\nblobs            {blobs}\nblob bytes       {bytes} ({:.1} MiB)",
+                "cache directory  {}\nactions          {}\nfile hashes      {}\nparsed files     {}\nworkspaces       {}\nlayouts          {}\nindex bytes      {}\nblobs            {blobs}\nblob bytes       {bytes} ({:.1} MiB)",
                 stores.dir.display(),
                 stats.actions,
                 stats.memo_entries,
                 stats.parsed_files,
+                stats.workspaces,
+                stats.layouts,
+                stats.db_bytes,
                 bytes as f64 / (1024.0 * 1024.0),
             ));
             Ok(())

@@ -103,6 +103,14 @@ impl Loaded {
         if let Some(w) = &ws.parse_cache.warning {
             report::warning(w);
         }
+        // A damaged index replaced while reading the parse cache.
+        for w in index
+            .as_mut()
+            .map(|i| i.take_warnings())
+            .unwrap_or_default()
+        {
+            report::warning(&w);
+        }
         // The graph takes the targets over; the workspace keeps the rest.
         let packages = std::mem::take(&mut ws.packages);
         let package_count = packages.len();

@@ -275,8 +275,9 @@ fn key_inputs_are_exactly_the_files_the_import_reads() {
     // With the memo, the layer is not re-read, and the hashes are the same.
     let mut cache = Cache::open_in_memory().unwrap();
     let later = SystemTime::now() + Duration::from_secs(3600);
-    cache.store_memo(later, &keyed.learnt).unwrap();
-    let memo = cache.load_memo().unwrap();
+    let scope = crate::cache::WorkspaceId::of_root(std::path::Path::new("/ws"));
+    cache.store_memo(&scope, later, &keyed.learnt).unwrap();
+    let memo = cache.load_memo(&scope).unwrap();
     let again = key_inputs(ws.layout("layout"), &amd64(), &memo).unwrap();
     assert_eq!(again.files, keyed.files);
     assert!(again.learnt.is_empty());
