@@ -170,8 +170,8 @@ fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
 }
 
-/// Overwrites the pages of the database `db` that `pick` selects (numbered from
-/// 1) with garbage, keeping its size. The database must be closed and
+/// Overwrites the pages of the database `db` that `pick` selects (numbered
+/// from one) with garbage, keeping its size. The database must be closed and
 /// checkpointed (it is after every imgc run).
 fn damage_pages(db: &Path, pick: impl Fn(usize) -> bool) {
     let mut bytes = std::fs::read(db).unwrap();
