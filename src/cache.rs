@@ -765,7 +765,28 @@ impl Cache {
         }
     }
 
+    /// Opens and initializes a connection. Two processes opening a new file at
+    /// once both try to switch it to WAL mode, which takes an exclusive lock;
+    /// SQLite answers one of them `SQLITE_BUSY` at once (its busy handler is not
+    /// called where waiting could deadlock), so a busy open is retried, with a
+    /// new connection, until [`BUSY_TIMEOUT`].
     fn try_open(path: &Path) -> Result<Cache, Unusable> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Cache::try_open_once(path) {
+                Err(Unusable::Fail(e)) if e.is_busy() && started.elapsed() < BUSY_TIMEOUT => {
+                    #[cfg(test)]
+                    tests::BUSY_OPENS.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open_once(path: &Path) -> Result<Cache, Unusable> {
         let shown = path.display().to_string();
         let conn = Connection::open(path).map_err(|source| classify(&shown, source))?;
         let cache = Cache {
@@ -826,8 +847,15 @@ impl Cache {
     fn schema_state(&self) -> Result<SchemaState, Unusable> {
         let c = &self.conn;
         let err = |source| classify(&self.path, source);
-        let version: i32 = c
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        // One statement, so one snapshot: read apart, another process creating the
+        // schema could commit in between, and the tables would seem versionless.
+        let (version, objects): (i32, i64) = c
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version),
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(err)?;
         if version == SCHEMA_VERSION {
             return Ok(SchemaState::Current);
@@ -837,9 +865,6 @@ impl Cache {
                 "schema version {version}, this imgc uses {SCHEMA_VERSION}"
             )));
         }
-        let objects: i64 = c
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-            .map_err(err)?;
         if objects != 0 {
             return Err(Unusable::Replace(
                 "tables present but no schema version".to_string(),
@@ -2489,6 +2514,34 @@ mod tests {
         );
         holder.execute_batch("COMMIT").unwrap();
         assert!(c.get_parsed(&[key(8)]).unwrap().values.is_empty());
+    }
+
+    /// Opens that met a busy database and retried (see `try_open`).
+    pub(super) static BUSY_OPENS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    /// Two builds starting at once on a new cache directory both switch it to WAL
+    /// mode, and SQLite answers one of them "database is locked" at once. Here the
+    /// other process is a connection holding the write lock on a new file: the open
+    /// must wait for it, not fail.
+    #[test]
+    fn opening_a_new_database_another_process_is_creating_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let before = BUSY_OPENS.load(Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let opener = s.spawn(|| Cache::open(&path));
+            // Release the lock once the opener has met it (or given up).
+            while BUSY_OPENS.load(Ordering::SeqCst) == before && !opener.is_finished() {
+                std::thread::yield_now();
+            }
+            holder.execute_batch("COMMIT").unwrap();
+            let (mut c, warning) = opener.join().unwrap().unwrap();
+            assert_eq!(warning, None);
+            c.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+        });
     }
 
     /// With WAL and synchronous=NORMAL a commit does not fsync: 1,000 single-action
