@@ -1430,7 +1430,13 @@ impl Cache {
         if new_workspace.is_some() {
             done.transactions += 1;
         }
+        let healed = self.warnings.len();
         done = self.commit_ops_counting(batch, done)?;
+        if self.warnings.len() > healed {
+            // The index was replaced while writing: register the workspace in the
+            // new one, or its rows would be pruned as orphans.
+            self.healing(|c| c.touch_workspace(&batch.ws, now))?;
+        }
         if new_workspace == Some(true) {
             // Cheap (by primary key), so a new checkout path per CI job cannot
             // pile up memo rows between two daily prunes.
