@@ -212,18 +212,22 @@ impl OutputDir {
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(refuse_at(dir.as_fd(), name, e, &shown)),
         };
+        // Checked again after listing: another imgc process making the root at the
+        // same time may have marked it in between (the mark is then what we listed).
         if !has_mark(fd.as_fd(), DIR_MARK) {
             let entries = list(fd.as_fd(), &shown)?;
-            if !entries.is_empty() {
+            if !entries.is_empty() && !has_mark(fd.as_fd(), DIR_MARK) {
                 return Err(OutputError::Refused(format!(
                     "the output directory `{shown}` exists but imgc did not make it (it has no `{DIR_MARK}` mark), so it may hold files that are not imgc's; \
                      if it is an old output directory, remove it (`rm -r {shown}`) and build again, or set another `output-dir` in imgc.kdl"
                 )));
             }
-            if !create {
-                return Ok(None);
+            if !has_mark(fd.as_fd(), DIR_MARK) {
+                if !create {
+                    return Ok(None);
+                }
+                write_new(fd.as_fd(), DIR_MARK, DIR_MARK_TEXT, &shown)?;
             }
-            write_new(fd.as_fd(), DIR_MARK, DIR_MARK_TEXT, &shown)?;
         }
         Ok(Some(Root {
             fd,
@@ -521,7 +525,7 @@ pub fn write_layout_in(
     blobs: &[Digest],
     ref_names: &[String],
 ) -> Result<(), OutputError> {
-    let existed = check_replaceable(parent, name, shown)?;
+    let mut existed = check_replaceable(parent, name, shown)?;
     let tmp = make_tmp_dir(parent, shown)?;
     let filled = fill_layout(parent, &tmp, shown, cas, manifest, blobs, ref_names);
     if let Err(e) = filled {
@@ -537,9 +541,19 @@ pub fn write_layout_in(
                 rfs::renameat(parent, tmp.as_str(), parent, name)
                     .map_err(|e| OutputError::io("rename into", shown, e))
             }
-            Err(Errno::EXIST | Errno::NOTEMPTY) => Err(OutputError::Refused(format!(
-                "`{shown}` appeared while imgc was writing it: build again"
-            ))),
+            // Another build of this workspace (on another cache, or racing on
+            // the same one) put its layout there meanwhile: replace it like any
+            // layout imgc made, and refuse anything else.
+            Err(Errno::EXIST | Errno::NOTEMPTY) => match check_replaceable(parent, name, shown) {
+                Ok(true) => {
+                    existed = true;
+                    swap(parent, &tmp, name, shown)
+                }
+                Ok(false) => Err(OutputError::Refused(format!(
+                    "`{shown}` appeared and vanished while imgc was writing it: build again"
+                ))),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(OutputError::io("rename into", shown, e)),
         }
     };
