@@ -27,7 +27,10 @@
 //!   `blobs`, the mark). It is built in a marked temporary directory beside the
 //!   destination and swapped in with one `renameat2(RENAME_EXCHANGE)` (two renames
 //!   where the filesystem cannot exchange), so readers see the old or the new layout,
-//!   never a half-written one; the old one is then removed member by member.
+//!   never a half-written one; the old one is then removed member by member. Two
+//!   builds of one workspace may write the same layout at once: the one whose
+//!   rename finds the other's layout already in place checks it like any existing
+//!   one (marked, only imgc's members) and exchanges with it, so both succeed.
 //! - **Removing** (`imgc clean`, stale layouts) deletes only marked layouts (their
 //!   known members; anything else in them is kept) and then directories that carry
 //!   the directory mark and hold nothing else. Whatever is left is reported as kept.
