@@ -64,6 +64,7 @@
 //! - No compression, no knowledge of media types: a blob is bytes.
 
 use crate::hash::{Digest, Sha256};
+use crate::input::{Algos, Limit};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -435,22 +436,14 @@ fn check_expected(path: &Path, expected: &Digest, actual: &Digest) -> io::Result
     ))
 }
 
-/// Hashes a whole reader: (sha256, byte count).
-pub(crate) fn hash_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
-    let mut sha = Sha256::new();
-    let mut buf = vec![0u8; BUF_SIZE];
-    let mut n_total = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        sha.update(&buf[..n]);
-        n_total += n as u64;
-    }
-    Ok((sha.finish(), n_total))
+/// sha256 and length of everything `r` yields (through the one read-and-hash
+/// helper, [`crate::input::hash_all`]).
+fn hash_reader(r: &mut dyn Read) -> io::Result<(Digest, u64)> {
+    let h = crate::input::hash_all(r, Limit::AtMost(u64::MAX), Algos::Sha256)?;
+    let sha = h
+        .sha256
+        .ok_or_else(|| io::Error::other("the reader computed no sha256"))?;
+    Ok((sha, h.len))
 }
 
 fn copy_stream(r: &mut dyn Read, w: &mut dyn Write) -> io::Result<u64> {
