@@ -11,8 +11,11 @@
 //! and collects every diagnostic of every file. It never reads outside the
 //! workspace: linked directories are not followed, and a `BUILD.kdl` that is a
 //! symbolic link is read only if it resolves to a regular file inside the
-//! workspace (else a diagnostic names it). Spec files are opened without blocking
-//! and must be regular files of at most [`MAX_SPEC_FILE_BYTES`]. Parsing runs on a
+//! workspace (else a diagnostic names it). Every spec file (`imgc.kdl` too) is
+//! opened through [`Root`], beneath the opened workspace root: a link is followed
+//! only inside the workspace at the moment of opening, so a link swapped after
+//! discovery checked it cannot lead the read out. Spec files are opened without
+//! blocking and must be regular files of at most [`MAX_SPEC_FILE_BYTES`]. Parsing runs on a
 //! pool of threads with large stacks, because the KDL parser recurses (see
 //! [`crate::spec::limits`]).
 //!
@@ -37,6 +40,7 @@
 use crate::cache::{Cache, CacheError};
 use crate::diag::{Code, Diag, Sources};
 use crate::hash::{Key, KeyHasher};
+use crate::input::{HashReader, InputError, Limit, Root, input_error, read_all};
 use crate::spec::PARSE_FORMAT_VERSION;
 use crate::spec::model::{FileId, Package, Target, WorkspaceConfig};
 use crate::spec::parse::{parse_build_file, parse_workspace_file};
@@ -156,15 +160,25 @@ pub struct Discovered {
 /// file inside the workspace; otherwise it is reported in [`Discovered::problems`]
 /// (never read).
 pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Discovered, WorkspaceError> {
-    let out = crate::output::OutputDir::new(root, output_dir);
-    let skip = out.is_marked().then(|| PathBuf::from(out.shown()));
-    let canonical = std::fs::canonicalize(root).map_err(|source| WorkspaceError::Io {
+    discover(root, &open_root(root)?, output_dir)
+}
+
+/// The workspace root `root`, opened (as a [`Root`], by its canonical path).
+fn open_root(root: &Path) -> Result<Root, WorkspaceError> {
+    let io = |source| WorkspaceError::Io {
         path: root.to_path_buf(),
         source,
-    })?;
+    };
+    Root::open(&std::fs::canonicalize(root).map_err(io)?).map_err(io)
+}
+
+/// [`discover_packages`] with the root already opened as `ws`.
+fn discover(root: &Path, ws: &Root, output_dir: &str) -> Result<Discovered, WorkspaceError> {
+    let out = crate::output::OutputDir::new(root, output_dir);
+    let skip = out.is_marked().then(|| PathBuf::from(out.shown()));
     let walker = Walker {
         root,
-        canonical: &canonical,
+        ws,
         skip: skip.as_deref(),
     };
     let mut found = walker.walk(Path::new(""))?;
@@ -175,8 +189,8 @@ pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Discovered, Wo
 
 struct Walker<'a> {
     root: &'a Path,
-    /// `root` with links resolved: where linked BUILD.kdl files must lead.
-    canonical: &'a Path,
+    /// `root`, opened: linked BUILD.kdl files are resolved beneath it.
+    ws: &'a Root,
     /// The output directory, relative, when it is to be skipped.
     skip: Option<&'a Path>,
 }
@@ -210,7 +224,7 @@ impl Walker<'_> {
                 is_package = true;
             } else if name == BUILD_FILE && file_type.is_symlink() {
                 let shown = rel.join(BUILD_FILE).to_string_lossy().into_owned();
-                match self.linked_build_file(&entry.path()) {
+                match self.linked_build_file(&rel.join(BUILD_FILE)) {
                     Ok(()) => is_package = true,
                     Err(why) => problems.push((shown, why)),
                 }
@@ -236,21 +250,23 @@ impl Walker<'_> {
         Ok(found)
     }
 
-    /// Whether the linked BUILD.kdl at `path` may be read: it must resolve to a
-    /// regular file inside the workspace. Otherwise, why not.
-    fn linked_build_file(&self, path: &Path) -> Result<(), String> {
-        let resolved = std::fs::canonicalize(path)
-            .map_err(|e| format!("is a symbolic link that cannot be followed ({e})"))?;
-        if !resolved.starts_with(self.canonical) {
-            return Err(
-                "is a symbolic link to a file outside the workspace, which imgc does not read"
-                    .into(),
-            );
-        }
-        match std::fs::metadata(&resolved) {
-            Ok(m) if m.is_file() => Ok(()),
-            Ok(_) => Err("is a symbolic link to something that is not a regular file".into()),
-            Err(e) => Err(format!("is a symbolic link that cannot be followed ({e})")),
+    /// Whether the linked BUILD.kdl at `rel` may be read: it must resolve to a
+    /// regular file inside the workspace (opened through [`Root`], which
+    /// refuses a link out and does not open anything but a regular file).
+    /// Otherwise, why not.
+    fn linked_build_file(&self, rel: &Path) -> Result<(), String> {
+        match self.ws.open_regular(rel) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(match input_error(&e) {
+                Some(InputError::Escapes) => {
+                    "is a symbolic link to a file outside the workspace, which imgc does not read"
+                        .into()
+                }
+                Some(InputError::NotRegular(_)) => {
+                    "is a symbolic link to something that is not a regular file".into()
+                }
+                _ => format!("is a symbolic link that cannot be followed ({e})"),
+            }),
         }
     }
 }
@@ -259,35 +275,32 @@ impl Walker<'_> {
 /// see [`crate::spec::limits`]).
 pub const MAX_SPEC_FILE_BYTES: u64 = 16 << 20;
 
-/// Reads a spec file: only a regular file (opened without blocking, so a FIFO
-/// cannot hang the load), of at most [`MAX_SPEC_FILE_BYTES`].
-fn read(path: &Path) -> Result<String, WorkspaceError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+/// Reads the spec file `rel` of the workspace opened as `ws`: through
+/// [`Root::open_regular`], so a link (in its directories or the file itself) is
+/// followed only inside the workspace and only a regular file is opened (without
+/// blocking, so a FIFO cannot hang the load), of at most [`MAX_SPEC_FILE_BYTES`].
+/// Errors name the file as `root/rel`.
+fn read(root: &Path, ws: &Root, rel: &str) -> Result<String, WorkspaceError> {
     let err = |source| WorkspaceError::Io {
-        path: path.to_path_buf(),
+        path: root.join(rel),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(err)?;
-    let meta = file.metadata().map_err(err)?;
-    if !meta.is_file() {
-        return Err(err(std::io::Error::other("not a regular file")));
-    }
-    if meta.len() > MAX_SPEC_FILE_BYTES {
+    let opened = ws.open_regular(Path::new(rel)).map_err(err)?;
+    if opened.meta.len() > MAX_SPEC_FILE_BYTES {
         return Err(err(std::io::Error::other(format!(
             "larger than the {} MiB a spec file may have",
             MAX_SPEC_FILE_BYTES >> 20
         ))));
     }
-    let mut text = String::new();
-    file.take(MAX_SPEC_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(err)?;
-    Ok(text)
+    // The cap again while reading: the file may grow after the `fstat`.
+    let reader = HashReader::new(opened.file, Limit::AtMost(MAX_SPEC_FILE_BYTES));
+    let (bytes, _) = read_all(reader).map_err(err)?;
+    String::from_utf8(bytes).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// Diagnostics for an `output-dir` that holds or is inside a package: imgc would
@@ -409,7 +422,8 @@ pub fn load(
     let mut diags = Vec::new();
     let mut new_entries: Vec<(Key, String)> = Vec::new();
 
-    let ws_text = read(&root.join(WORKSPACE_FILE))?;
+    let ws = open_root(root)?;
+    let ws_text = read(root, &ws, WORKSPACE_FILE)?;
     let ws_file = sources.add(WORKSPACE_FILE, ws_text.clone());
     let ws_key = parse_key(FileKind::Workspace, "", &ws_text);
     let (ws_hit, mut touch) = pc.get(std::slice::from_ref(&ws_key));
@@ -434,7 +448,7 @@ pub fn load(
         }
     };
 
-    let found = discover_packages(root, &config.output_dir)?;
+    let found = discover(root, &ws, &config.output_dir)?;
     for (path, why) in &found.problems {
         diags.push(
             Diag::new(Code::Workspace, format!("`{path}` {why}"))
@@ -446,7 +460,7 @@ pub fn load(
     let texts: Vec<(String, String, Key)> = package_paths
         .into_par_iter()
         .map(|pkg| {
-            let text = read(&root.join(build_file_path(&pkg)))?;
+            let text = read(root, &ws, &build_file_path(&pkg))?;
             let key = parse_key(FileKind::Build, &pkg, &text);
             Ok((pkg, text, key))
         })

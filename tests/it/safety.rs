@@ -455,6 +455,30 @@ fn linked_build_file_inside_is_used_and_outside_is_refused() {
     );
 }
 
+/// `imgc.kdl` is read through the opened workspace root like every spec file:
+/// a link to a file inside is followed, a link out of the workspace is refused
+/// (it used to be read by path, wherever it led).
+#[test]
+fn linked_workspace_file_inside_is_used_and_outside_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let text = "workspace {\n    source-date-epoch 1700000000\n}\n";
+    std::fs::write(outside.path().join("imgc.kdl"), text).unwrap();
+    let ws = small_ws();
+    ws.write("conf/imgc.kdl", text);
+    std::fs::remove_file(ws.path("imgc.kdl")).unwrap();
+    symlink(Path::new("conf/imgc.kdl"), &ws.path("imgc.kdl"));
+    ws.ok(&["check"]);
+    std::fs::remove_file(ws.path("imgc.kdl")).unwrap();
+    symlink(&outside.path().join("imgc.kdl"), &ws.path("imgc.kdl"));
+    let out = ws.run(&["check"]);
+    assert_ne!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resolves outside the workspace through a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn patterns_that_only_subtract_are_a_usage_error() {
     let ws = small_ws();
