@@ -103,7 +103,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -573,7 +573,7 @@ impl Dir {
     pub fn open_dir(&self, name: &OsStr) -> io::Result<Dir> {
         check_name(name)?;
         Ok(Dir {
-            fd: rustix::fs::openat(&self.fd, name, DIR_FLAGS, Mode::empty())?,
+            fd: open_dir_at(self.fd.as_fd(), name)?,
         })
     }
 
@@ -600,18 +600,29 @@ impl Dir {
     /// The names of the directory's entries (without `.` and `..`), sorted
     /// bytewise.
     pub fn names(&self) -> io::Result<Vec<OsString>> {
-        let mut dir = rustix::fs::Dir::read_from(&self.fd)?;
-        let mut names = Vec::new();
-        while let Some(entry) = dir.read() {
-            let entry = entry?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(OsString::from_vec(name.to_vec()));
-            }
-        }
-        names.sort();
-        Ok(names)
+        Ok(names_at(self.fd.as_fd())?)
     }
+}
+
+/// Opens the subdirectory `name` of `dir` as every directory here is opened
+/// ([`DIR_FLAGS`]: never following a link, never anything but a directory).
+/// Shared with [`crate::output`], which walks its output directory the same way.
+pub(crate) fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+}
+
+/// The names of the entries of `dir` (without `.` and `..`), sorted bytewise.
+/// Shared with [`crate::output`].
+pub(crate) fn names_at(dir: BorrowedFd<'_>) -> rustix::io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// What `lstat` (or `fstat`) says of a workspace entry.

@@ -55,7 +55,6 @@ use crate::oci;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use std::collections::BTreeSet;
-use std::ffi::CStr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -887,12 +886,7 @@ pub fn layout_stamp_in(parent: BorrowedFd<'_>, name: &str) -> Option<(String, i6
 // Small descriptor-relative helpers. None of them follows a symbolic link.
 
 fn open_dir(dir: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
-    rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    crate::input::open_dir_at(dir, name.as_ref())
 }
 
 fn dup(fd: BorrowedFd<'_>, shown: &str) -> Result<OwnedFd, OutputError> {
@@ -997,21 +991,9 @@ fn unlink(dir: BorrowedFd<'_>, name: &str, shown: &str) -> Result<(), OutputErro
     }
 }
 
-/// The names in `dir` (without `.` and `..`).
+/// The names in `dir` (without `.` and `..`), sorted bytewise.
 fn list(dir: BorrowedFd<'_>, shown: &str) -> Result<Vec<std::ffi::OsString>, OutputError> {
-    let mut names = Vec::new();
-    let entries = rfs::Dir::read_from(dir).map_err(|e| OutputError::io("list", shown, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| OutputError::io("list", shown, e))?;
-        let name: &CStr = entry.file_name();
-        let bytes = name.to_bytes();
-        if bytes == b"." || bytes == b".." {
-            continue;
-        }
-        names.push(std::ffi::OsStr::from_bytes(bytes).to_os_string());
-    }
-    names.sort();
-    Ok(names)
+    crate::input::names_at(dir).map_err(|e| OutputError::io("list", shown, e))
 }
 
 fn push_comp(shown: &mut String, comp: &str) {
