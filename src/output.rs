@@ -193,26 +193,14 @@ impl OutputDir {
         let mut shown = String::new();
         for comp in above {
             push_comp(&mut shown, comp);
-            dir = match open_dir(dir.as_fd(), comp) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) if create => {
-                    make_dir(dir.as_fd(), comp, &shown, false)?;
-                    open_dir(dir.as_fd(), comp)
-                        .map_err(|e| refuse_at(dir.as_fd(), comp, e, &shown))?
-                }
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(refuse_at(dir.as_fd(), comp, e, &shown)),
+            let Some(fd) = open_or_make(dir.as_fd(), comp, &shown, create, false)? else {
+                return Ok(None);
             };
+            dir = fd;
         }
         push_comp(&mut shown, name);
-        let fd = match open_dir(dir.as_fd(), name) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) if create => {
-                make_dir(dir.as_fd(), name, &shown, true)?;
-                open_dir(dir.as_fd(), name).map_err(|e| refuse_at(dir.as_fd(), name, e, &shown))?
-            }
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(refuse_at(dir.as_fd(), name, e, &shown)),
+        let Some(fd) = open_or_make(dir.as_fd(), name, &shown, create, true)? else {
+            return Ok(None);
         };
         // Checked again after listing: another imgc process making the root at the
         // same time may have marked it in between (the mark is then what we listed).
@@ -306,16 +294,10 @@ impl Root {
         let mut shown = self.shown.clone();
         for comp in above {
             push_comp(&mut shown, comp);
-            dir = match open_dir(dir.as_fd(), comp) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) if create => {
-                    make_dir(dir.as_fd(), comp, &shown, true)?;
-                    open_dir(dir.as_fd(), comp)
-                        .map_err(|e| refuse_at(dir.as_fd(), comp, e, &shown))?
-                }
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(refuse_at(dir.as_fd(), comp, e, &shown)),
+            let Some(fd) = open_or_make(dir.as_fd(), comp, &shown, create, true)? else {
+                return Ok(None);
             };
+            dir = fd;
         }
         Ok(Some((dir, name)))
     }
@@ -913,6 +895,29 @@ fn not_a_dir(e: Errno, shown: &str) -> OutputError {
             "`{shown}` is in the way: imgc needs a directory there and did not make this; move it away"
         )),
         e => OutputError::io("open", shown, e),
+    }
+}
+
+/// Opens the directory `name` in `dir` (never through a link). A missing one is
+/// made if `create` (with the directory mark if `mark`: see [`make_dir`]), else
+/// it is `None`; anything else in the way is refused (see [`refuse_at`]).
+fn open_or_make(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    shown: &str,
+    create: bool,
+    mark: bool,
+) -> Result<Option<OwnedFd>, OutputError> {
+    match open_dir(dir, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) if create => {
+            make_dir(dir, name, shown, mark)?;
+            open_dir(dir, name)
+                .map(Some)
+                .map_err(|e| refuse_at(dir, name, e, shown))
+        }
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(refuse_at(dir, name, e, shown)),
     }
 }
 
