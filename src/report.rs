@@ -6,11 +6,11 @@
 
 use crate::actions::ActionError;
 use crate::commands::CmdError;
+pub use crate::diag::escape_controls;
 use crate::diag::{Diag, Sources};
 use crate::hash::{Digest, Key};
 use crate::label::Label;
 use miette::{GraphicalReportHandler, GraphicalTheme};
-use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,32 +18,6 @@ use std::time::Duration;
 /// Whether stderr gets colour.
 pub fn color_enabled() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// `text` with every character that a terminal would act on instead of showing
-/// escaped as `\u{..}`: control characters other than newline and tab (so an
-/// escape sequence in a file name cannot recolour, retitle or rewrite the terminal)
-/// and the Unicode direction overrides (so a name cannot reorder what is shown).
-/// Everything imgc prints that comes from the workspace or the environment (paths,
-/// file names, messages that quote them) goes through it; labels are validated.
-pub fn escape_controls(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if needs_escape(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-fn needs_escape(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t')
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Prints a result line (or block) on stdout, control characters escaped.
