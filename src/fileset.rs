@@ -281,7 +281,14 @@ fn join(dir: &str, name: &str) -> String {
 /// decided by its words, never by where a symlink on the way happens to point
 /// (that is [`Root::locate`]'s business). Empty for the workspace root.
 fn ws_path(package: &str, rel: &str) -> String {
-    let mut parts: Vec<&str> = package.split('/').filter(|c| !c.is_empty()).collect();
+    lexical_join(package, rel)
+}
+
+/// `base` and then `rel` (both `/`-separated), joined by name: `.` and empty
+/// components dropped, `..` removing the component before it (never going
+/// above the start). Nothing on disk is looked at.
+pub(crate) fn lexical_join(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = base.split('/').filter(|c| !c.is_empty()).collect();
     for c in rel.split('/') {
         match c {
             "" | "." => {}

@@ -240,21 +240,8 @@ pub(super) fn normalize_member(p: &str) -> String {
 
 /// Resolves a symlink target relative to the member's directory.
 pub(super) fn resolve_member(dir: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        dir.split('/').filter(|c| !c.is_empty()).collect()
-    };
-    for c in target.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    parts.join("/")
+    let base = if target.starts_with('/') { "" } else { dir };
+    crate::fileset::lexical_join(base, target)
 }
 
 /// Members that may be a config or a layer; everything else is metadata.
