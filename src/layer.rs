@@ -849,6 +849,16 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// `entries` written as a layer in the default format of `compression`.
+    fn write_default(
+        entries: &[Entry],
+        compression: Compression,
+        mtime: u64,
+        cas: &Cas,
+    ) -> Result<LayerOutput, LayerError> {
+        write_layer(entries, &LayerFormat::default_for(compression), mtime, cas)
+    }
+
     fn e(path: &str, data: EntryData, mode: u32) -> Entry {
         Entry {
             path: path.into(),
@@ -917,20 +927,8 @@ mod tests {
     fn golden_digests() {
         let (_d, cas) = cas();
         let entries = fixture();
-        let gz = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Gzip),
-            0,
-            &cas,
-        )
-        .unwrap();
-        let zs = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Zstd),
-            0,
-            &cas,
-        )
-        .unwrap();
+        let gz = write_default(&entries, Compression::Gzip, 0, &cas).unwrap();
+        let zs = write_default(&entries, Compression::Zstd, 0, &cas).unwrap();
         assert_eq!(gz.diff_id, zs.diff_id);
         assert_eq!(
             gz.diff_id.to_string(),
@@ -1129,7 +1127,7 @@ mod tests {
     fn diff_id_is_sha256_of_decompressed_blob() {
         let (_d, cas) = cas();
         for c in [Compression::Gzip, Compression::Zstd] {
-            let out = write_layer(&fixture(), &LayerFormat::default_for(c), 7, &cas).unwrap();
+            let out = write_default(&fixture(), c, 7, &cas).unwrap();
             assert_eq!(out.diff_id.0, Digest::of_bytes(&decompress(&cas, &out)));
         }
     }
@@ -1137,13 +1135,7 @@ mod tests {
     #[test]
     fn header_fields() {
         let (_d, cas) = cas();
-        let out = write_layer(
-            &fixture(),
-            &LayerFormat::default_for(Compression::Gzip),
-            1_700_000_000,
-            &cas,
-        )
-        .unwrap();
+        let out = write_default(&fixture(), Compression::Gzip, 1_700_000_000, &cas).unwrap();
         let tar = decompress(&cas, &out);
         let mut ar = tar::Archive::new(&tar[..]);
         let mut seen = Vec::new();
@@ -1241,7 +1233,7 @@ mod tests {
         );
         // and the tar holds exactly those three entries, listed as written
         let (_d, cas) = cas();
-        let out = write_layer(&n, &LayerFormat::default_for(Compression::Gzip), 0, &cas).unwrap();
+        let out = write_default(&n, Compression::Gzip, 0, &cas).unwrap();
         let tar = decompress(&cas, &out);
         let names: Vec<String> = tar::Archive::new(&tar[..])
             .entries()
@@ -1267,13 +1259,7 @@ mod tests {
         let mut entries = fixture();
         entries.push(e(&long, EntryData::Bytes(b"long".to_vec()), 0o600));
         let entries = normalize(entries).unwrap();
-        let out = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Zstd),
-            0,
-            &cas,
-        )
-        .unwrap();
+        let out = write_default(&entries, Compression::Zstd, 0, &cas).unwrap();
         let tar = decompress(&cas, &out);
         let mut from_tar = Vec::new();
         for en in tar::Archive::new(&tar[..]).entries().unwrap() {
@@ -1301,13 +1287,7 @@ mod tests {
         assert_eq!(from_tar.len(), 6);
         assert_eq!(out.listing.entries, from_tar);
         // The listing of `write_layer` is a function of the entries alone.
-        let again = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Gzip),
-            9,
-            &cas,
-        )
-        .unwrap();
+        let again = write_default(&entries, Compression::Gzip, 9, &cas).unwrap();
         assert_eq!(again.listing, out.listing);
     }
 
@@ -1365,13 +1345,7 @@ mod tests {
             big,
         ])
         .unwrap();
-        let out = write_layer(
-            &entries,
-            &LayerFormat::default_for(Compression::Zstd),
-            0,
-            &cas,
-        )
-        .unwrap();
+        let out = write_default(&entries, Compression::Zstd, 0, &cas).unwrap();
         let tar = decompress(&cas, &out);
         let mut ar = tar::Archive::new(&tar[..]);
         let got: Vec<(String, Option<String>, u64, u64)> = ar
