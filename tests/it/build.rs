@@ -296,19 +296,7 @@ fn imported_docker_archive_is_a_base() {
     let ws = small_ws();
     ws.build(&["//base:base"]);
     std::fs::create_dir_all(ws.path("third_party")).unwrap();
-    let out = std::process::Command::new("skopeo")
-        .arg("copy")
-        .arg(format!(
-            "oci:{}:latest",
-            ws.layout("base", "base").display()
-        ))
-        .arg(format!(
-            "docker-archive:{}:base:latest",
-            ws.path("third_party/base.tar").display()
-        ))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    skopeo_docker_archive(&ws.layout("base", "base"), &ws.path("third_party/base.tar"));
     ws.write(
         "third_party/BUILD.kdl",
         "import \"saved\" {\n    docker-archive \"base.tar\"\n}\nimage \"on-saved\" {\n    from \":saved\"\n    entrypoint \"/bin/true\"\n}\n",

@@ -80,36 +80,6 @@ fn ws_with_layer(layer_body: &str) -> Ws {
     ])
 }
 
-/// Builds everything in the library with `hook` called right before each
-/// action runs (after it was keyed and missed). Returns the failures by label.
-fn build_with_hook(
-    ws: &Ws,
-    hook: impl Fn(&imgc::label::Label) + Send + Sync + 'static,
-) -> std::collections::BTreeMap<String, String> {
-    use imgc::commands::{Context, Loaded, build};
-    use imgc::scheduler::Outcome;
-    let ctx = Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-    };
-    let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
-    let selected = loaded.select(&[]).unwrap();
-    let mut settings = build::settings(&loaded, Some(1), false, false).unwrap();
-    settings.before_run = Some(std::sync::Arc::new(hook));
-    let mut reporter =
-        imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
-    let summary = build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    summary
-        .outcomes
-        .iter()
-        .filter_map(|(n, o)| match o {
-            Outcome::Failed(e) => Some((loaded.graph.node(*n).label.to_string(), e.to_string())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Every file under `dir`, decompressed where it is a gzip or zstd blob.
 fn contents_below(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -141,14 +111,7 @@ fn holds(hay: &[u8], needle: &[u8]) -> bool {
 
 /// The body of the one layer of `//pkg:img`.
 fn layer_body(ws: &Ws) -> Vec<(String, Vec<u8>)> {
-    let layout = ws.layout("pkg", "img");
-    let digest = layer_field(&layout, "digest").pop().unwrap();
-    let blob = layout
-        .join("blobs/sha256")
-        .join(digest.trim_start_matches("sha256:"));
-    let file = std::fs::File::open(blob).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
-    archive
+    last_layer_tar(&ws.layout("pkg", "img"))
         .entries()
         .unwrap()
         .map(|e| {
@@ -202,7 +165,7 @@ fn a_directory_swapped_for_a_link_out_of_the_workspace_after_keying_is_never_rea
                 );
                 let watch = Watch::new(outside.path());
                 let (hook_at, hook_target) = (at.clone(), target.clone());
-                let failures = build_with_hook(&ws, move |label| {
+                let failures = build_with_hook(&ws, &[], move |label| {
                     if label.to_string() == "//pkg:l" {
                         let mut aside = hook_at.clone().into_os_string();
                         aside.push(".orig");

@@ -32,20 +32,6 @@ fn image_layouts(ws: &Ws, ev: &Events) -> Vec<(String, std::path::PathBuf)> {
         .collect()
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn every_example_image_passes_the_independent_checker() {
     let (ws, ev) = examples();

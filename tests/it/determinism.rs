@@ -478,19 +478,7 @@ fn recipes_pin_their_output() {
         let mut imports = "import \"layout\" {\n    oci-layout \"base-layout\"\n}\n".to_string();
         // Docker archives hold no zstd layers.
         if compression == "gzip" {
-            let archive = std::process::Command::new("skopeo")
-                .arg("copy")
-                .arg(format!(
-                    "oci:{}:latest",
-                    ws.layout("base", "base").display()
-                ))
-                .arg(format!(
-                    "docker-archive:{}:base:latest",
-                    ws.path("third_party/base.tar").display()
-                ))
-                .output()
-                .expect("skopeo runs");
-            assert!(archive.status.success(), "{}", stderr(&archive));
+            skopeo_docker_archive(&ws.layout("base", "base"), &ws.path("third_party/base.tar"));
             imports.push_str("import \"archive\" {\n    docker-archive \"base.tar\"\n}\n");
         }
         // A Docker-style base (Healthcheck, Shell, OnBuild, unknown fields) and an

@@ -354,36 +354,6 @@ fn import_through_links_inside_the_workspace_only() {
     assert!(err.contains("third_party/BUILD.kdl:2"), "{err}");
 }
 
-/// Builds `pattern` in the library, calling `hook` right before each action
-/// runs (after it was keyed and missed). Returns the failure messages by label.
-fn build_with_hook(
-    ws: &Ws,
-    pattern: &str,
-    hook: impl Fn(&imgc::label::Label) + Send + Sync + 'static,
-) -> std::collections::BTreeMap<String, String> {
-    use imgc::commands::{Context, Loaded, build};
-    use imgc::scheduler::Outcome;
-    let ctx = Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-    };
-    let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
-    let selected = loaded.select(&[pattern.to_string()]).unwrap();
-    let mut settings = build::settings(&loaded, Some(1), false, false).unwrap();
-    settings.before_run = Some(std::sync::Arc::new(hook));
-    let mut reporter = imgc::report::Reporter::new(true, &loaded.ws.root, Default::default());
-    let summary = build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
-        .unwrap_or_else(|e| panic!("{e:?}"));
-    summary
-        .outcomes
-        .iter()
-        .filter_map(|(n, o)| match o {
-            Outcome::Failed(e) => Some((loaded.graph.node(*n).label.to_string(), e.to_string())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Before: the import action read the layout after it was keyed and stored
 /// whatever it read under the key of what was there before, so a file changed
 /// in between was served from the cache after it was changed back.
@@ -415,7 +385,7 @@ fn import_file_changed_between_key_and_read_fails_and_caches_nothing() {
     // Keyed on image A; right before it runs, `index.json` becomes image B's.
     let index = img.join("index.json");
     let swap = index.clone();
-    let failures = build_with_hook(&ws, "//third_party/...", move |label| {
+    let failures = build_with_hook(&ws, &["//third_party/..."], move |label| {
         if label.to_string() == "//third_party:up" {
             std::fs::write(&swap, &index_b).unwrap();
         }

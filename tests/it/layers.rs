@@ -22,13 +22,7 @@ struct TarEntry {
 
 /// The entries of the last layer of the image at `layout` (gzip layers).
 fn last_layer(layout: &Path) -> Vec<TarEntry> {
-    let digests = layer_field(layout, "digest");
-    let blob = layout
-        .join("blobs/sha256")
-        .join(digests.last().unwrap().trim_start_matches("sha256:"));
-    let file = std::fs::File::open(blob).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
-    archive
+    last_layer_tar(layout)
         .entries()
         .unwrap()
         .map(|e| {
@@ -76,20 +70,6 @@ fn build_fails(ws: &Ws) -> String {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!ws.layout("pkg", "img").exists());
     stderr(&out)
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The base of the issue: a sticky `/tmp`, an app-owned `/home/app`, and the

@@ -327,3 +327,71 @@ pub fn layer_field(layout: &Path, field: &str) -> Vec<String> {
         .map(|l| l[field].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Runs a tool, which must succeed; its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies the OCI layout `layout` (tag `latest`) into a docker archive
+/// `archive` (tagged `base:latest`) with skopeo.
+pub fn skopeo_docker_archive(layout: &Path, archive: &Path) {
+    run(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker-archive:{}:base:latest", archive.display())));
+}
+
+/// The last layer of the image at `layout` (a gzip layer), as a tar archive.
+pub fn last_layer_tar(layout: &Path) -> tar::Archive<flate2::read::MultiGzDecoder<std::fs::File>> {
+    let digest = layer_field(layout, "digest").pop().unwrap();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    tar::Archive::new(flate2::read::MultiGzDecoder::new(
+        std::fs::File::open(blob).unwrap(),
+    ))
+}
+
+/// Builds `patterns` (everything if none) in the library with `hook` called
+/// right before each action runs (after it was keyed and missed). Returns the
+/// failure messages by label.
+pub fn build_with_hook(
+    ws: &Ws,
+    patterns: &[&str],
+    hook: impl Fn(&imgc::label::Label) + Send + Sync + 'static,
+) -> BTreeMap<String, String> {
+    use imgc::commands::{Context, Loaded, build};
+    use imgc::scheduler::Outcome;
+    let ctx = Context {
+        cwd: ws.root().to_path_buf(),
+        cache_dir: Some(ws.cache.path().to_path_buf()),
+    };
+    let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
+    let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    let selected = loaded.select(&patterns).unwrap();
+    let mut settings = build::settings(&loaded, Some(1), false, false).unwrap();
+    settings.before_run = Some(std::sync::Arc::new(hook));
+    let mut reporter =
+        imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
+    let summary = build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    summary
+        .outcomes
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Outcome::Failed(e) => Some((loaded.graph.node(*n).label.to_string(), e.to_string())),
+            _ => None,
+        })
+        .collect()
+}
