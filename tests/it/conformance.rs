@@ -566,18 +566,7 @@ fn runc_run(layout: &Path) -> String {
         .args(["unpack", "--image"])
         .arg(format!("{}:{}", layout.display(), ref_name(layout)))
         .arg(&b));
-    // This environment cannot apply rlimits or cgroup resources.
-    let cfg_path = b.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    if let Some(p) = cfg["process"].as_object_mut() {
-        p.remove("rlimits");
-        p.insert("terminal".into(), serde_json::Value::Bool(false));
-    }
-    if let Some(l) = cfg["linux"].as_object_mut() {
-        l.remove("resources");
-    }
-    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    runnable_here(&b);
     let id = format!("imgc-test-{}", std::process::id());
     let root = bundle.path().join("runc-root");
     run(Command::new("runc")

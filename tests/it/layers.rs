@@ -175,17 +175,7 @@ fn layers_leave_undeclared_parents_to_the_base() {
     if !have("runc") {
         panic!("`runc` is not installed");
     }
-    let cfg_path = b.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    if let Some(p) = cfg["process"].as_object_mut() {
-        p.remove("rlimits");
-        p.insert("terminal".into(), serde_json::Value::Bool(false));
-    }
-    if let Some(l) = cfg["linux"].as_object_mut() {
-        l.remove("resources");
-    }
-    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    runnable_here(&b);
     let out = run(Command::new("runc")
         .arg("--root")
         .arg(bundle.path().join("runc-root"))

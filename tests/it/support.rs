@@ -395,3 +395,20 @@ pub fn build_with_hook(
         })
         .collect()
 }
+
+/// Edits the `config.json` of the runtime bundle `bundle` (as `umoci unpack`
+/// makes it) so that runc can run it here: this environment cannot apply
+/// rlimits or cgroup resources, and has no terminal.
+pub fn runnable_here(bundle: &Path) {
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    if let Some(p) = cfg["process"].as_object_mut() {
+        p.remove("rlimits");
+        p.insert("terminal".into(), serde_json::Value::Bool(false));
+    }
+    if let Some(l) = cfg["linux"].as_object_mut() {
+        l.remove("resources");
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+}
