@@ -1,0 +1,1770 @@
+//! The differential test of the cache: after every edit, a warm build is a cold one.
+//!
+//! imgc promises that a cache hit is exactly what a fresh build would make. The
+//! targeted tests elsewhere each guard one way that promise could break; this one
+//! guards it as a whole, the way a user meets it: one workspace and one cache
+//! living through many edits of every kind a monorepo sees. It applies a seeded,
+//! deterministic pseudo-random sequence of edits to a small fixture workspace
+//! (every action kind: layers with every entry kind, copies of directories, globs
+//! and another layer, images chained three deep, an import of an OCI layout) and
+//! after each edit builds the workspace twice:
+//!
+//! * **warm**: in place, with the cache and the output directory of every earlier
+//!   step;
+//! * **cold**: a copy of the workspace (so also another checkout path), with a fresh
+//!   cache and a fresh output directory.
+//!
+//! Both must exit alike (a spec error is an error both ways, with the same error
+//! codes and the same failed targets), and their output trees must be
+//! byte-identical (when a target fails: the layouts both builds wrote). Edits that
+//! change nothing a build reads (reformatting a `BUILD.kdl`, touching files) must
+//! also run no action at all. Damage to the cache's blob store is one of the edits:
+//! the warm build must repair it and still equal the cold one.
+//!
+//! Edits are drawn from a deck holding every edit kind once, shuffled and dealt
+//! again when empty, so even the short default run applies each kind at least once.
+//! `IMGC_DIFF_SEED` (decimal or `0x` hex) and `IMGC_DIFF_STEPS` choose another or a
+//! longer run; `IMGC_DIFF_KEEP=1` keeps the directories of a failing run. A failure
+//! prints the seed, every step so far, both builds' outcome and the first
+//! differing file.
+//!
+//! What it deliberately does not do: check expected bytes (the golden tests do),
+//! generate arbitrary specs (the parser tests cover the language; here every
+//! edit is one a user makes), or race edits against a running build (the
+//! `before_run` hook tests do that deterministically). Builds use
+//! `--keep-going`, so which targets a failing build still finishes does not depend
+//! on scheduling order.
+
+use crate::support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DEFAULT_SEED: u64 = 0x696d_6763_0006_0001;
+const DEFAULT_STEPS: usize = 40;
+
+/// The fixed time every fixture file starts with (2021-01-01), old enough for the
+/// file-hash memo to remember it.
+const OLD_MTIME: i64 = 1_609_459_200;
+
+#[test]
+fn warm_builds_equal_cold_builds_through_random_edits() {
+    let seed = env_number("IMGC_DIFF_SEED").unwrap_or(DEFAULT_SEED);
+    let steps = env_number("IMGC_DIFF_STEPS").map_or(DEFAULT_STEPS, |n| n as usize);
+    let mut t = Differential::new(seed, steps);
+    t.check("initial build", false);
+    let mut deck: Vec<Edit> = Vec::new();
+    for _ in 0..steps {
+        if deck.is_empty() {
+            deck = EDITS.to_vec();
+            t.rng.shuffle(&mut deck);
+        }
+        let edit = deck.pop().expect("a dealt deck");
+        let healed = t.heal();
+        let mut what = t.apply(edit);
+        if let Some(h) = &healed {
+            what = format!("{what} (and healed: {h})");
+        }
+        let quiet = edit.changes_nothing() && healed.is_none();
+        t.check(&what, quiet);
+    }
+    assert!(
+        t.ok_steps > 0,
+        "seed {seed:#x}: no step built successfully, so nothing was compared"
+    );
+    assert!(
+        t.cached_actions > 0,
+        "seed {seed:#x}: no warm build used the cache, so nothing was compared"
+    );
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => v.replace('_', "").parse(),
+    };
+    Some(parsed.unwrap_or_else(|e| panic!("{name}=`{v}` is not a number: {e}")))
+}
+
+// -- the pseudo-random source -----------------------------------------------------
+
+/// xorshift64*: small, fixed, and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        let s = seed ^ 0x9e37_79b9_7f4a_7c15;
+        Rng(if s == 0 { 0x9e37_79b9_7f4a_7c15 } else { s })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() >> 63 == 1
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+
+    /// One of `items` other than `current`.
+    fn pick_other<T: Clone + PartialEq>(&mut self, items: &[T], current: &T) -> T {
+        let others: Vec<&T> = items.iter().filter(|i| *i != current).collect();
+        others[self.below(others.len())].clone()
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+
+    fn text(&mut self, len: usize) -> Vec<u8> {
+        const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789 =#\n";
+        (0..len).map(|_| CHARS[self.below(CHARS.len())]).collect()
+    }
+}
+
+// -- the edits ---------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edit {
+    /// New content for a source file (another size, usually).
+    Rewrite,
+    /// New content of the same size, the old mtime set back.
+    RewriteSameSize,
+    AddFile,
+    DeleteFile,
+    RenameFile,
+    Chmod,
+    /// Re-point a symlink inside a copied directory.
+    RepointLink,
+    /// `mode=`/`owner=` of a `copy` or `dir` entry, a layer's `owner`.
+    EntryModeOwner,
+    /// The contents of a `text` entry.
+    Text,
+    /// A `dir` entry in or out.
+    ToggleDir,
+    /// The target of a `symlink` entry.
+    SymlinkTarget,
+    /// `owner=` of a copy of another layer.
+    LabelCopyOwner,
+    Env,
+    Label,
+    Annotation,
+    Entrypoint,
+    Cmd,
+    Expose,
+    Volume,
+    User,
+    Workdir,
+    StopSignal,
+    Tag,
+    ReorderLayers,
+    SwitchFrom,
+    Epoch,
+    Compression,
+    /// Whitespace, comments, node order of properties: nothing may run.
+    Reformat,
+    /// A spec error for one step (a parse error, an unknown label, a source that
+    /// matches nothing, a layer that would destroy a lower path).
+    Break,
+    DeleteBlob,
+    DamageBlob,
+    /// New mtimes, same contents: nothing may run.
+    Touch,
+    /// The import's `index.json` replaced by another layout's.
+    ImportSwapIndex,
+    /// The import's `index.json` a symlink inside the workspace, re-pointed.
+    ImportRelinkIndex,
+}
+
+const EDITS: &[Edit] = &[
+    Edit::Rewrite,
+    Edit::RewriteSameSize,
+    Edit::AddFile,
+    Edit::DeleteFile,
+    Edit::RenameFile,
+    Edit::Chmod,
+    Edit::RepointLink,
+    Edit::EntryModeOwner,
+    Edit::Text,
+    Edit::ToggleDir,
+    Edit::SymlinkTarget,
+    Edit::LabelCopyOwner,
+    Edit::Env,
+    Edit::Label,
+    Edit::Annotation,
+    Edit::Entrypoint,
+    Edit::Cmd,
+    Edit::Expose,
+    Edit::Volume,
+    Edit::User,
+    Edit::Workdir,
+    Edit::StopSignal,
+    Edit::Tag,
+    Edit::ReorderLayers,
+    Edit::SwitchFrom,
+    Edit::Epoch,
+    Edit::Compression,
+    Edit::Reformat,
+    Edit::Break,
+    Edit::DeleteBlob,
+    Edit::DamageBlob,
+    Edit::Touch,
+    Edit::ImportSwapIndex,
+    // Twice, so a symlinked index.json is re-pointed in every deck.
+    Edit::ImportRelinkIndex,
+    Edit::ImportRelinkIndex,
+];
+
+impl Edit {
+    /// Edits after which a build must run no action (if the previous one succeeded).
+    fn changes_nothing(self) -> bool {
+        matches!(self, Edit::Reformat | Edit::Touch)
+    }
+}
+
+/// Directories whose files are copied (a directory copy, a glob), where files
+/// come and go.
+const TREES: &[&str] = &["app/src", "app/static", "app/conf"];
+/// Where new files may appear (some of them new directories).
+const ADD_DIRS: &[&str] = &[
+    "app/src",
+    "app/src/lib",
+    "app/src/new",
+    "app/static",
+    "app/static/css",
+    "app/conf",
+];
+const ADD_NAMES: &[&str] = &[
+    "alpha.txt",
+    "beta.toml",
+    "gamma.css",
+    "dev-extra.toml",
+    "notes",
+    "z.toml",
+];
+/// Files copied by name.
+const DIRECT: &[&str] = &["app/run.sh", "app/config.toml"];
+/// Symlink targets for the import's `index.json` (inside and outside the layout)
+/// with the vendor layout's content, and with the other layout's.
+const INDEX_A_LINKS: &[&str] = &["index-a.json", "../indexes/a.json"];
+const INDEX_B_LINKS: &[&str] = &["index-b.json", "../indexes/b.json"];
+/// `app/src/link`'s possible targets (some dangling, one a directory).
+const LINK_TARGETS: &[&str] = &[
+    "main.txt",
+    "lib/util.txt",
+    "lib",
+    "nowhere.txt",
+    "../run.sh",
+];
+
+// -- the spec, as data -----------------------------------------------------------
+
+type Pairs = Vec<(String, String)>;
+
+#[derive(Clone, Debug)]
+struct Image {
+    name: &'static str,
+    from: String,
+    layers: Vec<String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    env: Pairs,
+    labels: Pairs,
+    annotations: Pairs,
+    expose: Vec<String>,
+    volume: Vec<String>,
+    user: Option<String>,
+    workdir: Option<String>,
+    stop_signal: Option<String>,
+    tags: Vec<String>,
+}
+
+impl Image {
+    fn new(name: &'static str, from: &str, layers: &[&str]) -> Image {
+        Image {
+            name,
+            from: from.into(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            entrypoint: None,
+            cmd: None,
+            env: Vec::new(),
+            labels: Vec::new(),
+            annotations: Vec::new(),
+            expose: Vec::new(),
+            volume: Vec::new(),
+            user: None,
+            workdir: None,
+            stop_signal: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Break {
+    /// `mode="0x9"`: a parse error (E006), nothing builds.
+    BadMode,
+    /// `from ":nope"`: an unknown label (E010), nothing builds.
+    UnknownFrom,
+    /// A glob that matches nothing: the layer action fails (E019).
+    MissingGlob,
+    /// A file over a lower layer's directory: the image action fails (E030)
+    /// when `app-debug` is built on `app`.
+    StackConflict,
+}
+
+const BREAKS: &[Break] = &[
+    Break::BadMode,
+    Break::UnknownFrom,
+    Break::MissingGlob,
+    Break::StackConflict,
+];
+
+/// Everything the specs say; the `BUILD.kdl` files are rendered from it.
+#[derive(Clone, Debug)]
+struct Spec {
+    epoch: u64,
+    zstd: bool,
+    /// Formatting only: 0 plain, 1 comments and tabs, 2 compact and split nodes.
+    style: usize,
+    os_release: String,
+    sticky_tmp: bool,
+    version: String,
+    run_mode: Option<&'static str>,
+    run_owner: Option<&'static str>,
+    /// `dir "/var/lib/app"` with its mode and owner, when present.
+    data_dir: Option<(&'static str, &'static str)>,
+    current: &'static str,
+    assets_owner: Option<&'static str>,
+    bundle_owner: Option<&'static str>,
+    broken: Option<Break>,
+    base: Image,
+    app: Image,
+    debug: Image,
+    vendored: Image,
+}
+
+const MODES: &[Option<&str>] = &[None, Some("0755"), Some("0700"), Some("4755"), Some("0600")];
+const OWNERS: &[Option<&str>] = &[None, Some("0:0"), Some("10001:10001"), Some("65534:100")];
+
+impl Spec {
+    fn initial() -> Spec {
+        let mut base = Image::new("base", "scratch", &[":files"]);
+        base.env = vec![("PATH".into(), "/bin".into())];
+        base.labels = vec![("org.opencontainers.image.title".into(), "base".into())];
+        base.tags = vec!["example.com/base:1".into()];
+        let mut app = Image::new("app", "//base:base", &[":code", ":assets", ":bundle"]);
+        app.entrypoint = Some(vec!["/app/run.sh".into()]);
+        app.cmd = Some(vec!["--port".into(), "8080".into()]);
+        app.env = vec![("RUST_LOG".into(), "info".into())];
+        app.expose = vec!["8080/tcp".into()];
+        app.volume = vec!["/data".into()];
+        app.user = Some("10001:10001".into());
+        app.workdir = Some("/app".into());
+        app.annotations = vec![("com.example.team".into(), "payments".into())];
+        app.tags = vec!["example.com/app:1.0".into()];
+        let mut debug = Image::new("app-debug", ":app", &[]);
+        debug.cmd = Some(vec!["--debug".into()]);
+        let mut vendored = Image::new("on-vendor", ":vendor-base", &["//app:assets"]);
+        vendored.cmd = Some(vec!["/etc/vendor-release".into()]);
+        vendored.tags = vec!["example.com/on-vendor:0.9".into()];
+        Spec {
+            epoch: 1_700_000_000,
+            zstd: false,
+            style: 0,
+            os_release: "ID=imgc-diff\n".into(),
+            sticky_tmp: true,
+            version: "1.0.0\n".into(),
+            run_mode: Some("0755"),
+            run_owner: None,
+            data_dir: Some(("0700", "10001:10001")),
+            current: "/app/src/main.txt",
+            assets_owner: None,
+            bundle_owner: None,
+            broken: None,
+            base,
+            app,
+            debug,
+            vendored,
+        }
+    }
+
+    fn image_mut(&mut self, i: usize) -> &mut Image {
+        match i {
+            0 => &mut self.base,
+            1 => &mut self.app,
+            2 => &mut self.debug,
+            _ => &mut self.vendored,
+        }
+    }
+
+    /// `(workspace-relative path, text)` of every spec file.
+    fn render(&self) -> Vec<(&'static str, String)> {
+        let s = self.style;
+        let mut ws = Doc::new(s);
+        ws.comment("the workspace root");
+        ws.open("workspace", None);
+        ws.node(n("source-date-epoch").raw(self.epoch.to_string()));
+        ws.node(n("compression").s(if self.zstd { "zstd" } else { "gzip" }));
+        ws.close();
+
+        let mut base = Doc::new(s);
+        base.comment("the base image");
+        base.open("layer", Some("files"));
+        base.node(n("text").s("/etc/os-release").s(&self.os_release));
+        if self.sticky_tmp {
+            base.node(n("dir").s("/tmp").p("mode", "1777"));
+        }
+        base.close();
+        base.image(&self.base, &[]);
+
+        let mut app = Doc::new(s);
+        app.comment("the application");
+        app.open("layer", Some("code"));
+        app.node(n("copy").s("src").p("to", "/app/"));
+        let mut run = n("copy").s("run.sh").p("to", "/app/run.sh");
+        if let Some(m) = self.run_mode {
+            run = run.p("mode", m);
+        }
+        if let Some(o) = self.run_owner {
+            run = run.p("owner", o);
+        }
+        app.node(run);
+        app.node(n("text").s("/app/version").s(&self.version));
+        app.node(n("symlink").s("/app/current").p("target", self.current));
+        if let Some((mode, owner)) = self.data_dir {
+            app.node(n("dir").s("/var/lib/app").p("mode", mode).p("owner", owner));
+        }
+        if self.broken == Some(Break::BadMode) {
+            app.node(n("dir").s("/var/broken").p("mode", "0x9"));
+        }
+        app.close();
+        app.open("layer", Some("assets"));
+        if let Some(o) = self.assets_owner {
+            app.node(n("owner").s(o));
+        }
+        app.node(
+            n("copy")
+                .s("conf/*.toml")
+                .p("to", "/etc/app/")
+                .p("exclude", "conf/dev-*.toml"),
+        );
+        app.node(n("copy").s("static").p("to", "/srv/static"));
+        if self.broken == Some(Break::MissingGlob) {
+            app.node(n("copy").s("missing/*.txt").p("to", "/opt/missing/"));
+        }
+        app.close();
+        app.open("layer", Some("bundle"));
+        let mut bundle = n("copy").s(":code").p("to", "/opt/bundle/");
+        if let Some(o) = self.bundle_owner {
+            bundle = bundle.p("owner", o);
+        }
+        app.node(bundle);
+        app.close();
+        app.image(
+            &self.app,
+            &[n("copy").s("config.toml").p("to", "/etc/app/config.toml")],
+        );
+        let mut debug = self.debug.clone();
+        if self.broken == Some(Break::UnknownFrom) {
+            debug.from = ":nope".into();
+        }
+        let mut debug_layer = vec![n("text").s("/etc/debug").s("on\n")];
+        if self.broken == Some(Break::StackConflict) {
+            debug_layer.push(n("text").s("/app/src").s("not a directory\n"));
+        }
+        app.image(&debug, &debug_layer);
+
+        let mut tp = Doc::new(s);
+        tp.comment("an image made elsewhere, and one built on it");
+        tp.open("import", Some("vendor-base"));
+        tp.node(n("oci-layout").s("vendor-base"));
+        tp.close();
+        tp.image(&self.vendored, &[]);
+
+        vec![
+            ("imgc.kdl", ws.out),
+            ("base/BUILD.kdl", base.out),
+            ("app/BUILD.kdl", app.out),
+            ("third_party/BUILD.kdl", tp.out),
+        ]
+    }
+}
+
+/// One KDL node: name, argument tokens, property tokens.
+#[derive(Clone)]
+struct Node {
+    name: &'static str,
+    args: Vec<String>,
+    props: Vec<(&'static str, String)>,
+    /// Several values mean several nodes' worth (`layers`, `env`, `expose`...):
+    /// the compact style writes one node per value.
+    split: bool,
+    /// Properties are named options in any order (not `env`, whose order is kept).
+    free_props: bool,
+}
+
+fn n(name: &'static str) -> Node {
+    Node {
+        name,
+        args: Vec::new(),
+        props: Vec::new(),
+        split: false,
+        free_props: true,
+    }
+}
+
+impl Node {
+    fn raw(mut self, token: String) -> Node {
+        self.args.push(token);
+        self
+    }
+
+    fn s(self, v: &str) -> Node {
+        self.raw(q(v))
+    }
+
+    fn p(mut self, key: &'static str, v: &str) -> Node {
+        self.props.push((key, q(v)));
+        self
+    }
+
+    fn split(mut self) -> Node {
+        self.split = true;
+        self
+    }
+}
+
+/// A KDL string literal.
+fn q(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Renders nodes in one of three styles that all mean the same.
+struct Doc {
+    style: usize,
+    depth: usize,
+    out: String,
+}
+
+impl Doc {
+    fn new(style: usize) -> Doc {
+        Doc {
+            style,
+            depth: 0,
+            out: String::new(),
+        }
+    }
+
+    fn indent(&mut self) {
+        let unit = match self.style {
+            1 => "\t",
+            2 => "  ",
+            _ => "    ",
+        };
+        for _ in 0..self.depth {
+            self.out.push_str(unit);
+        }
+    }
+
+    fn comment(&mut self, text: &str) {
+        if self.style == 1 {
+            self.indent();
+            let _ = writeln!(self.out, "// {text}\n");
+        }
+    }
+
+    fn open(&mut self, name: &str, arg: Option<&str>) {
+        if self.style != 2 && self.depth == 0 && !self.out.is_empty() {
+            self.out.push('\n');
+        }
+        self.indent();
+        self.out.push_str(name);
+        if let Some(a) = arg {
+            self.out.push(' ');
+            if self.style == 1 {
+                self.out.push_str("/* named */ ");
+            }
+            self.out.push_str(&q(a));
+        }
+        self.out
+            .push_str(if self.style == 2 { "  {\n" } else { " {\n" });
+        self.depth += 1;
+        if self.style == 1 {
+            // A node commented out with a slashdash, and a blank line.
+            self.indent();
+            self.out.push_str("/-annotation \"dead\" \"code\"\n\n");
+        }
+    }
+
+    fn close(&mut self) {
+        self.depth -= 1;
+        self.indent();
+        self.out.push_str("}\n");
+    }
+
+    fn node(&mut self, node: Node) {
+        if self.style == 2 && node.split && node.args.len() + node.props.len() > 1 {
+            for a in &node.args {
+                self.node(Node {
+                    args: vec![a.clone()],
+                    props: Vec::new(),
+                    split: false,
+                    ..node.clone()
+                });
+            }
+            for p in &node.props {
+                self.node(Node {
+                    args: Vec::new(),
+                    props: vec![p.clone()],
+                    split: false,
+                    ..node.clone()
+                });
+            }
+            return;
+        }
+        self.indent();
+        let args = node.args.iter().cloned();
+        let props: Vec<String> = node.props.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let tokens: Vec<String> = match self.style {
+            // Properties first and in reverse (they are named), a comment inside.
+            1 if node.free_props => props
+                .into_iter()
+                .rev()
+                .chain(std::iter::once("/* - */".to_string()))
+                .chain(args)
+                .collect(),
+            _ => args.chain(props).collect(),
+        };
+        self.out.push_str(node.name);
+        let sep = if self.style == 2 { "   " } else { " " };
+        for t in tokens {
+            self.out.push_str(sep);
+            self.out.push_str(&t);
+        }
+        if self.style == 1 {
+            self.out.push_str(" // said twice\n");
+        } else if self.style == 2 {
+            self.out.push_str("  \n");
+        } else {
+            self.out.push('\n');
+        }
+    }
+
+    fn image(&mut self, img: &Image, inline: &[Node]) {
+        self.open("image", Some(img.name));
+        self.node(n("from").s(&img.from));
+        if !img.layers.is_empty() {
+            let mut l = n("layers").split();
+            for x in &img.layers {
+                l = l.s(x);
+            }
+            self.node(l);
+        }
+        if !inline.is_empty() {
+            self.open("layer", None);
+            for e in inline {
+                self.node(e.clone());
+            }
+            self.close();
+        }
+        let list = |name: &'static str, v: &[String]| {
+            let mut node = n(name);
+            for x in v {
+                node = node.s(x);
+            }
+            node
+        };
+        if let Some(e) = &img.entrypoint {
+            self.node(list("entrypoint", e));
+        }
+        if let Some(c) = &img.cmd {
+            self.node(list("cmd", c));
+        }
+        if !img.env.is_empty() {
+            let mut e = n("env").split();
+            e.free_props = false;
+            for (k, v) in &img.env {
+                e.props.push((env_key(k), q(v)));
+            }
+            self.node(e);
+        }
+        for (k, v) in &img.labels {
+            self.node(n("label").s(k).s(v));
+        }
+        for (k, v) in &img.annotations {
+            self.node(n("annotation").s(k).s(v));
+        }
+        if !img.expose.is_empty() {
+            self.node(list("expose", &img.expose).split());
+        }
+        if !img.volume.is_empty() {
+            self.node(list("volume", &img.volume).split());
+        }
+        if let Some(u) = &img.user {
+            self.node(n("user").s(u));
+        }
+        if let Some(w) = &img.workdir {
+            self.node(n("workdir").s(w));
+        }
+        if let Some(s) = &img.stop_signal {
+            self.node(n("stop-signal").s(s));
+        }
+        if !img.tags.is_empty() {
+            self.node(list("tag", &img.tags).split());
+        }
+        self.close();
+    }
+}
+
+/// The `'static` name of an env key (they come from [`ENV_KEYS`]).
+fn env_key(s: &str) -> &'static str {
+    match ENV_KEYS.iter().find(|k| **k == s) {
+        Some(k) => k,
+        None => panic!("env key `{s}` is not in ENV_KEYS"),
+    }
+}
+
+const ENV_KEYS: &[&str] = &["PATH", "RUST_LOG", "TZ", "APP_MODE"];
+const ENV_VALUES: &[&str] = &["/bin", "/usr/bin:/bin", "info", "debug", "UTC", "prod"];
+const LABEL_KEYS: &[&str] = &[
+    "org.opencontainers.image.title",
+    "org.opencontainers.image.version",
+    "com.example.tier",
+];
+const ANNOTATION_KEYS: &[&str] = &[
+    "com.example.team",
+    "com.example.owner",
+    "org.opencontainers.image.base.name",
+];
+const VALUES: &[&str] = &[
+    "api",
+    "gold",
+    "1.2.3",
+    "payments",
+    "registry.example/base:1",
+];
+
+// -- the run -------------------------------------------------------------------------
+
+/// One build's outcome, as the comparison needs it.
+struct Run {
+    status: Option<i32>,
+    events: Vec<serde_json::Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(mut cmd: Command) -> Run {
+        let out = cmd
+            .args([
+                "build",
+                "--message-format",
+                "json",
+                "-j",
+                "2",
+                "--keep-going",
+            ])
+            .output()
+            .expect("cannot run imgc");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let events = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Run {
+            status: out.status.code(),
+            events,
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    fn of_kind(&self, kind: &str) -> impl Iterator<Item = &serde_json::Value> {
+        let kind = kind.to_string();
+        self.events
+            .iter()
+            .filter(move |e| e["event"].as_str() == Some(kind.as_str()))
+    }
+
+    fn label(e: &serde_json::Value) -> String {
+        e["label"].as_str().unwrap_or("?").to_string()
+    }
+
+    /// Labels of the actions that ran (`true`) or came from the cache (`false`).
+    fn finished(&self, ran: bool) -> Vec<String> {
+        self.of_kind("finished")
+            .filter(|e| e["cached"] == !ran)
+            .map(Run::label)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Each failed target and the code of its error (`-` for none).
+    fn failed(&self) -> BTreeMap<String, String> {
+        self.of_kind("failed")
+            .map(|e| {
+                let codes = error_codes(e["error"].as_str().unwrap_or(""));
+                (Run::label(e), codes.first().cloned().unwrap_or("-".into()))
+            })
+            .collect()
+    }
+
+    fn skipped(&self) -> BTreeSet<String> {
+        self.of_kind("skipped").map(Run::label).collect()
+    }
+
+    /// Materialized images: label → (layout path relative to the workspace, digest).
+    fn materialized(&self) -> BTreeMap<String, (String, String)> {
+        self.of_kind("materialized")
+            .map(|e| {
+                (
+                    Run::label(e),
+                    (
+                        e["path"].as_str().unwrap_or("?").to_string(),
+                        e["digest"].as_str().unwrap_or("?").to_string(),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn describe(&self, name: &str) -> String {
+        let lines_not_json = self
+            .stdout
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+            .count();
+        format!(
+            "{name} build: exit {:?}, ran {:?}, cached {:?}, failed {:?}, skipped {:?}{}\n  stderr:\n{}",
+            self.status,
+            self.finished(true),
+            self.finished(false),
+            self.failed(),
+            self.skipped(),
+            if lines_not_json > 0 {
+                format!(", {lines_not_json} stdout lines that are not JSON")
+            } else {
+                String::new()
+            },
+            indent(&self.stderr, "    ")
+        )
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines().map(|l| format!("{by}{l}\n")).collect()
+}
+
+/// Every diagnostic code (`E` and three digits, standing alone) in `text`, sorted.
+fn error_codes(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    for i in 0..b.len() {
+        let alone_before = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        let alone_after = i + 4 >= b.len() || !b[i + 4].is_ascii_alphanumeric();
+        if b[i] == b'E'
+            && alone_before
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+            && alone_after
+        {
+            out.push(text[i..i + 4].to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first difference between two directory trees (files and their bytes).
+fn tree_difference(a: &Path, b: &Path) -> Option<String> {
+    let read = |d: &Path| {
+        if d.exists() {
+            tree_bytes(d)
+        } else {
+            BTreeMap::new()
+        }
+    };
+    let (ta, tb) = (read(a), read(b));
+    let keys: BTreeSet<&String> = ta.keys().chain(tb.keys()).collect();
+    for k in keys {
+        match (ta.get(k), tb.get(k)) {
+            (Some(x), Some(y)) if x == y => {}
+            (Some(x), Some(y)) => {
+                let at = x.iter().zip(y).position(|(p, q)| p != q);
+                let mut s = format!(
+                    "`{k}` differs: warm {} bytes, cold {} bytes, first difference at byte {}",
+                    x.len(),
+                    y.len(),
+                    at.unwrap_or(x.len().min(y.len()))
+                );
+                if let (Ok(tx), Ok(ty)) = (std::str::from_utf8(x), std::str::from_utf8(y))
+                    && x.len() + y.len() < 8000
+                {
+                    let _ = write!(s, "\n  warm: {tx}\n  cold: {ty}");
+                }
+                return Some(s);
+            }
+            (Some(_), None) => return Some(format!("`{k}` only in the warm output")),
+            (None, _) => return Some(format!("`{k}` only in the cold output")),
+        }
+    }
+    None
+}
+
+/// The differential test's state: the warm workspace and cache, the spec, the log.
+struct Differential {
+    seed: u64,
+    steps: usize,
+    rng: Rng,
+    ws: Ws,
+    spec: Spec,
+    /// Index file contents: the vendor layout's and another layout's.
+    index_a: Vec<u8>,
+    index_b: Vec<u8>,
+    log: Vec<String>,
+    /// Whether the last warm build succeeded.
+    last_ok: bool,
+    ok_steps: usize,
+    cached_actions: usize,
+}
+
+impl Differential {
+    fn new(seed: u64, steps: usize) -> Differential {
+        let ws = Ws::new(&[
+            ("app/src/main.txt", "hello\n"),
+            ("app/src/lib/util.txt", "util\n"),
+            ("app/run.sh", "#!/bin/sh\necho hi\n"),
+            ("app/config.toml", "port = 8080\n"),
+            ("app/conf/a.toml", "a = 1\n"),
+            ("app/conf/b.toml", "b = 2\n"),
+            ("app/conf/dev-local.toml", "debug = true\n"),
+            ("app/static/index.html", "<h1>hi</h1>\n"),
+            ("app/static/css/site.css", "h1 { color: red }\n"),
+        ]);
+        std::fs::set_permissions(
+            ws.path("app/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("main.txt", ws.path("app/src/link")).unwrap();
+        // The import: the vendor layout, plus every blob of another layout whose
+        // index.json can take the place of the vendor's.
+        let layout = ws.path("third_party/vendor-base");
+        std::fs::create_dir_all(&layout).unwrap();
+        copy_tree(&spec_examples().join("third_party/vendor-base"), &layout);
+        let index_a = std::fs::read(layout.join("index.json")).unwrap();
+        let (blobs, index_b) = another_layout();
+        for (hex, bytes) in blobs {
+            std::fs::write(layout.join("blobs/sha256").join(hex), bytes).unwrap();
+        }
+        for (rel, bytes) in [
+            ("third_party/vendor-base/index-a.json", &index_a),
+            ("third_party/vendor-base/index-b.json", &index_b),
+            ("third_party/indexes/a.json", &index_a),
+            ("third_party/indexes/b.json", &index_b),
+        ] {
+            ws.write_bytes(rel, bytes);
+        }
+        // `index.json` starts as a symlink, so the first deck re-points it.
+        std::fs::remove_file(layout.join("index.json")).unwrap();
+        std::os::unix::fs::symlink("index-a.json", layout.join("index.json")).unwrap();
+        let spec = Spec::initial();
+        for (rel, text) in spec.render() {
+            ws.write(rel, &text);
+        }
+        for e in walkdir::WalkDir::new(ws.root()) {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                filetime::set_file_mtime(
+                    e.path(),
+                    filetime::FileTime::from_unix_time(OLD_MTIME, 0),
+                )
+                .unwrap();
+            }
+        }
+        Differential {
+            seed,
+            steps,
+            rng: Rng::new(seed),
+            ws,
+            spec,
+            index_a,
+            index_b,
+            log: Vec::new(),
+            last_ok: true,
+            ok_steps: 0,
+            cached_actions: 0,
+        }
+    }
+
+    // -- building and comparing ----------------------------------------------------
+
+    /// Writes the spec files that changed, builds warm and cold, compares.
+    fn check(&mut self, what: &str, quiet: bool) {
+        self.log.push(what.to_string());
+        for (rel, text) in self.spec.render() {
+            if std::fs::read_to_string(self.ws.path(rel)).ok().as_deref() != Some(&text) {
+                self.ws.write(rel, &text);
+            }
+        }
+        let warm = Run::of(self.ws.cmd(&[]));
+        let cold_ws = tempfile::tempdir().unwrap();
+        let cold_cache = tempfile::tempdir().unwrap();
+        copy_tree(self.ws.root(), cold_ws.path());
+        let cold = {
+            let mut c = Command::new(imgc_bin());
+            c.current_dir(cold_ws.path())
+                .arg("--cache-dir")
+                .arg(cold_cache.path())
+                .env("NO_COLOR", "1")
+                .env_remove("SOURCE_DATE_EPOCH")
+                .env_remove("IMGC_CACHE_DIR");
+            Run::of(c)
+        };
+        let mut problem = compare(&warm, &cold, self.ws.root(), cold_ws.path()).err();
+        if problem.is_none() && quiet && self.last_ok && !warm.finished(true).is_empty() {
+            problem = Some(format!(
+                "nothing a build reads changed, yet actions ran: {:?}",
+                warm.finished(true)
+            ));
+        }
+        if let Some(p) = problem {
+            self.fail(&p, &warm, &cold, cold_ws, cold_cache);
+        }
+        eprintln!(
+            "step {:3}: {what}\n           warm: exit {:?}, {} ran, {} cached",
+            self.log.len() - 1,
+            warm.status,
+            warm.finished(true).len(),
+            warm.finished(false).len()
+        );
+        self.last_ok = warm.ok();
+        self.ok_steps += usize::from(warm.ok());
+        self.cached_actions += warm.finished(false).len();
+    }
+
+    fn fail(
+        &mut self,
+        problem: &str,
+        warm: &Run,
+        cold: &Run,
+        mut cold_ws: tempfile::TempDir,
+        mut cold_cache: tempfile::TempDir,
+    ) -> ! {
+        let keep = std::env::var_os("IMGC_DIFF_KEEP").is_some_and(|v| v == "1");
+        if keep {
+            self.ws.dir.disable_cleanup(true);
+            self.ws.cache.disable_cleanup(true);
+            cold_ws.disable_cleanup(true);
+            cold_cache.disable_cleanup(true);
+        }
+        let step = self.log.len() - 1;
+        let mut msg = format!(
+            "the warm build differs from the cold one at step {step} of {} \
+             (seed {:#x}; replay with IMGC_DIFF_SEED={:#x} IMGC_DIFF_STEPS={step})\n\nsteps:\n",
+            self.steps, self.seed, self.seed
+        );
+        for (i, s) in self.log.iter().enumerate() {
+            let _ = writeln!(msg, "  {i:3}. {s}");
+        }
+        let _ = write!(
+            msg,
+            "\nproblem: {problem}\n\n{}\n{}\n",
+            warm.describe("warm"),
+            cold.describe("cold")
+        );
+        let _ = writeln!(
+            msg,
+            "directories{}: warm workspace {}, warm cache {}, cold workspace {}, cold cache {}",
+            if keep {
+                " (kept)"
+            } else {
+                " (removed; IMGC_DIFF_KEEP=1 keeps them)"
+            },
+            self.ws.root().display(),
+            self.ws.cache.path().display(),
+            cold_ws.path().display(),
+            cold_cache.path().display()
+        );
+        panic!("{msg}");
+    }
+
+    // -- applying edits ----------------------------------------------------------------
+
+    /// Undoes a [`Break`] of the previous step.
+    fn heal(&mut self) -> Option<String> {
+        self.spec.broken.take().map(|b| format!("{b:?} removed"))
+    }
+
+    fn apply(&mut self, edit: Edit) -> String {
+        let what = self.apply_inner(edit);
+        format!("{edit:?}: {what}")
+    }
+
+    fn apply_inner(&mut self, edit: Edit) -> String {
+        let ws_root = self.ws.root().to_path_buf();
+        let rng = &mut self.rng;
+        let spec = &mut self.spec;
+        match edit {
+            Edit::Rewrite => {
+                let Some(f) = pick_file(rng, &ws_root, true) else {
+                    return "no file to rewrite".into();
+                };
+                let len = rng.below(160);
+                let bytes = rng.text(len);
+                std::fs::write(ws_root.join(&f), &bytes).unwrap();
+                format!("`{f}` rewritten, {len} bytes")
+            }
+            Edit::RewriteSameSize => {
+                let Some(f) = pick_file(rng, &ws_root, true) else {
+                    return "no file to rewrite".into();
+                };
+                let p = ws_root.join(&f);
+                let meta = std::fs::metadata(&p).unwrap();
+                let mut bytes = std::fs::read(&p).unwrap();
+                if bytes.is_empty() {
+                    bytes = rng.text(7);
+                    std::fs::write(&p, &bytes).unwrap();
+                    return format!("`{f}` was empty: now 7 bytes");
+                }
+                let at = rng.below(bytes.len());
+                bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+                // In place (same inode, same size), then the old times set back.
+                std::fs::write(&p, &bytes).unwrap();
+                filetime::set_file_times(
+                    &p,
+                    filetime::FileTime::from_last_access_time(&meta),
+                    filetime::FileTime::from_last_modification_time(&meta),
+                )
+                .unwrap();
+                format!(
+                    "`{f}`: byte {at} changed in place, size {} and mtime kept",
+                    bytes.len()
+                )
+            }
+            Edit::AddFile => {
+                let rel = format!("{}/{}", rng.pick(ADD_DIRS), rng.pick(ADD_NAMES));
+                let len = rng.below(80);
+                let p = ws_root.join(&rel);
+                if p.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                    return format!("`{rel}` exists and is no file: left alone");
+                }
+                let existed = p.exists();
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, rng.text(len)).unwrap();
+                format!(
+                    "`{rel}` {}, {len} bytes",
+                    if existed { "overwritten" } else { "added" }
+                )
+            }
+            Edit::DeleteFile => {
+                let files = files_in(&ws_root, TREES, false);
+                if files.is_empty() {
+                    return "no file to delete".into();
+                }
+                let f = rng.pick(&files);
+                std::fs::remove_file(ws_root.join(&f)).unwrap();
+                format!("`{f}` deleted")
+            }
+            Edit::RenameFile => {
+                let files = files_in(&ws_root, TREES, false);
+                if files.is_empty() {
+                    return "no file to rename".into();
+                }
+                let f = rng.pick(&files);
+                let to = format!("{}/{}", rng.pick(ADD_DIRS), rng.pick(ADD_NAMES));
+                let dest = ws_root.join(&to);
+                if to == f || dest.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                    return format!("`{f}` not renamed to `{to}`");
+                }
+                std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                std::fs::rename(ws_root.join(&f), &dest).unwrap();
+                format!("`{f}` renamed to `{to}`")
+            }
+            Edit::Chmod => {
+                let Some(f) = pick_file(rng, &ws_root, true) else {
+                    return "no file to chmod".into();
+                };
+                let p = ws_root.join(&f);
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+                let new = if mode & 0o111 == 0 {
+                    mode | 0o111
+                } else {
+                    mode & !0o111
+                };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(new)).unwrap();
+                format!("`{f}` chmod {mode:o} -> {new:o}")
+            }
+            Edit::RepointLink => {
+                let p = ws_root.join("app/src/link");
+                let current = std::fs::read_link(&p)
+                    .ok()
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let target = rng.pick_other(
+                    &LINK_TARGETS
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>(),
+                    &current,
+                );
+                if p.symlink_metadata().is_ok() {
+                    std::fs::remove_file(&p).unwrap();
+                }
+                std::os::unix::fs::symlink(&target, &p).unwrap();
+                format!("`app/src/link` -> `{target}` (was `{current}`)")
+            }
+            Edit::EntryModeOwner => match rng.below(4) {
+                0 => {
+                    spec.run_mode = rng.pick_other(MODES, &spec.run_mode);
+                    format!("`copy \"run.sh\"` mode={:?}", spec.run_mode)
+                }
+                1 => {
+                    spec.run_owner = rng.pick_other(OWNERS, &spec.run_owner);
+                    format!("`copy \"run.sh\"` owner={:?}", spec.run_owner)
+                }
+                2 => {
+                    let (mode, owner) = spec.data_dir.unwrap_or(("0755", "0:0"));
+                    let mode = if rng.coin() {
+                        rng.pick_other(&MODES[1..], &Some(mode)).unwrap()
+                    } else {
+                        mode
+                    };
+                    let owner = rng.pick_other(&OWNERS[1..], &Some(owner)).unwrap();
+                    spec.data_dir = Some((mode, owner));
+                    format!("`dir \"/var/lib/app\"` mode={mode} owner={owner}")
+                }
+                _ => {
+                    spec.assets_owner = rng.pick_other(OWNERS, &spec.assets_owner);
+                    format!("layer `assets` owner {:?}", spec.assets_owner)
+                }
+            },
+            Edit::Text => {
+                let len = 1 + rng.below(20);
+                let line = String::from_utf8(rng.text(len)).unwrap();
+                if rng.coin() {
+                    spec.version = format!("{line}\n");
+                    format!("`/app/version` text {:?}", spec.version)
+                } else {
+                    spec.os_release = format!("ID={line}\n");
+                    format!("`/etc/os-release` text {:?}", spec.os_release)
+                }
+            }
+            Edit::ToggleDir => {
+                if rng.coin() {
+                    spec.sticky_tmp = !spec.sticky_tmp;
+                    format!("`dir \"/tmp\"` present: {}", spec.sticky_tmp)
+                } else {
+                    spec.data_dir = match spec.data_dir {
+                        Some(_) => None,
+                        None => Some(("0700", "10001:10001")),
+                    };
+                    format!("`dir \"/var/lib/app\"`: {:?}", spec.data_dir)
+                }
+            }
+            Edit::SymlinkTarget => {
+                spec.current = rng.pick_other(
+                    &[
+                        "/app/src/main.txt",
+                        "src/lib/util.txt",
+                        "/nowhere",
+                        "../etc/app/a.toml",
+                    ],
+                    &spec.current,
+                );
+                format!("`symlink \"/app/current\"` target={}", spec.current)
+            }
+            Edit::LabelCopyOwner => {
+                spec.bundle_owner = rng.pick_other(OWNERS, &spec.bundle_owner);
+                format!("`copy \":code\"` owner={:?}", spec.bundle_owner)
+            }
+            Edit::Env => {
+                let (name, img) = pick_image(rng, spec);
+                edit_pairs(rng, &mut img.env, ENV_KEYS, ENV_VALUES, name, "env")
+            }
+            Edit::Label => {
+                let (name, img) = pick_image(rng, spec);
+                edit_pairs(rng, &mut img.labels, LABEL_KEYS, VALUES, name, "label")
+            }
+            Edit::Annotation => {
+                let (name, img) = pick_image(rng, spec);
+                edit_pairs(
+                    rng,
+                    &mut img.annotations,
+                    ANNOTATION_KEYS,
+                    VALUES,
+                    name,
+                    "annotation",
+                )
+            }
+            Edit::Entrypoint => {
+                let (name, img) = pick_image(rng, spec);
+                img.entrypoint = rng.pick_other(
+                    &[
+                        None,
+                        Some(vec!["/app/run.sh".to_string()]),
+                        Some(vec!["/bin/cat".to_string(), "/etc/os-release".to_string()]),
+                    ],
+                    &img.entrypoint,
+                );
+                format!("`{name}` entrypoint {:?}", img.entrypoint)
+            }
+            Edit::Cmd => {
+                let (name, img) = pick_image(rng, spec);
+                img.cmd = rng.pick_other(
+                    &[
+                        None,
+                        Some(vec!["serve".to_string()]),
+                        Some(vec!["--port".to_string(), "9090".to_string()]),
+                        Some(vec!["/etc/app/a.toml".to_string()]),
+                    ],
+                    &img.cmd,
+                );
+                format!("`{name}` cmd {:?}", img.cmd)
+            }
+            Edit::Expose => {
+                let (name, img) = pick_image(rng, spec);
+                toggle(rng, &mut img.expose, &["8080/tcp", "9090", "53/udp"]);
+                format!("`{name}` expose {:?}", img.expose)
+            }
+            Edit::Volume => {
+                let (name, img) = pick_image(rng, spec);
+                toggle(rng, &mut img.volume, &["/data", "/var/lib/app", "/cache"]);
+                format!("`{name}` volume {:?}", img.volume)
+            }
+            Edit::User => {
+                let (name, img) = pick_image(rng, spec);
+                img.user = rng.pick_other(
+                    &[
+                        None,
+                        Some("10001:10001".to_string()),
+                        Some("app".to_string()),
+                        Some("0".to_string()),
+                    ],
+                    &img.user,
+                );
+                format!("`{name}` user {:?}", img.user)
+            }
+            Edit::Workdir => {
+                let (name, img) = pick_image(rng, spec);
+                img.workdir = rng.pick_other(
+                    &[None, Some("/app".to_string()), Some("/".to_string())],
+                    &img.workdir,
+                );
+                format!("`{name}` workdir {:?}", img.workdir)
+            }
+            Edit::StopSignal => {
+                let (name, img) = pick_image(rng, spec);
+                img.stop_signal = rng.pick_other(
+                    &[
+                        None,
+                        Some("SIGTERM".to_string()),
+                        Some("SIGQUIT".to_string()),
+                    ],
+                    &img.stop_signal,
+                );
+                format!("`{name}` stop-signal {:?}", img.stop_signal)
+            }
+            Edit::Tag => {
+                let (name, img) = pick_image(rng, spec);
+                let repo = format!("example.com/{name}");
+                let choices = vec![
+                    vec![],
+                    vec![format!("{repo}:1.0")],
+                    vec![format!("{repo}:2"), format!("{repo}:latest")],
+                    vec![repo.clone()],
+                ];
+                img.tags = rng.pick_other(&choices, &img.tags);
+                format!("`{name}` tag {:?}", img.tags)
+            }
+            Edit::ReorderLayers => {
+                let before = spec.app.layers.clone();
+                while spec.app.layers == before {
+                    rng.shuffle(&mut spec.app.layers);
+                }
+                format!("`app` layers {:?}", spec.app.layers)
+            }
+            Edit::SwitchFrom => match rng.below(3) {
+                0 => {
+                    spec.app.from = rng.pick_other(
+                        &[
+                            "scratch".to_string(),
+                            "//base:base".to_string(),
+                            "//third_party:vendor-base".to_string(),
+                        ],
+                        &spec.app.from,
+                    );
+                    format!("`app` from {}", spec.app.from)
+                }
+                1 => {
+                    spec.debug.from = rng.pick_other(
+                        &[
+                            ":app".to_string(),
+                            "//base:base".to_string(),
+                            "scratch".to_string(),
+                        ],
+                        &spec.debug.from,
+                    );
+                    format!("`app-debug` from {}", spec.debug.from)
+                }
+                _ => {
+                    spec.vendored.from = rng.pick_other(
+                        &[":vendor-base".to_string(), "//app:app".to_string()],
+                        &spec.vendored.from,
+                    );
+                    format!("`on-vendor` from {}", spec.vendored.from)
+                }
+            },
+            Edit::Epoch => {
+                spec.epoch = rng.pick_other(
+                    &[1_700_000_000, 0, 1_234_567_890, 1_700_000_001],
+                    &spec.epoch,
+                );
+                format!("source-date-epoch {}", spec.epoch)
+            }
+            Edit::Compression => {
+                spec.zstd = !spec.zstd;
+                format!("compression {}", if spec.zstd { "zstd" } else { "gzip" })
+            }
+            Edit::Reformat => {
+                spec.style = rng.pick_other(&[0, 1, 2], &spec.style);
+                format!("every spec file in style {}", spec.style)
+            }
+            Edit::Break => {
+                let b = rng.pick(BREAKS);
+                spec.broken = Some(b);
+                format!("{b:?} (for this step)")
+            }
+            Edit::DeleteBlob => {
+                let blobs = store_blobs(self.ws.cache.path());
+                if blobs.is_empty() {
+                    return "no blob in the store".into();
+                }
+                let b = rng.pick(&blobs);
+                std::fs::remove_file(&b).unwrap();
+                format!("store blob {} deleted", name_of(&b))
+            }
+            Edit::DamageBlob => {
+                let blobs = store_blobs(self.ws.cache.path());
+                if blobs.is_empty() {
+                    return "no blob in the store".into();
+                }
+                let b = rng.pick(&blobs);
+                let meta = std::fs::metadata(&b).unwrap();
+                let mut bytes = std::fs::read(&b).unwrap();
+                if bytes.is_empty() {
+                    return format!("store blob {} is empty: left alone", name_of(&b));
+                }
+                let at = rng.below(bytes.len());
+                bytes[at] ^= 0x20;
+                // In place: the blob's hard links in layouts see the damage too.
+                let perms = meta.permissions();
+                std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o644)).unwrap();
+                {
+                    use std::io::{Seek, Write};
+                    let mut f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+                    f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+                    f.write_all(&bytes[at..=at]).unwrap();
+                }
+                std::fs::set_permissions(&b, perms).unwrap();
+                filetime::set_file_times(
+                    &b,
+                    filetime::FileTime::from_last_access_time(&meta),
+                    filetime::FileTime::from_last_modification_time(&meta),
+                )
+                .unwrap();
+                format!(
+                    "store blob {} damaged in place at byte {at} (size and mtime kept)",
+                    name_of(&b)
+                )
+            }
+            Edit::Touch => {
+                let mut touched = 0;
+                for e in walkdir::WalkDir::new(&ws_root)
+                    .sort_by_file_name()
+                    .into_iter()
+                    .filter_entry(|e| e.file_name() != "imgc-out")
+                {
+                    let e = e.unwrap();
+                    if e.file_type().is_file() && rng.coin() {
+                        let t = 1_500_000_000 + rng.below(300_000_000) as i64;
+                        filetime::set_file_mtime(
+                            e.path(),
+                            filetime::FileTime::from_unix_time(t, 0),
+                        )
+                        .unwrap();
+                        touched += 1;
+                    }
+                }
+                format!("{touched} files touched (new mtimes, same contents)")
+            }
+            Edit::ImportSwapIndex => {
+                // The other content, by the same means (a file or a link).
+                let p = ws_root.join("third_party/vendor-base/index.json");
+                let now_a = std::fs::read(&p).unwrap() == self.index_a;
+                if p.symlink_metadata().unwrap().file_type().is_symlink() {
+                    let targets = if now_a { INDEX_B_LINKS } else { INDEX_A_LINKS };
+                    let target = rng.pick(targets);
+                    std::fs::remove_file(&p).unwrap();
+                    std::os::unix::fs::symlink(target, &p).unwrap();
+                    format!("the import's `index.json` re-pointed to `{target}`")
+                } else {
+                    std::fs::write(&p, if now_a { &self.index_b } else { &self.index_a }).unwrap();
+                    format!(
+                        "the import's `index.json` rewritten with the {} layout's",
+                        if now_a { "other" } else { "vendor" }
+                    )
+                }
+            }
+            Edit::ImportRelinkIndex => {
+                // A link re-pointed (to the other content), a file made a link.
+                let p = ws_root.join("third_party/vendor-base/index.json");
+                let now_a = std::fs::read(&p).unwrap() == self.index_a;
+                let was = match std::fs::read_link(&p) {
+                    Ok(t) => format!("a symlink to `{}`", t.display()),
+                    Err(_) => "a file".to_string(),
+                };
+                let targets = if now_a { INDEX_B_LINKS } else { INDEX_A_LINKS };
+                let target = rng.pick(targets);
+                std::fs::remove_file(&p).unwrap();
+                std::os::unix::fs::symlink(target, &p).unwrap();
+                format!("the import's `index.json`, {was}, now a symlink to `{target}`")
+            }
+        }
+    }
+}
+
+/// Files (and, unless `regular_only`, symlinks) under `dirs`, workspace-relative, sorted.
+fn files_in(root: &Path, dirs: &[&str], regular_only: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let dir = root.join(d);
+        if !dir.exists() {
+            continue;
+        }
+        for e in walkdir::WalkDir::new(&dir).sort_by_file_name() {
+            let e = e.unwrap();
+            let t = e.file_type();
+            if t.is_file() || (!regular_only && t.is_symlink()) {
+                let rel = e.path().strip_prefix(root).unwrap();
+                out.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// A regular source file: in a copied tree, or copied by name.
+fn pick_file(rng: &mut Rng, root: &Path, with_direct: bool) -> Option<String> {
+    let mut files = files_in(root, TREES, true);
+    if with_direct {
+        files.extend(DIRECT.iter().map(|f| f.to_string()));
+    }
+    (!files.is_empty()).then(|| rng.pick(&files))
+}
+
+fn pick_image<'s>(rng: &mut Rng, spec: &'s mut Spec) -> (&'static str, &'s mut Image) {
+    let img = spec.image_mut(rng.below(4));
+    (img.name, img)
+}
+
+/// Sets a key of `pairs` to another value, adds one, or removes one.
+fn edit_pairs(
+    rng: &mut Rng,
+    pairs: &mut Pairs,
+    keys: &[&str],
+    values: &[&str],
+    image: &str,
+    what: &str,
+) -> String {
+    let key = rng.pick(keys).to_string();
+    match pairs.iter().position(|(k, _)| *k == key) {
+        Some(i) if rng.coin() => {
+            pairs.remove(i);
+            format!("`{image}` {what} `{key}` removed")
+        }
+        Some(i) => {
+            let v = rng.pick_other(values, &pairs[i].1.as_str()).to_string();
+            pairs[i].1 = v.clone();
+            format!("`{image}` {what} `{key}`=`{v}`")
+        }
+        None => {
+            let v = rng.pick(values).to_string();
+            pairs.push((key.clone(), v.clone()));
+            format!("`{image}` {what} `{key}`=`{v}` added")
+        }
+    }
+}
+
+/// Adds one of `choices` to `list`, or removes it if present.
+fn toggle(rng: &mut Rng, list: &mut Vec<String>, choices: &[&str]) {
+    let c = rng.pick(choices).to_string();
+    match list.iter().position(|x| *x == c) {
+        Some(i) => {
+            list.remove(i);
+        }
+        None => list.push(c),
+    }
+}
+
+/// Every blob file of the cache's store, sorted.
+fn store_blobs(cache: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(cache)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_type().is_file()
+                && e.path().components().any(|c| c.as_os_str() == "cas")
+                && e.file_name().len() == 64
+                && e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+        })
+        .map(|e| e.into_path())
+        .collect();
+    out.sort();
+    out
+}
+
+fn name_of(p: &Path) -> String {
+    let name = p.file_name().unwrap().to_string_lossy();
+    format!("sha256:{}…", &name[..12])
+}
+
+/// Another OCI layout (built by imgc from a one-image workspace): its blobs
+/// (hex → bytes) and its `index.json`.
+fn another_layout() -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+    let ws = Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1600000000\n}\n",
+        ),
+        (
+            "other/BUILD.kdl",
+            r#"
+image "other" {
+    from "scratch"
+    layer {
+        text "/etc/other-release" "other 1\n"
+        dir "/opt" mode="0755"
+    }
+    env OTHER="1"
+    cmd "/etc/other-release"
+}
+"#,
+        ),
+    ]);
+    ws.ok(&["build"]);
+    let layout = ws.layout("other", "other");
+    let mut blobs = Vec::new();
+    for e in walkdir::WalkDir::new(layout.join("blobs/sha256")).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let hex = e.file_name().to_string_lossy().into_owned();
+            blobs.push((hex, std::fs::read(e.path()).unwrap()));
+        }
+    }
+    let index = std::fs::read(layout.join("index.json")).unwrap();
+    (blobs, index)
+}
+
+/// Compares a warm and a cold build of the same workspace state.
+fn compare(warm: &Run, cold: &Run, warm_root: &Path, cold_root: &Path) -> Result<(), String> {
+    for (name, r) in [("warm", warm), ("cold", cold)] {
+        if !matches!(r.status, Some(0..=3)) {
+            return Err(format!(
+                "the {name} build crashed or panicked (exit {:?})",
+                r.status
+            ));
+        }
+    }
+    if warm.status != cold.status {
+        return Err(format!(
+            "exit status: warm {:?}, cold {:?}",
+            warm.status, cold.status
+        ));
+    }
+    let (wc, cc) = (error_codes(&warm.stderr), error_codes(&cold.stderr));
+    if wc != cc {
+        return Err(format!("error codes on stderr: warm {wc:?}, cold {cc:?}"));
+    }
+    if warm.failed() != cold.failed() {
+        return Err(format!(
+            "failed targets: warm {:?}, cold {:?}",
+            warm.failed(),
+            cold.failed()
+        ));
+    }
+    if warm.skipped() != cold.skipped() {
+        return Err(format!(
+            "skipped targets: warm {:?}, cold {:?}",
+            warm.skipped(),
+            cold.skipped()
+        ));
+    }
+    let (wm, cm) = (warm.materialized(), cold.materialized());
+    // The first differing file: of the whole output after a successful build; of
+    // the layouts both wrote after a failed one (a failed image's old layout stays).
+    let difference = if warm.ok() {
+        tree_difference(&warm_root.join("imgc-out"), &cold_root.join("imgc-out"))
+    } else {
+        cm.iter().find_map(|(label, (path, _))| {
+            tree_difference(&warm_root.join(path), &cold_root.join(path))
+                .map(|d| format!("in the layout of `{label}`: {d}"))
+        })
+    };
+    if wm != cm {
+        let differing: BTreeMap<&String, (Option<&String>, Option<&String>)> = wm
+            .keys()
+            .chain(cm.keys())
+            .map(|l| (l, (wm.get(l).map(|x| &x.1), cm.get(l).map(|x| &x.1))))
+            .filter(|(_, (w, c))| w != c)
+            .collect();
+        return Err(format!(
+            "materialized images (label: (warm, cold)): {differing:?}\nfirst differing file: {}",
+            difference.as_deref().unwrap_or("none")
+        ));
+    }
+    match difference {
+        Some(d) => Err(d),
+        None => Ok(()),
+    }
+}
