@@ -267,6 +267,13 @@ const DIRECT: &[&str] = &["app/run.sh", "app/config.toml"];
 /// with the vendor layout's content, and with the other layout's.
 const INDEX_A_LINKS: &[&str] = &["index-a.json", "../indexes/a.json"];
 const INDEX_B_LINKS: &[&str] = &["index-b.json", "../indexes/b.json"];
+/// Targets of `symlink "/app/current"`.
+const SYMLINK_TARGETS: &[&str] = &[
+    "/app/src/main.txt",
+    "src/lib/util.txt",
+    "/nowhere",
+    "../etc/app/a.toml",
+];
 /// `app/src/link`'s possible targets (some dangling, one a directory).
 const LINK_TARGETS: &[&str] = &[
     "main.txt",
@@ -1038,9 +1045,11 @@ impl Differential {
     /// Writes the spec files that changed, builds warm and cold, compares.
     fn check(&mut self, what: &str, quiet: bool) {
         self.log.push(what.to_string());
+        let now = self.now();
         for (rel, text) in self.spec.render() {
-            if std::fs::read_to_string(self.ws.path(rel)).ok().as_deref() != Some(&text) {
-                self.ws.write(rel, &text);
+            let p = self.ws.path(rel);
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(&text) {
+                write_at(&p, text.as_bytes(), now);
             }
         }
         let warm = Run::of(self.ws.cmd(&[]));
@@ -1132,47 +1141,59 @@ impl Differential {
         self.spec.broken.take().map(|b| format!("{b:?} removed"))
     }
 
+    /// The mtime of what this step writes: a clock one hour a step, in the past,
+    /// so the file-hash memo may remember the files (as it does between a user's
+    /// edits and builds) instead of re-hashing everything as too new.
+    fn now(&self) -> filetime::FileTime {
+        filetime::FileTime::from_unix_time(OLD_MTIME + 3600 * self.log.len() as i64, 0)
+    }
+
     fn apply(&mut self, edit: Edit) -> String {
-        let what = self.apply_inner(edit);
+        let what = match edit {
+            Edit::Rewrite
+            | Edit::RewriteSameSize
+            | Edit::AddFile
+            | Edit::DeleteFile
+            | Edit::RenameFile
+            | Edit::Chmod
+            | Edit::RepointLink
+            | Edit::Touch => self.edit_files(edit),
+            Edit::DeleteBlob | Edit::DamageBlob => self.edit_store(edit),
+            Edit::ImportSwapIndex | Edit::ImportRelinkIndex => self.edit_import(edit),
+            _ => edit_spec(&mut self.rng, &mut self.spec, edit),
+        };
         format!("{edit:?}: {what}")
     }
 
-    fn apply_inner(&mut self, edit: Edit) -> String {
-        let ws_root = self.ws.root().to_path_buf();
+    /// Edits of source files: contents, names, modes, links, mtimes.
+    fn edit_files(&mut self, edit: Edit) -> String {
+        let now = self.now();
+        let root = self.ws.root().to_path_buf();
         let rng = &mut self.rng;
-        let spec = &mut self.spec;
         match edit {
             Edit::Rewrite => {
-                let Some(f) = pick_file(rng, &ws_root, true) else {
-                    return "no file to rewrite".into();
-                };
+                let f = pick_file(rng, &root);
                 let len = rng.below(160);
-                let bytes = rng.text(len);
-                std::fs::write(ws_root.join(&f), &bytes).unwrap();
+                write_at(&root.join(&f), &rng.text(len), now);
                 format!("`{f}` rewritten, {len} bytes")
             }
             Edit::RewriteSameSize => {
-                let Some(f) = pick_file(rng, &ws_root, true) else {
-                    return "no file to rewrite".into();
-                };
-                let p = ws_root.join(&f);
+                let f = pick_file(rng, &root);
+                let p = root.join(&f);
                 let meta = std::fs::metadata(&p).unwrap();
                 let mut bytes = std::fs::read(&p).unwrap();
                 if bytes.is_empty() {
-                    bytes = rng.text(7);
-                    std::fs::write(&p, &bytes).unwrap();
+                    write_at(&p, b"seven!\n", now);
                     return format!("`{f}` was empty: now 7 bytes");
                 }
                 let at = rng.below(bytes.len());
                 bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
-                // In place (same inode, same size), then the old times set back.
-                std::fs::write(&p, &bytes).unwrap();
-                filetime::set_file_times(
+                // In place (same inode, same size), the old mtime set back.
+                write_at(
                     &p,
-                    filetime::FileTime::from_last_access_time(&meta),
+                    &bytes,
                     filetime::FileTime::from_last_modification_time(&meta),
-                )
-                .unwrap();
+                );
                 format!(
                     "`{f}`: byte {at} changed in place, size {} and mtime kept",
                     bytes.len()
@@ -1180,48 +1201,44 @@ impl Differential {
             }
             Edit::AddFile => {
                 let rel = format!("{}/{}", rng.pick(ADD_DIRS), rng.pick(ADD_NAMES));
-                let len = rng.below(80);
-                let p = ws_root.join(&rel);
+                let p = root.join(&rel);
                 if p.symlink_metadata().is_ok_and(|m| !m.is_file()) {
                     return format!("`{rel}` exists and is no file: left alone");
                 }
                 let existed = p.exists();
+                let len = rng.below(80);
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::write(&p, rng.text(len)).unwrap();
-                format!(
-                    "`{rel}` {}, {len} bytes",
-                    if existed { "overwritten" } else { "added" }
-                )
+                write_at(&p, &rng.text(len), now);
+                let how = if existed { "overwritten" } else { "added" };
+                format!("`{rel}` {how}, {len} bytes")
             }
             Edit::DeleteFile => {
-                let files = files_in(&ws_root, TREES, false);
+                let files = files_in(&root, TREES, false);
                 if files.is_empty() {
                     return "no file to delete".into();
                 }
                 let f = rng.pick(&files);
-                std::fs::remove_file(ws_root.join(&f)).unwrap();
+                std::fs::remove_file(root.join(&f)).unwrap();
                 format!("`{f}` deleted")
             }
             Edit::RenameFile => {
-                let files = files_in(&ws_root, TREES, false);
+                let files = files_in(&root, TREES, false);
                 if files.is_empty() {
                     return "no file to rename".into();
                 }
                 let f = rng.pick(&files);
                 let to = format!("{}/{}", rng.pick(ADD_DIRS), rng.pick(ADD_NAMES));
-                let dest = ws_root.join(&to);
+                let dest = root.join(&to);
                 if to == f || dest.symlink_metadata().is_ok_and(|m| m.is_dir()) {
                     return format!("`{f}` not renamed to `{to}`");
                 }
                 std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                std::fs::rename(ws_root.join(&f), &dest).unwrap();
+                std::fs::rename(root.join(&f), &dest).unwrap();
                 format!("`{f}` renamed to `{to}`")
             }
             Edit::Chmod => {
-                let Some(f) = pick_file(rng, &ws_root, true) else {
-                    return "no file to chmod".into();
-                };
-                let p = ws_root.join(&f);
+                let f = pick_file(rng, &root);
+                let p = root.join(&f);
                 let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
                 let new = if mode & 0o111 == 0 {
                     mode | 0o111
@@ -1232,342 +1249,295 @@ impl Differential {
                 format!("`{f}` chmod {mode:o} -> {new:o}")
             }
             Edit::RepointLink => {
-                let p = ws_root.join("app/src/link");
-                let current = std::fs::read_link(&p)
-                    .ok()
-                    .map(|t| t.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let target = rng.pick_other(
-                    &LINK_TARGETS
-                        .iter()
-                        .map(|t| t.to_string())
-                        .collect::<Vec<_>>(),
-                    &current,
-                );
-                if p.symlink_metadata().is_ok() {
-                    std::fs::remove_file(&p).unwrap();
-                }
-                std::os::unix::fs::symlink(&target, &p).unwrap();
+                let p = root.join("app/src/link");
+                let current = link_target(&p);
+                let targets: Vec<String> = LINK_TARGETS.iter().map(|t| t.to_string()).collect();
+                let target = rng.pick_other(&targets, &current);
+                link_at(&target, &p, now);
                 format!("`app/src/link` -> `{target}` (was `{current}`)")
-            }
-            Edit::EntryModeOwner => match rng.below(4) {
-                0 => {
-                    spec.run_mode = rng.pick_other(MODES, &spec.run_mode);
-                    format!("`copy \"run.sh\"` mode={:?}", spec.run_mode)
-                }
-                1 => {
-                    spec.run_owner = rng.pick_other(OWNERS, &spec.run_owner);
-                    format!("`copy \"run.sh\"` owner={:?}", spec.run_owner)
-                }
-                2 => {
-                    let (mode, owner) = spec.data_dir.unwrap_or(("0755", "0:0"));
-                    let mode = if rng.coin() {
-                        rng.pick_other(&MODES[1..], &Some(mode)).unwrap()
-                    } else {
-                        mode
-                    };
-                    let owner = rng.pick_other(&OWNERS[1..], &Some(owner)).unwrap();
-                    spec.data_dir = Some((mode, owner));
-                    format!("`dir \"/var/lib/app\"` mode={mode} owner={owner}")
-                }
-                _ => {
-                    spec.assets_owner = rng.pick_other(OWNERS, &spec.assets_owner);
-                    format!("layer `assets` owner {:?}", spec.assets_owner)
-                }
-            },
-            Edit::Text => {
-                let len = 1 + rng.below(20);
-                let line = String::from_utf8(rng.text(len)).unwrap();
-                if rng.coin() {
-                    spec.version = format!("{line}\n");
-                    format!("`/app/version` text {:?}", spec.version)
-                } else {
-                    spec.os_release = format!("ID={line}\n");
-                    format!("`/etc/os-release` text {:?}", spec.os_release)
-                }
-            }
-            Edit::ToggleDir => {
-                if rng.coin() {
-                    spec.sticky_tmp = !spec.sticky_tmp;
-                    format!("`dir \"/tmp\"` present: {}", spec.sticky_tmp)
-                } else {
-                    spec.data_dir = match spec.data_dir {
-                        Some(_) => None,
-                        None => Some(("0700", "10001:10001")),
-                    };
-                    format!("`dir \"/var/lib/app\"`: {:?}", spec.data_dir)
-                }
-            }
-            Edit::SymlinkTarget => {
-                spec.current = rng.pick_other(
-                    &[
-                        "/app/src/main.txt",
-                        "src/lib/util.txt",
-                        "/nowhere",
-                        "../etc/app/a.toml",
-                    ],
-                    &spec.current,
-                );
-                format!("`symlink \"/app/current\"` target={}", spec.current)
-            }
-            Edit::LabelCopyOwner => {
-                spec.bundle_owner = rng.pick_other(OWNERS, &spec.bundle_owner);
-                format!("`copy \":code\"` owner={:?}", spec.bundle_owner)
-            }
-            Edit::Env => {
-                let (name, img) = pick_image(rng, spec);
-                edit_pairs(rng, &mut img.env, ENV_KEYS, ENV_VALUES, name, "env")
-            }
-            Edit::Label => {
-                let (name, img) = pick_image(rng, spec);
-                edit_pairs(rng, &mut img.labels, LABEL_KEYS, VALUES, name, "label")
-            }
-            Edit::Annotation => {
-                let (name, img) = pick_image(rng, spec);
-                edit_pairs(
-                    rng,
-                    &mut img.annotations,
-                    ANNOTATION_KEYS,
-                    VALUES,
-                    name,
-                    "annotation",
-                )
-            }
-            Edit::Entrypoint => {
-                let (name, img) = pick_image(rng, spec);
-                img.entrypoint = rng.pick_other(
-                    &[
-                        None,
-                        Some(vec!["/app/run.sh".to_string()]),
-                        Some(vec!["/bin/cat".to_string(), "/etc/os-release".to_string()]),
-                    ],
-                    &img.entrypoint,
-                );
-                format!("`{name}` entrypoint {:?}", img.entrypoint)
-            }
-            Edit::Cmd => {
-                let (name, img) = pick_image(rng, spec);
-                img.cmd = rng.pick_other(
-                    &[
-                        None,
-                        Some(vec!["serve".to_string()]),
-                        Some(vec!["--port".to_string(), "9090".to_string()]),
-                        Some(vec!["/etc/app/a.toml".to_string()]),
-                    ],
-                    &img.cmd,
-                );
-                format!("`{name}` cmd {:?}", img.cmd)
-            }
-            Edit::Expose => {
-                let (name, img) = pick_image(rng, spec);
-                toggle(rng, &mut img.expose, &["8080/tcp", "9090", "53/udp"]);
-                format!("`{name}` expose {:?}", img.expose)
-            }
-            Edit::Volume => {
-                let (name, img) = pick_image(rng, spec);
-                toggle(rng, &mut img.volume, &["/data", "/var/lib/app", "/cache"]);
-                format!("`{name}` volume {:?}", img.volume)
-            }
-            Edit::User => {
-                let (name, img) = pick_image(rng, spec);
-                img.user = rng.pick_other(
-                    &[
-                        None,
-                        Some("10001:10001".to_string()),
-                        Some("app".to_string()),
-                        Some("0".to_string()),
-                    ],
-                    &img.user,
-                );
-                format!("`{name}` user {:?}", img.user)
-            }
-            Edit::Workdir => {
-                let (name, img) = pick_image(rng, spec);
-                img.workdir = rng.pick_other(
-                    &[None, Some("/app".to_string()), Some("/".to_string())],
-                    &img.workdir,
-                );
-                format!("`{name}` workdir {:?}", img.workdir)
-            }
-            Edit::StopSignal => {
-                let (name, img) = pick_image(rng, spec);
-                img.stop_signal = rng.pick_other(
-                    &[
-                        None,
-                        Some("SIGTERM".to_string()),
-                        Some("SIGQUIT".to_string()),
-                    ],
-                    &img.stop_signal,
-                );
-                format!("`{name}` stop-signal {:?}", img.stop_signal)
-            }
-            Edit::Tag => {
-                let (name, img) = pick_image(rng, spec);
-                let repo = format!("example.com/{name}");
-                let choices = vec![
-                    vec![],
-                    vec![format!("{repo}:1.0")],
-                    vec![format!("{repo}:2"), format!("{repo}:latest")],
-                    vec![repo.clone()],
-                ];
-                img.tags = rng.pick_other(&choices, &img.tags);
-                format!("`{name}` tag {:?}", img.tags)
-            }
-            Edit::ReorderLayers => {
-                let before = spec.app.layers.clone();
-                while spec.app.layers == before {
-                    rng.shuffle(&mut spec.app.layers);
-                }
-                format!("`app` layers {:?}", spec.app.layers)
-            }
-            Edit::SwitchFrom => match rng.below(3) {
-                0 => {
-                    spec.app.from = rng.pick_other(
-                        &[
-                            "scratch".to_string(),
-                            "//base:base".to_string(),
-                            "//third_party:vendor-base".to_string(),
-                        ],
-                        &spec.app.from,
-                    );
-                    format!("`app` from {}", spec.app.from)
-                }
-                1 => {
-                    spec.debug.from = rng.pick_other(
-                        &[
-                            ":app".to_string(),
-                            "//base:base".to_string(),
-                            "scratch".to_string(),
-                        ],
-                        &spec.debug.from,
-                    );
-                    format!("`app-debug` from {}", spec.debug.from)
-                }
-                _ => {
-                    spec.vendored.from = rng.pick_other(
-                        &[":vendor-base".to_string(), "//app:app".to_string()],
-                        &spec.vendored.from,
-                    );
-                    format!("`on-vendor` from {}", spec.vendored.from)
-                }
-            },
-            Edit::Epoch => {
-                spec.epoch = rng.pick_other(
-                    &[1_700_000_000, 0, 1_234_567_890, 1_700_000_001],
-                    &spec.epoch,
-                );
-                format!("source-date-epoch {}", spec.epoch)
-            }
-            Edit::Compression => {
-                spec.zstd = !spec.zstd;
-                format!("compression {}", if spec.zstd { "zstd" } else { "gzip" })
-            }
-            Edit::Reformat => {
-                spec.style = rng.pick_other(&[0, 1, 2], &spec.style);
-                format!("every spec file in style {}", spec.style)
-            }
-            Edit::Break => {
-                let b = rng.pick(BREAKS);
-                spec.broken = Some(b);
-                format!("{b:?} (for this step)")
-            }
-            Edit::DeleteBlob => {
-                let blobs = store_blobs(self.ws.cache.path());
-                if blobs.is_empty() {
-                    return "no blob in the store".into();
-                }
-                let b = rng.pick(&blobs);
-                std::fs::remove_file(&b).unwrap();
-                format!("store blob {} deleted", name_of(&b))
-            }
-            Edit::DamageBlob => {
-                let blobs = store_blobs(self.ws.cache.path());
-                if blobs.is_empty() {
-                    return "no blob in the store".into();
-                }
-                let b = rng.pick(&blobs);
-                let meta = std::fs::metadata(&b).unwrap();
-                let mut bytes = std::fs::read(&b).unwrap();
-                if bytes.is_empty() {
-                    return format!("store blob {} is empty: left alone", name_of(&b));
-                }
-                let at = rng.below(bytes.len());
-                bytes[at] ^= 0x20;
-                // In place: the blob's hard links in layouts see the damage too.
-                let perms = meta.permissions();
-                std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o644)).unwrap();
-                {
-                    use std::io::{Seek, Write};
-                    let mut f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
-                    f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
-                    f.write_all(&bytes[at..=at]).unwrap();
-                }
-                std::fs::set_permissions(&b, perms).unwrap();
-                filetime::set_file_times(
-                    &b,
-                    filetime::FileTime::from_last_access_time(&meta),
-                    filetime::FileTime::from_last_modification_time(&meta),
-                )
-                .unwrap();
-                format!(
-                    "store blob {} damaged in place at byte {at} (size and mtime kept)",
-                    name_of(&b)
-                )
             }
             Edit::Touch => {
                 let mut touched = 0;
-                for e in walkdir::WalkDir::new(&ws_root)
+                let walk = walkdir::WalkDir::new(&root)
                     .sort_by_file_name()
                     .into_iter()
-                    .filter_entry(|e| e.file_name() != "imgc-out")
-                {
+                    .filter_entry(|e| e.file_name() != "imgc-out");
+                for e in walk {
                     let e = e.unwrap();
                     if e.file_type().is_file() && rng.coin() {
-                        let t = 1_500_000_000 + rng.below(300_000_000) as i64;
-                        filetime::set_file_mtime(
-                            e.path(),
-                            filetime::FileTime::from_unix_time(t, 0),
-                        )
-                        .unwrap();
+                        let t = 1_500_000_000 + rng.below(200_000_000) as i64;
+                        let t = filetime::FileTime::from_unix_time(t, 0);
+                        filetime::set_file_mtime(e.path(), t).unwrap();
                         touched += 1;
                     }
                 }
                 format!("{touched} files touched (new mtimes, same contents)")
             }
-            Edit::ImportSwapIndex => {
-                // The other content, by the same means (a file or a link).
-                let p = ws_root.join("third_party/vendor-base/index.json");
-                let now_a = std::fs::read(&p).unwrap() == self.index_a;
-                if p.symlink_metadata().unwrap().file_type().is_symlink() {
-                    let targets = if now_a { INDEX_B_LINKS } else { INDEX_A_LINKS };
-                    let target = rng.pick(targets);
-                    std::fs::remove_file(&p).unwrap();
-                    std::os::unix::fs::symlink(target, &p).unwrap();
-                    format!("the import's `index.json` re-pointed to `{target}`")
-                } else {
-                    std::fs::write(&p, if now_a { &self.index_b } else { &self.index_a }).unwrap();
-                    format!(
-                        "the import's `index.json` rewritten with the {} layout's",
-                        if now_a { "other" } else { "vendor" }
-                    )
-                }
-            }
-            Edit::ImportRelinkIndex => {
-                // A link re-pointed (to the other content), a file made a link.
-                let p = ws_root.join("third_party/vendor-base/index.json");
-                let now_a = std::fs::read(&p).unwrap() == self.index_a;
-                let was = match std::fs::read_link(&p) {
-                    Ok(t) => format!("a symlink to `{}`", t.display()),
-                    Err(_) => "a file".to_string(),
-                };
-                let targets = if now_a { INDEX_B_LINKS } else { INDEX_A_LINKS };
-                let target = rng.pick(targets);
-                std::fs::remove_file(&p).unwrap();
-                std::os::unix::fs::symlink(target, &p).unwrap();
-                format!("the import's `index.json`, {was}, now a symlink to `{target}`")
-            }
+            _ => unreachable!("{edit:?} is no file edit"),
         }
     }
+
+    /// Damage to the warm cache's blob store.
+    fn edit_store(&mut self, edit: Edit) -> String {
+        let blobs = store_blobs(self.ws.cache.path());
+        if blobs.is_empty() {
+            return "no blob in the store".into();
+        }
+        let b = self.rng.pick(&blobs);
+        if edit == Edit::DeleteBlob {
+            std::fs::remove_file(&b).unwrap();
+            return format!("store blob {} deleted", name_of(&b));
+        }
+        let meta = std::fs::metadata(&b).unwrap();
+        if meta.len() == 0 {
+            return format!("store blob {} is empty: left alone", name_of(&b));
+        }
+        let at = self.rng.below(meta.len() as usize);
+        // In place: the blob's hard links in layouts see the damage too.
+        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o644)).unwrap();
+        {
+            use std::io::{Read, Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&b)
+                .unwrap();
+            let mut byte = [0u8];
+            f.seek(SeekFrom::Start(at as u64)).unwrap();
+            f.read_exact(&mut byte).unwrap();
+            byte[0] ^= 0x20;
+            f.seek(SeekFrom::Start(at as u64)).unwrap();
+            f.write_all(&byte).unwrap();
+        }
+        std::fs::set_permissions(&b, meta.permissions()).unwrap();
+        filetime::set_file_mtime(&b, filetime::FileTime::from_last_modification_time(&meta))
+            .unwrap();
+        format!(
+            "store blob {} damaged in place at byte {at} (size and mtime kept)",
+            name_of(&b)
+        )
+    }
+
+    /// The import's `index.json`: the other layout's content, as a file or a link.
+    fn edit_import(&mut self, edit: Edit) -> String {
+        let now = self.now();
+        let p = self.ws.path("third_party/vendor-base/index.json");
+        let now_a = std::fs::read(&p).unwrap() == self.index_a;
+        let is_link = p.symlink_metadata().unwrap().file_type().is_symlink();
+        let targets = if now_a { INDEX_B_LINKS } else { INDEX_A_LINKS };
+        if edit == Edit::ImportSwapIndex && !is_link {
+            write_at(&p, if now_a { &self.index_b } else { &self.index_a }, now);
+            let which = if now_a { "other" } else { "vendor" };
+            return format!("the import's `index.json` rewritten with the {which} layout's");
+        }
+        // A link re-pointed (to the other content), or a file made a link.
+        let was = if is_link {
+            format!("a symlink to `{}`", link_target(&p))
+        } else {
+            "a file".to_string()
+        };
+        let target = self.rng.pick(targets);
+        link_at(target, &p, now);
+        format!("the import's `index.json`, {was}, now a symlink to `{target}`")
+    }
+}
+
+/// Edits of the spec (the `BUILD.kdl` files are rendered from it).
+fn edit_spec(rng: &mut Rng, spec: &mut Spec, edit: Edit) -> String {
+    match edit {
+        Edit::EntryModeOwner => match rng.below(4) {
+            0 => {
+                spec.run_mode = rng.pick_other(MODES, &spec.run_mode);
+                format!("`copy \"run.sh\"` mode={:?}", spec.run_mode)
+            }
+            1 => {
+                spec.run_owner = rng.pick_other(OWNERS, &spec.run_owner);
+                format!("`copy \"run.sh\"` owner={:?}", spec.run_owner)
+            }
+            2 => {
+                let (mode, owner) = spec.data_dir.unwrap_or(("0755", "0:0"));
+                let mode = if rng.coin() {
+                    rng.pick_other(&MODES[1..], &Some(mode)).unwrap()
+                } else {
+                    mode
+                };
+                let owner = rng.pick_other(&OWNERS[1..], &Some(owner)).unwrap();
+                spec.data_dir = Some((mode, owner));
+                format!("`dir \"/var/lib/app\"` mode={mode} owner={owner}")
+            }
+            _ => {
+                spec.assets_owner = rng.pick_other(OWNERS, &spec.assets_owner);
+                format!("layer `assets` owner {:?}", spec.assets_owner)
+            }
+        },
+        Edit::Text => {
+            let len = 1 + rng.below(20);
+            let line = String::from_utf8(rng.text(len)).unwrap();
+            if rng.coin() {
+                spec.version = format!("{line}\n");
+                format!("`/app/version` text {:?}", spec.version)
+            } else {
+                spec.os_release = format!("ID={line}\n");
+                format!("`/etc/os-release` text {:?}", spec.os_release)
+            }
+        }
+        Edit::ToggleDir => {
+            if rng.coin() {
+                spec.sticky_tmp = !spec.sticky_tmp;
+                format!("`dir \"/tmp\"` present: {}", spec.sticky_tmp)
+            } else {
+                spec.data_dir = match spec.data_dir {
+                    Some(_) => None,
+                    None => Some(("0700", "10001:10001")),
+                };
+                format!("`dir \"/var/lib/app\"`: {:?}", spec.data_dir)
+            }
+        }
+        Edit::SymlinkTarget => {
+            spec.current = rng.pick_other(SYMLINK_TARGETS, &spec.current);
+            format!("`symlink \"/app/current\"` target={}", spec.current)
+        }
+        Edit::LabelCopyOwner => {
+            spec.bundle_owner = rng.pick_other(OWNERS, &spec.bundle_owner);
+            format!("`copy \":code\"` owner={:?}", spec.bundle_owner)
+        }
+        Edit::ReorderLayers => {
+            let before = spec.app.layers.clone();
+            while spec.app.layers == before {
+                rng.shuffle(&mut spec.app.layers);
+            }
+            format!("`app` layers {:?}", spec.app.layers)
+        }
+        Edit::SwitchFrom => {
+            let (img, froms): (&mut Image, &[&str]) = match rng.below(3) {
+                0 => (
+                    &mut spec.app,
+                    &["scratch", "//base:base", "//third_party:vendor-base"],
+                ),
+                1 => (&mut spec.debug, &[":app", "//base:base", "scratch"]),
+                _ => (&mut spec.vendored, &[":vendor-base", "//app:app"]),
+            };
+            img.from = rng.pick_other(froms, &img.from.as_str()).to_string();
+            format!("`{}` from {}", img.name, img.from)
+        }
+        Edit::Epoch => {
+            spec.epoch = rng.pick_other(
+                &[1_700_000_000, 0, 1_234_567_890, 1_700_000_001],
+                &spec.epoch,
+            );
+            format!("source-date-epoch {}", spec.epoch)
+        }
+        Edit::Compression => {
+            spec.zstd = !spec.zstd;
+            format!("compression {}", if spec.zstd { "zstd" } else { "gzip" })
+        }
+        Edit::Reformat => {
+            spec.style = rng.pick_other(&[0, 1, 2], &spec.style);
+            format!("every spec file in style {}", spec.style)
+        }
+        Edit::Break => {
+            let b = rng.pick(BREAKS);
+            spec.broken = Some(b);
+            format!("{b:?} (for this step)")
+        }
+        _ => {
+            let i = rng.below(4);
+            edit_image(rng, spec.image_mut(i), edit)
+        }
+    }
+}
+
+/// Edits of one image's config and tags.
+fn edit_image(rng: &mut Rng, img: &mut Image, edit: Edit) -> String {
+    let strings = |v: &[&[&str]]| -> Vec<Option<Vec<String>>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.iter().map(|x| x.to_string()).collect()))
+            .collect()
+    };
+    let one = |v: &[&str]| -> Vec<Option<String>> {
+        v.iter()
+            .map(|s| (!s.is_empty()).then(|| s.to_string()))
+            .collect()
+    };
+    let name = img.name;
+    match edit {
+        Edit::Env => edit_pairs(rng, &mut img.env, ENV_KEYS, ENV_VALUES, name, "env"),
+        Edit::Label => edit_pairs(rng, &mut img.labels, LABEL_KEYS, VALUES, name, "label"),
+        Edit::Annotation => {
+            let a = &mut img.annotations;
+            edit_pairs(rng, a, ANNOTATION_KEYS, VALUES, name, "annotation")
+        }
+        Edit::Entrypoint => {
+            let choices = strings(&[&[], &["/app/run.sh"], &["/bin/cat", "/etc/os-release"]]);
+            img.entrypoint = rng.pick_other(&choices, &img.entrypoint);
+            format!("`{name}` entrypoint {:?}", img.entrypoint)
+        }
+        Edit::Cmd => {
+            let choices = strings(&[&[], &["serve"], &["--port", "9090"], &["/etc/app/a.toml"]]);
+            img.cmd = rng.pick_other(&choices, &img.cmd);
+            format!("`{name}` cmd {:?}", img.cmd)
+        }
+        Edit::Expose => {
+            toggle(rng, &mut img.expose, &["8080/tcp", "9090", "53/udp"]);
+            format!("`{name}` expose {:?}", img.expose)
+        }
+        Edit::Volume => {
+            toggle(rng, &mut img.volume, &["/data", "/var/lib/app", "/cache"]);
+            format!("`{name}` volume {:?}", img.volume)
+        }
+        Edit::User => {
+            img.user = rng.pick_other(&one(&["", "10001:10001", "app", "0"]), &img.user);
+            format!("`{name}` user {:?}", img.user)
+        }
+        Edit::Workdir => {
+            img.workdir = rng.pick_other(&one(&["", "/app", "/"]), &img.workdir);
+            format!("`{name}` workdir {:?}", img.workdir)
+        }
+        Edit::StopSignal => {
+            let choices = one(&["", "SIGTERM", "SIGQUIT"]);
+            img.stop_signal = rng.pick_other(&choices, &img.stop_signal);
+            format!("`{name}` stop-signal {:?}", img.stop_signal)
+        }
+        Edit::Tag => {
+            let repo = format!("example.com/{name}");
+            let choices = vec![
+                vec![],
+                vec![format!("{repo}:1.0")],
+                vec![format!("{repo}:2"), format!("{repo}:latest")],
+                vec![repo.clone()],
+            ];
+            img.tags = rng.pick_other(&choices, &img.tags);
+            format!("`{name}` tag {:?}", img.tags)
+        }
+        _ => unreachable!("{edit:?} is no image edit"),
+    }
+}
+
+/// Writes `bytes` to `p` (in place if it exists) with mtime `t`.
+fn write_at(p: &Path, bytes: &[u8], t: filetime::FileTime) {
+    if p.symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
+    {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::fs::write(p, bytes).unwrap();
+    filetime::set_file_mtime(p, t).unwrap();
+}
+
+/// Makes `p` a symlink to `target` (replacing what is there) with mtime `t`.
+fn link_at(target: &str, p: &Path, t: filetime::FileTime) {
+    if p.symlink_metadata().is_ok() {
+        std::fs::remove_file(p).unwrap();
+    }
+    std::os::unix::fs::symlink(target, p).unwrap();
+    filetime::set_symlink_file_times(p, t, t).unwrap();
+}
+
+/// The target of the symlink `p` (empty if it is none).
+fn link_target(p: &Path) -> String {
+    std::fs::read_link(p)
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Files (and, unless `regular_only`, symlinks) under `dirs`, workspace-relative, sorted.
@@ -1591,17 +1561,10 @@ fn files_in(root: &Path, dirs: &[&str], regular_only: bool) -> Vec<String> {
 }
 
 /// A regular source file: in a copied tree, or copied by name.
-fn pick_file(rng: &mut Rng, root: &Path, with_direct: bool) -> Option<String> {
+fn pick_file(rng: &mut Rng, root: &Path) -> String {
     let mut files = files_in(root, TREES, true);
-    if with_direct {
-        files.extend(DIRECT.iter().map(|f| f.to_string()));
-    }
-    (!files.is_empty()).then(|| rng.pick(&files))
-}
-
-fn pick_image<'s>(rng: &mut Rng, spec: &'s mut Spec) -> (&'static str, &'s mut Image) {
-    let img = spec.image_mut(rng.below(4));
-    (img.name, img)
+    files.extend(DIRECT.iter().map(|f| f.to_string()));
+    rng.pick(&files)
 }
 
 /// Sets a key of `pairs` to another value, adds one, or removes one.
