@@ -45,6 +45,10 @@ use std::process::Command;
 const DEFAULT_SEED: u64 = 0x696d_6763_0006_0001;
 const DEFAULT_STEPS: usize = 40;
 
+/// More than the cache's racy window (`RACY_WINDOW`, 2 s): how long to wait
+/// until everything written so far is old enough to be trusted by its stat data.
+const RACY_WAIT: std::time::Duration = std::time::Duration::from_millis(2200);
+
 /// The fixed time every fixture file starts with (2021-01-01), old enough for the
 /// file-hash memo to remember it.
 const OLD_MTIME: i64 = 1_609_459_200;
@@ -1074,7 +1078,9 @@ impl Differential {
             ));
         }
         if let Some(p) = problem {
-            self.fail(&p, &warm, &cold, cold_ws, cold_cache);
+            let runs = [("warm", &warm), ("cold", &cold)];
+            let dirs = vec![("cold workspace", cold_ws), ("cold cache", cold_cache)];
+            self.fail(&p, &runs, dirs);
         }
         eprintln!(
             "step {:3}: {what}\n           warm: exit {:?}, {} ran, {} cached",
@@ -1088,39 +1094,38 @@ impl Differential {
         self.cached_actions += warm.finished(false).len();
     }
 
+    /// Panics with the seed, the steps so far, the problem, the builds'
+    /// outcomes and where their directories are (kept with `IMGC_DIFF_KEEP=1`).
     fn fail(
         &mut self,
         problem: &str,
-        warm: &Run,
-        cold: &Run,
-        mut cold_ws: tempfile::TempDir,
-        mut cold_cache: tempfile::TempDir,
+        runs: &[(&str, &Run)],
+        mut dirs: Vec<(&str, tempfile::TempDir)>,
     ) -> ! {
         let keep = std::env::var_os("IMGC_DIFF_KEEP").is_some_and(|v| v == "1");
         if keep {
             self.ws.dir.disable_cleanup(true);
             self.ws.cache.disable_cleanup(true);
-            cold_ws.disable_cleanup(true);
-            cold_cache.disable_cleanup(true);
+            for (_, d) in &mut dirs {
+                d.disable_cleanup(true);
+            }
         }
         let step = self.log.len() - 1;
         let mut msg = format!(
-            "the warm build differs from the cold one at step {step} of {} \
+            "the warm build differs from a cold one at step {step} of {} \
              (seed {:#x}; replay with IMGC_DIFF_SEED={:#x} IMGC_DIFF_STEPS={step})\n\nsteps:\n",
             self.steps, self.seed, self.seed
         );
         for (i, s) in self.log.iter().enumerate() {
             let _ = writeln!(msg, "  {i:3}. {s}");
         }
+        let _ = writeln!(msg, "\nproblem: {problem}\n");
+        for (name, run) in runs {
+            let _ = writeln!(msg, "{}", run.describe(name));
+        }
         let _ = write!(
             msg,
-            "\nproblem: {problem}\n\n{}\n{}\n",
-            warm.describe("warm"),
-            cold.describe("cold")
-        );
-        let _ = writeln!(
-            msg,
-            "directories{}: warm workspace {}, warm cache {}, cold workspace {}, cold cache {}",
+            "directories{}: warm workspace {}, warm cache {}",
             if keep {
                 " (kept)"
             } else {
@@ -1128,9 +1133,10 @@ impl Differential {
             },
             self.ws.root().display(),
             self.ws.cache.path().display(),
-            cold_ws.path().display(),
-            cold_cache.path().display()
         );
+        for (name, d) in &dirs {
+            let _ = write!(msg, ", {name} {}", d.path().display());
+        }
         panic!("{msg}");
     }
 
@@ -1278,15 +1284,42 @@ impl Differential {
     }
 
     /// Damage to the warm cache's blob store.
+    ///
+    /// Before damage in place, time passes: the cache trusts what it recorded of
+    /// files and layouts only once they are older than its racy window, which the
+    /// quick steps of this test never are. So the damage meets a layout that a
+    /// build checked in full and remembered as current, as it would a user's.
     fn edit_store(&mut self, edit: Edit) -> String {
-        let blobs = store_blobs(self.ws.cache.path());
+        if edit == Edit::DamageBlob {
+            self.let_time_pass();
+        }
+        let mut blobs = blob_files(self.ws.cache.path());
+        let out = self.ws.path("imgc-out");
+        let in_layouts = blob_files(&out);
+        // Damage one that the output's layouts hold too (hard-linked, so damage in
+        // place reaches them); half the deletions too (listings and old outputs are
+        // in no layout).
+        if edit == Edit::DamageBlob || self.rng.coin() {
+            let names: BTreeSet<_> = in_layouts.iter().map(|p| p.file_name()).collect();
+            blobs.retain(|b| names.contains(&b.file_name()));
+        }
         if blobs.is_empty() {
             return "no blob in the store".into();
         }
         let b = self.rng.pick(&blobs);
+        let holders: Vec<String> = in_layouts
+            .iter()
+            .filter(|p| p.file_name() == b.file_name())
+            .map(|p| {
+                let layout = p.parent().and_then(Path::parent).and_then(Path::parent);
+                let rel = layout.and_then(|l| l.strip_prefix(&out).ok());
+                rel.map_or("?".into(), |r| r.display().to_string())
+            })
+            .collect();
+        let held = format!("in layouts {holders:?}");
         if edit == Edit::DeleteBlob {
             std::fs::remove_file(&b).unwrap();
-            return format!("store blob {} deleted", name_of(&b));
+            return format!("store blob {} ({held}) deleted", name_of(&b));
         }
         let meta = std::fs::metadata(&b).unwrap();
         if meta.len() == 0 {
@@ -1313,9 +1346,29 @@ impl Differential {
         filetime::set_file_mtime(&b, filetime::FileTime::from_last_modification_time(&meta))
             .unwrap();
         format!(
-            "store blob {} damaged in place at byte {at} (size and mtime kept)",
+            "store blob {} ({held}) damaged in place at byte {at} (size and mtime kept)",
             name_of(&b)
         )
+    }
+
+    /// Waits out the cache's racy window, then builds warm once with no edit: it
+    /// must run nothing, and it records the layouts it checks as current.
+    fn let_time_pass(&mut self) {
+        std::thread::sleep(RACY_WAIT);
+        let settle = Run::of(self.ws.cmd(&[]));
+        let problem = if settle.status != Some(0) && self.last_ok {
+            Some("it failed".to_string())
+        } else if self.last_ok && !settle.finished(true).is_empty() {
+            Some(format!("actions ran: {:?}", settle.finished(true)))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            self.log
+                .push("(time passes, then a warm build with no edit)".into());
+            let p = format!("nothing changed, yet in a warm build {p}");
+            self.fail(&p, &[("warm", &settle)], Vec::new());
+        }
     }
 
     /// The import's `index.json`: the other layout's content, as a file or a link.
@@ -1606,15 +1659,14 @@ fn toggle(rng: &mut Rng, list: &mut Vec<String>, choices: &[&str]) {
     }
 }
 
-/// Every blob file of the cache's store, sorted.
-fn store_blobs(cache: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(cache)
+/// Every blob file under `dir` (a cache's store, layouts), sorted.
+fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
         .sort_by_file_name()
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| {
             e.file_type().is_file()
-                && e.path().components().any(|c| c.as_os_str() == "cas")
                 && e.file_name().len() == 64
                 && e.file_name()
                     .to_string_lossy()
