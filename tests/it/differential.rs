@@ -195,6 +195,11 @@ enum Edit {
     SwitchFrom,
     Epoch,
     Compression,
+    /// The workspace's platform, for one step: an import of another platform is
+    /// an error.
+    Platform,
+    /// An image renamed: its old layout is stale.
+    RenameImage,
     /// Whitespace, comments, node order of properties: nothing may run.
     Reformat,
     /// A spec error for one step (a parse error, an unknown label, a source that
@@ -238,6 +243,8 @@ const EDITS: &[Edit] = &[
     Edit::SwitchFrom,
     Edit::Epoch,
     Edit::Compression,
+    Edit::Platform,
+    Edit::RenameImage,
     Edit::Reformat,
     Edit::Break,
     Edit::DeleteBlob,
@@ -366,6 +373,7 @@ const BREAKS: &[Break] = &[
 struct Spec {
     epoch: u64,
     zstd: bool,
+    arm64: bool,
     /// Formatting only: 0 plain, 1 comments and tabs, 2 compact and split nodes.
     style: usize,
     os_release: String,
@@ -412,6 +420,7 @@ impl Spec {
         Spec {
             epoch: 1_700_000_000,
             zstd: false,
+            arm64: false,
             style: 0,
             os_release: "ID=imgc-diff\n".into(),
             sticky_tmp: true,
@@ -447,6 +456,9 @@ impl Spec {
         ws.open("workspace", None);
         ws.node(n("source-date-epoch").raw(self.epoch.to_string()));
         ws.node(n("compression").s(if self.zstd { "zstd" } else { "gzip" }));
+        if self.arm64 {
+            ws.node(n("platform").s("linux/arm64"));
+        }
         ws.close();
 
         let mut base = Doc::new(s);
@@ -1153,8 +1165,11 @@ impl Differential {
 
     // -- applying edits ----------------------------------------------------------------
 
-    /// Undoes a [`Break`] of the previous step.
+    /// Undoes a [`Break`] or [`Edit::Platform`] of the previous step.
     fn heal(&mut self) -> Option<String> {
+        if std::mem::take(&mut self.spec.arm64) {
+            return Some("platform linux/amd64 again".into());
+        }
         self.spec.broken.take().map(|b| format!("{b:?} removed"))
     }
 
@@ -1494,6 +1509,21 @@ fn edit_spec(rng: &mut Rng, spec: &mut Spec, edit: Edit) -> String {
         Edit::Compression => {
             spec.zstd = !spec.zstd;
             format!("compression {}", if spec.zstd { "zstd" } else { "gzip" })
+        }
+        Edit::Platform => {
+            spec.arm64 = true;
+            "platform linux/arm64 for this step (the imported layouts are linux/amd64)".into()
+        }
+        Edit::RenameImage => {
+            spec.debug.name = if spec.debug.name == "app-debug" {
+                "app-dbg"
+            } else {
+                "app-debug"
+            };
+            format!(
+                "`//app:app-debug` and `//app:app-dbg`: now `{}`",
+                spec.debug.name
+            )
         }
         Edit::Reformat => {
             spec.style = rng.pick_other(&[0, 1, 2], &spec.style);
