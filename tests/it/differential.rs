@@ -283,6 +283,8 @@ const ADD_NAMES: &[&str] = &[
     "notes",
     "z.toml",
 ];
+/// Files that stay: see [`movable_files`].
+const ANCHORS: &[&str] = &["app/conf/a.toml", "app/conf/dev-local.toml"];
 /// Files copied by name.
 const DIRECT: &[&str] = &["app/run.sh", "app/config.toml"];
 /// Symlink targets for the import's `index.json` (inside and outside the layout)
@@ -356,6 +358,8 @@ enum Break {
     UnknownFrom,
     /// A glob that matches nothing: the layer action fails (E019).
     MissingGlob,
+    /// An `exclude` that leaves nothing out: the layer action fails (E019).
+    ExcludeNothing,
     /// A file over a lower layer's directory: the image action fails (E030)
     /// when `app-debug` is built on `app`.
     StackConflict,
@@ -365,6 +369,7 @@ const BREAKS: &[Break] = &[
     Break::BadMode,
     Break::UnknownFrom,
     Break::MissingGlob,
+    Break::ExcludeNothing,
     Break::StackConflict,
 ];
 
@@ -496,12 +501,14 @@ impl Spec {
         if let Some(o) = self.assets_owner {
             app.node(n("owner").s(o));
         }
-        app.node(
-            n("copy")
-                .s("conf/*.toml")
-                .p("to", "/etc/app/")
-                .p("exclude", "conf/dev-*.toml"),
-        );
+        app.node(n("copy").s("conf/*.toml").p("to", "/etc/app/").p(
+            "exclude",
+            if self.broken == Some(Break::ExcludeNothing) {
+                "conf/none-*.toml"
+            } else {
+                "conf/dev-*.toml"
+            },
+        ));
         app.node(n("copy").s("static").p("to", "/srv/static"));
         if self.broken == Some(Break::MissingGlob) {
             app.node(n("copy").s("missing/*.txt").p("to", "/opt/missing/"));
@@ -1105,8 +1112,17 @@ impl Differential {
             let dirs = vec![("cold workspace", cold_ws), ("cold cache", cold_cache)];
             self.fail(&p, &runs, dirs);
         }
+        let errors = if warm.ok() {
+            String::new()
+        } else {
+            format!(
+                ", errors {:?}, failed {:?}",
+                error_codes(&warm.stderr),
+                warm.failed()
+            )
+        };
         eprintln!(
-            "step {:3}: {what}\n           warm: exit {:?}, {} ran, {} cached",
+            "step {:3}: {what}\n           warm: exit {:?}, {} ran, {} cached{errors}",
             self.log.len() - 1,
             warm.status,
             warm.finished(true).len(),
@@ -1245,7 +1261,7 @@ impl Differential {
                 format!("`{rel}` {how}, {len} bytes")
             }
             Edit::DeleteFile => {
-                let files = files_in(&root, TREES, false);
+                let files = movable_files(&root);
                 if files.is_empty() {
                     return "no file to delete".into();
                 }
@@ -1254,7 +1270,7 @@ impl Differential {
                 format!("`{f}` deleted")
             }
             Edit::RenameFile => {
-                let files = files_in(&root, TREES, false);
+                let files = movable_files(&root);
                 if files.is_empty() {
                     return "no file to rename".into();
                 }
@@ -1652,6 +1668,15 @@ fn files_in(root: &Path, dirs: &[&str], regular_only: bool) -> Vec<String> {
         }
     }
     out
+}
+
+/// Files of the copied trees that may be deleted or renamed: all but the
+/// anchors, which keep the glob matching and its `exclude` excluding something
+/// (when either does not, the build fails, as [`Break`] tries for a step).
+fn movable_files(root: &Path) -> Vec<String> {
+    let mut files = files_in(root, TREES, false);
+    files.retain(|f| !ANCHORS.contains(&f.as_str()));
+    files
 }
 
 /// A regular source file: in a copied tree, or copied by name.
