@@ -1335,62 +1335,51 @@ impl Differential {
         if edit == Edit::DamageBlob {
             self.let_time_pass();
         }
-        let mut blobs = blob_files(self.ws.cache.path());
+        let all = blob_files(self.ws.cache.path());
         let out = self.ws.path("imgc-out");
         let in_layouts = blob_files(&out);
-        // Mostly one that the output's layouts hold too (hard-linked, so damage in
-        // place reaches them); else any: a listing, or an old output that a later
-        // build may write again under another key.
-        if self.rng.below(3) != 0 {
-            let names: BTreeSet<_> = in_layouts.iter().map(|p| p.file_name()).collect();
-            blobs.retain(|b| names.contains(&b.file_name()));
+        let names: BTreeSet<_> = in_layouts.iter().map(|p| p.file_name()).collect();
+        let mut held: Vec<PathBuf> = all.clone();
+        held.retain(|b| names.contains(&b.file_name()));
+        // One that the output's layouts hold too (hard-linked, so damage in place
+        // reaches them) and, for damage, also any other: a listing, or an old
+        // output that a later build may write again under another key.
+        let mut victims = Vec::new();
+        if !held.is_empty() && (edit == Edit::DamageBlob || self.rng.coin()) {
+            victims.push(self.rng.pick(&held));
         }
-        if blobs.is_empty() {
+        if !all.is_empty() && (edit == Edit::DamageBlob || victims.is_empty()) {
+            let other = self.rng.pick(&all);
+            if !victims.contains(&other) {
+                victims.push(other);
+            }
+        }
+        let mut done = Vec::new();
+        for b in victims {
+            let holders: Vec<String> = in_layouts
+                .iter()
+                .filter(|p| p.file_name() == b.file_name())
+                .map(|p| {
+                    let layout = p.parent().and_then(Path::parent).and_then(Path::parent);
+                    let rel = layout.and_then(|l| l.strip_prefix(&out).ok());
+                    rel.map_or("?".into(), |r| r.display().to_string())
+                })
+                .collect();
+            let what = if edit == Edit::DeleteBlob {
+                std::fs::remove_file(&b).unwrap();
+                "deleted".to_string()
+            } else {
+                damage_in_place(&mut self.rng, &b)
+            };
+            done.push(format!(
+                "store blob {} (in layouts {holders:?}) {what}",
+                name_of(&b)
+            ));
+        }
+        if done.is_empty() {
             return "no blob in the store".into();
         }
-        let b = self.rng.pick(&blobs);
-        let holders: Vec<String> = in_layouts
-            .iter()
-            .filter(|p| p.file_name() == b.file_name())
-            .map(|p| {
-                let layout = p.parent().and_then(Path::parent).and_then(Path::parent);
-                let rel = layout.and_then(|l| l.strip_prefix(&out).ok());
-                rel.map_or("?".into(), |r| r.display().to_string())
-            })
-            .collect();
-        let held = format!("in layouts {holders:?}");
-        if edit == Edit::DeleteBlob {
-            std::fs::remove_file(&b).unwrap();
-            return format!("store blob {} ({held}) deleted", name_of(&b));
-        }
-        let meta = std::fs::metadata(&b).unwrap();
-        if meta.len() == 0 {
-            return format!("store blob {} is empty: left alone", name_of(&b));
-        }
-        let at = self.rng.below(meta.len() as usize);
-        // In place: the blob's hard links in layouts see the damage too.
-        std::fs::set_permissions(&b, std::fs::Permissions::from_mode(0o644)).unwrap();
-        {
-            use std::io::{Read, Seek, SeekFrom, Write};
-            let mut f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&b)
-                .unwrap();
-            let mut byte = [0u8];
-            f.seek(SeekFrom::Start(at as u64)).unwrap();
-            f.read_exact(&mut byte).unwrap();
-            byte[0] ^= 0x20;
-            f.seek(SeekFrom::Start(at as u64)).unwrap();
-            f.write_all(&byte).unwrap();
-        }
-        std::fs::set_permissions(&b, meta.permissions()).unwrap();
-        filetime::set_file_mtime(&b, filetime::FileTime::from_last_modification_time(&meta))
-            .unwrap();
-        format!(
-            "store blob {} ({held}) damaged in place at byte {at} (size and mtime kept)",
-            name_of(&b)
-        )
+        done.join("; ")
     }
 
     /// Waits out the cache's racy window, then builds warm once with no edit: it
@@ -1723,6 +1712,34 @@ fn toggle(rng: &mut Rng, list: &mut Vec<String>, choices: &[&str]) {
         }
         None => list.push(c),
     }
+}
+
+/// Flips a bit of one byte of blob `b` in place (its hard links in layouts see the
+/// damage too), keeping its size, mode and mtime.
+fn damage_in_place(rng: &mut Rng, b: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let meta = std::fs::metadata(b).unwrap();
+    if meta.len() == 0 {
+        return "empty: left alone".into();
+    }
+    let at = rng.below(meta.len() as usize);
+    std::fs::set_permissions(b, std::fs::Permissions::from_mode(0o644)).unwrap();
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(b)
+            .unwrap();
+        let mut byte = [0u8];
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.read_exact(&mut byte).unwrap();
+        byte[0] ^= 0x20;
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        f.write_all(&byte).unwrap();
+    }
+    std::fs::set_permissions(b, meta.permissions()).unwrap();
+    filetime::set_file_mtime(b, filetime::FileTime::from_last_modification_time(&meta)).unwrap();
+    format!("damaged in place at byte {at} (size and mtime kept)")
 }
 
 /// Every blob file under `dir` (a cache's store, layouts), sorted.
