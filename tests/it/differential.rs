@@ -1391,21 +1391,34 @@ impl Differential {
         let all = blob_files(self.ws.cache.path());
         let out = self.ws.path("imgc-out");
         let in_layouts = blob_files(&out);
-        let names: BTreeSet<_> = in_layouts.iter().map(|p| p.file_name()).collect();
-        let mut held: Vec<PathBuf> = all.clone();
-        held.retain(|b| names.contains(&b.file_name()));
+        let among = |names: &[PathBuf]| -> Vec<PathBuf> {
+            let names: BTreeSet<_> = names.iter().map(|p| p.file_name()).collect();
+            let mut v = all.clone();
+            v.retain(|b| names.contains(&b.file_name()));
+            v
+        };
+        let held = among(&in_layouts);
+        let imported = among(&imported_blobs(&self.ws.path("third_party/vendor-base")));
         // One that the output's layouts hold too (hard-linked, so damage in place
-        // reaches them) and, for damage, also any other: a listing, or an old
-        // output that a later build may write again under another key.
-        let mut victims = Vec::new();
-        if !held.is_empty() && (edit == Edit::DamageBlob || self.rng.coin()) {
-            victims.push(self.rng.pick(&held));
-        }
-        if !all.is_empty() && (edit == Edit::DamageBlob || victims.is_empty()) {
-            let other = self.rng.pick(&all);
-            if !victims.contains(&other) {
-                victims.push(other);
+        // reaches them); for damage, also one of the image the import reads now,
+        // and any other: a listing, or an old output that a later build may write
+        // again under another key.
+        let mut victims: Vec<PathBuf> = Vec::new();
+        let damage = edit == Edit::DamageBlob;
+        for (set, wanted) in [
+            (&held, damage || self.rng.coin()),
+            (&imported, damage),
+            (&all, damage),
+        ] {
+            if wanted && !set.is_empty() {
+                let b = self.rng.pick(set);
+                if !victims.contains(&b) {
+                    victims.push(b);
+                }
             }
+        }
+        if victims.is_empty() && !all.is_empty() {
+            victims.push(self.rng.pick(&all));
         }
         let mut done = Vec::new();
         for b in victims {
@@ -1793,6 +1806,26 @@ fn damage_in_place(rng: &mut Rng, b: &Path) -> String {
     std::fs::set_permissions(b, meta.permissions()).unwrap();
     filetime::set_file_mtime(b, filetime::FileTime::from_last_modification_time(&meta)).unwrap();
     format!("damaged in place at byte {at} (size and mtime kept)")
+}
+
+/// The blobs of the image the OCI layout at `dir` holds (its `index.json`'s
+/// first manifest, its config and layers), as paths in the layout.
+fn imported_blobs(dir: &Path) -> Vec<PathBuf> {
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let blob = |d: &serde_json::Value| {
+        let hex = d.as_str().unwrap().trim_start_matches("sha256:");
+        dir.join("blobs/sha256").join(hex)
+    };
+    let index = json(dir.join("index.json"));
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let m = json(manifest.clone());
+    let mut out = vec![manifest, blob(&m["config"]["digest"])];
+    for l in m["layers"].as_array().unwrap() {
+        out.push(blob(&l["digest"]));
+    }
+    out
 }
 
 /// Every blob file under `dir` (a cache's store, layouts), sorted.
