@@ -516,8 +516,10 @@ impl<'a> Files<'a> {
             Limit::Exactly(size),
             Algos::Both,
         );
-        let mut writer = if cas.contains(d) {
-            None // still read: the source must be verified and hashed
+        // Only an intact stored copy is kept (a damaged one is written again);
+        // either way the source is read, verified and hashed.
+        let mut writer = if cas.verify(d, Some(size)).map_err(store_err(rel))? {
+            None
         } else {
             Some(cas.writer().map_err(store_err(rel))?)
         };

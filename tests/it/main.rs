@@ -10,6 +10,7 @@ mod confinement;
 mod conformance;
 mod determinism;
 mod diagnostics;
+mod differential;
 mod imports;
 mod layers;
 mod parse_cache;
