@@ -308,7 +308,7 @@ pub struct LayoutRecord {
     pub manifest: Digest,
     /// The ref names of its `index.json`, one per line.
     pub refs: String,
-    /// Stat data of its top-level files and blob directory (see `oci::layout_stamp`).
+    /// Stat data of its top-level files and blob directory (see `output::layout_stamp`).
     pub stamp: String,
 }
 

@@ -49,7 +49,7 @@
 //! either there is no `base.name`: an imgc label is not an image reference.
 //! `base.digest` is always imgc's; the parser refuses a user annotation of it.
 //!
-//! # Layouts ([`write_layout`])
+//! # Layouts
 //!
 //! An image is materialized as an OCI image layout: `oci-layout` ([`OCI_LAYOUT`]),
 //! `index.json` ([`build_index`]: one manifest descriptor annotated
@@ -57,10 +57,10 @@
 //! the CAS. Writing, replacing and checking layouts on disk is
 //! [`crate::output`]'s job: it marks each layout it writes, never replaces one it
 //! did not write, never follows a link, and swaps the new layout in atomically.
-//! [`write_layout`], [`layout_is_current`] and [`layout_stamp`] are path-based
-//! entry points to it for a layout anywhere (tests, fixtures); builds go through
+//! [`crate::output::write_layout`] and its siblings are path-based entry points
+//! to it for a layout anywhere (tests, fixtures); builds go through
 //! [`crate::output::Root`], which also opens every directory above the layout
-//! without following links.
+//! without following links. This module only makes the bytes.
 //!
 //! # What it deliberately does not do
 //!
@@ -72,7 +72,6 @@
 //!   [`check_layout`] is the independent, thorough checker for tests; it shares
 //!   no code with the writers (it parses JSON generically and hashes directly).
 
-use crate::cas::Cas;
 use crate::hash::{DiffId, Digest};
 use crate::spec::model::{ImageSpec, Platform};
 use oci_spec::image::{
@@ -426,85 +425,6 @@ pub fn build_index(manifest: (Digest, u64), ref_names: &[String]) -> ImageIndex 
         .expect("all index fields are set")
 }
 
-/// Writes (or atomically replaces) an OCI image layout at `dest` holding the
-/// manifest `manifest` and `blobs` (its config and layers), all from `cas`.
-/// `dest`'s parent is created (through the path as given); `dest` itself must be
-/// missing or a layout imgc wrote, and is never reached through a link: see
-/// [`crate::output`], which builds do go through ([`crate::output::Root`]) so that
-/// no directory of the output is reached through a link either.
-pub fn write_layout(
-    dest: &Path,
-    cas: &Cas,
-    manifest: (Digest, u64),
-    blobs: &[Digest],
-    ref_names: &[String],
-) -> io::Result<()> {
-    let (parent, name) = parent_and_name(dest)?;
-    fs::create_dir_all(parent).map_err(|e| ctx(e, "create", parent))?;
-    let dir = fs::File::open(parent).map_err(|e| ctx(e, "open", parent))?;
-    crate::output::write_layout_in(
-        std::os::fd::AsFd::as_fd(&dir),
-        name,
-        &dest.to_string_lossy(),
-        cas,
-        manifest,
-        blobs,
-        ref_names,
-    )
-    .map_err(|e| match e.io_error() {
-        Some(source) => io::Error::new(source.kind(), e.to_string()),
-        None => io::Error::other(e.to_string()),
-    })
-}
-
-fn parent_and_name(dest: &Path) -> io::Result<(&Path, &str)> {
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| io::Error::other(format!("`{}` names no directory", dest.display())))?;
-    Ok((parent, name))
-}
-
-/// Whether `dest` already is the layout [`write_layout`] would write (see
-/// [`crate::output::layout_is_current_in`]). Stats only; no hashing.
-pub fn layout_is_current(
-    dest: &Path,
-    cas: &Cas,
-    manifest: (Digest, u64),
-    blobs: &[(Digest, u64)],
-    ref_names: &[String],
-) -> bool {
-    let Ok((parent, name)) = parent_and_name(dest) else {
-        return false;
-    };
-    let Ok(dir) = fs::File::open(parent) else {
-        return false;
-    };
-    crate::output::layout_is_current_in(
-        std::os::fd::AsFd::as_fd(&dir),
-        name,
-        cas,
-        manifest,
-        blobs,
-        ref_names,
-    )
-}
-
-/// The stat stamp of the layout at `dest` (see [`crate::output::layout_stamp_in`]).
-pub fn layout_stamp(dest: &Path) -> Option<(String, i64)> {
-    let (parent, name) = parent_and_name(dest).ok()?;
-    let dir = fs::File::open(parent).ok()?;
-    crate::output::layout_stamp_in(std::os::fd::AsFd::as_fd(&dir), name)
-}
-
-fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("cannot {what} `{}`: {e}", path.display()))
-}
-
 /// Checks an OCI image layout thoroughly and independently of the writers:
 /// every blob's name is its sha256, descriptor sizes and media types match,
 /// manifest → config → layers are consistent, and each layer, decompressed
@@ -682,7 +602,9 @@ fn check_layout_into(dir: &Path, errs: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cas::Cas;
     use crate::layer::{Entry, EntryData, LayerFormat, normalize, write_layer};
+    use crate::output::{layout_is_current, write_layout};
     use crate::spec::model::Compression;
     use oci_spec::image::ConfigBuilder;
 

@@ -1007,3 +1007,82 @@ fn push_comp(shown: &mut String, comp: &str) {
     }
     shown.push_str(comp);
 }
+
+/// Writes (or atomically replaces) an OCI image layout at `dest` holding the
+/// manifest `manifest` and `blobs` (its config and layers), all from `cas`.
+/// `dest`'s parent is created (through the path as given); `dest` itself must be
+/// missing or a layout imgc wrote, and is never reached through a link: see
+/// the module docs; builds go through [`Root`] so that no directory of the output
+/// is reached through a link either.
+pub fn write_layout(
+    dest: &Path,
+    cas: &Cas,
+    manifest: (Digest, u64),
+    blobs: &[Digest],
+    ref_names: &[String],
+) -> io::Result<()> {
+    let (parent, name) = parent_and_name(dest)?;
+    std::fs::create_dir_all(parent).map_err(|e| ctx(e, "create", parent))?;
+    let dir = std::fs::File::open(parent).map_err(|e| ctx(e, "open", parent))?;
+    write_layout_in(
+        std::os::fd::AsFd::as_fd(&dir),
+        name,
+        &dest.to_string_lossy(),
+        cas,
+        manifest,
+        blobs,
+        ref_names,
+    )
+    .map_err(|e| match e.io_error() {
+        Some(source) => io::Error::new(source.kind(), e.to_string()),
+        None => io::Error::other(e.to_string()),
+    })
+}
+
+fn parent_and_name(dest: &Path) -> io::Result<(&Path, &str)> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other(format!("`{}` names no directory", dest.display())))?;
+    Ok((parent, name))
+}
+
+/// Whether `dest` already is the layout [`write_layout`] would write (see
+/// [`crate::output::layout_is_current_in`]). Stats only; no hashing.
+pub fn layout_is_current(
+    dest: &Path,
+    cas: &Cas,
+    manifest: (Digest, u64),
+    blobs: &[(Digest, u64)],
+    ref_names: &[String],
+) -> bool {
+    let Ok((parent, name)) = parent_and_name(dest) else {
+        return false;
+    };
+    let Ok(dir) = std::fs::File::open(parent) else {
+        return false;
+    };
+    layout_is_current_in(
+        std::os::fd::AsFd::as_fd(&dir),
+        name,
+        cas,
+        manifest,
+        blobs,
+        ref_names,
+    )
+}
+
+/// The stat stamp of the layout at `dest` (see [`crate::output::layout_stamp_in`]).
+pub fn layout_stamp(dest: &Path) -> Option<(String, i64)> {
+    let (parent, name) = parent_and_name(dest).ok()?;
+    let dir = std::fs::File::open(parent).ok()?;
+    layout_stamp_in(std::os::fd::AsFd::as_fd(&dir), name)
+}
+
+fn ctx(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {what} `{}`: {e}", path.display()))
+}
