@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match imgc::commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            imgc::report::error(&e);
+            e.report();
             ExitCode::from(e.exit_code())
         }
     }

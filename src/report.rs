@@ -5,7 +5,6 @@
 //! `NO_COLOR` is set.
 
 use crate::actions::ActionError;
-use crate::commands::CmdError;
 pub use crate::diag::escape_controls;
 use crate::diag::{Diag, Sources};
 use crate::hash::{Digest, Key};
@@ -71,17 +70,22 @@ pub fn render_diagnostics(sources: &Sources, diags: &[Diag], color: bool) -> Str
     )
 }
 
+/// How a command failed, as the printer needs it.
+pub enum Failure<'a> {
+    Diagnostics(&'a Sources, &'a [Diag]),
+    Message(&'a str),
+    Usage(&'a str),
+}
+
 /// Prints a command's failure on stderr.
-pub fn error(err: &CmdError) {
+pub fn error(failure: Failure<'_>) {
     let mut e = std::io::stderr().lock();
-    let _ = match err {
-        CmdError::Diagnostics { sources, diags } => {
+    let _ = match failure {
+        Failure::Diagnostics(sources, diags) => {
             write!(e, "{}", render_diagnostics(sources, diags, color_enabled()))
         }
-        CmdError::Failed(msg) | CmdError::Env(msg) => {
-            writeln!(e, "error: {}", escape_controls(msg))
-        }
-        CmdError::Usage(msg) => writeln!(
+        Failure::Message(msg) => writeln!(e, "error: {}", escape_controls(msg)),
+        Failure::Usage(msg) => writeln!(
             e,
             "error: {}\n\nFor more information, try '--help'.",
             escape_controls(msg)

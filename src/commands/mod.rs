@@ -31,6 +31,17 @@ pub enum CmdError {
 }
 
 impl CmdError {
+    /// Prints this failure on stderr (through [`crate::report`]).
+    pub fn report(&self) {
+        report::error(match self {
+            CmdError::Diagnostics { sources, diags } => {
+                report::Failure::Diagnostics(sources, diags)
+            }
+            CmdError::Failed(msg) | CmdError::Env(msg) => report::Failure::Message(msg),
+            CmdError::Usage(msg) => report::Failure::Usage(msg),
+        });
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             CmdError::Diagnostics { .. } | CmdError::Failed(_) => 1,
