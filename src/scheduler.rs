@@ -231,12 +231,7 @@ impl Engine<'_> {
                             continue;
                         }
                         Some(Blocked::WouldRun(reason)) => {
-                            self.reporter.event(&Event::WouldRun {
-                                label: &graph.node(n).label,
-                                reason: &reason.to_string(),
-                            });
-                            summary.outcomes.insert(n, Outcome::WouldRun(reason));
-                            ready.extend(self.release(n, &mut waiting));
+                            ready.extend(self.would_run(n, reason, &mut summary, &mut waiting));
                             continue;
                         }
                         None => {}
@@ -315,12 +310,12 @@ impl Engine<'_> {
                                     "cache entry missing or damaged",
                                 );
                                 if settings.dry_run {
-                                    self.reporter.event(&Event::WouldRun {
-                                        label: &graph.node(n).label,
-                                        reason: &reason.to_string(),
-                                    });
-                                    summary.outcomes.insert(n, Outcome::WouldRun(reason));
-                                    ready.extend(self.release(n, &mut waiting));
+                                    ready.extend(self.would_run(
+                                        n,
+                                        reason,
+                                        &mut summary,
+                                        &mut waiting,
+                                    ));
                                     continue;
                                 }
                                 self.reporter.event(&Event::Started {
@@ -505,6 +500,23 @@ impl Engine<'_> {
             }
         }
         ready
+    }
+
+    /// (Dry runs.) Records that `n` would run for `reason`; returns the
+    /// dependents this releases.
+    fn would_run(
+        &mut self,
+        n: NodeIndex,
+        reason: Reason,
+        summary: &mut Summary,
+        waiting: &mut BTreeMap<NodeIndex, usize>,
+    ) -> Vec<NodeIndex> {
+        self.reporter.event(&Event::WouldRun {
+            label: &self.graph.node(n).label,
+            reason: &reason.to_string(),
+        });
+        summary.outcomes.insert(n, Outcome::WouldRun(reason));
+        self.release(n, waiting)
     }
 
     /// Why `n` cannot be keyed: a dependency failed (or was skipped), or, in a
