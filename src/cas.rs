@@ -119,6 +119,17 @@ impl Cas {
         Cas::open_with(blobs_dir, tmp_dir, false)
     }
 
+    /// A flat store (as [`Cas::open_at_flat`]) that creates nothing: for reading
+    /// a remote directory that may not exist (writes fail until it does).
+    pub fn flat_view(blobs_dir: &Path, tmp_dir: &Path) -> Cas {
+        Cas {
+            blobs: blobs_dir.to_path_buf(),
+            tmp: tmp_dir.to_path_buf(),
+            fanout: false,
+            repaired: Arc::default(),
+        }
+    }
+
     fn open_with(blobs_dir: &Path, tmp_dir: &Path, fanout: bool) -> io::Result<Cas> {
         fs::create_dir_all(blobs_dir).map_err(|e| with_path(e, "create", blobs_dir))?;
         fs::create_dir_all(tmp_dir).map_err(|e| with_path(e, "create", tmp_dir))?;
@@ -282,6 +293,78 @@ impl Cas {
         Ok(size)
     }
 
+    /// Adopts the read-only file `src` as blob `d` by hard-linking it (another
+    /// store on the same filesystem: a remote cache directory). The linked file
+    /// is hashed before it is published; `Ok(false)` if it cannot be linked (on
+    /// another filesystem, not permitted), so the caller copies instead; an
+    /// [`io::ErrorKind::InvalidData`] error if it is not blob `d` of `size` bytes.
+    pub fn link_in(&self, src: &Path, d: &Digest, size: u64) -> io::Result<bool> {
+        if self.existing(d, Some(size))? == Existing::Intact {
+            return Ok(true);
+        }
+        let linked = match tempfile::Builder::new()
+            .prefix(".link-")
+            .make_in(&self.tmp, |p| fs::hard_link(src, p))
+        {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(e),
+            Err(_) => return Ok(false),
+        };
+        let mut file = open_regular(linked.path())?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not a regular file"))?;
+        let (digest, len) = hash_reader(&mut file)?;
+        if digest != *d || len != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{len} bytes hashing to {digest}, expected {size} bytes of {d}"),
+            ));
+        }
+        self.place(linked, d, size)?;
+        Ok(true)
+    }
+
+    /// Publishes the finished temp file `tmp` as blob `d` (see the module docs):
+    /// no-clobber if nothing is there, kept out if an intact copy is, renamed
+    /// over a damaged one.
+    fn place<F>(&self, tmp: tempfile::NamedTempFile<F>, d: &Digest, size: u64) -> io::Result<()> {
+        let dest = self.blob_path(d);
+        let found = self.existing(d, Some(size))?;
+        if found == Existing::Intact {
+            return Ok(());
+        }
+        let dir = dest.parent().ok_or_else(|| {
+            io::Error::other(format!("blob path `{}` has no parent", dest.display()))
+        })?;
+        fs::create_dir_all(dir).map_err(|e| with_path(e, "create", dir))?;
+        let tmp = if found == Existing::Missing {
+            match tmp.persist_noclobber(&dest) {
+                Ok(_) => None,
+                // Another writer published first: keep theirs if it is intact.
+                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+                    match self.existing(d, Some(size))? {
+                        Existing::Intact => None,
+                        _ => Some(e.file),
+                    }
+                }
+                Err(e) => return Err(with_path(e.error, "publish", &dest)),
+            }
+        } else {
+            Some(tmp)
+        };
+        if let Some(tmp) = tmp {
+            // Damaged: replace it atomically (a plain rename over it).
+            tmp.persist(&dest)
+                .map_err(|e| with_path(e.error, "replace the damaged blob", &dest))?;
+            self.note_repaired(*d);
+        }
+        // Make the new name durable; failing to fsync a directory is not fatal
+        // on filesystems that do not support it.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
     /// Removes a blob (a corrupt one, or garbage collection). Missing is fine.
     pub fn remove(&self, d: &Digest) -> io::Result<()> {
         let path = self.blob_path(d);
@@ -363,9 +446,7 @@ impl BlobWriter {
         if let Some(expected) = expected {
             check_expected(tmp.path(), expected, &digest)?;
         }
-        let dest = cas.blob_path(&digest);
-        let found = cas.existing(&digest, Some(size))?;
-        if found == Existing::Intact {
+        if cas.existing(&digest, Some(size))? == Existing::Intact {
             return Ok((digest, size)); // `tmp` is deleted on drop
         }
         let file = tmp.as_file();
@@ -373,36 +454,7 @@ impl BlobWriter {
             .map_err(|e| with_path(e, "fsync", tmp.path()))?;
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(|e| with_path(e, "chmod", tmp.path()))?;
-        let dir = dest.parent().ok_or_else(|| {
-            io::Error::other(format!("blob path `{}` has no parent", dest.display()))
-        })?;
-        fs::create_dir_all(dir).map_err(|e| with_path(e, "create", dir))?;
-        let tmp = if found == Existing::Missing {
-            match tmp.persist_noclobber(&dest) {
-                Ok(_) => None,
-                // Another writer published first: keep theirs if it is intact.
-                Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                    match cas.existing(&digest, Some(size))? {
-                        Existing::Intact => None,
-                        _ => Some(e.file),
-                    }
-                }
-                Err(e) => return Err(with_path(e.error, "publish", &dest)),
-            }
-        } else {
-            Some(tmp)
-        };
-        if let Some(tmp) = tmp {
-            // Damaged: replace it atomically (a plain rename over it).
-            tmp.persist(&dest)
-                .map_err(|e| with_path(e.error, "replace the damaged blob", &dest))?;
-            cas.note_repaired(digest);
-        }
-        // Make the new name durable; failing to fsync a directory is not fatal
-        // on filesystems that do not support it.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        cas.place(tmp, &digest, size)?;
         Ok((digest, size))
     }
 }

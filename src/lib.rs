@@ -52,6 +52,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod remote;
 pub mod report;
 pub mod scheduler;
 pub mod spec;
