@@ -16,12 +16,15 @@
 
 -- Action cache: an action key -> what the action produced. Shared by every
 -- workspace using this cache directory (keys hold no path), and not pruned here:
--- its rows are the roots that keep store blobs alive.
+-- its rows are the roots that keep store blobs alive. A row fetched from a remote
+-- cache is trusted only by builds that use that same remote: a workspace naming a
+-- remote cache of its own choosing cannot plant hits for other workspaces' builds.
 CREATE TABLE action (
     key         BLOB    NOT NULL PRIMARY KEY CHECK (length(key) = 32),
     kind        TEXT    NOT NULL,            -- "layer", "image", ... (for humans and stats)
     label       TEXT    NOT NULL,            -- the target that last produced it (for humans)
     outputs     TEXT    NOT NULL,            -- opaque JSON, defined by the scheduler
+    origin      TEXT    NOT NULL DEFAULT '', -- '' = built on this machine; else the remote cache it was fetched from
     created_at  INTEGER NOT NULL,            -- unix seconds, when recorded
     used_at     INTEGER NOT NULL             -- unix seconds, last hit, refreshed at most once a day (for LRU garbage collection)
 ) WITHOUT ROWID;

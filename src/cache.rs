@@ -131,7 +131,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SCHEMA: &str = include_str!("../cache-schema.sql");
 
 /// `PRAGMA user_version` of a database made from [`SCHEMA`]. Bump on any schema change.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// How much older than the build start a file's mtime and ctime must be before its
 /// hash is remembered (covers coarse filesystem timestamps, e.g. 2 s on FAT).
@@ -465,6 +465,8 @@ enum Op {
         label: String,
         outputs: String,
         blobs: Vec<BlobRef>,
+        /// `""`: built here; else the remote cache it came from.
+        origin: String,
     },
     Forget(Key),
     Used(Key),
@@ -533,12 +535,27 @@ impl Batch {
         outputs_json: &str,
         blobs: &[BlobRef],
     ) {
+        self.put_action_from(key, kind, label, outputs_json, blobs, "");
+    }
+
+    /// Records (or replaces) the outputs of `key` fetched from the remote cache
+    /// `origin` (`""` for an action run here): see [`Cache::get_outputs_from`].
+    pub fn put_action_from(
+        &mut self,
+        key: &Key,
+        kind: &str,
+        label: &str,
+        outputs_json: &str,
+        blobs: &[BlobRef],
+        origin: &str,
+    ) {
         self.ops.push(Op::Action {
             key: *key,
             kind: kind.to_string(),
             label: label.to_string(),
             outputs: outputs_json.to_string(),
             blobs: blobs.to_vec(),
+            origin: origin.to_string(),
         });
     }
 
@@ -1022,12 +1039,28 @@ impl Cache {
     /// to [`Batch::mark_used`], so a build refreshes the garbage collector's view at
     /// most once a day per entry instead of writing on every hit.
     pub fn get_outputs(&mut self, key: &Key) -> Result<Option<(String, bool)>, CacheError> {
+        self.get_outputs_from(key, "")
+    }
+
+    /// Like [`Cache::get_outputs`], but an entry fetched from a remote cache is
+    /// returned only if `remote` is that remote: hits are trusted as far as their
+    /// source is. (A workspace that names a remote cache of its own cannot plant
+    /// entries that other workspaces' builds would use.) `""` trusts only
+    /// actions run on this machine.
+    pub fn get_outputs_from(
+        &mut self,
+        key: &Key,
+        remote: &str,
+    ) -> Result<Option<(String, bool)>, CacheError> {
         let stale_before = now_unix() - secs(TOUCH_AFTER);
         self.healing(|c| {
             c.conn
-                .prepare_cached("SELECT outputs, used_at < ?2 FROM action WHERE key = ?1")
+                .prepare_cached(
+                    "SELECT outputs, used_at < ?2 FROM action
+                     WHERE key = ?1 AND (origin = '' OR origin = ?3)",
+                )
                 .and_then(|mut st| {
-                    st.query_row(params![&key.0[..], stale_before], |r| {
+                    st.query_row(params![&key.0[..], stale_before, remote], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })
                     .optional()
@@ -1696,12 +1729,13 @@ fn write_op(
             label,
             outputs,
             blobs,
+            origin,
         } => {
             c.prepare_cached(
-                "INSERT OR REPLACE INTO action (key, kind, label, outputs, created_at, used_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                "INSERT OR REPLACE INTO action (key, kind, label, outputs, origin, created_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             )?
-            .execute(params![&key.0[..], kind, label, outputs, now])?;
+            .execute(params![&key.0[..], kind, label, outputs, origin, now])?;
             c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
                 .execute(params![&key.0[..]])?;
             let mut ins = c.prepare_cached(
@@ -1933,7 +1967,7 @@ mod tests {
     /// If this fails, the schema changed: bump SCHEMA_VERSION and update the hash.
     #[test]
     fn schema_is_pinned_to_its_version() {
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         // Comments and layout do not count, only the statements.
         let normalized: Vec<&str> = SCHEMA
             .lines()
@@ -1942,7 +1976,7 @@ mod tests {
             .collect();
         assert_eq!(
             Key::of_bytes(normalized.join(" ").as_bytes()).to_hex(),
-            "928c1175793e8546c0462791e2f086979f69300eda56a82306301f5e0161564a",
+            "d3c7362d29c56acc2eabe2b98086f7d2f99fb79b342f50190dda3cbfad497e27",
             "cache-schema.sql changed: bump SCHEMA_VERSION and update this hash"
         );
     }
@@ -2023,6 +2057,26 @@ mod tests {
         assert_eq!(left, ["/two/out/base"]);
         assert_eq!(count(&c, "layout_blob"), 2);
         assert_eq!(count(&c, "blob_check"), 0, "its verification is void too");
+    }
+
+    #[test]
+    fn remote_fetched_hits_are_trusted_only_by_builds_using_that_remote() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let mut b = c.unscoped_batch();
+        b.put_action_from(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)], "/ci/cache");
+        c.commit_ops(&mut b).unwrap();
+        assert_eq!(
+            c.get_outputs(&key(1)).unwrap(),
+            None,
+            "no remote: untrusted"
+        );
+        assert_eq!(c.get_outputs_from(&key(1), "/other").unwrap(), None);
+        assert!(c.get_outputs_from(&key(1), "/ci/cache").unwrap().is_some());
+        // Built here: trusted by every build.
+        c.put_action(&key(1), "layer", "//a:l", "{}", &[blob(1, 1)])
+            .unwrap();
+        assert!(c.get_outputs(&key(1)).unwrap().is_some());
+        assert!(c.get_outputs_from(&key(1), "/other").unwrap().is_some());
     }
 
     #[test]
