@@ -24,8 +24,63 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The remote cache flags (global). Environment values are never shown in help:
+/// a URL may carry credentials.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RemoteArgs {
+    /// Remote cache: a shared directory, or an http:// URL speaking Bazel's HTTP
+    /// cache protocol [default: `remote-cache` in imgc.kdl].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR|URL",
+        env = "IMGC_REMOTE_CACHE",
+        hide_env_values = true
+    )]
+    pub remote_cache: Option<String>,
+
+    /// Use no remote cache, whatever the flags, environment or imgc.kdl say.
+    #[arg(long, global = true)]
+    pub no_remote_cache: bool,
+
+    /// Whether builds read from and write to the remote cache [default: read-write].
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "MODE",
+        env = "IMGC_REMOTE_CACHE_MODE",
+        hide_env_values = true
+    )]
+    pub remote_cache_mode: Option<RemoteCacheMode>,
+
+    /// A file whose first line is `user:password`, for an HTTP remote cache
+    /// (wins over credentials in the URL).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "IMGC_REMOTE_CACHE_CREDENTIALS",
+        hide_env_values = true
+    )]
+    pub remote_cache_credentials: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RemoteCacheMode {
+    /// Fetch hits, upload results.
+    ReadWrite,
+    /// Fetch hits, never write (for untrusted builds, such as pull requests).
+    Read,
+    /// Upload results, never fetch.
+    Write,
 }
 
 #[derive(Debug, Subcommand)]

@@ -93,6 +93,47 @@ pub fn error(failure: Failure<'_>) {
     };
 }
 
+/// The numbers of a build's closing line.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub images: usize,
+    pub ran: usize,
+    /// Hits, local and remote.
+    pub cached: usize,
+    pub remote_hits: usize,
+    pub failed: usize,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub elapsed: Duration,
+}
+
+/// `1.5 MiB`, `312 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Where a finished action's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The local action cache.
+    Local,
+    /// The remote cache, with the bytes fetched for it.
+    Remote { downloaded: u64 },
+    /// It ran.
+    Ran,
+}
+
 /// Something that happened during a build. The scheduler emits; the
 /// [`Reporter`] alone decides how it is shown.
 #[derive(Debug)]
@@ -108,14 +149,20 @@ pub enum Event<'a> {
         key: &'a Key,
         reason: &'a str,
     },
-    /// An action finished, from the cache or by running.
+    /// An action finished, from a cache or by running.
     Finished {
         label: &'a Label,
         kind: &'a str,
         key: &'a Key,
-        cached: bool,
+        source: Source,
         digest: &'a Digest,
         duration: Duration,
+    },
+    /// An action's outputs were sent to the remote cache.
+    Uploaded {
+        label: &'a Label,
+        key: &'a Key,
+        bytes: u64,
     },
     /// Dry runs: this action would run.
     WouldRun {
@@ -222,12 +269,23 @@ impl Reporter {
                 label,
                 kind,
                 key,
-                cached,
+                source,
                 digest,
                 duration,
-            } => json!({
-                "event": "finished", "label": label.to_string(), "kind": kind, "key": key.to_hex(),
-                "cached": cached, "digest": digest.to_string(), "duration_ms": duration.as_millis() as u64
+            } => {
+                let (cache, downloaded) = match source {
+                    Source::Local => (json!("local"), 0),
+                    Source::Remote { downloaded } => (json!("remote"), *downloaded),
+                    Source::Ran => (serde_json::Value::Null, 0),
+                };
+                json!({
+                    "event": "finished", "label": label.to_string(), "kind": kind, "key": key.to_hex(),
+                    "cached": *source != Source::Ran, "cache": cache, "downloaded_bytes": downloaded,
+                    "digest": digest.to_string(), "duration_ms": duration.as_millis() as u64
+                })
+            }
+            Event::Uploaded { label, key, bytes } => json!({
+                "event": "uploaded", "label": label.to_string(), "key": key.to_hex(), "bytes": bytes
             }),
             Event::WouldRun { label, reason } => {
                 json!({"event": "would-run", "label": label.to_string(), "reason": reason})
@@ -290,7 +348,7 @@ impl Reporter {
             Event::Finished {
                 label,
                 kind,
-                cached,
+                source,
                 duration,
                 ..
             } => {
@@ -298,7 +356,17 @@ impl Reporter {
                 if let Some(bar) = &self.bar {
                     bar.set_position(self.done as u64);
                 }
-                if !cached && !self.quiet_plan {
+                if let Source::Remote { downloaded } = source
+                    && !self.quiet_plan
+                {
+                    self.line(&format!(
+                        "[{}/{}] fetched {kind} {label} from the remote cache ({})",
+                        self.done,
+                        self.total,
+                        bytes(*downloaded)
+                    ));
+                }
+                if *source == Source::Ran && !self.quiet_plan {
                     let reason = self.reasons.remove(&label.to_string()).unwrap_or_default();
                     self.line(&format!(
                         "[{}/{}] built {kind} {label} in {:.2}s ({reason})",
@@ -308,7 +376,7 @@ impl Reporter {
                     ));
                 }
             }
-            Event::WouldRun { .. } => {}
+            Event::WouldRun { .. } | Event::Uploaded { .. } => {}
             Event::Failed { label, error } => {
                 let text = match error {
                     ActionError::Spec(d) => {
@@ -344,34 +412,49 @@ impl Reporter {
         }
     }
 
-    /// The closing line: "N images, M actions run, K from cache, X s".
-    pub fn summary(
-        &mut self,
-        images: usize,
-        ran: usize,
-        cached: usize,
-        failed: usize,
-        elapsed: Duration,
-    ) {
+    /// The closing line: "N images, M actions run, K from cache, X s" (and what
+    /// the remote cache gave and took).
+    pub fn summary(&mut self, t: &Totals) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
         if self.json {
             self.json_line(serde_json::json!({
-                "event": "summary", "images": images, "ran": ran, "cached": cached, "failed": failed,
-                "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0
+                "event": "summary", "images": t.images, "ran": t.ran, "cached": t.cached,
+                "local_hits": t.cached - t.remote_hits, "remote_hits": t.remote_hits,
+                "downloaded_bytes": t.downloaded, "uploaded_bytes": t.uploaded, "failed": t.failed,
+                "seconds": (t.elapsed.as_secs_f64() * 1000.0).round() / 1000.0
             }));
         } else {
-            let failed = if failed > 0 {
-                format!(", {failed} failed")
+            let failed = if t.failed > 0 {
+                format!(", {} failed", t.failed)
             } else {
                 String::new()
             };
+            let mut remote = Vec::new();
+            if t.remote_hits > 0 {
+                remote.push(format!(
+                    "{} remote, {} fetched",
+                    t.remote_hits,
+                    bytes(t.downloaded)
+                ));
+            }
+            if t.uploaded > 0 {
+                remote.push(format!("{} uploaded", bytes(t.uploaded)));
+            }
+            let remote = if remote.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", remote.join(", "))
+            };
             status(&format!(
-                "{images} image{}, {ran} action{} run, {cached} from cache{failed}, {:.2} s",
-                if images == 1 { "" } else { "s" },
-                if ran == 1 { "" } else { "s" },
-                elapsed.as_secs_f64()
+                "{} image{}, {} action{} run, {} from cache{remote}{failed}, {:.2} s",
+                t.images,
+                if t.images == 1 { "" } else { "s" },
+                t.ran,
+                if t.ran == 1 { "" } else { "s" },
+                t.cached,
+                t.elapsed.as_secs_f64()
             ));
         }
     }

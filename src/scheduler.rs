@@ -44,13 +44,14 @@ use crate::cache::{Batch, BlobRef, Cache, FileMemo, LastKey, LayoutRecord, StatK
 use crate::cas::Cas;
 use crate::graph::Graph;
 use crate::hash::{Digest, Key};
-use crate::report::{Event, Reporter};
+use crate::remote::Remote;
+use crate::report::{Event, Reporter, Source};
 use crate::spec::model::{ImageSpec, TargetKind};
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Resolved settings of one build.
@@ -69,6 +70,8 @@ pub struct Settings {
     /// keyed and missed), with its label. Lets tests change inputs between keying
     /// and reading deterministically.
     pub before_run: Option<BeforeRun>,
+    /// The remote cache, if any (see [`crate::remote`]). Dry runs do not use it.
+    pub remote: Option<std::sync::Arc<Remote>>,
 }
 
 /// See [`Settings::before_run`].
@@ -108,7 +111,13 @@ pub struct Summary {
     /// Materialized layouts: label → (path, manifest digest).
     pub layouts: BTreeMap<NodeIndex, (PathBuf, Digest)>,
     pub ran: usize,
+    /// Hits, local and remote.
     pub cached: usize,
+    /// Of `cached`: fetched from the remote cache.
+    pub remote_hits: usize,
+    /// Bytes fetched from and sent to the remote cache.
+    pub downloaded: u64,
+    pub uploaded: u64,
     pub failed: usize,
     pub images: usize,
     pub elapsed: Duration,
@@ -118,6 +127,10 @@ pub struct Summary {
 enum Msg {
     Keyed(NodeIndex, Result<actions::Keyed, ActionError>),
     Ran(NodeIndex, Result<Output, ActionError>, Duration),
+    /// A remote lookup after a local miss: the hit, or `None` to run.
+    Fetched(NodeIndex, Option<crate::remote::Hit>),
+    /// An upload to the remote cache finished: bytes sent.
+    Uploaded(NodeIndex, Key, u64),
     Materialized(NodeIndex, Result<(PathBuf, Digest), ActionError>),
 }
 
@@ -188,7 +201,7 @@ impl Engine<'_> {
         let canonical_root = canonical_root.as_path();
         let mut checks = BlobChecks {
             memo,
-            verified: BTreeSet::new(),
+            verified: Arc::default(),
             replaced: BTreeSet::new(),
         };
         let mut in_flight = 0usize;
@@ -197,6 +210,9 @@ impl Engine<'_> {
         let graph = self.graph;
         let cas = self.cas;
         let settings = self.settings.clone();
+        // Dry runs only look at the local cache.
+        let remote = settings.remote.as_deref().filter(|_| !settings.dry_run);
+        let origin = remote.map(|r| r.describe()).unwrap_or_default();
         let ctx = actions::Ctx {
             root: self.root,
             canonical_root,
@@ -206,6 +222,8 @@ impl Engine<'_> {
             cas,
         };
         let ctx = &ctx;
+        // Keyed targets waiting for a remote lookup.
+        let mut fetching: BTreeMap<NodeIndex, actions::Keyed> = BTreeMap::new();
 
         pool.in_place_scope(|scope| {
             let mut ready: Vec<NodeIndex> = waiting
@@ -213,6 +231,8 @@ impl Engine<'_> {
                 .filter(|(_, c)| **c == 0)
                 .map(|(n, _)| *n)
                 .collect();
+            // Keyed targets that missed every cache: run them.
+            let mut missed: Vec<(NodeIndex, actions::Keyed)> = Vec::new();
             loop {
                 // Start every ready target.
                 while let Some(n) = ready.pop() {
@@ -247,6 +267,47 @@ impl Engine<'_> {
                         let _ = tx.send(Msg::Keyed(n, actions::key(ctx, n, &deps)));
                     }
                 }
+                // Run (or, dry, report) every target that missed.
+                while let Some((n, k)) = missed.pop() {
+                    if stop {
+                        continue;
+                    }
+                    let label = graph.node(n).label.to_string();
+                    let last = self.cache.last_build(&ws, &label).ok().flatten();
+                    let last_components = last.as_ref().and_then(|(_, j)| Components::from_json(j));
+                    let reason = Reason::between(
+                        &k.components,
+                        last_components.as_ref(),
+                        "cache entry missing or damaged",
+                    );
+                    if settings.dry_run {
+                        ready.extend(self.would_run(n, reason, &mut summary, &mut waiting));
+                        continue;
+                    }
+                    self.reporter.event(&Event::Started {
+                        label: &graph.node(n).label,
+                        kind: graph.node(n).kind_name(),
+                        key: &k.key,
+                        reason: &reason.to_string(),
+                    });
+                    keys.insert(n, (k.key, k.components));
+                    let deps = self.dep_outputs(n, &summary.outcomes);
+                    let tx = tx.clone();
+                    let before_run = settings.before_run.clone();
+                    let prepared = k.prepared;
+                    in_flight += 1;
+                    scope.spawn(move |_| {
+                        if let Some(hook) = before_run {
+                            hook(&graph.node(n).label);
+                        }
+                        let t = Instant::now();
+                        let r = actions::run(ctx, n, prepared, &deps);
+                        let _ = tx.send(Msg::Ran(n, r, t.elapsed()));
+                    });
+                }
+                if !ready.is_empty() {
+                    continue;
+                }
                 if in_flight == 0 {
                     break;
                 }
@@ -266,79 +327,104 @@ impl Engine<'_> {
                         for (path, entry) in &k.learnt {
                             batch.learn(path, *entry);
                         }
-                        let label = graph.node(n).label.to_string();
-                        match self.lookup(&k.key, &mut checks, &mut batch) {
+                        match self.lookup(&k.key, &origin, &mut checks, &mut batch) {
                             Some(output) => {
-                                match last_keys.get(&label) {
-                                    Some(last) if last.key == k.key => {
-                                        if last.stale {
-                                            batch.touch_last_build(&label);
-                                        }
-                                    }
-                                    _ => batch.set_last_build(
-                                        &label,
-                                        &k.key,
-                                        &k.components.to_json(),
-                                    ),
+                                // A local hit the remote may lack (a cache that was
+                                // emptied, a runner that built before the remote existed).
+                                if let Some(r) = remote.filter(|r| r.writes()) {
+                                    in_flight += 1;
+                                    spawn_upload(
+                                        scope,
+                                        &tx,
+                                        r,
+                                        cas,
+                                        graph,
+                                        n,
+                                        k.key,
+                                        output.clone(),
+                                        true,
+                                    );
                                 }
-                                last_keys.insert(
-                                    label,
-                                    LastKey {
-                                        key: k.key,
-                                        stale: false,
-                                    },
+                                self.hit(
+                                    n,
+                                    &k,
+                                    output,
+                                    Source::Local,
+                                    &mut batch,
+                                    &mut last_keys,
+                                    &mut summary,
                                 );
-                                self.reporter.event(&Event::Finished {
-                                    label: &graph.node(n).label,
-                                    kind: graph.node(n).kind_name(),
-                                    key: &k.key,
-                                    cached: true,
-                                    digest: &output.digest(),
-                                    duration: Duration::ZERO,
-                                });
-                                summary.cached += 1;
-                                summary.outcomes.insert(n, Outcome::Cached(output));
                                 ready.extend(self.release(n, &mut waiting));
                             }
-                            None => {
-                                let last = self.cache.last_build(&ws, &label).ok().flatten();
-                                let last_components =
-                                    last.as_ref().and_then(|(_, j)| Components::from_json(j));
-                                let reason = Reason::between(
-                                    &k.components,
-                                    last_components.as_ref(),
-                                    "cache entry missing or damaged",
-                                );
-                                if settings.dry_run {
-                                    ready.extend(self.would_run(
-                                        n,
-                                        reason,
-                                        &mut summary,
-                                        &mut waiting,
-                                    ));
-                                    continue;
+                            None => match remote.filter(|r| r.reads()) {
+                                Some(r) => {
+                                    let key = k.key;
+                                    fetching.insert(n, k);
+                                    let tx = tx.clone();
+                                    let verified = checks.verified.clone();
+                                    in_flight += 1;
+                                    scope.spawn(move |_| {
+                                        let have = |d: &Digest, size: u64| {
+                                            local_blob_ok(cas, memo, &verified, d, size)
+                                        };
+                                        let _ =
+                                            tx.send(Msg::Fetched(n, r.lookup(&key, cas, &have)));
+                                    });
                                 }
-                                self.reporter.event(&Event::Started {
-                                    label: &graph.node(n).label,
-                                    kind: graph.node(n).kind_name(),
-                                    key: &k.key,
-                                    reason: &reason.to_string(),
-                                });
-                                keys.insert(n, (k.key, k.components));
-                                let deps = self.dep_outputs(n, &summary.outcomes);
-                                let tx = tx.clone();
-                                let before_run = settings.before_run.clone();
-                                let prepared = k.prepared;
-                                in_flight += 1;
-                                scope.spawn(move |_| {
-                                    if let Some(hook) = before_run {
-                                        hook(&graph.node(n).label);
-                                    }
-                                    let t = Instant::now();
-                                    let r = actions::run(ctx, n, prepared, &deps);
-                                    let _ = tx.send(Msg::Ran(n, r, t.elapsed()));
-                                });
-                            }
+                                None => missed.push((n, k)),
+                            },
+                        }
+                    }
+                    Msg::Fetched(n, hit) => {
+                        let Some(k) = fetching.remove(&n) else {
+                            continue;
+                        };
+                        let Some(hit) = hit else {
+                            missed.push((n, k));
+                            continue;
+                        };
+                        {
+                            let mut verified =
+                                checks.verified.lock().unwrap_or_else(|e| e.into_inner());
+                            verified.extend(hit.fetched.iter().copied());
+                        }
+                        let blobs: Vec<BlobRef> = hit
+                            .output
+                            .blobs()
+                            .into_iter()
+                            .map(|(digest, size)| BlobRef { digest, size })
+                            .collect();
+                        batch.put_action_from(
+                            &k.key,
+                            graph.node(n).kind_name(),
+                            &graph.node(n).label.to_string(),
+                            &hit.output.to_json(),
+                            &blobs,
+                            &origin,
+                        );
+                        summary.downloaded += hit.downloaded;
+                        let source = Source::Remote {
+                            downloaded: hit.downloaded,
+                        };
+                        self.hit(
+                            n,
+                            &k,
+                            hit.output,
+                            source,
+                            &mut batch,
+                            &mut last_keys,
+                            &mut summary,
+                        );
+                        ready.extend(self.release(n, &mut waiting));
+                    }
+                    Msg::Uploaded(n, key, bytes) => {
+                        if bytes > 0 {
+                            summary.uploaded += bytes;
+                            self.reporter.event(&Event::Uploaded {
+                                label: &graph.node(n).label,
+                                key: &key,
+                                bytes,
+                            });
                         }
                     }
                     Msg::Ran(n, Ok(output), took) => {
@@ -357,11 +443,15 @@ impl Engine<'_> {
                             &blobs,
                         );
                         batch.set_last_build(&label, &key, &components.to_json());
+                        if let Some(r) = remote.filter(|r| r.writes()) {
+                            in_flight += 1;
+                            spawn_upload(scope, &tx, r, cas, graph, n, key, output.clone(), false);
+                        }
                         self.reporter.event(&Event::Finished {
                             label: &graph.node(n).label,
                             kind: graph.node(n).kind_name(),
                             key: &key,
-                            cached: false,
+                            source: Source::Ran,
                             digest: &output.digest(),
                             duration: took,
                         });
@@ -370,6 +460,11 @@ impl Engine<'_> {
                         ready.extend(self.release(n, &mut waiting));
                     }
                     Msg::Materialized(..) => unreachable!("materialized before the build ended"),
+                }
+                if let Some(r) = remote {
+                    for w in r.take_warnings() {
+                        self.reporter.event(&Event::Warning { message: &w });
+                    }
                 }
             }
 
@@ -555,13 +650,16 @@ impl Engine<'_> {
 
     /// A cache hit whose every blob is present and intact. Hits not marked used
     /// for a day are marked now (in the batch).
+    /// `origin` names the remote cache in use (`""` for none): entries fetched
+    /// from it are trusted, those fetched from another remote are not.
     fn lookup(
         &mut self,
         key: &Key,
+        origin: &str,
         checks: &mut BlobChecks<'_>,
         batch: &mut Batch,
     ) -> Option<Output> {
-        let (outputs, is_stale) = self.cache.get_outputs(key).ok().flatten()?;
+        let (outputs, is_stale) = self.cache.get_outputs_from(key, origin).ok().flatten()?;
         let output = Output::from_json(&outputs)?;
         let mut ok = true;
         for (digest, size) in output.blobs() {
@@ -576,6 +674,50 @@ impl Engine<'_> {
             batch.mark_used(key);
         }
         Some(output)
+    }
+
+    /// Records a hit (local or remote) of keyed target `n`: its last build, its
+    /// event, its outcome.
+    #[allow(clippy::too_many_arguments)]
+    fn hit(
+        &mut self,
+        n: NodeIndex,
+        k: &actions::Keyed,
+        output: Output,
+        source: Source,
+        batch: &mut Batch,
+        last_keys: &mut BTreeMap<String, LastKey>,
+        summary: &mut Summary,
+    ) {
+        let label = self.graph.node(n).label.to_string();
+        match last_keys.get(&label) {
+            Some(last) if last.key == k.key => {
+                if last.stale {
+                    batch.touch_last_build(&label);
+                }
+            }
+            _ => batch.set_last_build(&label, &k.key, &k.components.to_json()),
+        }
+        last_keys.insert(
+            label,
+            LastKey {
+                key: k.key,
+                stale: false,
+            },
+        );
+        self.reporter.event(&Event::Finished {
+            label: &self.graph.node(n).label,
+            kind: self.graph.node(n).kind_name(),
+            key: &k.key,
+            source,
+            digest: &output.digest(),
+            duration: Duration::ZERO,
+        });
+        summary.cached += 1;
+        if matches!(source, Source::Remote { .. }) {
+            summary.remote_hits += 1;
+        }
+        summary.outcomes.insert(n, Outcome::Cached(output));
     }
 
     /// Commits what `batch` holds (never in a dry run, which writes nothing); a
@@ -615,8 +757,9 @@ impl Engine<'_> {
 /// again, found bad, and not used.
 struct BlobChecks<'m> {
     memo: &'m FileMemo,
-    /// Blobs already found intact in this build (shared base layers are checked once).
-    verified: BTreeSet<Digest>,
+    /// Blobs already found intact in this build (shared base layers are checked
+    /// once), by the coordinator or by remote lookups on workers.
+    verified: Arc<Mutex<BTreeSet<Digest>>>,
     /// Blobs found missing or damaged, or replaced by a publish: layouts holding
     /// them must be checked in full, since they may still link the damaged file.
     replaced: BTreeSet<Digest>,
@@ -624,7 +767,7 @@ struct BlobChecks<'m> {
 
 impl BlobChecks<'_> {
     fn intact(&mut self, cas: &Cas, d: &Digest, size: u64, batch: &mut Batch) -> bool {
-        if self.verified.contains(d) {
+        if lock(&self.verified).contains(d) {
             return true;
         }
         let path = cas.blob_path(d);
@@ -643,7 +786,7 @@ impl BlobChecks<'_> {
             _ => false,
         };
         if ok {
-            self.verified.insert(*d);
+            lock(&self.verified).insert(*d);
         } else if self.replaced.insert(*d) {
             batch.blob_repaired(d);
         }
@@ -654,12 +797,72 @@ impl BlobChecks<'_> {
     /// repairs too.
     fn note_repairs(&mut self, cas: &Cas, batch: &mut Batch) {
         for d in cas.take_repaired() {
-            self.verified.remove(&d);
+            lock(&self.verified).remove(&d);
             if self.replaced.insert(d) {
                 batch.blob_repaired(&d);
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// (On a worker, for a remote lookup.) Whether the local store has blob `d`
+/// intact: verified in this build, verified earlier with the same stat data, or
+/// re-hashed now. A missing or damaged blob is fetched from the remote, and
+/// publishing it there replaces the damaged file.
+fn local_blob_ok(
+    cas: &Cas,
+    memo: &FileMemo,
+    verified: &Mutex<BTreeSet<Digest>>,
+    d: &Digest,
+    size: u64,
+) -> bool {
+    if lock(verified).contains(d) {
+        return true;
+    }
+    let ok = match std::fs::symlink_metadata(cas.blob_path(d)) {
+        Ok(meta) if meta.is_file() && meta.len() == size => {
+            memo.blob_verified(d, &StatKey::from_metadata(&meta))
+                || cas.verify(d, Some(size)).unwrap_or(false)
+        }
+        _ => false,
+    };
+    if ok {
+        lock(verified).insert(*d);
+    }
+    ok
+}
+
+/// Starts uploading `output` (the outputs of target `n`, key `key`) to the
+/// remote cache on a worker; reports [`Msg::Uploaded`].
+#[allow(clippy::too_many_arguments)]
+fn spawn_upload<'s>(
+    scope: &rayon::Scope<'s>,
+    tx: &mpsc::Sender<Msg>,
+    remote: &'s Remote,
+    cas: &'s Cas,
+    graph: &'s Graph,
+    n: NodeIndex,
+    key: Key,
+    output: Output,
+    only_if_missing: bool,
+) {
+    let tx = tx.clone();
+    scope.spawn(move |_| {
+        let node = graph.node(n);
+        let sent = remote.upload(
+            &key,
+            node.kind_name(),
+            &node.label.to_string(),
+            &output,
+            cas,
+            only_if_missing,
+        );
+        let _ = tx.send(Msg::Uploaded(n, key, sent));
+    });
 }
 
 /// Names for `index.json` (`org.opencontainers.image.ref.name`): the tag part of

@@ -26,6 +26,7 @@ pub const MAX_JOBS: usize = 1024;
 
 /// Settings from the workspace config and the command line.
 pub fn settings(
+    ctx: &super::Context,
     loaded: &Loaded,
     jobs: Option<usize>,
     keep_going: bool,
@@ -60,6 +61,11 @@ pub fn settings(
         },
         dry_run,
         before_run: None,
+        remote: if dry_run {
+            None
+        } else {
+            super::open_remote_cache(ctx, config.remote_cache.as_deref(), &loaded.ws.root)?
+        },
     })
 }
 
@@ -105,7 +111,7 @@ pub fn run_engine(
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
-    let settings = settings(&loaded, args.jobs, args.keep_going, false)?;
+    let settings = settings(ctx, &loaded, args.jobs, args.keep_going, false)?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,
         &loaded.ws.root,
@@ -128,13 +134,16 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         }
     }
     let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
-    reporter.summary(
-        summary.images,
-        summary.ran,
-        summary.cached,
-        summary.failed,
-        summary.elapsed,
-    );
+    reporter.summary(&crate::report::Totals {
+        images: summary.images,
+        ran: summary.ran,
+        cached: summary.cached,
+        remote_hits: summary.remote_hits,
+        failed: summary.failed,
+        downloaded: summary.downloaded,
+        uploaded: summary.uploaded,
+        elapsed: summary.elapsed,
+    });
     let out_of_room = summary
         .outcomes
         .values()

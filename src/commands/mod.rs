@@ -70,6 +70,61 @@ pub struct Context {
     pub cwd: PathBuf,
     /// `--cache-dir`, if given.
     pub cache_dir: Option<PathBuf>,
+    /// The remote cache flags, as given (resolved by [`remote_cache`]).
+    pub remote: crate::cli::RemoteArgs,
+}
+
+/// The remote cache in force: `--no-remote-cache` turns it off; else
+/// `--remote-cache` (or `IMGC_REMOTE_CACHE`), relative to the current directory;
+/// else `remote-cache` in imgc.kdl (`configured`), relative to the workspace
+/// root `ws_root`. `None` if there is none.
+pub fn remote_cache_location(
+    ctx: &Context,
+    configured: Option<&str>,
+    ws_root: &std::path::Path,
+) -> Result<Option<crate::remote::Location>, CmdError> {
+    use crate::remote::Location;
+    if ctx.remote.no_remote_cache {
+        return Ok(None);
+    }
+    let given = ctx.remote.remote_cache.as_deref().filter(|v| !v.is_empty());
+    let (value, base) = match (given, configured) {
+        (Some(v), _) => (
+            v,
+            std::path::absolute(".").unwrap_or_else(|_| ctx.cwd.clone()),
+        ),
+        (None, Some(v)) => (v, ws_root.to_path_buf()),
+        (None, None) => return Ok(None),
+    };
+    Location::parse(value, &base)
+        .map(Some)
+        .map_err(CmdError::Usage)
+}
+
+/// Opens the remote cache in force (see [`remote_cache_location`]) in the mode
+/// the flags give.
+pub fn open_remote_cache(
+    ctx: &Context,
+    configured: Option<&str>,
+    ws_root: &std::path::Path,
+) -> Result<Option<std::sync::Arc<crate::remote::Remote>>, CmdError> {
+    use crate::cli::RemoteCacheMode;
+    use crate::remote::{Mode, Remote, http::Credentials};
+    let Some(location) = remote_cache_location(ctx, configured, ws_root)? else {
+        return Ok(None);
+    };
+    let mode = match ctx.remote.remote_cache_mode {
+        None | Some(RemoteCacheMode::ReadWrite) => Mode::ReadWrite,
+        Some(RemoteCacheMode::Read) => Mode::Read,
+        Some(RemoteCacheMode::Write) => Mode::Write,
+    };
+    let credentials = match &ctx.remote.remote_cache_credentials {
+        Some(path) => Some(Credentials::from_file(path).map_err(CmdError::Env)?),
+        None => None,
+    };
+    Remote::open(&location, mode, credentials)
+        .map(|r| Some(std::sync::Arc::new(r)))
+        .map_err(CmdError::Env)
 }
 
 /// A workspace loaded, parsed and resolved into a graph without errors.
@@ -254,6 +309,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
     let ctx = Context {
         cwd,
         cache_dir: cli.cache_dir,
+        remote: cli.remote,
     };
     match cli.command {
         Command::Build(args) => build::run(&ctx, args),

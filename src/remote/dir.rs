@@ -258,7 +258,7 @@ impl Store for DirStore {
         let read_only = meta.permissions().mode() & 0o222 == 0;
         if read_only {
             match cas.link_in(&src, d, size) {
-                Ok(true) => return Ok(0),
+                Ok(true) => return Ok(size),
                 Ok(false) => {} // another filesystem: copy
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     return Err(Fault::Damaged(e.to_string()));

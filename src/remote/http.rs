@@ -356,7 +356,11 @@ impl Store for HttpStore {
                     format!("local blob `{digest}` is not a regular file"),
                 ),
             })?;
-            Ok(Box::new(HashingReader::new(file.take(size), seen.clone())))
+            Ok(Box::new(HashingReader::new(
+                file.take(size),
+                size,
+                seen.clone(),
+            )))
         })?;
         match *check.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((got, n)) if got == *d && n == size => Ok(size),
@@ -371,34 +375,45 @@ impl Store for HttpStore {
     }
 }
 
-/// A reader that hashes what passes through and reports the digest at the end.
+/// A reader that hashes what passes through and reports the digest once it has
+/// passed `total` bytes (the client stops reading at the Content-Length, so the
+/// end is never read) or reached the end.
 struct HashingReader<R> {
     inner: R,
-    sha: crate::hash::Sha256,
+    sha: Option<crate::hash::Sha256>,
     len: u64,
+    total: u64,
     done: std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>,
 }
 
 impl<R> HashingReader<R> {
-    fn new(inner: R, done: std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>) -> Self {
-        HashingReader {
+    fn new(
+        inner: R,
+        total: u64,
+        done: std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>,
+    ) -> Self {
+        let r = HashingReader {
             inner,
-            sha: crate::hash::Sha256::new(),
+            sha: Some(crate::hash::Sha256::new()),
             len: 0,
+            total,
             done,
-        }
+        };
+        *r.done.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        r
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n == 0 {
-            let sha = std::mem::replace(&mut self.sha, crate::hash::Sha256::new());
-            *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some((sha.finish(), self.len));
-        } else {
-            self.sha.update(&buf[..n]);
+        if let Some(sha) = &mut self.sha {
+            sha.update(&buf[..n]);
             self.len += n as u64;
+            if n == 0 || self.len >= self.total {
+                let sha = self.sha.take().map(|s| s.finish());
+                *self.done.lock().unwrap_or_else(|e| e.into_inner()) = sha.map(|d| (d, self.len));
+            }
         }
         Ok(n)
     }

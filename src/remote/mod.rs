@@ -152,7 +152,7 @@ pub trait Store: Send + Sync {
     /// Marks an entry used now, for least-recently-used eviction (best effort).
     fn touch_entry(&self, key: &Key);
     /// Copies (or links) blob `d` of `size` bytes into `cas`, verified; returns
-    /// the bytes transferred (0 for a link).
+    /// its size.
     fn fetch_blob(&self, d: &Digest, size: u64, cas: &Cas) -> Result<u64, Fault>;
     /// Whether the remote has blob `d` with `size` bytes (not re-hashed).
     fn has_blob(&self, d: &Digest, size: u64) -> Result<bool, Fault>;

@@ -488,10 +488,12 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     let ctx = imgc::commands::Context {
         cwd: ws.root().to_path_buf(),
         cache_dir: Some(ws.cache.path().to_path_buf()),
+        remote: Default::default(),
     };
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
-    let mut settings = imgc::commands::build::settings(&loaded, Some(1), false, false).unwrap();
+    let mut settings =
+        imgc::commands::build::settings(&ctx, &loaded, Some(1), false, false).unwrap();
     let hooked = src.clone();
     settings.before_run = Some(std::sync::Arc::new(move |label| {
         if label.to_string() == "//pkg:l" {

@@ -62,7 +62,10 @@ impl Ws {
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("SOURCE_DATE_EPOCH")
-            .env_remove("IMGC_CACHE_DIR");
+            .env_remove("IMGC_CACHE_DIR")
+            .env_remove("IMGC_REMOTE_CACHE")
+            .env_remove("IMGC_REMOTE_CACHE_MODE")
+            .env_remove("IMGC_REMOTE_CACHE_CREDENTIALS");
         c
     }
 
@@ -376,11 +379,12 @@ pub fn build_with_hook(
     let ctx = Context {
         cwd: ws.root().to_path_buf(),
         cache_dir: Some(ws.cache.path().to_path_buf()),
+        remote: Default::default(),
     };
     let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
     let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     let selected = loaded.select(&patterns).unwrap();
-    let mut settings = build::settings(&loaded, Some(1), false, false).unwrap();
+    let mut settings = build::settings(&ctx, &loaded, Some(1), false, false).unwrap();
     settings.before_run = Some(std::sync::Arc::new(hook));
     let mut reporter =
         imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
