@@ -69,8 +69,13 @@ impl DirStore {
                 ));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Empty, or only what another imgc creating it right now makes.
                 let empty = match fs::read_dir(root) {
-                    Ok(mut entries) => entries.next().is_none(),
+                    Ok(entries) => entries.filter_map(Result::ok).all(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        ["cas", "ac", "tmp"].contains(&name.as_ref()) || name.starts_with(".entry-")
+                    }),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => true,
                     Err(e) => {
                         return Err(format!(
