@@ -180,6 +180,9 @@ struct State {
     /// Damaged on the remote: the next upload replaces them.
     bad_blobs: BTreeSet<Digest>,
     bad_entries: BTreeSet<Key>,
+    /// Known present on the remote (seen or sent in this build): shared base
+    /// layers are asked about and sent once, not once per image.
+    present: BTreeSet<Digest>,
 }
 
 /// A remote hit: the output, every blob of which is now in the local store.
@@ -383,10 +386,19 @@ impl Remote {
             if !done.insert(d) {
                 continue;
             }
-            let replace = self.lock().bad_blobs.contains(&d);
+            let (replace, present) = {
+                let s = self.lock();
+                (s.bad_blobs.contains(&d), s.present.contains(&d))
+            };
+            if present && !replace {
+                continue;
+            }
             if !replace {
                 match self.store.has_blob(&d, size) {
-                    Ok(true) => continue,
+                    Ok(true) => {
+                        self.lock().present.insert(d);
+                        continue;
+                    }
                     Ok(false) => {}
                     Err(f) => {
                         self.fault(f, || format!("blob `{d}`"), None, None);
@@ -397,7 +409,9 @@ impl Remote {
             match self.store.put_blob(&d, size, &cas.blob_path(&d), replace) {
                 Ok(n) => {
                     sent += n;
-                    self.lock().bad_blobs.remove(&d);
+                    let mut s = self.lock();
+                    s.bad_blobs.remove(&d);
+                    s.present.insert(d);
                 }
                 Err(f) => {
                     // A local blob that cannot be read is not the remote's fault:
