@@ -14,5 +14,6 @@ mod differential;
 mod imports;
 mod layers;
 mod parse_cache;
+mod remote_http_server;
 mod robustness;
 mod safety;
