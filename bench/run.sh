@@ -329,6 +329,11 @@ mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
   echo "| base cascade: actions run | $casc_ran: $casc_images images, layers: \`${casc_layer_labels:--}\`, $casc_svc_layers service layers | $((COLD_IMAGES + 2)): \`//bases:files\`, base image + $COLD_IMAGES images, no service layer | | as expected | $casc_check |"
   echo
   echo "Front end and no-op: hyperfine mean ± σ of $RUNS runs after $WARMUP warm-ups; the no-op tree was built three times first (with a 3 s pause, as the stat memo skips files younger than 2 s). For comparison, \`imgc check //...\` on the no-op tree took $(ms "$noop_check") ms (one run). Cold builds and pipelines: one run each, page cache warmed by reading the tree first, fresh cache and no output directory for imgc; MB/s are input bytes (all files under \`bases/\` and \`services/\`) per wall-clock second. Sizes: distinct layer blobs (\`layers[].size\` of every manifest, each digest once) vs the compressed tarball."
+  # Sections other scripts wrote (bench/remote.sh's "## Remote cache") are kept.
+  if [ -f "$RESULTS" ] && grep -q '^## ' "$RESULTS"; then
+    echo
+    sed -n '/^## /,$p' "$RESULTS"
+  fi
 } >"$RESULTS.tmp"
 mv "$RESULTS.tmp" "$RESULTS"
 echo >&2

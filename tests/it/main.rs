@@ -15,5 +15,7 @@ mod imports;
 mod layers;
 mod parse_cache;
 mod remote_dir;
+mod remote_http;
+mod remote_http_server;
 mod robustness;
 mod safety;

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod nginx;
+pub use nginx::{LogLine, Nginx, NginxOpts};
+
 /// A workspace in a temp dir with its own cache directory.
 pub struct Ws {
     pub dir: tempfile::TempDir,
