@@ -122,6 +122,8 @@ pub struct Summary {
     pub images: usize,
     pub elapsed: Duration,
     pub warnings: Vec<String>,
+    /// What the remote cache warned about (reported as it happened).
+    pub remote_warnings: Vec<String>,
 }
 
 enum Msg {
@@ -464,6 +466,7 @@ impl Engine<'_> {
                 if let Some(r) = remote {
                     for w in r.take_warnings() {
                         self.reporter.event(&Event::Warning { message: &w });
+                        summary.remote_warnings.push(w);
                     }
                 }
             }

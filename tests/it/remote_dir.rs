@@ -2,7 +2,6 @@
 //! damage in it is found, rebuilt and repaired; read-only runs write nothing.
 
 use crate::support::*;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -62,15 +61,7 @@ impl Remote {
     /// An independent check of the whole directory: every blob hashes to its
     /// name; every entry names only blobs that are present with their size.
     fn assert_consistent(&self) {
-        for b in self.blobs() {
-            let bytes = std::fs::read(&b).unwrap();
-            assert_eq!(
-                hex::encode(Sha256::digest(&bytes)),
-                b.file_name().unwrap().to_str().unwrap(),
-                "remote blob {} does not hash to its name",
-                b.display()
-            );
-        }
+        assert_blobs_hash_to_their_names(&self.path().join("cas/sha256"));
         let entries = self.entries();
         assert!(!entries.is_empty(), "the remote holds no entries");
         for e in entries {
@@ -130,37 +121,8 @@ fn blobs_named(v: &serde_json::Value) -> Vec<(String, u64)> {
     out
 }
 
-/// Flips one byte in the middle of a (read-only) file.
-fn flip_byte(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let i = bytes.len() / 2;
-    bytes[i] ^= 0x5a;
-    rewrite(path, &bytes);
-}
-
-fn rewrite(path: &Path, bytes: &[u8]) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(path, bytes).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
-}
-
 fn runner() -> Ws {
     Ws::copy_of(&spec_examples())
-}
-
-fn count(e: &Events, field: &str) -> u64 {
-    e.summary()[field].as_u64().unwrap()
-}
-
-/// The largest layer some layer action produced: its label and its remote blob.
-fn largest_layer(e: &Events, remote: &Remote) -> (String, PathBuf) {
-    e.outputs_with_kind()
-        .into_iter()
-        .filter(|(_, (kind, _))| kind == "layer")
-        .map(|(label, (_, d))| (label, remote.blob(d.trim_start_matches("sha256:"))))
-        .max_by_key(|(_, p)| std::fs::metadata(p).unwrap().len())
-        .unwrap()
 }
 
 #[test]
@@ -170,7 +132,7 @@ fn a_second_runner_with_an_empty_local_cache_executes_nothing() {
     let first = a.build(&["--remote-cache", &remote.flag()]);
     let actions = first.ran().len();
     assert!(actions > 10, "{actions}");
-    assert!(count(&first, "uploaded_bytes") > 0);
+    assert!(summary_count(&first, "uploaded_bytes") > 0);
     remote.assert_consistent();
 
     let second = b.build(&["--remote-cache", &remote.flag()]);
@@ -179,16 +141,16 @@ fn a_second_runner_with_an_empty_local_cache_executes_nothing() {
         Vec::<String>::new(),
         "the second runner built"
     );
-    assert_eq!(count(&second, "remote_hits") as usize, actions);
-    assert!(count(&second, "downloaded_bytes") > 0);
-    assert_eq!(count(&second, "uploaded_bytes"), 0);
+    assert_eq!(summary_count(&second, "remote_hits") as usize, actions);
+    assert!(summary_count(&second, "downloaded_bytes") > 0);
+    assert_eq!(summary_count(&second, "uploaded_bytes"), 0);
     assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
 
     // What it fetched is now local: the next build neither fetches nor runs.
     let third = b.build(&["--remote-cache", &remote.flag()]);
-    assert_eq!(count(&third, "local_hits") as usize, actions);
-    assert_eq!(count(&third, "remote_hits"), 0);
-    assert_eq!(count(&third, "downloaded_bytes"), 0);
+    assert_eq!(summary_count(&third, "local_hits") as usize, actions);
+    assert_eq!(summary_count(&third, "remote_hits"), 0);
+    assert_eq!(summary_count(&third, "downloaded_bytes"), 0);
 }
 
 #[test]
@@ -220,7 +182,7 @@ fn remote_flag_environment_and_imgc_kdl_all_select_the_remote() {
     // --no-remote-cache wins over imgc.kdl: a fresh cache builds everything.
     let off = Ws::copy_of(by_config.root());
     let e = off.build(&["--no-remote-cache"]);
-    assert_eq!(count(&e, "remote_hits"), 0);
+    assert_eq!(summary_count(&e, "remote_hits"), 0);
     assert!(!e.ran().is_empty());
 }
 
@@ -229,7 +191,7 @@ fn a_flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_repaired() {
     let remote = Remote::new();
     let (a, b) = (runner(), runner());
     let first = a.build(&["--remote-cache", &remote.flag()]);
-    let (label, victim) = largest_layer(&first, &remote);
+    let (label, victim) = largest_layer(&first, |hex| remote.blob(hex));
     let hex = victim.file_name().unwrap().to_str().unwrap().to_string();
     flip_byte(&victim);
 
@@ -272,9 +234,9 @@ fn a_truncated_remote_blob_is_detected_rebuilt_and_repaired() {
     let remote = Remote::new();
     let (a, b) = (runner(), runner());
     let first = a.build(&["--remote-cache", &remote.flag()]);
-    let (label, victim) = largest_layer(&first, &remote);
+    let (label, victim) = largest_layer(&first, |hex| remote.blob(hex));
     let bytes = std::fs::read(&victim).unwrap();
-    rewrite(&victim, &bytes[..bytes.len() / 3]);
+    rewrite_read_only(&victim, &bytes[..bytes.len() / 3]);
 
     let second = b.build(&["--remote-cache", &remote.flag()]);
     assert_eq!(second.ran(), vec![label]);
@@ -298,7 +260,7 @@ fn a_damaged_remote_entry_is_refused_rebuilt_and_replaced() {
         entries.len(),
         "every damaged entry is rebuilt"
     );
-    assert_eq!(count(&second, "remote_hits"), 0);
+    assert_eq!(summary_count(&second, "remote_hits"), 0);
     assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
     remote.assert_consistent();
     let c = runner();
@@ -327,10 +289,10 @@ fn a_read_only_run_never_writes_to_the_remote() {
     ]);
     assert!(!e.ran().is_empty(), "the change was built");
     assert!(
-        count(&e, "remote_hits") > 0,
+        summary_count(&e, "remote_hits") > 0,
         "unchanged actions were fetched"
     );
-    assert_eq!(count(&e, "uploaded_bytes"), 0);
+    assert_eq!(summary_count(&e, "uploaded_bytes"), 0);
     assert_eq!(
         remote.snapshot(),
         before,
@@ -361,7 +323,7 @@ fn a_write_only_run_never_reads_the_remote() {
         "write",
     ]);
     assert_eq!(e.ran(), first.ran(), "write-only fetched something");
-    assert_eq!(count(&e, "downloaded_bytes"), 0);
+    assert_eq!(summary_count(&e, "downloaded_bytes"), 0);
 }
 
 #[test]
@@ -370,8 +332,8 @@ fn a_local_hit_the_remote_lacks_is_uploaded() {
     let a = runner();
     let first = a.build(&[]);
     let e = a.build(&["--remote-cache", &remote.flag()]);
-    assert_eq!(count(&e, "local_hits") as usize, first.ran().len());
-    assert!(count(&e, "uploaded_bytes") > 0);
+    assert_eq!(summary_count(&e, "local_hits") as usize, first.ran().len());
+    assert!(summary_count(&e, "uploaded_bytes") > 0);
     remote.assert_consistent();
     let b = runner();
     assert_eq!(
@@ -393,7 +355,7 @@ fn hits_fetched_from_a_remote_are_not_trusted_by_builds_without_it() {
     assert!(fetched.ran().is_empty());
     // Same local cache, no remote: nothing fetched from it is used.
     let e = b.build(&["--no-remote-cache"]);
-    assert_eq!(count(&e, "local_hits"), 0);
+    assert_eq!(summary_count(&e, "local_hits"), 0);
     assert_eq!(e.ran().len(), fetched.cached().len());
     assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
 }

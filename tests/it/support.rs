@@ -419,3 +419,55 @@ pub fn runnable_here(bundle: &Path) {
     }
     std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
 }
+
+/// Flips one byte in the middle of a file (read-only ones too: remote blobs).
+pub fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x5a;
+    rewrite_read_only(path, &bytes);
+}
+
+/// Replaces the content of a (possibly read-only) file, keeping it read-only.
+pub fn rewrite_read_only(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).unwrap();
+}
+
+/// A numeric field of the build's summary event.
+pub fn summary_count(e: &Events, field: &str) -> u64 {
+    e.summary()[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no `{field}` in {}", e.summary()))
+}
+
+/// The largest layer a layer action produced: its label and where `blob_path`
+/// says the blob (by its hex digest) is stored.
+pub fn largest_layer(e: &Events, blob_path: impl Fn(&str) -> PathBuf) -> (String, PathBuf) {
+    e.outputs_with_kind()
+        .into_iter()
+        .filter(|(_, (kind, _))| kind == "layer")
+        .map(|(label, (_, d))| (label, blob_path(d.trim_start_matches("sha256:"))))
+        .max_by_key(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+/// Does every file of `dir` hash (sha256) to its own name? (Remote blob stores.)
+pub fn assert_blobs_hash_to_their_names(dir: &Path) {
+    use sha2::Digest as _;
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            p.file_name().unwrap().to_str().unwrap(),
+            "blob {} does not hash to its name",
+            p.display()
+        );
+        n += 1;
+    }
+    assert!(n > 0, "no blobs in {}", dir.display());
+}
