@@ -9,7 +9,7 @@
 //! | 3 | resolve & plan | [`label`], [`graph`] | model + patterns → graph of targets; unknown labels, cycles are errors |
 //! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`], [`import`]) + deps' output digests → blake3 key |
 //! | 4, 6 | read inputs | [`input`] | workspace files opened beneath the root's descriptor (no link out of it, regular files only), read within bounds and hashed as read: the same bytes for the key and the output |
-//! | 5 | execute | [`scheduler`], [`actions`] | key hit in [`cache`] → fresh; miss → the kind's action runs on a rayon worker, blobs into [`cas`] |
+//! | 5 | execute | [`scheduler`], [`actions`], [`remote`] | key hit in [`cache`] → fresh; else a hit in the [`remote`] cache (a shared directory or Bazel's HTTP protocol) → its blobs fetched into [`cas`], verified; miss → the kind's action runs on a rayon worker, blobs into [`cas`], then uploaded |
 //! | 6 | assemble | [`layer`], [`oci`], [`import`], [`listing`] | layers (each with a listing of its paths), config, manifest; the stack of layers checked against destroying lower paths: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
@@ -29,7 +29,8 @@
 //!    key ([`actions`]); what an action reads is hashed while read and must be
 //!    what its key hashed, else it fails and nothing is cached.
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
-//!    coordinating thread), [`cas`] alone writes blobs, [`output`] alone writes and
+//!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
+//!    remote caches, [`output`] alone writes and
 //!    removes in the output directory, [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
 //! 7. **The workspace may be hostile.** No read leaves it, no link leads into a

@@ -70,7 +70,7 @@ pub struct Context {
     pub cwd: PathBuf,
     /// `--cache-dir`, if given.
     pub cache_dir: Option<PathBuf>,
-    /// The remote cache flags, as given (resolved by [`remote_cache`]).
+    /// The remote cache flags, as given (resolved by [`open_remote_cache`]).
     pub remote: crate::cli::RemoteArgs,
 }
 
