@@ -6,9 +6,11 @@
 //! module only decides when. Each target of the requested closure goes through:
 //!
 //! ```text
-//! waiting ──deps done──▶ keying ──key──▶ lookup ──hit, blobs ok──▶ done (cached)
-//!                        (worker)         (coordinator)   └─miss──▶ running ──▶ done (ran)
-//!                                                                   (worker)
+//! waiting ──deps done──▶ keying ──key──▶ lookup ──hit, blobs ok──────────────▶ done (cached)
+//!                        (worker)         (coordinator)
+//!                                            └─miss──▶ remote lookup ──hit──▶ done (cached, remote)
+//!                                                      (worker)   └─miss──▶ running ──▶ done (ran)
+//!                                                                           (worker)  └─▶ upload
 //! ```
 //!
 //! * **Keying** ([`actions::key`]) runs on a worker for layers and imports (file
@@ -28,6 +30,11 @@
 //!   is recorded as repaired, which drops every remembered layout naming it, in
 //!   every checkout sharing the cache: those layouts may hard-link the damaged file,
 //!   so their next build checks them in full and re-links them.
+//! * **Remote cache** ([`crate::remote`]): after a local miss, a worker looks the
+//!   key up remotely and fetches the blobs the local store lacks, verified; a hit
+//!   is recorded locally with its origin (trusted only by builds using the same
+//!   remote). After a run, and for a local hit the remote lacks, a worker uploads
+//!   blobs then the entry. Uploads finish before the build does. Dry runs skip it.
 //! * **Early cutoff**: keys include the dependencies' *output digests*, so a layer
 //!   rebuilt to the same bytes leaves the images above it cached.
 //! * **Failure**: a failed action fails its dependents (reported as skipped); with
