@@ -194,7 +194,9 @@ fn a_dead_server_makes_the_build_slower_never_failed() {
 
 /// The server dies between the first remote hits and the first upload: the
 /// build switches the remote off (one warning) and finishes, correctly. The
-/// kill is placed by the engine's before-run hook, so it always lands there.
+/// kill is placed by the engine's before-run hook, right before the image
+/// `//services/api:api` runs: that can only be after its base, `//bases:runtime`,
+/// came from the server.
 #[test]
 fn the_server_killed_mid_build_leaves_a_correct_build() {
     use imgc::commands::{Context, Loaded, build};
@@ -217,8 +219,10 @@ fn the_server_killed_mid_build_leaves_a_correct_build() {
     let selected = loaded.select(&[]).unwrap();
     let mut settings = build::settings(&ctx, &loaded, Some(2), false, false).unwrap();
     let killer = server.clone();
-    settings.before_run = Some(std::sync::Arc::new(move |_| {
-        killer.lock().unwrap().kill();
+    settings.before_run = Some(std::sync::Arc::new(move |label| {
+        if label.to_string() == "//services/api:api" {
+            killer.lock().unwrap().kill();
+        }
     }));
     let mut reporter =
         imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
