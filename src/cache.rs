@@ -268,6 +268,22 @@ pub struct ActionRecord {
     pub used_at: i64,
 }
 
+/// An action row as garbage collection and verification see it: when it was
+/// last used, and the blobs it names (the roots of the blob store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionUse {
+    pub key: Key,
+    pub label: String,
+    /// Opaque JSON defined by the scheduler.
+    pub outputs_json: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds (refreshed at most once per [`TOUCH_AFTER`]).
+    pub used_at: i64,
+    /// Sorted by digest.
+    pub blobs: Vec<BlobRef>,
+}
+
 /// The stat data that decides whether a file must be re-hashed. Never part of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StatKey {
@@ -469,6 +485,9 @@ enum Op {
         origin: String,
     },
     Forget(Key),
+    /// Garbage collection: forget `key` unless it was used (or recorded again)
+    /// after the given `used_at`.
+    Evict(Key, i64),
     Used(Key),
     LastBuild {
         label: String,
@@ -488,6 +507,8 @@ enum Op {
     },
     TouchLayout(String),
     Repaired(Digest),
+    /// A store blob was deleted (garbage collection): its check goes.
+    Deleted(Digest),
 }
 
 /// Records of one build of one workspace, kept in memory until
@@ -1115,6 +1136,104 @@ impl Cache {
                 })
                 .collect()
         })
+    }
+
+    /// Every action row with the blobs it names (one read), sorted by key: what
+    /// garbage collection chooses from and verification checks.
+    pub fn action_uses(&mut self) -> Result<Vec<ActionUse>, CacheError> {
+        self.healing(|c| {
+            type Row = (
+                Vec<u8>,
+                String,
+                String,
+                i64,
+                i64,
+                Option<Vec<u8>>,
+                Option<i64>,
+            );
+            let rows: Vec<Row> = c
+                .conn
+                .prepare(
+                    "SELECT a.key, a.label, a.outputs, a.created_at, a.used_at, b.digest, b.size
+                     FROM action a LEFT JOIN action_blob b ON b.key = a.key
+                     ORDER BY a.key, b.digest",
+                )
+                .and_then(|mut st| {
+                    st.query_map([], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| c.db_err(e))?;
+            let mut out: Vec<ActionUse> = Vec::new();
+            for (key, label, outputs_json, created_at, used_at, digest, size) in rows {
+                let key = Key(blob32(&key, "an action key").map_err(|w| c.corrupt(w))?);
+                if out.last().is_none_or(|a| a.key != key) {
+                    out.push(ActionUse {
+                        key,
+                        label,
+                        outputs_json,
+                        created_at,
+                        used_at,
+                        blobs: Vec::new(),
+                    });
+                }
+                if let (Some(d), Some(size), Some(last)) = (digest, size, out.last_mut()) {
+                    let digest = Digest(blob32(&d, "a blob digest").map_err(|w| c.corrupt(w))?);
+                    last.blobs.push(BlobRef {
+                        digest,
+                        size: u64::try_from(size).unwrap_or(0),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Garbage collection: deletes the action rows `rows` (each key with the
+    /// `used_at` it was chosen with) in short transactions of at most [`CHUNK`]
+    /// rows. A row used or recorded again since it was read is kept. Returns how
+    /// many rows were deleted.
+    pub fn evict_actions(&mut self, rows: &[(Key, i64)]) -> Result<usize, CacheError> {
+        let mut b = self.unscoped_batch();
+        for (key, used_at) in rows {
+            b.ops.push(Op::Evict(*key, *used_at));
+        }
+        self.commit_ops(&mut b).map(|done| done.rows)
+    }
+
+    /// Deletes action rows found damaged (or naming damaged blobs), in short
+    /// transactions.
+    pub fn forget_actions(&mut self, keys: &[Key]) -> Result<(), CacheError> {
+        let mut b = self.unscoped_batch();
+        for key in keys {
+            b.forget_action(key);
+        }
+        self.commit_ops(&mut b).map(|_| ())
+    }
+
+    /// Forgets what the index remembers of store blobs that were deleted: their
+    /// blob checks; and, with `damaged`, every layout record naming them (as
+    /// [`Batch::blob_repaired`] does: such a layout may hard-link the damaged
+    /// file, so its next build checks it in full).
+    pub fn forget_blobs(&mut self, digests: &[Digest], damaged: bool) -> Result<(), CacheError> {
+        let mut b = self.unscoped_batch();
+        for d in digests {
+            b.ops.push(if damaged {
+                Op::Repaired(*d)
+            } else {
+                Op::Deleted(*d)
+            });
+        }
+        self.commit_ops(&mut b).map(|_| ())
     }
 
     // ---- file-hash memo and blob checks ----
@@ -1752,6 +1871,17 @@ fn write_op(
             c.prepare_cached("DELETE FROM action WHERE key = ?1")?
                 .execute(params![&key.0[..]])?;
         }
+        Op::Evict(key, used_at) => {
+            let gone = c
+                .prepare_cached("DELETE FROM action WHERE key = ?1 AND used_at <= ?2")?
+                .execute(params![&key.0[..], used_at])?;
+            if gone == 0 {
+                // Used (or recorded again) since garbage collection read it.
+                return Ok(false);
+            }
+            c.prepare_cached("DELETE FROM action_blob WHERE key = ?1")?
+                .execute(params![&key.0[..]])?;
+        }
         Op::Used(key) => {
             c.prepare_cached("UPDATE action SET used_at = ?2 WHERE key = ?1")?
                 .execute(params![&key.0[..], now])?;
@@ -1873,6 +2003,10 @@ fn write_op(
                 c.prepare_cached("DELETE FROM layout_blob WHERE ws = ?1 AND path = ?2")?
                     .execute(params![w, p])?;
             }
+            c.prepare_cached("DELETE FROM blob_check WHERE digest = ?1")?
+                .execute(params![&d.0[..]])?;
+        }
+        Op::Deleted(d) => {
             c.prepare_cached("DELETE FROM blob_check WHERE digest = ?1")?
                 .execute(params![&d.0[..]])?;
         }
