@@ -19,7 +19,9 @@
 //!   link + unlink), so of two writers racing on the same content the first wins
 //!   and the second finds an existing blob (next case);
 //! - **a blob already there** is kept only if it is *intact*: a regular file of
-//!   the right size whose content hashes to its name. Keeping it unchecked would
+//!   the right size whose content hashes to its name; its mtime is then set to
+//!   now, as if just published (garbage collection spares young blobs, and the
+//!   caller is about to record something naming it). Keeping it unchecked would
 //!   let a damaged blob (a truncated write from another tool, a file edited in
 //!   place through a layout's hard link) outlive every rebuild and be linked into
 //!   new layouts;
@@ -236,6 +238,7 @@ impl Cas {
         let digest = Digest::of_bytes(bytes);
         let size = bytes.len() as u64;
         if self.existing(&digest, Some(size))? == Existing::Intact {
+            self.keep(&digest);
             return Ok((digest, size));
         }
         let mut w = self.writer()?;
@@ -283,6 +286,7 @@ impl Cas {
         if self.existing(expected, None)? == Existing::Intact {
             let (digest, size) = hash_reader(&mut file).map_err(|e| with_path(e, "read", src))?;
             check_expected(src, expected, &digest)?;
+            self.keep(expected);
             return Ok(size);
         }
         let mut w = self.writer()?;
@@ -300,6 +304,7 @@ impl Cas {
     /// [`io::ErrorKind::InvalidData`] error if it is not blob `d` of `size` bytes.
     pub fn link_in(&self, src: &Path, d: &Digest, size: u64) -> io::Result<bool> {
         if self.existing(d, Some(size))? == Existing::Intact {
+            self.keep(d);
             return Ok(true);
         }
         let linked = match tempfile::Builder::new()
@@ -330,6 +335,7 @@ impl Cas {
         let dest = self.blob_path(d);
         let found = self.existing(d, Some(size))?;
         if found == Existing::Intact {
+            self.keep(d);
             return Ok(());
         }
         let dir = dest.parent().ok_or_else(|| {
@@ -342,7 +348,10 @@ impl Cas {
                 // Another writer published first: keep theirs if it is intact.
                 Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                     match self.existing(d, Some(size))? {
-                        Existing::Intact => None,
+                        Existing::Intact => {
+                            self.keep(d);
+                            None
+                        }
                         _ => Some(e.file),
                     }
                 }
@@ -363,6 +372,31 @@ impl Cas {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+
+    /// An intact stored copy of `d` is kept instead of a new one being published:
+    /// its mtime is set to now (best effort, no link followed), so that it is as
+    /// young as a blob just published. Garbage collection never deletes a blob
+    /// younger than its grace period, and the caller is about to record
+    /// something naming this one.
+    fn keep(&self, d: &Digest) {
+        let now = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        };
+        let omit = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        };
+        let _ = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            self.blob_path(d),
+            &rustix::fs::Timestamps {
+                last_access: omit,
+                last_modification: now,
+            },
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        );
     }
 
     /// Removes a blob (a corrupt one, or garbage collection). Missing is fine.
@@ -447,6 +481,7 @@ impl BlobWriter {
             check_expected(tmp.path(), expected, &digest)?;
         }
         if cas.existing(&digest, Some(size))? == Existing::Intact {
+            cas.keep(&digest);
             return Ok((digest, size)); // `tmp` is deleted on drop
         }
         let file = tmp.as_file();
