@@ -44,6 +44,7 @@ pub mod cli;
 pub mod commands;
 pub mod diag;
 pub mod fileset;
+pub mod gc;
 pub mod graph;
 pub mod hash;
 pub mod import;

@@ -459,3 +459,47 @@ impl Reporter {
         }
     }
 }
+
+/// A progress bar on stderr for long work counted in bytes (`imgc cache
+/// verify`): drawn only on a terminal and only for work large enough to take a
+/// while; otherwise nothing. Shared by worker threads.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// Below this much, work is quick enough to need no bar.
+    const SHOWN_FROM: u64 = 256 << 20;
+
+    pub fn bytes(what: &str, total: u64) -> Progress {
+        if total < Progress::SHOWN_FROM || !std::io::stderr().is_terminal() {
+            return Progress::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bytes}/{total_bytes}] {bytes_per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(escape_controls(what).into_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress { bar: Some(bar) }
+    }
+
+    pub fn hidden() -> Progress {
+        Progress { bar: None }
+    }
+
+    pub fn add(&self, n: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

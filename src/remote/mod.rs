@@ -47,6 +47,7 @@
 
 pub mod dir;
 pub mod entry;
+pub mod gc;
 pub mod http;
 
 use crate::action::Output;
