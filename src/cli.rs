@@ -94,7 +94,7 @@ pub enum Command {
     Query(QueryCommand),
     /// Tell why a target would rebuild.
     Explain(ExplainArgs),
-    /// Inspect the local cache.
+    /// Inspect, collect and verify the local (or remote) cache.
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
@@ -188,6 +188,43 @@ pub struct ExplainArgs {
 pub enum CacheCommand {
     /// Show what the local cache holds.
     Stats,
+    /// Evict least-recently-used cache entries and delete the blobs nothing names
+    /// any more, until the blobs fit SIZE.
+    Gc(GcArgs),
+    /// Re-hash every blob; remove damaged blobs and the cache entries naming
+    /// them (exit 1 if anything was bad).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Keep at most this many bytes of blobs: a number, or with a unit: 500M,
+    /// 10G (powers of 1000), 500MiB, 10GiB (powers of 1024).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: String,
+
+    /// Collect the remote cache directory instead of the local cache.
+    #[arg(long)]
+    pub remote: bool,
+
+    /// Never delete a blob or temp file younger than this: 30s, 10m, 1h, 2d.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub grace: String,
+
+    /// Print what would be removed, and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify the remote cache directory instead of the local cache.
+    #[arg(long)]
+    pub remote: bool,
+
+    /// Number of blobs hashed in parallel, at most 1024 [default: number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -1,13 +1,18 @@
-//! `imgc cache stats`, and opening the local stores for other commands.
+//! `imgc cache stats|gc|verify`, and opening the local stores for other commands.
 //!
 //! `cache stats` only reads: opening the index takes no write lock (see
 //! [`crate::cache`]), so it answers at once while builds run on the same cache. A
 //! damaged index is replaced on the way, with a warning, and reported as empty.
+//!
+//! `cache gc` and `cache verify` are thin: the work is in [`crate::gc`] (local)
+//! and [`crate::remote::gc`] (a remote cache directory).
 
 use super::{CmdError, Context};
 use crate::cache::Cache;
 use crate::cas::Cas;
-use crate::cli::CacheCommand;
+use crate::cli::{CacheCommand, GcArgs, VerifyArgs};
+use crate::gc::{GcOptions, GcReport, VerifyReport};
+use crate::remote::{Location, Mode, dir::DirStore};
 use crate::report;
 use std::path::PathBuf;
 
@@ -88,6 +93,8 @@ pub fn open_index(ctx: &Context) -> Result<(Cache, Option<String>), CmdError> {
 
 pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
     match cmd {
+        CacheCommand::Gc(args) => gc(ctx, args),
+        CacheCommand::Verify(args) => verify(ctx, args),
         CacheCommand::Stats => {
             let mut stores = Stores::open(ctx)?;
             if let Some(w) = stores.warning.take() {
@@ -118,4 +125,257 @@ pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
             Ok(())
         }
     }
+}
+
+/// The remote cache directory that `--remote` works on.
+///
+/// A minimal resolver: the value of `IMGC_REMOTE_CACHE` (relative to the
+/// directory imgc runs in). The build's own resolution (`--remote-cache`, the
+/// environment, `remote-cache` in `imgc.kdl`) replaces it once commands share it.
+fn remote_dir(ctx: &Context) -> Result<DirStore, CmdError> {
+    let value = std::env::var("IMGC_REMOTE_CACHE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| {
+            CmdError::Usage(
+                "`--remote`: no remote cache is configured; set `IMGC_REMOTE_CACHE` to its directory"
+                    .into(),
+            )
+        })?;
+    match Location::parse(&value, &ctx.cwd).map_err(CmdError::Usage)? {
+        Location::Http(_) => Err(CmdError::Usage(format!(
+            "`{}` is an HTTP remote cache: the protocol cannot list a server, so imgc can neither collect nor verify it; collect garbage on the server",
+            crate::remote::http::redact(&value)
+        ))),
+        // Read-only: opening never creates or marks anything.
+        Location::Dir(path) => DirStore::open(&path, Mode::Read).map_err(CmdError::Env),
+    }
+}
+
+/// Opens the local stores, showing what the index recovered from.
+fn open_local(ctx: &Context) -> Result<Stores, CmdError> {
+    let mut stores = Stores::open(ctx)?;
+    if let Some(w) = stores.warning.take() {
+        report::warning(&w);
+    }
+    Ok(stores)
+}
+
+fn gc(ctx: &Context, args: GcArgs) -> Result<(), CmdError> {
+    let max_size = crate::gc::parse_size(&args.max_size)
+        .map_err(|e| CmdError::Usage(format!("`--max-size`: {e}")))?;
+    let grace = crate::gc::parse_duration(&args.grace)
+        .map_err(|e| CmdError::Usage(format!("`--grace`: {e}")))?;
+    let opts = GcOptions {
+        max_size,
+        grace,
+        dry_run: args.dry_run,
+    };
+    let (report, roots) = if args.remote {
+        let store = remote_dir(ctx)?;
+        let r = crate::remote::gc::collect(&store, &opts).map_err(CmdError::Env)?;
+        (r, "entries")
+    } else {
+        let mut stores = open_local(ctx)?;
+        let blobs_dir = stores.dir.join("cas").join("sha256");
+        let r = crate::gc::collect(&stores.cas, &mut stores.cache, &blobs_dir, &opts);
+        for w in stores.cache.take_warnings() {
+            report::warning(&w);
+        }
+        (r.map_err(CmdError::Env)?, "actions")
+    };
+    report::result(&gc_text(&report, roots, &opts, &args.grace));
+    if !report.fits {
+        report::warning(&format!(
+            "the blobs are still above {}: {} of them are younger than the grace period ({}) and are never deleted",
+            bytes(opts.max_size),
+            bytes(report.young_bytes),
+            args.grace.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// `12902400 bytes (12.3 MiB)`, or `312 bytes`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} byte{}", if n == 1 { "" } else { "s" });
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{n} bytes ({v:.1} {})", UNITS[u])
+}
+
+fn gc_text(r: &GcReport, roots: &str, opts: &GcOptions, grace: &str) -> String {
+    let mut lines = Vec::new();
+    let (removed, verb) = if r.dry_run {
+        ("would be removed", "would remove")
+    } else {
+        ("removed", "removed")
+    };
+    if r.dry_run {
+        let one = roots.trim_end_matches('s').replace("entrie", "entry");
+        for root in &r.removed_roots {
+            lines.push(format!("{verb} {one} {root}"));
+        }
+        for (d, size) in &r.removed_blobs {
+            lines.push(format!("{verb} blob {d}: {}", bytes(*size)));
+        }
+    }
+    lines.push(format!(
+        "{roots:<16} {} of {} {removed} (least recently used first)",
+        r.roots_removed, r.roots
+    ));
+    if r.roots_kept_in_use > 0 {
+        lines.push(format!(
+            "{:<16} {} kept: used since they were chosen",
+            "", r.roots_kept_in_use
+        ));
+    }
+    if r.damaged_roots_removed > 0 {
+        lines.push(format!(
+            "{:<16} {} {removed} (damaged, older than {})",
+            format!("damaged {roots}"),
+            r.damaged_roots_removed,
+            grace.trim()
+        ));
+    }
+    lines.push(format!(
+        "{:<16} {} of {} {removed}, {}",
+        "blobs",
+        r.blobs_removed,
+        r.blobs,
+        bytes(r.bytes_removed)
+    ));
+    lines.push(format!(
+        "{:<16} {} before, {} after; limit {}",
+        "blob bytes",
+        bytes(r.bytes),
+        bytes(r.bytes_after()),
+        bytes(opts.max_size)
+    ));
+    if r.temp_removed > 0 {
+        lines.push(format!("{:<16} {} {removed}", "temp files", r.temp_removed));
+    }
+    if let Some(p) = r.pruned {
+        let rows =
+            p.memo_rows + p.last_builds + p.layouts + p.blob_checks + p.parsed_files + p.workspaces;
+        if rows > 0 {
+            lines.push(format!("{:<16} {rows} unused rows pruned", "index"));
+        }
+    }
+    if r.skipped > 0 {
+        lines.push(format!(
+            "{:<16} {} left alone (not a name or file imgc stores)",
+            "other files", r.skipped
+        ));
+    }
+    lines.join("\n")
+}
+
+fn verify(ctx: &Context, args: VerifyArgs) -> Result<(), CmdError> {
+    let jobs = match args.jobs {
+        Some(0) => return Err(CmdError::Usage("`--jobs` must be at least 1".into())),
+        Some(j) if j > super::build::MAX_JOBS => {
+            return Err(CmdError::Usage(format!(
+                "`--jobs {j}` is more than the {} parallel jobs imgc allows",
+                super::build::MAX_JOBS
+            )));
+        }
+        Some(j) => j,
+        None => {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(super::build::MAX_JOBS))
+        }
+    };
+    let (report, roots, place) = if args.remote {
+        let store = remote_dir(ctx)?;
+        let r = crate::remote::gc::verify(&store, jobs).map_err(CmdError::Env)?;
+        (
+            r,
+            "entries",
+            format!("remote cache `{}`", store.root().display()),
+        )
+    } else {
+        let mut stores = open_local(ctx)?;
+        let blobs_dir = stores.dir.join("cas").join("sha256");
+        let r = crate::gc::verify(&stores.cas, &mut stores.cache, &blobs_dir, jobs);
+        for w in stores.cache.take_warnings() {
+            report::warning(&w);
+        }
+        let place = format!("cache `{}`", stores.dir.display());
+        (r.map_err(CmdError::Env)?, "actions", place)
+    };
+    report::result(&verify_text(&report, roots));
+    for why in &report.unreadable {
+        report::warning(why);
+    }
+    if !report.unreadable.is_empty() {
+        return Err(CmdError::Env(format!(
+            "{} blob{} of the {place} could not be checked",
+            report.unreadable.len(),
+            if report.unreadable.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        )));
+    }
+    if !report.all_good() {
+        return Err(CmdError::Failed(format!(
+            "the {place} had {} damaged blob{} and {} damaged {roots}; {} and {} removed",
+            report.damaged_blobs.len(),
+            if report.damaged_blobs.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            report.damaged_roots.len(),
+            report.blobs_removed,
+            report.roots_removed,
+        )));
+    }
+    Ok(())
+}
+
+fn verify_text(r: &VerifyReport, roots: &str) -> String {
+    let one = roots.trim_end_matches('s').replace("entrie", "entry");
+    let mut lines = Vec::new();
+    for (d, why) in &r.damaged_blobs {
+        lines.push(format!("damaged blob {d}: {why}"));
+    }
+    for (key, why) in &r.damaged_roots {
+        lines.push(format!("damaged {one} {key}: {why}"));
+    }
+    lines.push(format!(
+        "{:<16} {} checked, {}; {} damaged, {} removed",
+        "blobs",
+        r.blobs,
+        bytes(r.bytes),
+        r.damaged_blobs.len(),
+        r.blobs_removed
+    ));
+    if r.blobs_left > 0 {
+        lines.push(format!(
+            "{:<16} {} damaged left: replaced since they were checked, or directories",
+            "", r.blobs_left
+        ));
+    }
+    lines.push(format!(
+        "{roots:<16} {} checked, {} damaged, {} removed",
+        r.roots,
+        r.damaged_roots.len(),
+        r.roots_removed
+    ));
+    if r.skipped > 0 {
+        lines.push(format!(
+            "{:<16} {} left alone (not a name imgc stores)",
+            "other files", r.skipped
+        ));
+    }
+    lines.join("\n")
 }

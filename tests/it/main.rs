@@ -4,6 +4,7 @@
 mod support;
 
 mod build;
+mod cache_gc;
 mod cli;
 mod concurrency;
 mod confinement;
