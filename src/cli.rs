@@ -94,7 +94,7 @@ pub enum Command {
     Query(QueryCommand),
     /// Tell why a target would rebuild.
     Explain(ExplainArgs),
-    /// Inspect, collect and verify the local (or remote) cache.
+    /// Inspect, collect and verify the cache.
     #[command(subcommand)]
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
