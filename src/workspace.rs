@@ -405,6 +405,18 @@ impl ParseCache<'_> {
     }
 }
 
+/// Reads and parses only the workspace file (`imgc.kdl`) at `root`, for commands
+/// that need the workspace's settings but not its targets (`imgc cache gc
+/// --remote` finds the remote cache there).
+pub fn load_config(root: &Path) -> Result<(WorkspaceConfig, Sources, Vec<Diag>), WorkspaceError> {
+    let ws = open_root(root)?;
+    let text = read(root, &ws, WORKSPACE_FILE)?;
+    let mut sources = Sources::default();
+    let file = sources.add(WORKSPACE_FILE, text.clone());
+    let (config, diags) = parse_workspace_file(file, &text);
+    Ok((config, sources, diags))
+}
+
 /// Loads and parses the whole workspace at `root`. IO errors stop the load;
 /// spec errors are collected and returned beside the (partial) workspace. With a
 /// `cache`, parse results of unchanged files are reused (see the module docs); a

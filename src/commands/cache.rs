@@ -127,27 +127,32 @@ pub fn run(ctx: &Context, cmd: CacheCommand) -> Result<(), CmdError> {
     }
 }
 
-/// The remote cache directory that `--remote` works on.
-///
-/// A minimal resolver: the value of `IMGC_REMOTE_CACHE` (relative to the
-/// directory imgc runs in). The build's own resolution (`--remote-cache`, the
-/// environment, `remote-cache` in `imgc.kdl`) replaces it once commands share it.
+/// The remote cache directory that `--remote` works on: the one builds use
+/// (`--remote-cache`, `IMGC_REMOTE_CACHE`, else `remote-cache` in the imgc.kdl of
+/// the workspace imgc runs in). Opened read-only: nothing is created or marked.
 fn remote_dir(ctx: &Context) -> Result<DirStore, CmdError> {
-    let value = std::env::var("IMGC_REMOTE_CACHE")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| {
-            CmdError::Usage(
-                "`--remote`: no remote cache is configured; set `IMGC_REMOTE_CACHE` to its directory"
-                    .into(),
-            )
-        })?;
-    match Location::parse(&value, &ctx.cwd).map_err(CmdError::Usage)? {
-        Location::Http(_) => Err(CmdError::Usage(format!(
+    let mut location = super::remote_cache_location(ctx, None, &ctx.cwd)?;
+    if location.is_none()
+        && !ctx.remote.no_remote_cache
+        && let Ok(root) = crate::workspace::find_root(&ctx.cwd)
+    {
+        let (config, sources, diags) = crate::workspace::load_config(&root)?;
+        if !diags.is_empty() {
+            return Err(CmdError::Diagnostics { sources, diags });
+        }
+        location = super::remote_cache_location(ctx, config.remote_cache.as_deref(), &root)?;
+    }
+    let Some(location) = location else {
+        return Err(CmdError::Usage(
+            "`--remote`: no remote cache is configured; give `--remote-cache DIR`, set `IMGC_REMOTE_CACHE`, or write `remote-cache` in imgc.kdl"
+                .into(),
+        ));
+    };
+    match location {
+        Location::Http(endpoint) => Err(CmdError::Usage(format!(
             "`{}` is an HTTP remote cache: the protocol cannot list a server, so imgc can neither collect nor verify it; collect garbage on the server",
-            crate::remote::http::redact(&value)
+            endpoint.base
         ))),
-        // Read-only: opening never creates or marks anything.
         Location::Dir(path) => DirStore::open(&path, Mode::Read).map_err(CmdError::Env),
     }
 }
