@@ -314,9 +314,10 @@ impl Remote {
         std::fs::symlink_metadata(p).is_ok()
     }
 
+    /// Runs `imgc --remote-cache ROOT ARGS`.
     fn run(&self, ws: &Ws, args: &[&str]) -> Run {
-        ws.cmd(args)
-            .env("IMGC_REMOTE_CACHE", &self.root)
+        ws.cmd(&[&["--remote-cache", self.root.to_str().unwrap()], args].concat())
+            .env_remove("IMGC_REMOTE_CACHE")
             .output()
             .unwrap()
     }
@@ -364,6 +365,69 @@ fn remote_gc_evicts_least_recently_used_entries_through_the_command_line() {
         stderr(&out)
     );
     assert!(line(&stdout(&out), "entries").contains("2 checked, 0 damaged"));
+}
+
+#[test]
+fn remote_gc_finds_the_remote_cache_as_builds_do() {
+    let r = remote();
+    let (k, _) = r.layer("old", 100, 5);
+    let gone = || !r.has(&r.store.entry_path(&k));
+    let gc = ["cache", "gc", "--remote", "--max-size", "0"];
+    // From the environment...
+    let ws = small_ws();
+    let out = ws
+        .cmd(&gc)
+        .env("IMGC_REMOTE_CACHE", &r.root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(gone());
+    // ...from imgc.kdl, relative to the workspace root...
+    let (k2, _) = r.layer("older", 100, 6);
+    let ws = small_ws();
+    let rel = pathdiff(&r.root, ws.root());
+    ws.write(
+        "imgc.kdl",
+        &format!(
+            "workspace {{\n    source-date-epoch 1700000000\n    remote-cache \"{rel}\"\n}}\n"
+        ),
+    );
+    let out = ws
+        .cmd(&gc)
+        .env_remove("IMGC_REMOTE_CACHE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!r.has(&r.store.entry_path(&k2)));
+    // ...and never with --no-remote-cache.
+    let out = ws
+        .cmd(&[&["--no-remote-cache"][..], &gc].concat())
+        .env_remove("IMGC_REMOTE_CACHE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no remote cache is configured"));
+}
+
+/// `to` relative to `from` (both absolute), as `../..`-style text.
+fn pathdiff(to: &Path, from: &Path) -> String {
+    let (to, from) = (to.canonicalize().unwrap(), from.canonicalize().unwrap());
+    let common = to
+        .components()
+        .zip(from.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel: Vec<String> = from
+        .components()
+        .skip(common)
+        .map(|_| "..".into())
+        .collect();
+    rel.extend(
+        to.components()
+            .skip(common)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    rel.join("/")
 }
 
 #[test]
@@ -425,4 +489,147 @@ fn remote_gc_refuses_a_directory_imgc_did_not_make() {
     }
     assert_eq!(std::fs::read(&theirs).unwrap(), b"someone else's");
     assert!(!dir.path().join(MARKER).exists());
+}
+
+/// Files directly in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("remote");
+    let flag = root.to_str().unwrap().to_string();
+    let with_remote = |args: &[&str]| -> Vec<String> {
+        let mut v = vec!["--remote-cache".to_string(), flag.clone()];
+        v.extend(args.iter().map(|a| a.to_string()));
+        v
+    };
+    let run = |ws: &Ws, args: &[&str]| -> Run {
+        let args = with_remote(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ws.cmd(&args)
+            .env_remove("IMGC_REMOTE_CACHE")
+            .output()
+            .unwrap()
+    };
+    let build = |ws: &Ws| -> Events {
+        let out = run(ws, &["build", "--message-format", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        Events::parse(&out.stdout)
+    };
+
+    // The first runner fills the remote; it verifies.
+    let a = Ws::copy_of(&spec_examples());
+    let all = build(&a).ran();
+    let entries = files_in(&root.join("ac")).len();
+    let blobs = files_in(&root.join("cas/sha256")).len();
+    assert_eq!(entries, all.len());
+    let out = run(&a, &["cache", "verify", "--remote"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        line(&stdout(&out), "entries").contains(&format!("{entries} checked, 0 damaged")),
+        "{}",
+        stdout(&out)
+    );
+
+    // Collected to one byte less than it holds (the least recently used entries go
+    // until a blob is freed), it still verifies, and a second runner with an empty
+    // local cache fetches what stayed, builds what went, and makes the same images.
+    let total: u64 = files_in(&root.join("cas/sha256"))
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let limit = (total - 1).to_string();
+    let out = run(
+        &a,
+        &[
+            "cache",
+            "gc",
+            "--remote",
+            "--max-size",
+            &limit,
+            "--grace",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = files_in(&root.join("ac")).len();
+    assert!(left > 0 && left < entries, "{}", stdout(&out));
+    assert!(files_in(&root.join("cas/sha256")).len() < blobs);
+    let out = run(&a, &["cache", "verify", "--remote"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let b = Ws::copy_of(&spec_examples());
+    let second = build(&b);
+    assert!(summary_count(&second, "remote_hits") > 0);
+    assert!(!second.ran().is_empty());
+    assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
+    // It uploaded what it built: the remote is whole again.
+    assert_eq!(files_in(&root.join("ac")).len(), entries);
+
+    // Damage two blobs: verify removes them and what names them, then passes;
+    // a third runner rebuilds what went and makes the same images.
+    let remote_blobs = files_in(&root.join("cas/sha256"));
+    let largest: Vec<&PathBuf> = {
+        let mut v: Vec<&PathBuf> = remote_blobs.iter().collect();
+        v.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).unwrap().len()));
+        v.into_iter().take(2).collect()
+    };
+    flip_byte(largest[0]);
+    let bytes = std::fs::read(largest[1]).unwrap();
+    rewrite_read_only(largest[1], &bytes[..bytes.len() - 1]);
+    let out = run(&a, &["cache", "verify", "--remote"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        line(&stdout(&out), "blobs").contains("2 damaged, 2 removed"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!largest[0].exists() && !largest[1].exists());
+    let out = run(&a, &["cache", "verify", "--remote"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let c = Ws::copy_of(&spec_examples());
+    let third = build(&c);
+    assert!(!third.ran().is_empty() && summary_count(&third, "remote_hits") > 0);
+    assert_same_tree(&a.path("imgc-out"), &c.path("imgc-out"));
+
+    // Collected to nothing: no entry or blob is left, the marker stays.
+    let out = run(
+        &a,
+        &["cache", "gc", "--remote", "--max-size", "0", "--grace", "0"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(files_in(&root.join("ac")).is_empty());
+    assert!(files_in(&root.join("cas/sha256")).is_empty());
+    assert!(root.join(MARKER).is_file());
 }
