@@ -69,12 +69,12 @@ impl DirStore {
                 ));
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Empty, or only what another imgc creating it right now makes.
+                // Empty, or holding only the temp file of another imgc marking
+                // it right now (the marker is published before anything else).
                 let empty = match fs::read_dir(root) {
                     Ok(entries) => entries.filter_map(Result::ok).all(|e| {
-                        let name = e.file_name();
-                        let name = name.to_string_lossy();
-                        ["cas", "ac", "tmp"].contains(&name.as_ref()) || name.starts_with(".entry-")
+                        e.file_name().to_string_lossy().starts_with(".entry-")
+                            && e.file_type().is_ok_and(|t| t.is_file())
                     }),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => true,
                     Err(e) => {
@@ -308,6 +308,13 @@ impl Store for DirStore {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    /// `has_blob` keeps a reused blob young, so a `gc` running alongside (whose
+    /// grace period outlasts any upload) never deletes a blob an entry is about
+    /// to name.
+    fn refreshes_on_reuse(&self) -> bool {
+        true
     }
 }
 

@@ -162,6 +162,11 @@ pub trait Store: Send + Sync {
     fn put_blob(&self, d: &Digest, size: u64, path: &Path, replace: bool) -> Result<u64, Fault>;
     /// For messages: where it is, without credentials.
     fn describe(&self) -> String;
+    /// Whether [`Store::has_blob`] must be asked every time a blob is reused
+    /// (it refreshes the blob against garbage collection), rather than once per build.
+    fn refreshes_on_reuse(&self) -> bool {
+        false
+    }
 }
 
 /// A remote cache as one build uses it: the store, the mode, and what this
@@ -182,7 +187,8 @@ struct State {
     bad_blobs: BTreeSet<Digest>,
     bad_entries: BTreeSet<Key>,
     /// Known present on the remote (seen or sent in this build): shared base
-    /// layers are asked about and sent once, not once per image.
+    /// layers are asked about and sent once, not once per image (unless the store
+    /// refreshes blobs on reuse: a directory, against a concurrent `gc`).
     present: BTreeSet<Digest>,
 }
 
@@ -391,7 +397,7 @@ impl Remote {
                 let s = self.lock();
                 (s.bad_blobs.contains(&d), s.present.contains(&d))
             };
-            if present && !replace {
+            if present && !replace && !self.store.refreshes_on_reuse() {
                 continue;
             }
             if !replace {

@@ -422,33 +422,106 @@ fn symlinks_and_fifos_under_remote_blob_names_are_damage_not_read() {
 }
 
 #[test]
-fn eight_builds_at_once_against_one_remote_directory_agree() {
+fn eight_builds_at_once_against_one_remote_directory_agree_and_verify() {
+    eight_builds_at_once(false);
+}
+
+/// The same, with `imgc cache gc --remote` evicting down to nothing over and over
+/// while they build: builds only miss more, never fail or differ, and what the
+/// directory holds afterwards still verifies.
+#[test]
+fn eight_builds_at_once_with_gc_alongside_agree_and_verify() {
+    eight_builds_at_once(true);
+}
+
+fn eight_builds_at_once(with_gc: bool) {
     let remote = Remote::new();
     let reference = runner();
     let expected = reference.build(&["--no-remote-cache"]).images();
     let ws = runner();
     let caches: Vec<tempfile::TempDir> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
-    let children: Vec<std::process::Child> = caches
-        .iter()
-        .map(|c| {
-            let mut cmd = std::process::Command::new(imgc_bin());
-            cmd.current_dir(ws.root())
-                .args(["--cache-dir", c.path().to_str().unwrap()])
-                .args(["build", "--message-format", "json", "-j", "2"])
-                .args(["--remote-cache", &remote.flag()])
-                .env("NO_COLOR", "1")
-                .env_remove("SOURCE_DATE_EPOCH")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            cmd.spawn().unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        let e = Events::parse(&out.stdout);
-        assert_eq!(e.images(), expected);
-    }
+    let imgc = |cache: &Path| {
+        let mut cmd = std::process::Command::new(imgc_bin());
+        cmd.current_dir(ws.root())
+            .args(["--cache-dir", cache.to_str().unwrap()])
+            .args(["--remote-cache", &remote.flag()])
+            .env("NO_COLOR", "1")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    // The first build creates the directory; gc needs it to exist.
+    std::fs::create_dir_all(remote.path()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let gc_cache = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        let gc = with_gc.then(|| {
+            s.spawn(|| {
+                let mut runs = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
+                    let out = imgc(gc_cache.path())
+                        .args(["cache", "gc", "--remote", "--max-size", "1"])
+                        .output()
+                        .unwrap();
+                    // Before the first build marks the directory, gc refuses it.
+                    let code = out.status.code();
+                    assert!(code == Some(0) || code == Some(3), "{}", stderr(&out));
+                    runs += 1;
+                }
+                runs
+            })
+        });
+        let children: Vec<std::process::Child> = caches
+            .iter()
+            .map(|c| {
+                imgc(c.path())
+                    .args(["build", "--message-format", "json", "-j", "2"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(Events::parse(&out.stdout).images(), expected);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(gc) = gc {
+            assert!(gc.join().unwrap() > 0);
+        }
+    });
     assert_same_tree(&reference.path("imgc-out"), &ws.path("imgc-out"));
-    remote.assert_consistent();
+    let out = imgc(gc_cache.path())
+        .args(["cache", "verify", "--remote"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify --remote: {}",
+        stderr(&out)
+    );
+    if !with_gc {
+        remote.assert_consistent();
+    }
+}
+
+/// A directory shaped like a remote cache (a Bazel disk cache has `ac/` and
+/// `cas/`) but without the marker is someone else's: refused, never adopted
+/// (adopting it would let `cache gc --remote` delete its entries).
+#[test]
+fn a_bazel_disk_cache_without_the_marker_is_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ac")).unwrap();
+    std::fs::create_dir_all(dir.path().join("cas")).unwrap();
+    std::fs::write(dir.path().join("ac").join("ab".repeat(32)), b"bazel's").unwrap();
+    let a = runner();
+    let out = a.run(&["build", "--remote-cache", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!dir.path().join("imgc-remote-cache").exists());
+    assert_eq!(
+        std::fs::read(dir.path().join("ac").join("ab".repeat(32))).unwrap(),
+        b"bazel's"
+    );
 }
