@@ -41,7 +41,7 @@ use crate::cache::{ActionUse, Cache, Pruned};
 use crate::cas::Cas;
 use crate::hash::Digest;
 use crate::report::Progress;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -244,12 +244,12 @@ pub struct Plan {
 /// given), until the blobs the remaining roots name plus the young blobs fit
 /// `max` bytes. Blobs a root names that are not in the store take no room.
 pub fn plan(roots: &[Root], stored: &[Stored], max: u64) -> Plan {
-    let present: HashMap<Digest, Stored> = stored.iter().map(|s| (s.digest, *s)).collect();
+    let present: BTreeMap<Digest, Stored> = stored.iter().map(|s| (s.digest, *s)).collect();
     let named: Vec<BTreeSet<Digest>> = roots
         .iter()
         .map(|r| r.blobs.iter().copied().collect())
         .collect();
-    let mut refs: HashMap<Digest, usize> = HashMap::new();
+    let mut refs: BTreeMap<Digest, usize> = BTreeMap::new();
     for set in &named {
         for d in set {
             *refs.entry(*d).or_default() += 1;
@@ -632,7 +632,7 @@ enum Checked {
 /// names them.
 pub struct Blobs<'a> {
     cas: &'a Cas,
-    checked: HashMap<Digest, Checked>,
+    checked: BTreeMap<Digest, Checked>,
 }
 
 impl<'a> Blobs<'a> {
@@ -663,7 +663,7 @@ impl<'a> Blobs<'a> {
         });
         progress.finish();
         report.skipped += listing.foreign;
-        let mut checked = HashMap::new();
+        let mut checked = BTreeMap::new();
         for (b, result) in listing.blobs.iter().zip(results) {
             match result {
                 FileCheck::Gone => {}

@@ -203,17 +203,10 @@ fn gc(ctx: &Context, args: GcArgs) -> Result<(), CmdError> {
 
 /// `12902400 bytes (12.3 MiB)`, or `312 bytes`.
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} byte{}", if n == 1 { "" } else { "s" });
     }
-    let mut v = n as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{n} bytes ({v:.1} {})", UNITS[u])
+    format!("{n} bytes ({})", report::bytes(n))
 }
 
 fn gc_text(r: &GcReport, roots: &str, opts: &GcOptions, grace: &str) -> String {
