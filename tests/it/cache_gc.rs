@@ -357,13 +357,7 @@ fn remote_gc_evicts_least_recently_used_entries_through_the_command_line() {
     assert!(!ws.cache.path().join("v1").exists());
 
     let out = r.run(&ws, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 0);
     assert!(line(&stdout(&out), "entries").contains("2 checked, 0 damaged"));
 }
 
@@ -454,13 +448,7 @@ fn remote_verify_removes_a_damaged_blob_and_its_entry_then_passes() {
     assert!(r.has(&r.store.entry_path(&k_good)) && r.has(&r.store.blobs().blob_path(&d_good)));
 
     let out = r.run(&ws, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 0);
 }
 
 #[test]
@@ -532,13 +520,7 @@ fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
     let blobs = files_in(&root.join("cas/sha256")).len();
     assert_eq!(entries, all.len());
     let out = run(&a, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 0);
     assert!(
         line(&stdout(&out), "entries").contains(&format!("{entries} checked, 0 damaged")),
         "{}",
@@ -570,13 +552,7 @@ fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
     assert!(left > 0 && left < entries, "{}", stdout(&out));
     assert!(files_in(&root.join("cas/sha256")).len() < blobs);
     let out = run(&a, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 0);
     let b = Ws::copy_of(&spec_examples());
     let second = build(&b);
     assert!(summary_count(&second, "remote_hits") > 0);
@@ -597,13 +573,7 @@ fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
     let bytes = std::fs::read(largest[1]).unwrap();
     rewrite_read_only(largest[1], &bytes[..bytes.len() - 1]);
     let out = run(&a, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 1);
     assert!(
         line(&stdout(&out), "blobs").contains("2 damaged, 2 removed"),
         "{}",
@@ -611,13 +581,7 @@ fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
     );
     assert!(!largest[0].exists() && !largest[1].exists());
     let out = run(&a, &["cache", "verify", "--remote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    expect_code(&out, 0);
     let c = Ws::copy_of(&spec_examples());
     let third = build(&c);
     assert!(!third.ran().is_empty() && summary_count(&third, "remote_hits") > 0);
@@ -632,4 +596,15 @@ fn remote_gc_and_verify_after_real_builds_leave_a_remote_runners_can_use() {
     assert!(files_in(&root.join("ac")).is_empty());
     assert!(files_in(&root.join("cas/sha256")).is_empty());
     assert!(root.join(MARKER).is_file());
+}
+
+/// Asserts the exit code, showing what the command printed otherwise.
+fn expect_code(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        stdout(out),
+        stderr(out)
+    );
 }

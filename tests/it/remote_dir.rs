@@ -38,6 +38,15 @@ impl Remote {
         sorted_files(&self.path().join("cas/sha256"))
     }
 
+    /// A new runner (checkout and local cache) that builds everything from this
+    /// remote, running nothing.
+    fn fresh_runner_builds_nothing(&self) -> Ws {
+        let ws = runner();
+        let e = ws.build(&["--remote-cache", &self.flag()]);
+        assert_eq!(e.ran(), Vec::<String>::new(), "a fresh runner built");
+        ws
+    }
+
     /// Every file's name, size and mtime: unchanged means nothing was written.
     fn snapshot(&self) -> BTreeMap<String, (u64, std::time::SystemTime)> {
         walkdir::WalkDir::new(self.path())
@@ -221,11 +230,7 @@ fn a_flipped_byte_in_a_remote_blob_is_detected_rebuilt_and_repaired() {
     assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
     // Re-uploaded over the damaged copy.
     remote.assert_consistent();
-    let c = runner();
-    assert_eq!(
-        c.build(&["--remote-cache", &remote.flag()]).ran(),
-        Vec::<String>::new()
-    );
+    let c = remote.fresh_runner_builds_nothing();
     assert_same_tree(&a.path("imgc-out"), &c.path("imgc-out"));
 }
 
@@ -263,11 +268,7 @@ fn a_damaged_remote_entry_is_refused_rebuilt_and_replaced() {
     assert_eq!(summary_count(&second, "remote_hits"), 0);
     assert_same_tree(&a.path("imgc-out"), &b.path("imgc-out"));
     remote.assert_consistent();
-    let c = runner();
-    assert_eq!(
-        c.build(&["--remote-cache", &remote.flag()]).ran(),
-        Vec::<String>::new()
-    );
+    remote.fresh_runner_builds_nothing();
 }
 
 #[test]
@@ -335,11 +336,7 @@ fn a_local_hit_the_remote_lacks_is_uploaded() {
     assert_eq!(summary_count(&e, "local_hits") as usize, first.ran().len());
     assert!(summary_count(&e, "uploaded_bytes") > 0);
     remote.assert_consistent();
-    let b = runner();
-    assert_eq!(
-        b.build(&["--remote-cache", &remote.flag()]).ran(),
-        Vec::<String>::new()
-    );
+    remote.fresh_runner_builds_nothing();
 }
 
 /// Entries fetched from a remote live in the local index, but only builds using
