@@ -99,6 +99,8 @@ pub enum Command {
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
     Clean(CleanArgs),
+    /// Report how the selected images share layers: what they store alone and together.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -237,4 +239,34 @@ pub struct CleanArgs {
     /// Also remove the local cache directory (action cache and blobs).
     #[arg(long)]
     pub cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Target patterns [default: //...]; the images among them are reported.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = ReportOutput::Human)]
+    pub output: ReportOutput,
+
+    /// Write the report to FILE instead of stdout.
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+
+    /// Number of parallel jobs for building what is not cached, at most 1024
+    /// [default: number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportOutput {
+    /// Tables for a terminal.
+    Human,
+    /// One JSON object, keys sorted.
+    Json,
+    /// One self-contained HTML page with a picture of the images and their shared layers.
+    Html,
 }

@@ -13,6 +13,7 @@
 //! | 6 | assemble | [`layer`], [`oci`], [`import`], [`listing`] | layers (each with a listing of its paths), config, manifest; the stack of layers checked against destroying lower paths: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
+//! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
 //!
 //! # Invariants
 //!
@@ -57,6 +58,7 @@ pub mod output;
 pub mod remote;
 pub mod report;
 pub mod scheduler;
+pub mod sharing;
 pub mod spec;
 pub mod workspace;
 
@@ -77,6 +79,9 @@ mod architecture {
             ("spec/reader.rs", include_str!("spec/reader.rs")),
             ("spec/paths.rs", include_str!("spec/paths.rs")),
             ("spec/limits.rs", include_str!("spec/limits.rs")),
+            ("sharing/mod.rs", include_str!("sharing/mod.rs")),
+            ("sharing/human.rs", include_str!("sharing/human.rs")),
+            ("sharing/html.rs", include_str!("sharing/html.rs")),
         ];
         let forbidden = [
             "std::fs",

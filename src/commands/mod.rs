@@ -7,6 +7,7 @@ pub mod check;
 pub mod clean;
 pub mod explain;
 pub mod query;
+pub mod sharing;
 
 use crate::cli::{Cli, Command};
 use crate::diag::{Code, Diag, Sources, did_you_mean};
@@ -318,5 +319,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Explain(args) => explain::run(&ctx, args),
         Command::Cache(c) => cache::run(&ctx, c),
         Command::Clean(args) => clean::run(&ctx, args),
+        Command::Report(args) => sharing::run(&ctx, args),
     }
 }
