@@ -99,7 +99,7 @@ pub enum Command {
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
     Clean(CleanArgs),
-    /// Report how the selected images share layers: what they store alone and together.
+    /// Report how the selected images share layers, and what they store.
     Report(ReportArgs),
 }
 
@@ -248,7 +248,7 @@ pub struct ReportArgs {
     pub patterns: Vec<String>,
 
     /// Report format.
-    #[arg(long, value_enum, default_value_t = ReportOutput::Human)]
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = ReportOutput::Human)]
     pub output: ReportOutput,
 
     /// Write the report to FILE instead of stdout.

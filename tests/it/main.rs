@@ -18,5 +18,6 @@ mod parse_cache;
 mod remote_dir;
 mod remote_http;
 mod remote_http_server;
+mod report;
 mod robustness;
 mod safety;
