@@ -87,7 +87,7 @@ pub enum RemoteCacheMode {
 pub enum Command {
     /// Build images (and everything they need), incrementally.
     Build(BuildArgs),
-    /// Validate specs and the target graph without building.
+    /// Validate specs, the target graph and the policy without building.
     Check(CheckArgs),
     /// Query the target graph.
     #[command(subcommand)]
@@ -99,6 +99,10 @@ pub enum Command {
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
     Clean(CleanArgs),
+    /// Print a shell completion script on stdout (bash, zsh or fish).
+    Completions(CompletionsArgs),
+    /// Print imgc's man page (roff) on stdout: `imgc man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -237,4 +241,11 @@ pub struct CleanArgs {
     /// Also remove the local cache directory (action cache and blobs).
     #[arg(long)]
     pub cache: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: crate::docgen::CompletionShell,
 }

@@ -43,6 +43,7 @@ pub mod cas;
 pub mod cli;
 pub mod commands;
 pub mod diag;
+pub mod docgen;
 pub mod fileset;
 pub mod gc;
 pub mod graph;

@@ -5,7 +5,9 @@ pub mod build;
 pub mod cache;
 pub mod check;
 pub mod clean;
+pub mod completions;
 pub mod explain;
+pub mod man;
 pub mod query;
 
 use crate::cli::{Cli, Command};
@@ -341,5 +343,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Explain(args) => explain::run(&ctx, args),
         Command::Cache(c) => cache::run(&ctx, c),
         Command::Clean(args) => clean::run(&ctx, args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man => man::run(),
     }
 }
