@@ -6,6 +6,7 @@ mod support;
 mod build;
 mod cache_gc;
 mod cli;
+mod completions;
 mod concurrency;
 mod confinement;
 mod conformance;
