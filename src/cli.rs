@@ -87,7 +87,7 @@ pub enum RemoteCacheMode {
 pub enum Command {
     /// Build images (and everything they need), incrementally.
     Build(BuildArgs),
-    /// Validate specs and the target graph without building.
+    /// Validate specs, the target graph and the policy without building.
     Check(CheckArgs),
     /// Query the target graph.
     #[command(subcommand)]
@@ -101,6 +101,10 @@ pub enum Command {
     Clean(CleanArgs),
     /// Report how the selected images share layers, and what they store.
     Report(ReportArgs),
+    /// Print a shell completion script on stdout (bash, zsh or fish).
+    Completions(CompletionsArgs),
+    /// Print imgc's man page (roff) on stdout: `imgc man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -269,4 +273,11 @@ pub enum ReportOutput {
     Json,
     /// One self-contained HTML page with a picture of the images and their shared layers.
     Html,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: crate::docgen::CompletionShell,
 }

@@ -62,10 +62,13 @@ pub enum Code {
     /// A spec beyond a documented limit: nesting depth, file size for the parser,
     /// the length of an output path.
     Limit,
+    /// An image that the policy in imgc.kdl requires to be built on a base
+    /// (`require-base`) and that is not, directly or through other images.
+    NotOnRequiredBase,
 }
 
 impl Code {
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 24] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -89,6 +92,7 @@ impl Code {
         Code::OutputCollision,
         Code::StackConflict,
         Code::Limit,
+        Code::NotOnRequiredBase,
     ];
 
     /// The stable code, `E001`...
@@ -117,6 +121,7 @@ impl Code {
             Code::OutputCollision => "E021",
             Code::StackConflict => "E030",
             Code::Limit => "E040",
+            Code::NotOnRequiredBase => "E050",
         }
     }
 }

@@ -128,7 +128,7 @@ impl fmt::Display for Label {
 }
 
 /// One target pattern, resolved to absolute form.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Pattern {
     /// One target.
     Target(Label),

@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
 //! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
-//! | 3 | resolve & plan | [`label`], [`graph`] | model + patterns → graph of targets; unknown labels, cycles are errors |
+//! | 3 | resolve & plan | [`label`], [`graph`], [`policy`] | model + patterns → graph of targets; unknown labels, cycles are errors; `check` and `build` hold the images to the workspace's policy |
 //! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`], [`import`]) + deps' output digests → blake3 key |
 //! | 4, 6 | read inputs | [`input`] | workspace files opened beneath the root's descriptor (no link out of it, regular files only), read within bounds and hashed as read: the same bytes for the key and the output |
 //! | 5 | execute | [`scheduler`], [`actions`], [`remote`] | key hit in [`cache`] → fresh; else a hit in the [`remote`] cache (a shared directory or Bazel's HTTP protocol) → its blobs fetched into [`cas`], verified; miss → the kind's action runs on a rayon worker, blobs into [`cas`], then uploaded |
@@ -17,7 +17,7 @@
 //!
 //! # Invariants
 //!
-//! 1. **Pure core.** [`label`], [`spec`], [`graph`] and [`action`] do no IO beyond the
+//! 1. **Pure core.** [`label`], [`spec`], [`graph`], [`policy`] and [`action`] do no IO beyond the
 //!    bytes handed to them; they are tested with strings.
 //! 2. **Nothing unstable enters a key**: no mtime, absolute path, environment
 //!    variable, clock, hostname, uid or completion order. Stat data only decides
@@ -44,6 +44,7 @@ pub mod cas;
 pub mod cli;
 pub mod commands;
 pub mod diag;
+pub mod docgen;
 pub mod fileset;
 pub mod gc;
 pub mod graph;
@@ -55,6 +56,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod policy;
 pub mod remote;
 pub mod report;
 pub mod scheduler;
@@ -82,6 +84,7 @@ mod architecture {
             ("sharing/mod.rs", include_str!("sharing/mod.rs")),
             ("sharing/human.rs", include_str!("sharing/human.rs")),
             ("sharing/html.rs", include_str!("sharing/html.rs")),
+            ("policy.rs", include_str!("policy.rs")),
         ];
         let forbidden = [
             "std::fs",

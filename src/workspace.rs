@@ -68,6 +68,8 @@ pub enum WorkspaceError {
 pub struct Workspace {
     pub root: PathBuf,
     pub config: WorkspaceConfig,
+    /// `imgc.kdl` in [`Workspace::sources`] (where `config`'s spans point).
+    pub config_file: FileId,
     pub sources: Sources,
     /// Sorted by package path. (Commands hand them over to the graph.)
     pub packages: Vec<Package>,
@@ -505,6 +507,7 @@ pub fn load(
         Workspace {
             root: root.to_path_buf(),
             config,
+            config_file: ws_file,
             sources,
             packages,
             parse_cache: pc.report,

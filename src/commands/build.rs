@@ -111,6 +111,11 @@ pub fn run_engine(
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
+    loaded.check_policy(
+        &loaded
+            .graph
+            .closure(&selected, petgraph::Direction::Outgoing),
+    )?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, false)?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,

@@ -1,4 +1,5 @@
-//! `imgc check [PATTERN...]`: parse and resolve everything, build nothing.
+//! `imgc check [PATTERN...]`: parse and resolve everything, hold the selected images
+//! to the workspace's policy, build nothing.
 
 use super::{CmdError, Context, Loaded};
 use crate::cli::CheckArgs;
@@ -9,6 +10,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     loaded.warn_without_cache();
     let roots = loaded.select(&args.patterns)?;
     let selected = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
+    loaded.check_policy(&selected)?;
     report::result(&format!(
         "ok: {} targets checked in {} packages",
         selected.len(),

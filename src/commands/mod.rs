@@ -5,7 +5,9 @@ pub mod build;
 pub mod cache;
 pub mod check;
 pub mod clean;
+pub mod completions;
 pub mod explain;
+pub mod man;
 pub mod query;
 pub mod sharing;
 
@@ -279,6 +281,29 @@ impl Loaded {
         Ok(selected)
     }
 
+    /// Holds the images of `within` (and the rules themselves) to the workspace's
+    /// `policy` (see [`crate::policy`]): any problem fails the command like a graph
+    /// diagnostic.
+    pub fn check_policy(
+        &self,
+        within: &std::collections::BTreeSet<NodeIndex>,
+    ) -> Result<(), CmdError> {
+        let diags = crate::policy::check(
+            &self.graph,
+            &self.ws.config.policy,
+            self.ws.config_file,
+            &self.ws.sources,
+            within,
+        );
+        if diags.is_empty() {
+            return Ok(());
+        }
+        Err(CmdError::Diagnostics {
+            sources: self.ws.sources.clone(),
+            diags,
+        })
+    }
+
     fn no_match(&self, p: &Pattern) -> Diag {
         let mut d = Diag::new(Code::NoMatch, format!("pattern `{p}` matches no target"));
         let labels: Vec<String> = self.graph.labels().map(|l| l.to_string()).collect();
@@ -320,5 +345,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Cache(c) => cache::run(&ctx, c),
         Command::Clean(args) => clean::run(&ctx, args),
         Command::Report(args) => sharing::run(&ctx, args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man => man::run(),
     }
 }

@@ -4,7 +4,7 @@
 //! build) can point at it. Nothing here does IO. Strings are as written;
 //! validated forms (labels, modes, owners) are parsed at lowering time.
 
-use crate::label::Label;
+use crate::label::{Label, Pattern};
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,9 @@ pub struct WorkspaceConfig {
     pub compression: Compression,
     pub platform: Platform,
     pub remote_cache: Option<String>,
+    /// The `policy` node (a sibling of `workspace` in imgc.kdl), empty if none.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl Default for WorkspaceConfig {
@@ -105,6 +108,38 @@ impl Default for WorkspaceConfig {
                 variant: None,
             },
             remote_cache: None,
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// The `policy` node of `imgc.kdl`: rules on the target graph, checked by
+/// [`crate::policy`] (`imgc check`, `imgc build`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The `require-base` rules, in the order written. An image in the scope of
+    /// several must satisfy each of them.
+    pub require_base: Vec<RequireBase>,
+}
+
+/// `require-base "LABEL" for="PATTERN"`: every image the pattern selects is built
+/// on `LABEL`, directly or through other images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequireBase {
+    /// The required base: an image or an import (checked against the graph).
+    pub base: Spanned<Label>,
+    /// `for=`, absolute; `None` when not written: every target (`//...`).
+    pub scope: Option<Spanned<Pattern>>,
+    /// The rule's node, without a children block (for "the policy in imgc.kdl:5").
+    pub span: SourceSpan,
+}
+
+impl RequireBase {
+    /// The targets the rule is about: `for=`, else `//...`.
+    pub fn pattern(&self) -> Pattern {
+        match &self.scope {
+            Some(p) => p.value.clone(),
+            None => Pattern::Recursive(String::new()),
         }
     }
 }

@@ -10,11 +10,11 @@
 //! referenced from the image's `layers` at the position where they were written.
 
 use crate::diag::{Code, Diag, did_you_mean};
-use crate::label::{Label, check_target_name};
+use crate::label::{Label, Pattern, check_target_name};
 use crate::spec::model::{
     BaseRef, Compression, CopySource, FileId, ImageSpec, ImportSource, ImportSpec, LayerEntry,
-    LayerSpec, Mode, Owner, Platform, Spanned, Target, TargetKind, WorkspaceConfig,
-    inline_layer_name,
+    LayerSpec, Mode, Owner, Platform, Policy, RequireBase, Spanned, Target, TargetKind,
+    WorkspaceConfig, inline_layer_name,
 };
 use crate::spec::paths::{Rejection, check_image_path, normalize_expose, normalize_source};
 use crate::spec::reader::{Ctx, Parts, head_span, name, value_span};
@@ -29,6 +29,8 @@ const WORKSPACE_NODES: &[&str] = &[
     "platform",
     "remote-cache",
 ];
+const WORKSPACE_FILE_NODES: &[&str] = &["workspace", "policy"];
+const POLICY_NODES: &[&str] = &["require-base"];
 const TARGET_NODES: &[&str] = &["layer", "image", "import"];
 const LAYER_NODES: &[&str] = &["copy", "text", "dir", "symlink", "owner"];
 const IMAGE_NODES: &[&str] = &[
@@ -59,9 +61,25 @@ pub fn parse_workspace_file(file: FileId, text: &str) -> (WorkspaceConfig, Vec<D
     let mut config = WorkspaceConfig::default();
     if let Some(doc) = cx.parse_kdl() {
         let mut first: Option<usize> = None;
+        let mut first_policy: Option<usize> = None;
         for node in doc.nodes() {
+            if name(node) == "policy" {
+                if let Some(line) = first_policy.map(|o| cx.line_of(o)) {
+                    let d = cx.diag(
+                        Code::Duplicate,
+                        node.name().span(),
+                        format!("`policy` is given twice (first on line {line})"),
+                        "given again here",
+                    );
+                    cx.push(d.help("merge both into one `policy { ... }`"));
+                    continue;
+                }
+                first_policy = Some(node.span().offset());
+                policy_node(&mut cx, node, &mut config.policy);
+                continue;
+            }
             if name(node) != "workspace" {
-                cx.unknown_node(node, "imgc.kdl", &["workspace"]);
+                cx.unknown_node(node, "imgc.kdl", WORKSPACE_FILE_NODES);
                 continue;
             }
             if let Some(line) = first.map(|o| cx.line_of(o)) {
@@ -100,6 +118,11 @@ fn workspace_node(cx: &mut Ctx, node: &KdlNode, config: &mut WorkspaceConfig) {
     for child in children.nodes() {
         if !WORKSPACE_NODES.contains(&name(child)) {
             cx.unknown_node(child, "`workspace`", WORKSPACE_NODES);
+            if name(child) == "policy"
+                && let Some(d) = cx.diags.last_mut()
+            {
+                d.help = Some("`policy { ... }` is a node of its own, beside `workspace`".into());
+            }
             continue;
         }
         cx.no_children(child);
@@ -146,6 +169,136 @@ fn workspace_setting(cx: &mut Ctx, node: &KdlNode, config: &mut WorkspaceConfig)
             if non_empty(cx, &s, "`remote-cache`") {
                 config.remote_cache = Some(s.value);
             }
+        }
+    }
+}
+
+// -- policy ------------------------------------------------------------------
+
+fn policy_node(cx: &mut Ctx, node: &KdlNode, policy: &mut Policy) {
+    let parts = cx.parts(node, Some(&[]));
+    cx.exact_args(node, &parts.args, 0, "no values");
+    for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
+        if !POLICY_NODES.contains(&name(child)) {
+            cx.unknown_node(child, "`policy`", POLICY_NODES);
+            continue;
+        }
+        cx.no_children(child);
+        let Some(rule) = require_base(cx, child) else {
+            continue;
+        };
+        let same = policy
+            .require_base
+            .iter()
+            .find(|r| r.base.value == rule.base.value && r.pattern() == rule.pattern());
+        if let Some(first) = same {
+            let line = cx.line_of(first.span.offset());
+            let d = cx.diag(
+                Code::Duplicate,
+                rule.span,
+                format!("this `require-base` rule is given twice (first on line {line})"),
+                "given again here",
+            );
+            cx.push(d.help("keep one of the two lines"));
+            continue;
+        }
+        policy.require_base.push(rule);
+    }
+}
+
+fn require_base(cx: &mut Ctx, node: &KdlNode) -> Option<RequireBase> {
+    let parts = cx.parts(node, Some(&["for"]));
+    let what = "the label of the required base, like `require-base \"//bases:runtime\"`";
+    let base = cx
+        .exact_args(node, &parts.args, 1, what)
+        .and_then(|args| cx.string(args[0], "the `require-base` label"))
+        .and_then(|s| policy_label(cx, &s));
+    let scope = match parts.prop("for") {
+        None => None,
+        Some(e) => {
+            let s = cx.string(e, "`for`")?;
+            Some(policy_pattern(cx, &s)?)
+        }
+    };
+    Some(RequireBase {
+        base: base?,
+        scope,
+        span: head_span(node),
+    })
+}
+
+/// The label of a required base: absolute (`//package:name`), as imgc.kdl
+/// belongs to no package.
+fn policy_label(cx: &mut Ctx, s: &Spanned<String>) -> Option<Spanned<Label>> {
+    let v = s.value.as_str();
+    let (why, help) = if v == "scratch" {
+        (
+            "`scratch` is no target: a policy requires an image or an import".to_string(),
+            "name the image or import every image in scope must be built on".to_string(),
+        )
+    } else if let Some(name) = v.strip_prefix(':') {
+        (
+            format!("`{v}` is relative, and imgc.kdl belongs to no package"),
+            format!("write the label in full: `//:{name}`"),
+        )
+    } else if !v.starts_with("//") {
+        (
+            format!("`{v}` is not a label"),
+            match v.contains(':') {
+                true => format!("did you mean `//{v}`?"),
+                false => "labels in imgc.kdl look like `//package:name`".to_string(),
+            },
+        )
+    } else {
+        match Label::parse_in(v, "") {
+            Ok(l) => return Some(Spanned::new(l, s.span)),
+            Err(e) => (e.0, "labels look like `//package:name`".to_string()),
+        }
+    };
+    let d = cx.diag(
+        Code::BadLabel,
+        s.span,
+        format!("bad label in `require-base`: {why}"),
+        "bad label",
+    );
+    cx.push(d.help(help));
+    None
+}
+
+/// The `for` of a rule: one absolute target pattern (`//...`, `//services/...`,
+/// `//services/api:all`, a label).
+fn policy_pattern(cx: &mut Ctx, s: &Spanned<String>) -> Option<Spanned<Pattern>> {
+    let v = s.value.as_str();
+    let parsed = if v.starts_with('-') {
+        Err((
+            format!("`{v}` subtracts, and `for` selects"),
+            "write the pattern the rule is about, like `//services/...`".to_string(),
+        ))
+    } else if !v.starts_with("//") {
+        Err((
+            format!("`{v}` is relative, and imgc.kdl belongs to no package"),
+            format!("write the pattern in full: `//{v}`"),
+        ))
+    } else {
+        Pattern::parse(v, "").map_err(|e| {
+            (
+                e.0,
+                "patterns look like `//...`, `//services/...`, `//services/api:all` or a label"
+                    .to_string(),
+            )
+        })
+    };
+    match parsed {
+        Ok(p) => Some(Spanned::new(p, s.span)),
+        Err((why, help)) => {
+            let d = cx.diag(
+                Code::BadLabel,
+                s.span,
+                format!("bad target pattern in `for`: {why}"),
+                "bad pattern",
+            );
+            cx.push(d.help(help));
+            None
         }
     }
 }

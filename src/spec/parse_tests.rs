@@ -584,7 +584,7 @@ fn mutate(rng: &mut XorShift, text: &str) -> String {
 #[test]
 fn mutations_never_panic() {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    let seeds = [WORKSPACE, LAYER, IMAGE, IMPORT];
+    let seeds = [WORKSPACE, LAYER, IMAGE, IMPORT, POLICY];
     let mut sources = crate::diag::Sources::default();
     for i in 0..3000 {
         let text = mutate(&mut rng, seeds[i % seeds.len()]);
@@ -679,4 +679,243 @@ fn copy_of_a_label_with_exclude_is_rejected() {
     // `mode` and `owner` apply to a label's outputs: no diagnostic.
     let (_, diags) = build(r#"layer "l" { copy ":other" to="/opt/" mode="0600" owner="1:1" }"#);
     assert!(diags.is_empty(), "{diags:#?}");
+}
+
+// -- policy (imgc.kdl) -------------------------------------------------------------
+
+const POLICY: &str = r#"workspace {}
+policy {
+    require-base "//bases:runtime" for="//services/..."
+    require-base "//third_party:debian"
+}
+"#;
+
+fn policy_diags(policy_body: &str) -> (Policy, Vec<Diag>, String) {
+    let text = format!("workspace {{}}\npolicy {{\n{policy_body}\n}}\n");
+    let (config, diags) = parse_workspace_file(0, &text);
+    (config.policy, diags, text)
+}
+
+#[test]
+fn policy_rules_parse_with_spans_and_default_scope() {
+    let (config, diags) = parse_workspace_file(0, POLICY);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let rules = &config.policy.require_base;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[0].base.value, Label::new("bases", "runtime"));
+    assert_eq!(
+        &POLICY[rules[0].base.span.offset()..][..rules[0].base.span.len()],
+        "\"//bases:runtime\""
+    );
+    let scope = rules[0].scope.as_ref().expect("for= was written");
+    assert_eq!(scope.value, Pattern::Recursive("services".into()));
+    assert_eq!(
+        &POLICY[scope.span.offset()..][..scope.span.len()],
+        "\"//services/...\""
+    );
+    assert_eq!(
+        &POLICY[rules[0].span.offset()..][..rules[0].span.len()],
+        "require-base \"//bases:runtime\" for=\"//services/...\""
+    );
+    // No `for`: every target.
+    assert_eq!(rules[1].base.value, Label::new("third_party", "debian"));
+    assert!(rules[1].scope.is_none());
+    assert_eq!(rules[1].pattern(), Pattern::Recursive(String::new()));
+    // Without a policy node, the policy is empty.
+    assert_eq!(
+        parse_workspace_file(0, "workspace {}").0.policy,
+        Policy::default()
+    );
+}
+
+#[test]
+fn policy_short_label_and_package_pattern() {
+    let (policy, diags, _) =
+        policy_diags(r#"require-base "//bases/runtime" for="//services/api:all""#);
+    assert!(diags.is_empty(), "{diags:#?}");
+    assert_eq!(
+        policy.require_base[0].base.value,
+        Label::new("bases/runtime", "runtime")
+    );
+    assert_eq!(
+        policy.require_base[0].pattern(),
+        Pattern::Package("services/api".into())
+    );
+}
+
+#[test]
+fn policy_unknown_child_and_property_suggest() {
+    let (policy, diags, text) = policy_diags(r#"require-bse "//bases:runtime""#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::UnknownNode);
+    assert_eq!(diags[0].message, "unknown node `require-bse` in `policy`");
+    assert_eq!(
+        diags[0].help.as_deref(),
+        Some("did you mean `require-base`?")
+    );
+    assert_eq!(spanned_text(&text, &diags[0]), "require-bse");
+    assert!(policy.require_base.is_empty());
+
+    let (policy, diags, text) =
+        policy_diags(r#"require-base "//bases:runtime" forr="//services/...""#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::UnknownProperty);
+    assert_eq!(diags[0].help.as_deref(), Some("did you mean `for`?"));
+    assert_eq!(spanned_text(&text, &diags[0]), r#"forr="//services/...""#);
+    // The rest of the rule still stands (with the default scope).
+    assert_eq!(policy.require_base.len(), 1);
+}
+
+#[test]
+fn policy_node_shape_errors() {
+    let text = "workspace {}\npolicy \"x\" {\n}\npolcy {\n}\n";
+    let (_, diags) = parse_workspace_file(0, text);
+    let codes: Vec<Code> = diags.iter().map(|d| d.code).collect();
+    assert_eq!(
+        codes,
+        [Code::TooManyValues, Code::UnknownNode],
+        "{diags:#?}"
+    );
+    assert_eq!(diags[1].help.as_deref(), Some("did you mean `policy`?"));
+
+    let text = "workspace {}\npolicy {\n}\npolicy {\n}\n";
+    let (_, diags) = parse_workspace_file(0, text);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::Duplicate);
+    assert_eq!(
+        diags[0].message,
+        "`policy` is given twice (first on line 2)"
+    );
+
+    // Inside `workspace` by mistake: the help says where it goes.
+    let text = "workspace {\n    policy {\n    }\n}\n";
+    let (_, diags) = parse_workspace_file(0, text);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::UnknownNode);
+    assert!(
+        diags[0]
+            .help
+            .as_deref()
+            .unwrap_or("")
+            .contains("beside `workspace`"),
+        "{diags:#?}"
+    );
+
+    let (_, diags, _) = policy_diags("require-base");
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::Missing);
+
+    let (_, diags, _) = policy_diags(r#"require-base "//a:b" "//c:d""#);
+    assert_eq!(diags[0].code, Code::TooManyValues, "{diags:#?}");
+
+    let (policy, diags, _) = policy_diags(r#"require-base "//a:b" for=1"#);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::WrongType);
+    // A rule whose scope is wrong is dropped, not widened to everything.
+    assert!(policy.require_base.is_empty());
+
+    let (_, diags, _) = policy_diags(r#"require-base "//a:b" { }"#);
+    assert_eq!(diags[0].code, Code::UnknownNode, "{diags:#?}");
+}
+
+#[test]
+fn policy_bad_labels_have_fixes() {
+    let cases = [
+        (r#""bases:runtime""#, "did you mean `//bases:runtime`?"),
+        (r#"":runtime""#, "write the label in full: `//:runtime`"),
+        (
+            r#""scratch""#,
+            "name the image or import every image in scope must be built on",
+        ),
+        (
+            r#""runtime""#,
+            "labels in imgc.kdl look like `//package:name`",
+        ),
+        (r#""//bases:run time""#, "labels look like `//package:name`"),
+        (r#""//""#, "labels look like `//package:name`"),
+    ];
+    for (value, help) in cases {
+        let (policy, diags, text) = policy_diags(&format!("require-base {value}"));
+        assert_eq!(diags.len(), 1, "{value}: {diags:#?}");
+        assert_eq!(diags[0].code, Code::BadLabel, "{value}");
+        assert!(
+            diags[0]
+                .message
+                .starts_with("bad label in `require-base`: "),
+            "{}",
+            diags[0].message
+        );
+        assert_eq!(diags[0].help.as_deref(), Some(help), "{value}");
+        assert_eq!(spanned_text(&text, &diags[0]), value);
+        assert!(policy.require_base.is_empty());
+    }
+}
+
+#[test]
+fn policy_bad_patterns_have_fixes() {
+    let cases = [
+        (
+            r#""services/...""#,
+            "write the pattern in full: `//services/...`",
+        ),
+        (r#"":api""#, "write the pattern in full: `//:api`"),
+        (
+            r#""-//services/legacy/...""#,
+            "write the pattern the rule is about, like `//services/...`",
+        ),
+        (
+            r#""//services/.../api""#,
+            "patterns look like `//...`, `//services/...`, `//services/api:all` or a label",
+        ),
+        (
+            r#""//""#,
+            "patterns look like `//...`, `//services/...`, `//services/api:all` or a label",
+        ),
+    ];
+    for (value, help) in cases {
+        let (policy, diags, text) =
+            policy_diags(&format!("require-base \"//bases:runtime\" for={value}"));
+        assert_eq!(diags.len(), 1, "{value}: {diags:#?}");
+        assert_eq!(diags[0].code, Code::BadLabel, "{value}");
+        assert!(
+            diags[0]
+                .message
+                .starts_with("bad target pattern in `for`: "),
+            "{}",
+            diags[0].message
+        );
+        assert_eq!(diags[0].help.as_deref(), Some(help), "{value}");
+        assert_eq!(spanned_text(&text, &diags[0]), value);
+        assert!(policy.require_base.is_empty(), "{value}");
+    }
+}
+
+#[test]
+fn policy_rule_given_twice_is_reported() {
+    let body = "require-base \"//bases:runtime\" for=\"//services/...\"\n\
+                require-base \"//bases:runtime\" for=\"//...\"\n\
+                require-base \"//bases:runtime\" for=\"//services/...\"";
+    let (policy, diags, text) = policy_diags(body);
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::Duplicate);
+    assert_eq!(
+        diags[0].message,
+        "this `require-base` rule is given twice (first on line 3)"
+    );
+    assert!(spanned_text(&text, &diags[0]).starts_with("require-base"));
+    assert_eq!(policy.require_base.len(), 2);
+    // `//...` written and `for` left out are the same scope.
+    let (_, diags, _) =
+        policy_diags("require-base \"//a:b\" for=\"//...\"\nrequire-base \"//a:b\"");
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(diags[0].code, Code::Duplicate);
+}
+
+#[test]
+fn policy_round_trips_through_the_parse_cache_format() {
+    let (config, diags) = parse_workspace_file(0, POLICY);
+    assert!(diags.is_empty());
+    let json = serde_json::to_string(&config).unwrap();
+    let back: WorkspaceConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
 }

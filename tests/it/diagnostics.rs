@@ -54,6 +54,7 @@ cases!(
     bad_label,
     invalid_value,
     several_errors,
+    not_on_required_base,
 );
 
 #[test]
