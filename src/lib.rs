@@ -46,6 +46,7 @@ pub mod commands;
 pub mod diag;
 pub mod fileset;
 pub mod gc;
+pub mod git;
 pub mod graph;
 pub mod hash;
 pub mod import;
