@@ -1,6 +1,7 @@
 //! One file per subcommand. Commands are thin: they resolve flags into settings,
 //! call the library, and hand results to [`crate::report`].
 
+pub mod affected;
 pub mod build;
 pub mod cache;
 pub mod check;
@@ -318,5 +319,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Explain(args) => explain::run(&ctx, args),
         Command::Cache(c) => cache::run(&ctx, c),
         Command::Clean(args) => clean::run(&ctx, args),
+        Command::Affected(args) => affected::run(&ctx, args),
     }
 }
