@@ -546,3 +546,53 @@ fn affected_covers_every_image_whose_digest_changes() {
     );
     assert_eq!(listed, moved);
 }
+
+#[test]
+fn query_rdeps_over_a_file_lists_the_layers_and_images_that_contain_it() {
+    let ws = Ws::new(&fixture_files());
+    let out = ws.ok(&["query", "rdeps", "svc/a/conf/prod.toml"]);
+    assert_eq!(stdout(&out), "//svc/a:a\n//svc/a:app\n");
+    let out = ws.ok(&["query", "rdeps", "bases/etc/passwd", "--kind", "image"]);
+    assert_eq!(
+        stdout(&out),
+        "//bases:runtime\n//svc/a:a\n//svc/b:b\n//svc/b:b-debug\n"
+    );
+    // Relative to the current directory, mixed with a pattern.
+    let out = ws
+        .cmd(&[
+            "query",
+            "rdeps",
+            "./static/index.html",
+            ":b",
+            "--kind",
+            "layer",
+        ])
+        .current_dir(ws.path("svc/b"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "//svc/b:app\n");
+    // Excluded, and in no layer at all: an error, with the target suggested
+    // when the word also names one.
+    let out = ws.run(&["query", "rdeps", "svc/a/conf/dev-local.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no layer or import reads `svc/a/conf/dev-local.toml`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ws
+        .cmd(&["query", "rdeps", "c"])
+        .current_dir(ws.path("svc"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("for the target, write `//svc/c:c`"),
+        "{}",
+        stderr(&out)
+    );
+    // Patterns work as before.
+    let out = ws.ok(&["query", "rdeps", "//svc/b:app"]);
+    assert_eq!(stdout(&out), "//svc/b:app\n//svc/b:b\n//svc/b:b-debug\n");
+}
