@@ -28,10 +28,15 @@
 //!   assumed to match something in it.
 //!
 //! Paths are compared by their words, as the spec wrote them, like expansion
-//! resolves them ([`crate::fileset::lexical_join`]): a source reached through a
-//! symbolic link to a directory is matched by the link's path, not by the path
-//! the link points to. A `copy ":target"` reads no path: the graph edge to that
-//! target carries its changes.
+//! resolves them ([`crate::fileset::lexical_join`]). Expansion follows
+//! symbolic links in a source's parent directories (and a glob's literal
+//! directory) while they stay inside the workspace, so `copy "lib/x"` with
+//! `lib` a link to `vendor/lib` reads `vendor/lib/x`, which is what git
+//! reports as changed. The command therefore hands [`Readers::with_links`] a
+//! resolver (the one IO this decision needs: [`crate::input::Root::locate`]),
+//! and a read whose path resolves elsewhere is matched under both paths. A
+//! `copy ":target"` reads no path: the graph edge to that target carries its
+//! changes.
 //!
 //! # Spec files
 //!
@@ -212,8 +217,52 @@ pub struct Readers {
     reads: Vec<(NodeIndex, Read)>,
 }
 
+/// Resolves a workspace-relative path through the symbolic links on its way
+/// (its last component too if the flag says so) to the path it leads to;
+/// `None` if it cannot be resolved (missing, or leading outside).
+pub type Resolve<'a> = &'a dyn Fn(&str, bool) -> Option<String>;
+
+impl Read {
+    /// The same read under the path `resolve` leads its path to, if that is
+    /// another path.
+    fn resolved(&self, resolve: Resolve<'_>) -> Option<Read> {
+        match self {
+            Read::Path { ws, pkg, excludes } if !ws.is_empty() => {
+                let to = resolve(ws, false).filter(|to| to != ws)?;
+                Some(Read::Path {
+                    ws: to,
+                    pkg: pkg.clone(),
+                    excludes: excludes.clone(),
+                })
+            }
+            Read::Glob {
+                base_ws,
+                base,
+                matcher,
+                excludes,
+            } if !base_ws.is_empty() => {
+                let to = resolve(base_ws, true).filter(|to| to != base_ws)?;
+                Some(Read::Glob {
+                    base_ws: to,
+                    base: base.clone(),
+                    matcher: matcher.clone(),
+                    excludes: excludes.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Readers {
+    /// The reads as the specs write them, links not resolved.
     pub fn of(graph: &Graph) -> Readers {
+        Readers::with_links(graph, &|_, _| None)
+    }
+
+    /// The reads, each also under the path `resolve` leads it to (see the
+    /// module docs).
+    pub fn with_links(graph: &Graph, resolve: Resolve<'_>) -> Readers {
         let mut reads = Vec::new();
         for n in graph.nodes() {
             let node = graph.node(n);
@@ -263,6 +312,11 @@ impl Readers {
                 TargetKind::Image(_) => {}
             }
         }
+        let aliases: Vec<(NodeIndex, Read)> = reads
+            .iter()
+            .filter_map(|(n, r)| r.resolved(resolve).map(|r| (*n, r)))
+            .collect();
+        reads.extend(aliases);
         Readers { reads }
     }
 
@@ -446,13 +500,13 @@ pub fn settings_change(old: &OldText, new: &WorkspaceConfig) -> Option<String> {
 /// Every target a change reaches directly, with why.
 pub fn direct_causes(
     graph: &Graph,
+    readers: &Readers,
     config: &WorkspaceConfig,
     changed: &[Changed],
     history: &History,
 ) -> BTreeMap<NodeIndex, BTreeSet<Cause>> {
     let mut out: BTreeMap<NodeIndex, BTreeSet<Cause>> = BTreeMap::new();
     let output_dir = config.output_dir.trim_end_matches('/');
-    let readers = Readers::of(graph);
     let mut add = |n: NodeIndex, c: Cause| {
         out.entry(n).or_default().insert(c);
     };
@@ -707,6 +761,35 @@ layer "text" {
     }
 
     #[test]
+    fn reads_through_links_are_matched_where_the_links_lead() {
+        let g = graph(&[(
+            "svc",
+            "layer \"a\" {\n    copy \"lib/x\" to=\"/x\"\n    copy \"gen/*.txt\" to=\"/t/\"\n}\n",
+        )]);
+        // `svc/lib` and `svc/gen` are links to directories elsewhere.
+        let resolve = |p: &str, follow: bool| -> Option<String> {
+            match (p, follow) {
+                ("svc/lib/x", false) => Some("vendor/lib/x".into()),
+                ("svc/gen", true) => Some("out/gen".into()),
+                _ => None,
+            }
+        };
+        let readers = Readers::with_links(&g, &resolve);
+        let hits = |path: &str| readers.reading(&Changed::file(path)).len();
+        assert_eq!(hits("vendor/lib/x"), 1);
+        assert_eq!(hits("svc/lib/x"), 1);
+        assert_eq!(hits("out/gen/a.txt"), 1);
+        assert_eq!(hits("out/gen/a.md"), 0);
+        assert_eq!(hits("vendor/lib/y"), 0);
+        assert_eq!(
+            Readers::of(&g)
+                .reading(&Changed::file("vendor/lib/x"))
+                .len(),
+            0
+        );
+    }
+
+    #[test]
     fn imports_read_their_layout_or_archive() {
         let g = graph(&[(
             "third_party",
@@ -851,7 +934,7 @@ layer "app" {
         let config = WorkspaceConfig::default();
         let run = |paths: &[&str]| -> Vec<(String, Vec<String>)> {
             let changed: Vec<Changed> = paths.iter().map(|p| Changed::file(*p)).collect();
-            let direct = direct_causes(&g, &config, &changed, &History::Listed);
+            let direct = direct_causes(&g, &Readers::of(&g), &config, &changed, &History::Listed);
             affected_images(&g, &direct)
                 .into_iter()
                 .map(|(l, c)| (l.to_string(), c.iter().map(|c| c.to_string()).collect()))

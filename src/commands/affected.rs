@@ -5,9 +5,10 @@
 //! line and stdin) and the old spec texts; [`crate::affected`] decides.
 
 use super::{CmdError, Context, Loaded};
-use crate::affected::{self, Cause, Changed, History};
+use crate::affected::{self, Cause, Changed, History, Readers};
 use crate::cli::{AffectedArgs, AffectedOutput};
 use crate::git::{GitError, Repo};
+use crate::graph::Graph;
 use crate::input::Root;
 use crate::label::Label;
 use crate::report;
@@ -21,6 +22,7 @@ pub fn run(ctx: &Context, args: AffectedArgs) -> Result<(), CmdError> {
     let loaded = Loaded::load(ctx)?;
     loaded.warn_without_cache();
     let ws = &loaded.ws;
+    let opened = Opened::new(&ws.root)?;
     let (changed, history) = match &args.since {
         Some(rev) => since(&ws.root, rev)?,
         None => {
@@ -32,7 +34,8 @@ pub fn run(ctx: &Context, args: AffectedArgs) -> Result<(), CmdError> {
                     paths.push(f.clone());
                 }
             }
-            let changed = changed_paths(ctx, &ws.root, &paths)?
+            let changed = opened
+                .changed_paths(ctx, &paths)?
                 .into_iter()
                 .filter_map(|(arg, c)| {
                     if c.is_none() {
@@ -49,7 +52,8 @@ pub fn run(ctx: &Context, args: AffectedArgs) -> Result<(), CmdError> {
             (changed, History::Listed)
         }
     };
-    let direct = affected::direct_causes(&loaded.graph, &ws.config, &changed, &history);
+    let readers = opened.readers(&loaded.graph);
+    let direct = affected::direct_causes(&loaded.graph, &readers, &ws.config, &changed, &history);
     let images = affected::affected_images(&loaded.graph, &direct);
     let total = loaded
         .graph
@@ -138,37 +142,67 @@ fn stdin_paths() -> Result<Vec<PathBuf>, CmdError> {
         .collect())
 }
 
-/// Each command-line path (relative to the current directory, or absolute)
-/// as a workspace-relative [`Changed`], `None` for one outside the workspace.
-/// A path that is a directory now (not followed through a symbolic link)
-/// stands for everything in it.
-pub(super) fn changed_paths(
-    ctx: &Context,
-    root: &Path,
-    paths: &[PathBuf],
-) -> Result<Vec<(PathBuf, Option<Changed>)>, CmdError> {
-    let env = |e: std::io::Error| {
-        CmdError::Env(format!(
-            "cannot open the workspace root `{}`: {e}",
-            root.display()
-        ))
-    };
-    let cwd = std::path::absolute(&ctx.cwd)
-        .map_err(|e| CmdError::Env(format!("cannot read the current directory: {e}")))?;
-    let canonical = std::fs::canonicalize(root).map_err(env)?;
-    let ws = Root::open(&canonical).map_err(env)?;
-    Ok(paths
-        .iter()
-        .map(|p| {
-            let c = affected::workspace_path(&[root, &canonical], &cwd, p).map(|rel| {
-                let dir = rel.is_empty()
-                    || ws
-                        .locate(Path::new(&rel), false)
-                        .and_then(|l| l.lstat())
-                        .is_ok_and(|s| s.is_dir());
-                Changed { path: rel, dir }
-            });
-            (p.clone(), c)
+/// The workspace root, opened: command-line paths and symbolic links in
+/// sources are looked at beneath it.
+pub(super) struct Opened {
+    root: PathBuf,
+    canonical: PathBuf,
+    dir: Root,
+}
+
+impl Opened {
+    pub(super) fn new(root: &Path) -> Result<Opened, CmdError> {
+        let env = |e: std::io::Error| {
+            CmdError::Env(format!(
+                "cannot open the workspace root `{}`: {e}",
+                root.display()
+            ))
+        };
+        let canonical = std::fs::canonicalize(root).map_err(env)?;
+        let dir = Root::open(&canonical).map_err(env)?;
+        Ok(Opened {
+            root: root.to_path_buf(),
+            canonical,
+            dir,
         })
-        .collect())
+    }
+
+    /// What every layer and import reads, also where symbolic links on the
+    /// way lead ([`Readers::with_links`]).
+    pub(super) fn readers(&self, graph: &Graph) -> Readers {
+        let resolve = |rel: &str, follow: bool| -> Option<String> {
+            let l = self.dir.locate(Path::new(rel), follow).ok()?;
+            l.resolved.to_str().map(str::to_string)
+        };
+        Readers::with_links(graph, &resolve)
+    }
+
+    /// Each command-line path (relative to the current directory, or
+    /// absolute) as a workspace-relative [`Changed`], `None` for one outside
+    /// the workspace. A path that is a directory now (not followed through a
+    /// symbolic link) stands for everything in it.
+    pub(super) fn changed_paths(
+        &self,
+        ctx: &Context,
+        paths: &[PathBuf],
+    ) -> Result<Vec<(PathBuf, Option<Changed>)>, CmdError> {
+        let cwd = std::path::absolute(&ctx.cwd)
+            .map_err(|e| CmdError::Env(format!("cannot read the current directory: {e}")))?;
+        let roots = [self.root.as_path(), self.canonical.as_path()];
+        Ok(paths
+            .iter()
+            .map(|p| {
+                let c = affected::workspace_path(&roots, &cwd, p).map(|rel| {
+                    let dir = rel.is_empty()
+                        || self
+                            .dir
+                            .locate(Path::new(&rel), false)
+                            .and_then(|l| l.lstat())
+                            .is_ok_and(|s| s.is_dir());
+                    Changed { path: rel, dir }
+                });
+                (p.clone(), c)
+            })
+            .collect())
+    }
 }

@@ -5,7 +5,7 @@
 //! its roots, as targets are for a pattern.
 
 use super::{CmdError, Context, Loaded};
-use crate::affected::{self, Readers};
+use crate::affected;
 use crate::cli::{QueryCommand, QueryOutput, TargetKindFilter};
 use crate::diag::{Code, Diag, Sources};
 use crate::graph::{EdgeKind, Graph};
@@ -59,10 +59,11 @@ fn path_roots(
     paths: &[&String],
 ) -> Result<Vec<NodeIndex>, CmdError> {
     let args: Vec<std::path::PathBuf> = paths.iter().map(std::path::PathBuf::from).collect();
-    let readers = Readers::of(&loaded.graph);
+    let opened = super::affected::Opened::new(&loaded.ws.root)?;
+    let readers = opened.readers(&loaded.graph);
     let mut roots = Vec::new();
     let mut diags = Vec::new();
-    for (arg, changed) in super::affected::changed_paths(ctx, &loaded.ws.root, &args)? {
+    for (arg, changed) in opened.changed_paths(ctx, &args)? {
         let Some(changed) = changed else {
             return Err(CmdError::Usage(format!(
                 "`{}` is outside the workspace",

@@ -596,3 +596,27 @@ fn query_rdeps_over_a_file_lists_the_layers_and_images_that_contain_it() {
     let out = ws.ok(&["query", "rdeps", "//svc/b:app"]);
     assert_eq!(stdout(&out), "//svc/b:app\n//svc/b:b\n//svc/b:b-debug\n");
 }
+
+/// Expansion follows links in a source's parent directories (inside the
+/// workspace); git reports the file where the link leads.
+#[test]
+fn a_source_reached_through_a_symbolic_link_is_affected_where_the_link_leads() {
+    let ws = repo();
+    ws.write("vendor/lib/libx.so", "x\n");
+    ws.write("vendor/gen/a.txt", "a\n");
+    std::os::unix::fs::symlink("../../vendor/lib", ws.path("svc/c/lib")).unwrap();
+    std::os::unix::fs::symlink("../../vendor/gen", ws.path("svc/c/gen")).unwrap();
+    ws.write(
+        "svc/c/BUILD.kdl",
+        "layer \"l\" {\n    copy \"lib/libx.so\" to=\"/lib/\"\n    copy \"gen/*.txt\" to=\"/gen/\"\n}\nimage \"c\" {\n    from \"scratch\"\n    layers \":l\"\n}\n",
+    );
+    ws.build(&[]);
+    commit_all(ws.root(), "links");
+    ws.write("vendor/lib/libx.so", "y\n");
+    assert_eq!(since(&ws, "HEAD"), ["//svc/c:c"]);
+    git(ws.root(), &["checkout", "-q", "--", "."]);
+    ws.write("vendor/gen/b.txt", "b\n");
+    assert_eq!(since(&ws, "HEAD"), ["//svc/c:c"]);
+    let out = ws.ok(&["query", "rdeps", "vendor/lib/libx.so"]);
+    assert_eq!(stdout(&out), "//svc/c:c\n//svc/c:l\n");
+}
