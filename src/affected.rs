@@ -153,6 +153,14 @@ enum Read {
 }
 
 impl Read {
+    /// The path everything this reads is at or below.
+    fn anchor(&self) -> &str {
+        match self {
+            Read::Path { ws, .. } => ws,
+            Read::Glob { base_ws, .. } => base_ws,
+        }
+    }
+
     fn reads(&self, c: &Changed) -> bool {
         match self {
             Read::Path { ws, pkg, excludes } => {
@@ -212,9 +220,16 @@ fn excludes(patterns: &[crate::spec::model::Spanned<String>]) -> Option<GlobSet>
 
 /// What every layer and import of a graph reads, to find the targets that
 /// read a changed path.
+///
+/// Reads are indexed by their anchor (a path's source, a glob's literal
+/// directory): only the reads anchored at a changed path, at one of its
+/// ancestors or below it can read it, so a change costs a few map lookups
+/// plus the reads it may concern, not a pass over every read of the
+/// workspace.
 #[derive(Debug)]
 pub struct Readers {
     reads: Vec<(NodeIndex, Read)>,
+    by_anchor: BTreeMap<String, Vec<usize>>,
 }
 
 /// Resolves a workspace-relative path through the symbolic links on its way
@@ -317,15 +332,39 @@ impl Readers {
             .filter_map(|(n, r)| r.resolved(resolve).map(|r| (*n, r)))
             .collect();
         reads.extend(aliases);
-        Readers { reads }
+        let mut by_anchor: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, (_, r)) in reads.iter().enumerate() {
+            by_anchor.entry(r.anchor().to_string()).or_default().push(i);
+        }
+        Readers { reads, by_anchor }
     }
 
     /// The layers and imports that read `changed` (see the module docs).
     pub fn reading(&self, changed: &Changed) -> BTreeSet<NodeIndex> {
-        self.reads
-            .iter()
-            .filter(|(_, r)| r.reads(changed))
-            .map(|(n, _)| *n)
+        let p = changed.path.as_str();
+        // Anchored at `p` or one of its ancestors (the root `""` included)...
+        let mut anchors: Vec<&str> = vec![""];
+        anchors.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
+        if !p.is_empty() {
+            anchors.push(p);
+        }
+        let mut candidates: BTreeSet<usize> = anchors
+            .into_iter()
+            .filter_map(|a| self.by_anchor.get(a))
+            .flatten()
+            .copied()
+            .collect();
+        // ... or below it (`/` + 1 is `0`).
+        let below: Box<dyn Iterator<Item = (&String, &Vec<usize>)>> = if p.is_empty() {
+            Box::new(self.by_anchor.iter())
+        } else {
+            Box::new(self.by_anchor.range(format!("{p}/")..format!("{p}0")))
+        };
+        candidates.extend(below.flat_map(|(_, v)| v.iter().copied()));
+        candidates
+            .into_iter()
+            .filter(|i| self.reads[*i].1.reads(changed))
+            .map(|i| self.reads[i].0)
             .collect()
     }
 }
@@ -758,6 +797,51 @@ layer "text" {
         );
         // the root stands for everything
         assert_eq!(reading(&g, "", true).len(), 6);
+    }
+
+    /// The anchor index finds exactly what a pass over every read finds.
+    #[test]
+    fn the_index_agrees_with_every_read() {
+        let g = graph(&[
+            ("svc", APP),
+            ("", "layer \"top\" {\n    copy \"*.md\" to=\"/doc/\"\n}\n"),
+            ("shared", "layer \"c\" {\n    copy \"certs\" to=\"/c\"\n}\n"),
+        ]);
+        let readers = Readers::of(&g);
+        let paths = [
+            "",
+            "svc",
+            "svc/bin",
+            "svc/bin/server",
+            "svc/bin/server/x",
+            "svc/conf/a.toml",
+            "svc/conf/dev-a.toml",
+            "svc/static/tmp/x",
+            "svc/docs/a/b.md",
+            "shared",
+            "shared/certs",
+            "shared/certs/a",
+            "sharedx/certs",
+            "README.md",
+            "a/README.md",
+            "svc0",
+        ];
+        for p in paths {
+            for dir in [false, true] {
+                let c = Changed {
+                    path: p.into(),
+                    dir,
+                };
+                let all: BTreeSet<NodeIndex> = readers
+                    .reads
+                    .iter()
+                    .filter(|(_, r)| r.reads(&c))
+                    .map(|(n, _)| *n)
+                    .collect();
+                assert_eq!(readers.reading(&c), all, "{p} {dir}");
+            }
+        }
+        assert_eq!(reading(&g, "README.md", false), ["//:top"]);
     }
 
     #[test]
