@@ -99,7 +99,7 @@ pub enum Command {
     Cache(CacheCommand),
     /// Remove what imgc wrote in the output directory (and, with --cache, the local cache).
     Clean(CleanArgs),
-    /// List the images whose output can change because of changed files (for CI).
+    /// List the images that changed files affect (for CI).
     Affected(AffectedArgs),
 }
 

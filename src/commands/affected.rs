@@ -89,13 +89,21 @@ pub fn render_labels(images: &BTreeMap<Label, BTreeSet<Cause>>) -> String {
 
 /// A JSON array of `{label, because}`, `because` sorted.
 pub fn render_json(images: &BTreeMap<Label, BTreeSet<Cause>>) -> String {
-    let items: Vec<serde_json::Value> = images
+    #[derive(serde::Serialize)]
+    struct Item {
+        label: String,
+        because: Vec<String>,
+    }
+    let items: Vec<Item> = images
         .iter()
         .map(|(label, causes)| {
             let mut because: Vec<String> = causes.iter().map(|c| c.to_string()).collect();
             because.sort();
             because.dedup();
-            serde_json::json!({"label": label.to_string(), "because": because})
+            Item {
+                label: label.to_string(),
+                because,
+            }
         })
         .collect();
     serde_json::to_string_pretty(&items).unwrap_or_default()

@@ -216,10 +216,9 @@ fn a_build_kdl_edit_affects_only_the_targets_it_changes() {
     );
     assert_eq!(since(&ws, "HEAD"), ["//svc/b:b-debug"]);
     let out = ws.ok(&["affected", "--since", "HEAD", "--output", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        v,
-        serde_json::json!([{"label": "//svc/b:b-debug", "because": ["svc/b/BUILD.kdl: //svc/b:b-debug changed"]}])
+        stdout(&out),
+        "[\n  {\n    \"label\": \"//svc/b:b-debug\",\n    \"because\": [\n      \"svc/b/BUILD.kdl: //svc/b:b-debug changed\"\n    ]\n  }\n]\n"
     );
     commit_all(ws.root(), "debug 2");
     assert_eq!(since(&ws, "HEAD~1"), ["//svc/b:b-debug"]);
