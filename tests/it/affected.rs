@@ -459,7 +459,13 @@ fn a_workspace_in_a_subdirectory_of_the_repository() {
 #[test]
 fn since_outside_a_git_repository_or_with_an_unknown_revision_fails() {
     let ws = Ws::new(&fixture_files());
-    let out = ws.run(&["affected", "--since", "HEAD"]);
+    // Even if the temp directory is inside some repository, git must not
+    // look above the workspace.
+    let out = ws
+        .cmd(&["affected", "--since", "HEAD"])
+        .env("GIT_CEILING_DIRECTORIES", ws.root().parent().unwrap())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
