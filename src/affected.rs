@@ -77,8 +77,9 @@
 use crate::fileset::{glob, glob_base, lexical_join};
 use crate::graph::Graph;
 use crate::label::Label;
-use crate::spec::model::WorkspaceConfig;
-use crate::spec::model::{CopySource, ImportSource, LayerEntry, Target, TargetKind};
+use crate::spec::model::{
+    CopySource, ImportSource, LayerEntry, Target, TargetKind, WorkspaceConfig,
+};
 use crate::workspace::{BUILD_FILE, WORKSPACE_FILE};
 use globset::{GlobMatcher, GlobSet, GlobSetBuilder};
 use petgraph::Direction;
