@@ -105,6 +105,8 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print imgc's man page (roff) on stdout: `imgc man | man -l -`.
     Man,
+    /// List the images that changed files affect (for CI).
+    Affected(AffectedArgs),
 }
 
 #[derive(Debug, Args)]
@@ -280,4 +282,34 @@ pub struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_enum, value_name = "SHELL")]
     pub shell: crate::docgen::CompletionShell,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("changes").required(true).args(["since", "files"])))]
+pub struct AffectedArgs {
+    /// The files that differ between GIT_REV and the working tree (committed,
+    /// staged, unstaged, untracked), as git lists them; spec files are compared
+    /// with their text at GIT_REV.
+    #[arg(long, value_name = "GIT_REV")]
+    pub since: Option<String>,
+
+    /// The changed files, relative to the current directory (a directory stands
+    /// for everything in it); `-` reads newline-separated paths from stdin.
+    /// Deleted files count. With no old text to compare, a listed BUILD.kdl
+    /// affects every target of its package, a listed imgc.kdl every target.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "since")]
+    pub files: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = AffectedOutput::Label)]
+    pub output: AffectedOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AffectedOutput {
+    /// One image label per line, sorted.
+    Label,
+    /// A JSON array of {label, because}: the changed paths and spec changes
+    /// that reach each image.
+    Json,
 }

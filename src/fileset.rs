@@ -503,7 +503,9 @@ impl<'a> Excludes<'a> {
     }
 }
 
-fn glob(pattern: &str) -> Result<Glob, Diag> {
+/// A source or `exclude` glob as expansion matches it (also used by
+/// [`crate::affected`], which must decide exactly as expansion does).
+pub(crate) fn glob(pattern: &str) -> Result<Glob, Diag> {
     GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
@@ -735,7 +737,7 @@ fn copy_dir(
 
 /// The literal directory of a glob: its components before the first one
 /// holding a metacharacter (empty for the package directory).
-fn glob_base(pattern: &str) -> &str {
+pub(crate) fn glob_base(pattern: &str) -> &str {
     let mut end = 0;
     for c in pattern.split('/') {
         if c.contains(['*', '?', '[', '{']) {

@@ -39,6 +39,7 @@
 
 pub mod action;
 pub mod actions;
+pub mod affected;
 pub mod cache;
 pub mod cas;
 pub mod cli;
@@ -47,6 +48,7 @@ pub mod diag;
 pub mod docgen;
 pub mod fileset;
 pub mod gc;
+pub mod git;
 pub mod graph;
 pub mod hash;
 pub mod import;
@@ -76,6 +78,7 @@ mod architecture {
             ("graph.rs", include_str!("graph.rs")),
             ("action.rs", include_str!("action.rs")),
             ("listing.rs", include_str!("listing.rs")),
+            ("affected.rs", include_str!("affected.rs")),
             ("spec/model.rs", include_str!("spec/model.rs")),
             ("spec/parse.rs", include_str!("spec/parse.rs")),
             ("spec/reader.rs", include_str!("spec/reader.rs")),

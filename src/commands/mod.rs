@@ -1,6 +1,7 @@
 //! One file per subcommand. Commands are thin: they resolve flags into settings,
 //! call the library, and hand results to [`crate::report`].
 
+pub mod affected;
 pub mod build;
 pub mod cache;
 pub mod check;
@@ -347,5 +348,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Report(args) => sharing::run(&ctx, args),
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
+        Command::Affected(args) => affected::run(&ctx, args),
     }
 }

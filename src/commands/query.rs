@@ -1,8 +1,15 @@
 //! `imgc query targets|deps|rdeps PATTERN... [--output label|json|dot]`.
+//!
+//! `rdeps` also takes paths (see [`crate::affected::is_path_argument`]): the
+//! layers and imports that read a path ([`crate::affected::Readers`]) are
+//! its roots, as targets are for a pattern.
 
 use super::{CmdError, Context, Loaded};
+use crate::affected;
 use crate::cli::{QueryCommand, QueryOutput, TargetKindFilter};
+use crate::diag::{Code, Diag, Sources};
 use crate::graph::{EdgeKind, Graph};
+use crate::label::Pattern;
 use crate::report;
 use crate::spec::model::TargetKind;
 use petgraph::Direction;
@@ -18,7 +25,18 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
     };
     let loaded = Loaded::load(ctx)?;
     loaded.warn_without_cache();
-    let roots = loaded.select(&args.patterns)?;
+    let (paths, patterns): (Vec<&String>, Vec<&String>) = args
+        .patterns
+        .iter()
+        .partition(|a| dir == Some(Direction::Incoming) && affected::is_path_argument(a));
+    let mut roots = if patterns.is_empty() {
+        Vec::new()
+    } else {
+        loaded.select(&patterns.into_iter().cloned().collect::<Vec<_>>())?
+    };
+    if !paths.is_empty() {
+        roots.extend(path_roots(ctx, &loaded, &paths)?);
+    }
     let set: BTreeSet<NodeIndex> = match dir {
         None => roots.into_iter().collect(),
         Some(d) => loaded.graph.closure(&roots, d),
@@ -31,6 +49,52 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
     result.sort_by(|a, b| g.node(*a).label.cmp(&g.node(*b).label));
     report::result(render(g, &result, args.output).trim_end());
     Ok(())
+}
+
+/// The layers and imports that read each path; a path that none reads is an
+/// error (as a pattern that selects nothing is).
+fn path_roots(
+    ctx: &Context,
+    loaded: &Loaded,
+    paths: &[&String],
+) -> Result<Vec<NodeIndex>, CmdError> {
+    let args: Vec<std::path::PathBuf> = paths.iter().map(std::path::PathBuf::from).collect();
+    let opened = super::affected::Opened::new(&loaded.ws.root)?;
+    let readers = opened.readers(&loaded.graph);
+    let mut roots = Vec::new();
+    let mut diags = Vec::new();
+    for (arg, changed) in opened.changed_paths(ctx, &args)? {
+        let Some(changed) = changed else {
+            return Err(CmdError::Usage(format!(
+                "`{}` is outside the workspace",
+                arg.display()
+            )));
+        };
+        let found = readers.reading(&changed);
+        if found.is_empty() {
+            diags.push(nothing_reads(loaded, &arg.to_string_lossy(), &changed.path));
+        }
+        roots.extend(found);
+    }
+    if !diags.is_empty() {
+        return Err(CmdError::Diagnostics {
+            sources: Sources::default(),
+            diags,
+        });
+    }
+    Ok(roots)
+}
+
+fn nothing_reads(loaded: &Loaded, arg: &str, rel: &str) -> Diag {
+    let shown = if rel.is_empty() { "." } else { rel };
+    let d = Diag::new(Code::NoMatch, format!("no layer or import reads `{shown}`"));
+    // `api` is a path to rdeps; the user may have meant the target.
+    match Pattern::parse(arg, &loaded.cwd_package) {
+        Ok(Pattern::Target(l)) if loaded.graph.get(&l).is_some() => d.help(format!(
+            "arguments without `//` or `:` are paths; for the target, write `{l}`"
+        )),
+        _ => d.help("paths are relative to the current directory"),
+    }
 }
 
 fn kind_matches(g: &Graph, n: NodeIndex, filter: Option<TargetKindFilter>) -> bool {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod affected;
 mod build;
 mod cache_gc;
 mod cli;
