@@ -13,6 +13,7 @@
 //! | 6 | assemble | [`layer`], [`oci`], [`import`], [`listing`] | layers (each with a listing of its paths), config, manifest; the stack of layers checked against destroying lower paths: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
+//! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //!
 //! # Invariants
 //!
@@ -54,6 +55,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod plan;
 pub mod remote;
 pub mod report;
 pub mod scheduler;
@@ -72,6 +74,7 @@ mod architecture {
             ("graph.rs", include_str!("graph.rs")),
             ("action.rs", include_str!("action.rs")),
             ("listing.rs", include_str!("listing.rs")),
+            ("plan.rs", include_str!("plan.rs")),
             ("spec/model.rs", include_str!("spec/model.rs")),
             ("spec/parse.rs", include_str!("spec/parse.rs")),
             ("spec/reader.rs", include_str!("spec/reader.rs")),

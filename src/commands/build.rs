@@ -4,6 +4,7 @@ use super::{CmdError, Context, Loaded};
 use crate::actions::ActionError;
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
+use crate::plan::{Plan, Step};
 use crate::report::{Event, Reporter};
 use crate::scheduler::{Engine, Outcome, Params, Settings, Summary};
 use petgraph::graph::NodeIndex;
@@ -109,6 +110,9 @@ pub fn run_engine(
 }
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
+    if args.dry_run {
+        return plan(ctx, args);
+    }
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, false)?;
@@ -163,4 +167,30 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         )));
     }
     Ok(())
+}
+
+/// `imgc build --dry-run`: the engine's dry run over the selection, reported as
+/// a [`Plan`]. Nothing runs and nothing is written: no layout, no blob, no row of
+/// the cache (not even the parse cache); the remote cache is not consulted.
+/// Exits 1 if a target cannot be planned (the build would fail there).
+fn plan(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
+    let mut loaded = Loaded::load_read_only(ctx)?;
+    let selected = loaded.select(&args.patterns)?;
+    // Keep going: a plan lists every target, also past one that cannot be keyed.
+    let settings = settings(ctx, &loaded, args.jobs, true, true)?;
+    let json = args.message_format == MessageFormat::Json;
+    let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
+    if !json {
+        reporter = reporter.quiet();
+    }
+    let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
+    let plan = Plan::new(&loaded.graph, &summary.outcomes);
+    reporter.event(&Event::Plan { plan: &plan });
+    match plan.count(Step::Fail) {
+        0 => Ok(()),
+        n => Err(CmdError::Failed(format!(
+            "{n} target{} cannot be planned: the build would fail",
+            if n == 1 { "" } else { "s" }
+        ))),
+    }
 }

@@ -15,6 +15,7 @@ mod differential;
 mod imports;
 mod layers;
 mod parse_cache;
+mod plan;
 mod remote_dir;
 mod remote_http;
 mod remote_http_server;
