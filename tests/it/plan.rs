@@ -204,6 +204,13 @@ fn dry_run_human_plan_groups_targets_with_their_reasons() {
     let out = ws.ok(&["build", "--dry-run", "//services/..."]);
     assert_eq!(stderr(&out), "", "a plan prints no progress");
     insta::assert_snapshot!("base_change_plan", stdout(&out));
+    let book =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("book/src/commands.md"))
+            .unwrap();
+    assert!(
+        book.contains(&format!("```text\n{}```", stdout(&out))),
+        "book/src/commands.md shows this very plan"
+    );
 }
 
 #[test]
