@@ -126,6 +126,11 @@ pub struct BuildArgs {
     /// How to report progress and results on stdout.
     #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
     pub message_format: MessageFormat,
+
+    /// Print the plan (which layers would be rebuilt, which images re-assembled,
+    /// what is reused) and build nothing: nothing runs, nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

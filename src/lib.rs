@@ -13,6 +13,7 @@
 //! | 6 | assemble | [`layer`], [`oci`], [`import`], [`listing`] | layers (each with a listing of its paths), config, manifest; the stack of layers checked against destroying lower paths: cached actions too (early cutoff) |
 //! | 7 | materialize | [`oci`], [`output`] | an OCI image layout per image, blobs hard-linked from the CAS; only where imgc may write (marked, no links followed) |
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
+//! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
 //!
 //! # Invariants
@@ -58,6 +59,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod plan;
 pub mod policy;
 pub mod remote;
 pub mod report;
@@ -78,6 +80,7 @@ mod architecture {
             ("graph.rs", include_str!("graph.rs")),
             ("action.rs", include_str!("action.rs")),
             ("listing.rs", include_str!("listing.rs")),
+            ("plan.rs", include_str!("plan.rs")),
             ("affected.rs", include_str!("affected.rs")),
             ("spec/model.rs", include_str!("spec/model.rs")),
             ("spec/parse.rs", include_str!("spec/parse.rs")),

@@ -164,9 +164,11 @@ pub enum Event<'a> {
         key: &'a Key,
         bytes: u64,
     },
-    /// Dry runs: this action would run.
+    /// Dry runs: this action would run, as `step` of the plan.
     WouldRun {
         label: &'a Label,
+        kind: &'a str,
+        step: crate::plan::Step,
         reason: &'a str,
     },
     Failed {
@@ -189,6 +191,10 @@ pub enum Event<'a> {
     /// A stale layout (of an image that no longer exists) was removed from `path`.
     Removed {
         path: &'a Path,
+    },
+    /// The plan of a dry run (`imgc build --dry-run`), after its other events.
+    Plan {
+        plan: &'a crate::plan::Plan,
     },
 }
 
@@ -287,9 +293,14 @@ impl Reporter {
             Event::Uploaded { label, key, bytes } => json!({
                 "event": "uploaded", "label": label.to_string(), "key": key.to_hex(), "bytes": bytes
             }),
-            Event::WouldRun { label, reason } => {
-                json!({"event": "would-run", "label": label.to_string(), "reason": reason})
-            }
+            Event::WouldRun {
+                label,
+                kind,
+                step,
+                reason,
+            } => json!({
+                "event": "would-run", "label": label.to_string(), "kind": kind, "step": step.name(), "reason": reason
+            }),
             Event::Failed { label, error } => {
                 json!({"event": "failed", "label": label.to_string(), "error": self.error_text(error)})
             }
@@ -306,6 +317,11 @@ impl Reporter {
             Event::Warning { message } => json!({"event": "warning", "message": message}),
             Event::Removed { path } => {
                 json!({"event": "removed", "path": self.relative(path)})
+            }
+            Event::Plan { plan } => {
+                let mut v = plan.to_json();
+                v.insert("event".into(), "plan".into());
+                serde_json::Value::Object(v)
             }
         };
         self.json_line(v);
@@ -409,6 +425,12 @@ impl Reporter {
                 "removed the stale layout `{}`",
                 escape_controls(&self.relative(path))
             )),
+            Event::Plan { plan } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                result(plan.render().trim_end());
+            }
         }
     }
 

@@ -25,7 +25,8 @@
 //!   last builds, memo rows, blob checks, layouts, repairs) in a [`Batch`] and
 //!   commits it every [`COMMIT_EVERY`] and at the end, in short transactions: the
 //!   SQLite write lock is never held while actions run, so other builds and
-//!   commands on the same cache proceed. A dry run (`imgc explain`) commits nothing.
+//!   commands on the same cache proceed. A dry run (`imgc explain`, `imgc build
+//!   --dry-run`) commits nothing.
 //! * **Repairs invalidate layouts**: a blob found damaged, or replaced by a publish,
 //!   is recorded as repaired, which drops every remembered layout naming it, in
 //!   every checkout sharing the cache: those layouts may hard-link the damaged file,
@@ -616,8 +617,11 @@ impl Engine<'_> {
         summary: &mut Summary,
         waiting: &mut BTreeMap<NodeIndex, usize>,
     ) -> Vec<NodeIndex> {
+        let node = self.graph.node(n);
         self.reporter.event(&Event::WouldRun {
-            label: &self.graph.node(n).label,
+            label: &node.label,
+            kind: node.kind_name(),
+            step: crate::plan::Step::for_kind(&node.target.kind),
             reason: &reason.to_string(),
         });
         summary.outcomes.insert(n, Outcome::WouldRun(reason));

@@ -364,6 +364,8 @@ pub fn build_file_path(package: &str) -> String {
 /// The parse cache as used by one load: turns itself off at the first failure.
 struct ParseCache<'c> {
     cache: Option<&'c mut Cache>,
+    /// Whether new results are stored and hits marked used (not in a read-only load).
+    store: bool,
     report: ParseCacheReport,
 }
 
@@ -383,7 +385,7 @@ impl ParseCache<'_> {
     }
 
     fn put(&mut self, entries: &[(Key, String)], touch: &[Key]) {
-        let Some(cache) = self.cache.as_deref_mut() else {
+        let Some(cache) = self.cache.as_deref_mut().filter(|_| self.store) else {
             return;
         };
         match cache.put_parsed(entries, touch) {
@@ -428,8 +430,26 @@ pub fn load(
     root: &Path,
     cache: Option<&mut Cache>,
 ) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+    load_with(root, cache, true)
+}
+
+/// Like [`load`], but leaves the parse cache as it was: its hits are used, but
+/// nothing is stored or marked used (for dry runs, which write nothing).
+pub fn load_read_only(
+    root: &Path,
+    cache: Option<&mut Cache>,
+) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+    load_with(root, cache, false)
+}
+
+fn load_with(
+    root: &Path,
+    cache: Option<&mut Cache>,
+    store: bool,
+) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
     let mut pc = ParseCache {
         cache,
+        store,
         report: ParseCacheReport::default(),
     };
     let mut sources = Sources::default();
@@ -657,6 +677,22 @@ mod tests {
         assert_eq!(summary(&cold), summary(&warm));
         let (uncached, _) = load(dir.path(), None).unwrap();
         assert_eq!(summary(&uncached), summary(&warm));
+    }
+
+    #[test]
+    fn a_read_only_load_uses_the_parse_cache_and_stores_nothing() {
+        let dir = small_workspace();
+        let mut cache = Cache::open_in_memory().unwrap();
+        let (cold, _) = load_read_only(dir.path(), Some(&mut cache)).unwrap();
+        assert_eq!((cold.parse_cache.parsed, cold.parse_cache.stored), (2, 0));
+        let (again, _) = load(dir.path(), Some(&mut cache)).unwrap();
+        assert_eq!(
+            again.parse_cache.hits, 0,
+            "the read-only load stored nothing"
+        );
+        let (warm, _) = load_read_only(dir.path(), Some(&mut cache)).unwrap();
+        assert_eq!((warm.parse_cache.hits, warm.parse_cache.parsed), (2, 0));
+        assert_eq!(summary(&cold), summary(&warm));
     }
 
     #[test]

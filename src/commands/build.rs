@@ -4,6 +4,7 @@ use super::{CmdError, Context, Loaded};
 use crate::actions::ActionError;
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
+use crate::plan::{Plan, Step};
 use crate::report::{Event, Reporter};
 use crate::scheduler::{Engine, Outcome, Params, Settings, Summary};
 use petgraph::graph::NodeIndex;
@@ -109,13 +110,12 @@ pub fn run_engine(
 }
 
 pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
+    if args.dry_run {
+        return plan(ctx, args);
+    }
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
-    loaded.check_policy(
-        &loaded
-            .graph
-            .closure(&selected, petgraph::Direction::Outgoing),
-    )?;
+    check_policy(&loaded, &selected)?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, false)?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,
@@ -168,4 +168,41 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         )));
     }
     Ok(())
+}
+
+/// `imgc build --dry-run`: the engine's dry run over the selection, reported as
+/// a [`Plan`]. Nothing runs and nothing is written: no layout, no blob, no row of
+/// the cache (not even the parse cache); the remote cache is not consulted.
+/// Exits 1 if a target cannot be planned (the build would fail there).
+/// The policy of imgc.kdl over the selection and what it depends on: a build
+/// (and its plan) refuses images the policy forbids before any work.
+fn check_policy(loaded: &Loaded, selected: &[NodeIndex]) -> Result<(), CmdError> {
+    loaded.check_policy(
+        &loaded
+            .graph
+            .closure(selected, petgraph::Direction::Outgoing),
+    )
+}
+
+fn plan(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
+    let mut loaded = Loaded::load_read_only(ctx)?;
+    let selected = loaded.select(&args.patterns)?;
+    check_policy(&loaded, &selected)?;
+    // Keep going: a plan lists every target, also past one that cannot be keyed.
+    let settings = settings(ctx, &loaded, args.jobs, true, true)?;
+    let json = args.message_format == MessageFormat::Json;
+    let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
+    if !json {
+        reporter = reporter.quiet();
+    }
+    let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
+    let plan = Plan::new(&loaded.graph, &summary.outcomes);
+    reporter.event(&Event::Plan { plan: &plan });
+    match plan.count(Step::Fail) {
+        0 => Ok(()),
+        n => Err(CmdError::Failed(format!(
+            "{n} target{} cannot be planned: the build would fail",
+            if n == 1 { "" } else { "s" }
+        ))),
+    }
 }

@@ -8,7 +8,7 @@ use crate::scheduler::Outcome;
 use petgraph::Direction;
 
 pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
-    let mut loaded = Loaded::load(ctx)?;
+    let mut loaded = Loaded::load_read_only(ctx)?;
     let pattern = Pattern::parse(&args.label, &loaded.cwd_package)
         .map_err(|e| CmdError::Usage(format!("bad label: {e}")))?;
     let Pattern::Target(_) = &pattern else {

@@ -151,6 +151,15 @@ pub struct Loaded {
 impl Loaded {
     /// Loads everything; any spec or graph diagnostic fails the command.
     pub fn load(ctx: &Context) -> Result<Loaded, CmdError> {
+        Loaded::load_with(ctx, true)
+    }
+
+    /// Like [`Loaded::load`], writing nothing to the parse cache (dry runs).
+    pub fn load_read_only(ctx: &Context) -> Result<Loaded, CmdError> {
+        Loaded::load_with(ctx, false)
+    }
+
+    fn load_with(ctx: &Context, store_parses: bool) -> Result<Loaded, CmdError> {
         let root = workspace::find_root(&ctx.cwd)?;
         let mut index_error = None;
         let mut index = match cache::open_index(ctx) {
@@ -169,7 +178,11 @@ impl Loaded {
                 None
             }
         };
-        let (mut ws, mut diags) = workspace::load(&root, index.as_mut())?;
+        let (mut ws, mut diags) = if store_parses {
+            workspace::load(&root, index.as_mut())?
+        } else {
+            workspace::load_read_only(&root, index.as_mut())?
+        };
         if let Some(w) = &ws.parse_cache.warning {
             report::warning(w);
         }

@@ -17,6 +17,7 @@ mod differential;
 mod imports;
 mod layers;
 mod parse_cache;
+mod plan;
 mod policy;
 mod remote_dir;
 mod remote_http;

@@ -72,6 +72,15 @@ fn check_fails_at_the_from_line_and_names_the_rule() {
     assert!(err.contains("error: 1 problem found"), "{err}");
 }
 
+/// The cascade plan of a build the policy refuses says so, as the build would.
+#[test]
+fn a_dry_run_reports_the_policy_violation_too() {
+    let ws = ws("scratch");
+    let out = ws.run(&["build", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("E050"), "{}", stderr(&out));
+}
+
 #[test]
 fn build_fails_on_a_violation_before_building_anything() {
     let ws = ws("scratch");
