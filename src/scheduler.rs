@@ -134,6 +134,22 @@ pub struct Summary {
     pub remote_warnings: Vec<String>,
 }
 
+impl Summary {
+    /// The numbers of the build's closing line.
+    pub fn totals(&self) -> crate::report::Totals {
+        crate::report::Totals {
+            images: self.images,
+            ran: self.ran,
+            cached: self.cached,
+            remote_hits: self.remote_hits,
+            failed: self.failed,
+            downloaded: self.downloaded,
+            uploaded: self.uploaded,
+            elapsed: self.elapsed,
+        }
+    }
+}
+
 enum Msg {
     Keyed(NodeIndex, Result<actions::Keyed, ActionError>),
     Ran(NodeIndex, Result<Output, ActionError>, Duration),

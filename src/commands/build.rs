@@ -139,16 +139,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         }
     }
     let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
-    reporter.summary(&crate::report::Totals {
-        images: summary.images,
-        ran: summary.ran,
-        cached: summary.cached,
-        remote_hits: summary.remote_hits,
-        failed: summary.failed,
-        downloaded: summary.downloaded,
-        uploaded: summary.uploaded,
-        elapsed: summary.elapsed,
-    });
+    reporter.summary(&summary.totals());
     let out_of_room = summary
         .outcomes
         .values()

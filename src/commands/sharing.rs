@@ -56,16 +56,7 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<(), CmdError> {
     let summary = super::build::run_engine(ctx, &mut loaded, &images, settings, &mut reporter)?;
     check_built(&summary)?;
     if summary.ran > 0 {
-        reporter.summary(&report::Totals {
-            images: summary.images,
-            ran: summary.ran,
-            cached: summary.cached,
-            remote_hits: summary.remote_hits,
-            failed: summary.failed,
-            downloaded: summary.downloaded,
-            uploaded: summary.uploaded,
-            elapsed: summary.elapsed,
-        });
+        reporter.summary(&summary.totals());
     }
 
     let (blobs, targets) = collect(&loaded, &images, &summary)?;

@@ -321,12 +321,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn blob(seed: &str, size: u64) -> Blob {
-        Blob {
-            digest: Digest::of_bytes(seed.as_bytes()),
-            size,
-        }
-    }
+    use super::super::test_blob as blob;
 
     fn fixture() -> Sharing {
         let base = blob("base", 1 << 20);

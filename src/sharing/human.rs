@@ -114,15 +114,9 @@ fn plural(n: usize) -> &'static str {
 mod tests {
     use super::super::{Blob, ImageBlobs, compute};
     use super::*;
-    use crate::hash::Digest;
     use std::collections::{BTreeMap, BTreeSet};
 
-    fn blob(seed: &str, size: u64) -> Blob {
-        Blob {
-            digest: Digest::of_bytes(seed.as_bytes()),
-            size,
-        }
-    }
+    use super::super::test_blob as blob;
 
     #[test]
     fn tables_align_and_name_the_diverged() {

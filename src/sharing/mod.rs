@@ -280,18 +280,22 @@ impl Sharing {
     }
 }
 
+/// A blob named after `seed`, for tests.
+#[cfg(test)]
+fn test_blob(seed: &str, size: u64) -> Blob {
+    Blob {
+        digest: crate::hash::Digest::of_bytes(seed.as_bytes()),
+        size,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MB: u64 = 1 << 20;
 
-    fn blob(seed: &str, size: u64) -> Blob {
-        Blob {
-            digest: Digest::of_bytes(seed.as_bytes()),
-            size,
-        }
-    }
+    use super::test_blob as blob;
 
     fn image(label: &str, layers: &[Blob]) -> ImageBlobs {
         ImageBlobs {
