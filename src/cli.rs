@@ -286,7 +286,15 @@ pub enum ReportOutput {
 pub struct CompletionsArgs {
     /// The shell to complete in.
     #[arg(value_enum, value_name = "SHELL")]
-    pub shell: crate::docgen::CompletionShell,
+    pub shell: CompletionShell,
+}
+
+/// The shells `imgc completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

@@ -19,18 +19,10 @@
 //! reads itself) and the exit statuses. Nothing in it depends on the clock or the
 //! machine: the page is the same bytes wherever it is generated.
 
-use crate::cli::Cli;
+use crate::cli::{Cli, CompletionShell};
 use clap::CommandFactory;
 use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, roman};
-
-/// The shells `imgc completions` writes scripts for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum CompletionShell {
-    Bash,
-    Zsh,
-    Fish,
-}
 
 /// The command-line definition, built (bin names and global options propagated).
 pub fn command() -> clap::Command {

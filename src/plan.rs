@@ -40,9 +40,9 @@
 //!
 //! [`Reason::Dependency`]: crate::action::Reason::Dependency
 
+use crate::actions::Outcome;
 use crate::graph::Graph;
 use crate::label::Label;
-use crate::scheduler::Outcome;
 use crate::spec::model::TargetKind;
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;

@@ -44,7 +44,7 @@
 //! Nothing about scheduling order reaches the output: every key and blob is a
 //! function of the inputs alone, which the `-j1` vs `-jN` tests check.
 
-pub use crate::actions::{ActionError, Params};
+pub use crate::actions::{ActionError, Outcome, Params};
 
 use crate::action::{Components, ImageOut, Output, Reason};
 use crate::actions::{self, Dep};
@@ -84,27 +84,6 @@ pub struct Settings {
 
 /// See [`Settings::before_run`].
 pub type BeforeRun = std::sync::Arc<dyn Fn(&crate::label::Label) + Send + Sync>;
-
-/// The state of one target at the end of a run.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Cached(Output),
-    Ran(Output),
-    /// `dry_run` only: it would run, for this reason.
-    WouldRun(Reason),
-    Failed(ActionError),
-    /// A dependency failed.
-    Skipped(String),
-}
-
-impl Outcome {
-    pub fn output(&self) -> Option<&Output> {
-        match self {
-            Outcome::Cached(o) | Outcome::Ran(o) => Some(o),
-            _ => None,
-        }
-    }
-}
 
 /// Why a target cannot be keyed yet.
 enum Blocked {

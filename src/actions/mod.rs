@@ -62,7 +62,7 @@ pub mod image;
 pub mod import;
 pub mod layer;
 
-use crate::action::{Components, Output};
+use crate::action::{Components, Output, Reason};
 use crate::cache::{FileMemo, MemoEntry};
 use crate::cas::Cas;
 use crate::diag::Diag;
@@ -169,6 +169,27 @@ pub enum Prepared {
     Layer(layer::Prepared),
     Import(import::Prepared),
     Image,
+}
+
+/// The state of one target at the end of a run.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Cached(Output),
+    Ran(Output),
+    /// `dry_run` only: it would run, for this reason.
+    WouldRun(Reason),
+    Failed(ActionError),
+    /// A dependency failed.
+    Skipped(String),
+}
+
+impl Outcome {
+    pub fn output(&self) -> Option<&Output> {
+        match self {
+            Outcome::Cached(o) | Outcome::Ran(o) => Some(o),
+            _ => None,
+        }
+    }
 }
 
 /// A computed key, its components, and what the run needs.

@@ -21,10 +21,6 @@ pub fn source_date_epoch(configured: u64) -> Result<u64, CmdError> {
     }
 }
 
-/// The most parallel jobs `-j` may ask for: each is a thread, and more than a
-/// machine's CPUs only costs memory. (`-j 99999999999` used to try to start them.)
-pub const MAX_JOBS: usize = 1024;
-
 /// Settings from the workspace config and the command line.
 pub fn settings(
     ctx: &super::Context,
@@ -33,16 +29,7 @@ pub fn settings(
     keep_going: bool,
     dry_run: bool,
 ) -> Result<Settings, CmdError> {
-    let jobs = match jobs {
-        Some(0) => return Err(CmdError::Usage("`--jobs` must be at least 1".into())),
-        Some(j) if j > MAX_JOBS => {
-            return Err(CmdError::Usage(format!(
-                "`--jobs {j}` is more than the {MAX_JOBS} parallel jobs imgc allows"
-            )));
-        }
-        Some(j) => j,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_JOBS)),
-    };
+    let jobs = super::jobs(jobs)?;
     let config = &loaded.ws.config;
     Ok(Settings {
         jobs,

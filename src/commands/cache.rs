@@ -277,19 +277,7 @@ fn gc_text(r: &GcReport, roots: &str, opts: &GcOptions, grace: &str) -> String {
 }
 
 fn verify(ctx: &Context, args: VerifyArgs) -> Result<(), CmdError> {
-    let jobs = match args.jobs {
-        Some(0) => return Err(CmdError::Usage("`--jobs` must be at least 1".into())),
-        Some(j) if j > super::build::MAX_JOBS => {
-            return Err(CmdError::Usage(format!(
-                "`--jobs {j}` is more than the {} parallel jobs imgc allows",
-                super::build::MAX_JOBS
-            )));
-        }
-        Some(j) => j,
-        None => {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(super::build::MAX_JOBS))
-        }
-    };
+    let jobs = super::jobs(args.jobs)?;
     let (report, roots, place) = if args.remote {
         let store = remote_dir(ctx)?;
         let r = crate::remote::gc::verify(&store, jobs).map_err(CmdError::Env)?;

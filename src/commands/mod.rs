@@ -67,6 +67,22 @@ impl From<WorkspaceError> for CmdError {
     }
 }
 
+/// The most parallel jobs `-j` may ask for: each is a thread, and more than a
+/// machine's CPUs only costs memory. (`-j 99999999999` used to try to start them.)
+pub const MAX_JOBS: usize = 1024;
+
+/// `-j N` resolved: at least 1, at most [`MAX_JOBS`]; default the number of CPUs.
+pub fn jobs(given: Option<usize>) -> Result<usize, CmdError> {
+    match given {
+        Some(0) => Err(CmdError::Usage("`--jobs` must be at least 1".into())),
+        Some(j) if j > MAX_JOBS => Err(CmdError::Usage(format!(
+            "`--jobs {j}` is more than the {MAX_JOBS} parallel jobs imgc allows"
+        ))),
+        Some(j) => Ok(j),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_JOBS))),
+    }
+}
+
 /// Global settings resolved from the command line and the environment.
 #[derive(Debug, Clone)]
 pub struct Context {
