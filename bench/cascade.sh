@@ -49,23 +49,13 @@ BUILDAH_JOBS=${BUILDAH_JOBS:-$(nproc)}
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'cascade.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 [ "$SERVICES" -ge 1 ] || die "BENCH_SERVICES must be at least 1"
 
 # ---------------------------------------------------------------- tools
-need=()
-for t in hyperfine python3 buildah; do
-  command -v "$t" >/dev/null 2>&1 || need+=("$t")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -qq -y "${need[@]}" >/dev/null
-  else
-    die "missing tools: ${need[*]} (install them, e.g. apt-get install ${need[*]}, or run as root)"
-  fi
-fi
+need_tools hyperfine python3 buildah
 # buildah's storage is set up here as root (its own --root and --runroot under BENCH_DIR).
 [ "$(id -u)" = 0 ] || die "run as root: buildah builds here with its own storage, as root"
 
@@ -99,21 +89,7 @@ set -E
 trap 'echo "cascade.sh: failed at line $LINENO; logs and trees are in $BENCH_DIR" >&2' ERR
 
 # ---------------------------------------------------------------- imgc
-mkdir -p "$BENCH_DIR/bin"
-if [ -n "${IMGC:-}" ]; then
-  [ -x "$IMGC" ] || die "IMGC=$IMGC is not an executable"
-  cp "$IMGC" "$BENCH_DIR/bin/imgc"
-else
-  command -v cargo >/dev/null 2>&1 || die "cargo not found (or set IMGC to an imgc binary)"
-  log "cargo build --release"
-  cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
-  cp "$REPO/target/release/imgc" "$BENCH_DIR/bin/imgc"
-fi
-IMGC_BIN="$BENCH_DIR/bin/imgc"
-IMGC_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -z "${IMGC:-}" ] && ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
-  IMGC_REV="$IMGC_REV (+ uncommitted changes)"
-fi
+setup_imgc
 imgc_help=$("$IMGC_BIN" build --help 2>&1 || true)
 [[ $imgc_help == *--dry-run* ]] || die "$IMGC_BIN build has no --dry-run flag: this imgc predates the cascade plan"
 unset IMGC_CACHE_DIR IMGC_REMOTE_CACHE IMGC_REMOTE_CACHE_MODE IMGC_REMOTE_CACHE_CREDENTIALS SOURCE_DATE_EPOCH
@@ -346,21 +322,6 @@ images=$((SERVICES + 1))
   echo "Both tools build the same files into the same images from the same tree (\`gen.py --containerfiles\`: for buildah, each package's Containerfile COPYs the files its BUILD.kdl copies and sets the same config, each service \`FROM\` the base image; no RUN step). imgc: \`imgc build //...\` (one process, $(nproc) jobs), layouts written to \`imgc-out\`. buildah: \`buildah bud --layers\` of the base, then of the services, $BUILDAH_JOBS at a time (\`xargs -P\`), in its own storage under \`$BENCH_DIR\`. Cold builds: one run each, page cache warmed by reading the tree first. No-op and cascade: hyperfine mean ± σ, imgc $RUNS runs after $WARMUP warm-up, buildah $BUILDAH_RUNS runs; before every cascade run, a new line is appended to \`$CHANGED\` (\`--prepare\`), so every run is a real cascade. Checks: imgc's JSON events (no-op: no action; cascade: exactly \`//bases:files\` and the $images images); buildah's image IDs (no-op: unchanged; cascade: all new). The plan row: \`imgc build --dry-run\` after one change (hyperfine; a dry run writes nothing, so every run plans the same), checked against the JSON events of the build that followed."
 } >"$BENCH_DIR/section.md"
 
-# Replace the "## Cascade" section of the results file (or add it), keeping the rest.
-python3 - "$RESULTS" "$BENCH_DIR/section.md" <<'EOF'
-import os, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(path).read() if os.path.exists(path) else "# imgc benchmark\n"
-lines = old.splitlines(keepends=True)
-start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == "## Cascade"), None)
-if start is None:
-    new = old.rstrip("\n") + "\n\n" + section
-else:
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))), len(lines))
-    rest = "".join(lines[end:])
-    new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-open(path + ".tmp", "w").write(new)
-os.replace(path + ".tmp", path)
-EOF
+replace_section "$RESULTS" "Cascade" "$BENCH_DIR/section.md"
 echo >&2
 cat "$BENCH_DIR/section.md"

@@ -40,27 +40,12 @@ WARMUP=${BENCH_WARMUP:-1}
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'remote.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- tools
 nginx_bin() { if [ -x /usr/sbin/nginx ]; then echo /usr/sbin/nginx; else command -v nginx || true; fi; }
-need=()
-for t in hyperfine python3 curl; do
-  command -v "$t" >/dev/null 2>&1 || need+=("$t")
-done
-[ -n "$(nginx_bin)" ] || need+=(nginx)
-[ -x /usr/bin/time ] || need+=(time)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -qq -y "${need[@]}" >/dev/null
-  else
-    missing=()
-    for t in "${need[@]}"; do [ "$t" = time ] || missing+=("$t"); done
-    [ ${#missing[@]} -eq 0 ] ||
-      die "missing tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]}, or run as root)"
-  fi
-fi
+need_tools hyperfine python3 curl nginx time
 NGINX_BIN=$(nginx_bin)
 # Peak RSS: GNU time if present, else a python3 wrapper reading the children's ru_maxrss.
 if [ -x /usr/bin/time ] && /usr/bin/time -f %M -o /dev/null true 2>/dev/null; then
@@ -106,21 +91,7 @@ trap 'echo "remote.sh: failed at line $LINENO; logs and trees are in $BENCH_DIR"
 trap stop_nginx EXIT
 
 # ---------------------------------------------------------------- imgc
-mkdir -p "$BENCH_DIR/bin"
-if [ -n "${IMGC:-}" ]; then
-  [ -x "$IMGC" ] || die "IMGC=$IMGC is not an executable"
-  cp "$IMGC" "$BENCH_DIR/bin/imgc"
-else
-  command -v cargo >/dev/null 2>&1 || die "cargo not found (or set IMGC to an imgc binary)"
-  log "cargo build --release"
-  cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
-  cp "$REPO/target/release/imgc" "$BENCH_DIR/bin/imgc"
-fi
-IMGC_BIN="$BENCH_DIR/bin/imgc"
-IMGC_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -z "${IMGC:-}" ] && ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
-  IMGC_REV="$IMGC_REV (+ uncommitted changes)"
-fi
+setup_imgc
 imgc_help=$("$IMGC_BIN" --help 2>&1 || true)
 [[ $imgc_help == *--remote-cache* ]] ||
   die "$IMGC_BIN has no --remote-cache flag: this imgc predates the remote cache"
@@ -402,21 +373,6 @@ curl_version=$(curl --version | head -n1 | awk '{print $1, $2}')
   echo "Cold builds: one run each, page cache warmed by reading the tree first, fresh local cache and no output directory; peak RSS from \`/usr/bin/time\`. Warm-remote builds and baselines: hyperfine mean ± σ of $RUNS runs after $WARMUP warm-up, each run with a fresh local cache and no output directory (\`--prepare\`), the remote read with \`--remote-cache-mode read\`; their RSS and the bytes downloaded are from one more run with \`--message-format json\`, which also checks that no action ran and that the image digests equal the cold build's. All directories are on one filesystem (\`$BENCH_DIR\`), the remote's files in the page cache. nginx: loopback, one worker per CPU, sendfile, no access log."
 } >"$BENCH_DIR/section.md"
 
-# Replace the "## Remote cache" section of the results file (or add it), keeping the rest.
-python3 - "$RESULTS" "$BENCH_DIR/section.md" <<'EOF'
-import os, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-old = open(path).read() if os.path.exists(path) else "# imgc benchmark\n"
-lines = old.splitlines(keepends=True)
-start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == "## Remote cache"), None)
-if start is None:
-    new = old.rstrip("\n") + "\n\n" + section
-else:
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))), len(lines))
-    rest = "".join(lines[end:])
-    new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-open(path + ".tmp", "w").write(new)
-os.replace(path + ".tmp", path)
-EOF
+replace_section "$RESULTS" "Remote cache" "$BENCH_DIR/section.md"
 echo >&2
 cat "$BENCH_DIR/section.md"

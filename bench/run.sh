@@ -41,29 +41,11 @@ WARMUP=${BENCH_WARMUP:-2}
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- tools
-need=()
-for t in hyperfine zstd git python3 tar gzip; do
-  command -v "$t" >/dev/null 2>&1 || need+=("$t")
-done
-[ -x /usr/bin/time ] || need+=(time)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing ${need[*]}"
-    pkgs=()
-    for t in "${need[@]}"; do
-      case "$t" in python3) pkgs+=(python3) ;; *) pkgs+=("$t") ;; esac
-    done
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -qq -y "${pkgs[@]}" >/dev/null
-  else
-    missing=()
-    for t in "${need[@]}"; do [ "$t" = time ] || missing+=("$t"); done
-    [ ${#missing[@]} -eq 0 ] ||
-      die "missing tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]}, or run as root)"
-  fi
-fi
+need_tools hyperfine zstd git python3 tar gzip time
 # Peak RSS: GNU time if present, else a python3 wrapper reading the children's ru_maxrss.
 if [ -x /usr/bin/time ] && /usr/bin/time -f %M -o /dev/null true 2>/dev/null; then
   maxrss_run() { local out=$1; shift; /usr/bin/time -f %M -o "$out" "$@"; }
@@ -95,21 +77,7 @@ set -E
 trap 'echo "run.sh: failed at line $LINENO; logs and trees are in $BENCH_DIR" >&2' ERR
 
 # ---------------------------------------------------------------- imgc
-mkdir -p "$BENCH_DIR/bin"
-if [ -n "${IMGC:-}" ]; then
-  [ -x "$IMGC" ] || die "IMGC=$IMGC is not an executable"
-  cp "$IMGC" "$BENCH_DIR/bin/imgc"
-else
-  command -v cargo >/dev/null 2>&1 || die "cargo not found (or set IMGC to an imgc binary)"
-  log "cargo build --release"
-  cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
-  cp "$REPO/target/release/imgc" "$BENCH_DIR/bin/imgc"
-fi
-IMGC_BIN="$BENCH_DIR/bin/imgc"
-IMGC_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -z "${IMGC:-}" ] && ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
-  IMGC_REV="$IMGC_REV (+ uncommitted changes)"
-fi
+setup_imgc
 
 # ---------------------------------------------------------------- helpers
 now() { date +%s.%N; }

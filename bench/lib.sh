@@ -1,0 +1,69 @@
+# Shared by the benchmark scripts (sourced, not run): installing the tools they
+# need, the imgc binary they measure, and their section of bench/results.md.
+# The sourcing script defines `log` and `die` first.
+
+# need_tools TOOL...: installs the missing ones with apt-get when running as root
+# (each TOOL is a command named like its Debian package; `time` means
+# /usr/bin/time), else fails naming them. `time` alone missing is not fatal for a
+# non-root user: the scripts measure peak RSS without it.
+need_tools() {
+  local t need=() missing=()
+  for t in "$@"; do
+    case "$t" in
+      time) [ -x /usr/bin/time ] || need+=(time) ;;
+      nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx) ;;
+      *) command -v "$t" >/dev/null 2>&1 || need+=("$t") ;;
+    esac
+  done
+  [ ${#need[@]} -gt 0 ] || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -qq -y "${need[@]}" >/dev/null
+    return 0
+  fi
+  for t in "${need[@]}"; do [ "$t" = time ] || missing+=("$t"); done
+  [ ${#missing[@]} -eq 0 ] ||
+    die "missing tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]}, or run as root)"
+}
+
+# setup_imgc: copies the imgc to measure into $BENCH_DIR/bin (IMGC, else a fresh
+# release build of $REPO), so a rebuild during the run changes nothing. Sets
+# IMGC_BIN and IMGC_REV (the commit, marked when the build had local changes).
+setup_imgc() {
+  mkdir -p "$BENCH_DIR/bin"
+  if [ -n "${IMGC:-}" ]; then
+    [ -x "$IMGC" ] || die "IMGC=$IMGC is not an executable"
+    cp "$IMGC" "$BENCH_DIR/bin/imgc"
+  else
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (or set IMGC to an imgc binary)"
+    log "cargo build --release"
+    cargo build --release --quiet --manifest-path "$REPO/Cargo.toml"
+    cp "$REPO/target/release/imgc" "$BENCH_DIR/bin/imgc"
+  fi
+  IMGC_BIN="$BENCH_DIR/bin/imgc"
+  IMGC_REV=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -z "${IMGC:-}" ] && ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; then
+    IMGC_REV="$IMGC_REV (+ uncommitted changes)"
+  fi
+}
+
+# replace_section RESULTS TITLE FILE: puts FILE (a section starting with the line
+# "## TITLE") in place of that section of RESULTS, or at its end, keeping the rest.
+replace_section() {
+  python3 - "$1" "## $2" "$3" <<'PY'
+import os, sys
+path, title, section = sys.argv[1], sys.argv[2], open(sys.argv[3]).read().rstrip("\n") + "\n"
+old = open(path).read() if os.path.exists(path) else "# imgc benchmark\n"
+lines = old.splitlines(keepends=True)
+start = next((i for i, l in enumerate(lines) if l.rstrip("\n") == title), None)
+if start is None:
+    new = old.rstrip("\n") + "\n\n" + section
+else:
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))), len(lines))
+    rest = "".join(lines[end:])
+    new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+open(path + ".tmp", "w").write(new)
+os.replace(path + ".tmp", path)
+PY
+}
