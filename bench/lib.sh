@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (sourced, not run): installing the tools they
-# need, the imgc binary they measure, and their section of bench/results.md.
+# need, the imgc binary they measure, their section of bench/results.md, and
+# timing helpers.
 # The sourcing script defines `log` and `die` first.
 
 # need_tools TOOL...: installs the missing ones with apt-get when running as root
@@ -66,4 +67,20 @@ else:
 open(path + ".tmp", "w").write(new)
 os.replace(path + ".tmp", path)
 PY
+}
+
+now() { date +%s.%N; }
+# calc EXPR: float arithmetic (python3), e.g. calc "1/3" -> 0.333...
+calc() { python3 -c "import sys; print($1)"; }
+
+# Read every file of the tree once, so every contender sees a warm page cache.
+warm_tree() { (cd "$1" && find bases services -type f -exec cat {} + >/dev/null); }
+
+# timed OUTVAR CMD...: wall time of CMD in seconds into OUTVAR (dirty pages flushed before).
+timed() {
+  local __var=$1; shift
+  sync
+  local t0 t1
+  t0=$(now); "$@"; t1=$(now)
+  printf -v "$__var" '%s' "$(calc "$t1 - $t0")"
 }

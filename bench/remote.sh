@@ -100,21 +100,6 @@ unset IMGC_CACHE_DIR IMGC_REMOTE_CACHE IMGC_REMOTE_CACHE_MODE IMGC_REMOTE_CACHE_
 unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
-# calc EXPR: float arithmetic (python3), e.g. calc "1/3" -> 0.333...
-calc() { python3 -c "import sys; print($1)"; }
-
-# Read every file of the tree once, so every contender sees a warm page cache.
-warm_tree() { (cd "$1" && find bases services -type f -exec cat {} + >/dev/null); }
-
-# timed OUTVAR CMD...: wall time of CMD in seconds into OUTVAR (dirty pages flushed before).
-timed() {
-  local __var=$1; shift
-  sync
-  local t0 t1
-  t0=$(now); "$@"; t1=$(now)
-  printf -v "$__var" '%s' "$(calc "$t1 - $t0")"
-}
 
 # bench NAME PREPARE CMD: hyperfine, PREPARE before every run (also the warm-ups);
 # prints "mean stddev" (s). Commands run without a shell: PREPARE is one script.

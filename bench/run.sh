@@ -80,9 +80,6 @@ trap 'echo "run.sh: failed at line $LINENO; logs and trees are in $BENCH_DIR" >&
 setup_imgc
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
-# calc EXPR: float arithmetic (python3), e.g. calc "1/3" -> 0.333...
-calc() { python3 -c "import sys; print($1)"; }
 
 # Commit a tree to a fresh git repository, quietly, with a fixed identity and date.
 git_commit_tree() {
@@ -107,18 +104,6 @@ import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 print(r[0]["mean"], r[0]["stddev"] or 0, r[1]["mean"], r[1]["stddev"] or 0)
 EOF
-}
-
-# Read every file of the tree once, so every contender sees a warm page cache.
-warm_tree() { (cd "$1" && find bases services -type f -exec cat {} + >/dev/null); }
-
-# timed OUTVAR CMD...: wall time of CMD in seconds into OUTVAR (dirty pages flushed before).
-timed() {
-  local __var=$1; shift
-  sync
-  local t0 t1
-  t0=$(now); "$@"; t1=$(now)
-  printf -v "$__var" '%s' "$(calc "$t1 - $t0")"
 }
 
 # layer_bytes OUTDIR: the sum of the sizes of the distinct layer blobs of every layout.
