@@ -391,7 +391,10 @@ fn a_build_holds_no_write_lock_while_actions_run() {
     let seen = probes.clone();
     settings.before_run = Some(Arc::new(move |label| {
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.busy_timeout(std::time::Duration::ZERO).unwrap();
+        // The coordinator may be in one of its short commits right now (the
+        // other worker keeps it busy): wait that long, not forever. A lock held
+        // while actions run would be held while this hook runs, and time out.
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         let free = c.execute_batch("BEGIN IMMEDIATE; COMMIT").is_ok();
         seen.lock().unwrap().push((label.to_string(), free));
     }));
