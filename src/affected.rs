@@ -28,7 +28,7 @@
 //!   assumed to match something in it.
 //!
 //! Paths are compared by their words, as the spec wrote them, like expansion
-//! resolves them ([`crate::fileset::lexical_join`]). Expansion follows
+//! resolves them (`fileset::lexical_join`). Expansion follows
 //! symbolic links in a source's parent directories (and a glob's literal
 //! directory) while they stay inside the workspace, so `copy "lib/x"` with
 //! `lib` a link to `vendor/lib` reads `vendor/lib/x`, which is what git

@@ -34,7 +34,7 @@
 //! the same path could be raced (a parent directory swapped for a symlink in
 //! between), an open beneath the root cannot.
 //!
-//! - A source path is resolved by its words ([`ws_path`]: `..` and `.` by name),
+//! - A source path is resolved by its words (`ws_path`: `..` and `.` by name),
 //!   then located beneath the root: its parent directories may be symlinks only
 //!   while they lead inside the workspace (else `E008`). The source itself is
 //!   never followed: a symlink is copied as a symlink.

@@ -16,7 +16,7 @@
 //! - [`key_inputs`] lists and hashes (blake3, through the file-hash memo) exactly
 //!   the files [`import`] reads: for a layout, `index.json`, each nested index
 //!   on the way to the chosen manifest, the manifest, the config and the layer
-//!   blobs it names, found by the same code ([`layout`]) that the import runs;
+//!   blobs it names, found by the same code (`import::layout`) that the import runs;
 //!   for a docker archive, the tarball. Files of the layout that the import
 //!   does not read (other platforms' blobs, `oci-layout`, garbage) are not in
 //!   the key and changing them rebuilds nothing.
@@ -69,7 +69,7 @@
 //! picked from a multi-platform index: an arm64 image in an amd64 workspace is
 //! an error naming both, never an amd64 image with arm64 layers.
 //!
-//! # OCI image layouts ([`layout`])
+//! # OCI image layouts (`import::layout`)
 //!
 //! `index.json` is read; if it holds exactly one image manifest (or index), that
 //! one is taken. Otherwise (several manifests, or a nested image index as
@@ -79,7 +79,7 @@
 //! decompressed (by media type) once: its sha256 must equal the config's
 //! `diff_ids`, and its entries make its [`Listing`].
 //!
-//! # Docker archives ([`archive`])
+//! # Docker archives (`import::archive`)
 //!
 //! The tarball is streamed once; every candidate blob (`<id>/layer.tar` of the
 //! classic format, `blobs/sha256/<hex>` of Docker ≥ 25, `<hex>.json` configs)

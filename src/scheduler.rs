@@ -17,13 +17,13 @@
 //!   hashes through the memo); image keys need no IO and are computed on the
 //!   coordinator from the spec and the dependencies' outputs.
 //! * **Lookup**: a hit is used only if every blob it names is in the CAS with its
-//!   recorded size and content ([`BlobChecks`]); a missing or damaged blob makes it
+//!   recorded size and content (`BlobChecks`); a missing or damaged blob makes it
 //!   a miss, never an error. The rebuild publishes the blob again, which replaces
 //!   the damaged file (see [`crate::cas`]); the damaged file is not removed first,
 //!   since another process may have just replaced it with a good copy.
 //! * **Recording**: the coordinator collects what the cache must remember (actions,
 //!   last builds, memo rows, blob checks, layouts, repairs) in a [`Batch`] and
-//!   commits it every [`COMMIT_EVERY`] and at the end, in short transactions: the
+//!   commits it every `COMMIT_EVERY` and at the end, in short transactions: the
 //!   SQLite write lock is never held while actions run, so other builds and
 //!   commands on the same cache proceed. A dry run (`imgc explain`, `imgc build
 //!   --dry-run`) commits nothing.
