@@ -27,6 +27,10 @@
 //!   `diff.relative=false` (paths stay relative to the top), `--no-color`,
 //!   `--no-ext-diff`. `GIT_OPTIONAL_LOCKS=0` keeps `git diff` from rewriting
 //!   the index while it refreshes it (a concurrent `git` would find it locked).
+//! - `core.fsmonitor=false`: a `.git/config` that came with a checkout someone
+//!   else made may name an fsmonitor command, which `git diff` and `git ls-files`
+//!   would run. (Clean filters named in such a config still run when git hashes
+//!   a changed file; run `affected` in checkouts made by git itself, as CI's are.)
 //! - The variables that would point git at another repository, index or work
 //!   tree ([`CLEARED_ENV`]: `GIT_DIR`, `GIT_WORK_TREE`, `GIT_INDEX_FILE`...,
 //!   as set inside a git hook or alias) are removed: the repository is the one
@@ -116,6 +120,9 @@ impl Repo {
             .arg("-C")
             .arg(&self.root)
             .args(["-c", "diff.relative=false", "-c", "core.quotePath=false"])
+            // A repository's own config may name an fsmonitor command, which git
+            // would run on `diff` and `ls-files`: never run one.
+            .args(["-c", "core.fsmonitor=false"])
             .env("GIT_OPTIONAL_LOCKS", "0")
             .stdin(Stdio::null());
         for v in CLEARED_ENV {

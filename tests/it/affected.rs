@@ -519,6 +519,29 @@ fn affected_ignores_git_variables_pointing_elsewhere() {
     assert_eq!(stdout(&out), "//svc/a:a\n");
 }
 
+/// A checkout's own `.git/config` may name an fsmonitor command; `git diff` and
+/// `git ls-files` would run it. imgc turns it off.
+#[test]
+fn affected_never_runs_an_fsmonitor_named_by_the_repository() {
+    let ws = repo();
+    let witness = tempfile::tempdir().unwrap();
+    let pwned = witness.path().join("pwned");
+    git(
+        ws.root(),
+        &[
+            "config",
+            "core.fsmonitor",
+            &format!("touch {} #", pwned.display()),
+        ],
+    );
+    ws.write("svc/a/bin/server", "changed\n");
+    assert_eq!(since(&ws, "HEAD"), ["//svc/a:a"]);
+    assert!(
+        !pwned.exists(),
+        "imgc let git run the repository's fsmonitor"
+    );
+}
+
 /// The answer is sound: every image whose digest a change moves is in it.
 #[test]
 fn affected_covers_every_image_whose_digest_changes() {
