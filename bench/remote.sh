@@ -295,10 +295,10 @@ cold_build cold_dir --remote-cache "$RD" --remote-cache-mode read-write
 dcold_up=$S_UP
 [ -d "$RD/cas" ] || die "the remote directory has no cas/ after the cold build"
 read -r dcas_bytes dcas_files < <(dir_bytes "$RD/cas")
-warm_check warm_dir_check --remote-cache "$RD" --remote-cache-mode read
+warm_check warm_dir_check --remote-cache "$RD" --remote-cache-mode read-write
 dwarm_down=$S_DOWN
 read -r t_dwarm t_dwarm_sd < <(bench warm-dir "$FRESH" \
-  "$IMGC_BIN --cache-dir $LC -C $WS --remote-cache $RD --remote-cache-mode read build //...")
+  "$IMGC_BIN --cache-dir $LC -C $WS --remote-cache $RD --remote-cache-mode read-write build //...")
 CP="$BENCH_DIR/cp-dest"
 read -r t_cp t_cp_sd < <(bench cp "$(script fresh-cp "rm -rf '$CP'
 sync")" "cp -r $RD/cas $CP")
@@ -355,7 +355,7 @@ curl_version=$(curl --version | head -n1 | awk '{print $1, $2}')
   echo "| warm-remote build, HTTP: fresh local cache, full cache ($hcas_files blobs, $(mb "$hcas_bytes") MB) vs \`curl -Z --parallel-max 2\` of the same blobs | $(mean_sd "$t_hwarm" "$t_hwarm_sd"), $(rss "$BENCH_DIR/warm_http_check.maxrss") MB RSS, $(mb "$hwarm_down") MB downloaded | $(mean_sd "$t_curl" "$t_curl_sd") | $(f2 "$hratio")x | | |"
   echo "| warm-remote builds ran no action and made the cold build's $nimages images | 0 actions (directory and HTTP) | 0 | | 0 | PASS |"
   echo
-  echo "Cold builds: one run each, page cache warmed by reading the tree first, fresh local cache and no output directory; peak RSS from \`/usr/bin/time\`. Warm-remote builds and baselines: hyperfine mean ± σ of $RUNS runs after $WARMUP warm-up, each run with a fresh local cache and no output directory (\`--prepare\`), the remote read with \`--remote-cache-mode read\`; their RSS and the bytes downloaded are from one more run with \`--message-format json\`, which also checks that no action ran and that the image digests equal the cold build's. All directories are on one filesystem (\`$BENCH_DIR\`), the remote's files in the page cache. nginx: loopback, one worker per CPU, sendfile, no access log."
+  echo "Cold builds: one run each, page cache warmed by reading the tree first, fresh local cache and no output directory; peak RSS from \`/usr/bin/time\`. Warm-remote builds and baselines: hyperfine mean ± σ of $RUNS runs after $WARMUP warm-up, each run with a fresh local cache and no output directory (\`--prepare\`), the directory read in the default read-write mode (blobs hard-linked; a read-only build copies them), the HTTP cache with \`--remote-cache-mode read\`; their RSS and the bytes downloaded are from one more run with \`--message-format json\`, which also checks that no action ran and that the image digests equal the cold build's. All directories are on one filesystem (\`$BENCH_DIR\`), the remote's files in the page cache. nginx: loopback, one worker per CPU, sendfile, no access log."
 } >"$BENCH_DIR/section.md"
 
 replace_section "$RESULTS" "Remote cache" "$BENCH_DIR/section.md"

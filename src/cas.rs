@@ -380,23 +380,7 @@ impl Cas {
     /// younger than its grace period, and the caller is about to record
     /// something naming this one.
     fn keep(&self, d: &Digest) {
-        let now = rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        };
-        let omit = rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        };
-        let _ = rustix::fs::utimensat(
-            rustix::fs::CWD,
-            self.blob_path(d),
-            &rustix::fs::Timestamps {
-                last_access: omit,
-                last_modification: now,
-            },
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        );
+        let _ = touch(&self.blob_path(d));
     }
 
     /// Removes a blob (a corrupt one, or garbage collection). Missing is fine.
@@ -492,6 +476,29 @@ impl BlobWriter {
         cas.place(tmp, &digest, size)?;
         Ok((digest, size))
     }
+}
+
+/// Sets a file's mtime to now, leaving its atime (no link followed): what keeps a
+/// blob young for garbage collection's grace period.
+pub fn touch(path: &Path) -> io::Result<()> {
+    let now = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_NOW,
+    };
+    let omit = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: rustix::fs::UTIME_OMIT,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps {
+            last_access: omit,
+            last_modification: now,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Opens `path` for reading without following a symlink and without blocking on

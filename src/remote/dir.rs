@@ -15,8 +15,9 @@
 //! Readers therefore see a whole old file or a whole new one.
 //!
 //! Fetching a blob hard-links it into the local store when both are on one
-//! filesystem and the remote file is read-only, and copies it otherwise; either
-//! way its content is hashed before the local store publishes it.
+//! filesystem, the remote file is read-only and the build may write to the
+//! remote (a shared inode's metadata is shared too), and copies it otherwise;
+//! either way its content is hashed before the local store publishes it.
 //!
 //! The directory must be empty or carry the marker: imgc never writes into, nor
 //! garbage-collects, a directory it did not make. The subdirectories must be
@@ -27,7 +28,7 @@
 //! mode): `imgc cache gc --remote` evicts the least recently used entries first.
 
 use super::{Fault, Mode, Store, entry};
-use crate::cas::Cas;
+use crate::cas::{Cas, touch};
 use crate::hash::{Digest, Key};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -44,6 +45,7 @@ const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 
 pub struct DirStore {
     root: PathBuf,
+    mode: Mode,
     blobs: Cas,
     ac: PathBuf,
     tmp: PathBuf,
@@ -57,6 +59,7 @@ impl DirStore {
         let show = root.display();
         let store = DirStore {
             root: root.to_path_buf(),
+            mode,
             blobs: Cas::flat_view(&root.join("cas").join("sha256"), &root.join("tmp")),
             ac: root.join("ac"),
             tmp: root.join("tmp"),
@@ -260,8 +263,11 @@ impl Store for DirStore {
                 meta.len()
             )));
         }
+        // A link shares the inode: whatever the local store later does to its
+        // file's metadata (refreshing its mtime) would show in the remote, which
+        // a read-only build must not touch at all. Those copy.
         let read_only = meta.permissions().mode() & 0o222 == 0;
-        if read_only {
+        if read_only && self.mode != Mode::Read {
             match cas.link_in(&src, d, size) {
                 Ok(true) => return Ok(size),
                 Ok(false) => {} // another filesystem: copy
@@ -332,25 +338,4 @@ pub fn copy_into(mut file: impl Read, d: &Digest, size: u64, cas: &Cas) -> Resul
         )),
         Err(e) => Err(Fault::Failed(e)),
     }
-}
-
-/// Sets a file's mtime to now (no link followed).
-pub fn touch(path: &Path) -> io::Result<()> {
-    let now = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &now,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(io::Error::from)
 }

@@ -299,6 +299,14 @@ fn a_read_only_run_never_writes_to_the_remote() {
         before,
         "a read-only build wrote to the remote"
     );
+    // Nor does what B later does with what it fetched: a build without the
+    // remote makes every fetched blob again, and keeps (and refreshes) B's copy.
+    b.build(&["--no-remote-cache"]);
+    assert_eq!(
+        remote.snapshot(),
+        before,
+        "a fetched blob still shares its file with the remote"
+    );
 
     // A read-only build against a directory that does not exist creates nothing.
     let missing = remote.dir.path().join("not-there");
