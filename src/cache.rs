@@ -1750,27 +1750,21 @@ impl Cache {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        out.memo_rows += tx
-            .execute(
-                "DELETE FROM file_memo WHERE seen_at < ?1
-                 OR ws NOT IN (SELECT id FROM workspace)",
-                params![cutoff],
-            )
-            .map_err(err)?;
-        out.last_builds += tx
-            .execute(
-                "DELETE FROM last_build WHERE seen_at < ?1
-                 OR ws NOT IN (SELECT id FROM workspace)",
-                params![cutoff],
-            )
-            .map_err(err)?;
-        out.layouts += tx
-            .execute(
-                "DELETE FROM layout WHERE seen_at < ?1
-                 OR ws NOT IN (SELECT id FROM workspace)",
-                params![cutoff],
-            )
-            .map_err(err)?;
+        for (table, deleted) in [
+            ("file_memo", &mut out.memo_rows),
+            ("last_build", &mut out.last_builds),
+            ("layout", &mut out.layouts),
+        ] {
+            *deleted += tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE seen_at < ?1
+                         OR ws NOT IN (SELECT id FROM workspace)"
+                    ),
+                    params![cutoff],
+                )
+                .map_err(err)?;
+        }
         tx.execute(
             "DELETE FROM layout_blob WHERE NOT EXISTS (SELECT 1 FROM layout
              WHERE layout.ws = layout_blob.ws AND layout.path = layout_blob.path)",

@@ -9,21 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Every blob in the store under `cache` hashes to its name.
 fn assert_store_sound(cache: &Path) {
-    let mut n = 0;
-    for e in walkdir::WalkDir::new(cache.join("v1/cas/sha256")) {
-        let e = e.unwrap();
-        if e.file_type().is_file() {
-            let digest = imgc::hash::Digest::of_bytes(&std::fs::read(e.path()).unwrap());
-            assert_eq!(
-                digest.hex(),
-                e.file_name().to_string_lossy(),
-                "store blob {} does not match its name",
-                e.path().display()
-            );
-            n += 1;
-        }
-    }
-    assert!(n > 0, "the store is empty");
+    assert_blobs_hash_to_their_names(&cache.join("v1/cas/sha256"));
 }
 
 /// Every blob of every layout under `out` hashes to its name.
@@ -36,13 +22,7 @@ fn assert_layouts_sound(out: &Path) {
             .parent()
             .is_some_and(|p| p.ends_with("blobs/sha256"));
         if e.file_type().is_file() && in_blobs {
-            let digest = imgc::hash::Digest::of_bytes(&std::fs::read(e.path()).unwrap());
-            assert_eq!(
-                digest.hex(),
-                e.file_name().to_string_lossy(),
-                "layout blob {} does not match its name",
-                e.path().display()
-            );
+            assert_hashes_to_its_name(e.path());
             n += 1;
         }
     }
@@ -377,11 +357,7 @@ fn the_index_keeps_only_the_most_recent_checkouts() {
 fn a_build_holds_no_write_lock_while_actions_run() {
     use std::sync::{Arc, Mutex};
     let ws = small_ws();
-    let ctx = imgc::commands::Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-        remote: Default::default(),
-    };
+    let ctx = context(&ws);
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
     let mut settings =
@@ -544,9 +520,8 @@ fn two_workspaces_build_at_once_on_one_cache() {
 fn build_around_another(ws: &Ws, cache: &Path, other: &Path) {
     use std::sync::{Arc, Mutex};
     let ctx = imgc::commands::Context {
-        cwd: ws.root().to_path_buf(),
         cache_dir: Some(cache.to_path_buf()),
-        remote: Default::default(),
+        ..context(ws)
     };
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();

@@ -485,11 +485,7 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     std::fs::write(&src, original).unwrap();
     set_mtime(&src);
 
-    let ctx = imgc::commands::Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-        remote: Default::default(),
-    };
+    let ctx = context(&ws);
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
     let mut settings =

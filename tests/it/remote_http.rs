@@ -199,7 +199,7 @@ fn a_dead_server_makes_the_build_slower_never_failed() {
 /// came from the server.
 #[test]
 fn the_server_killed_mid_build_leaves_a_correct_build() {
-    use imgc::commands::{Context, Loaded, build};
+    use imgc::commands::{Loaded, build};
     let server = std::sync::Arc::new(std::sync::Mutex::new(Nginx::start(NginxOpts::default())));
     let url = server.lock().unwrap().url();
     // Another runner filled the remote with the bases only.
@@ -207,14 +207,8 @@ fn the_server_killed_mid_build_leaves_a_correct_build() {
     build_with(&filler, &url, &["//bases/..."]);
 
     let ws = runner();
-    let ctx = Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-        remote: imgc::cli::RemoteArgs {
-            remote_cache: Some(url.clone()),
-            ..Default::default()
-        },
-    };
+    let mut ctx = context(&ws);
+    ctx.remote.remote_cache = Some(url.clone());
     let mut loaded = Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
     let mut settings = build::settings(&ctx, &loaded, Some(2), false, false).unwrap();

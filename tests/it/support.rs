@@ -369,6 +369,16 @@ pub fn last_layer_tar(layout: &Path) -> tar::Archive<flate2::read::MultiGzDecode
     ))
 }
 
+/// The command context of an in-process build of `ws` with its own cache and no
+/// remote cache (change fields for others).
+pub fn context(ws: &Ws) -> imgc::commands::Context {
+    imgc::commands::Context {
+        cwd: ws.root().to_path_buf(),
+        cache_dir: Some(ws.cache.path().to_path_buf()),
+        remote: Default::default(),
+    }
+}
+
 /// Builds `patterns` (everything if none) in the library with `hook` called
 /// right before each action runs (after it was keyed and missed). Returns the
 /// failure messages by label.
@@ -377,13 +387,9 @@ pub fn build_with_hook(
     patterns: &[&str],
     hook: impl Fn(&imgc::label::Label) + Send + Sync + 'static,
 ) -> BTreeMap<String, String> {
-    use imgc::commands::{Context, Loaded, build};
+    use imgc::commands::{Loaded, build};
     use imgc::scheduler::Outcome;
-    let ctx = Context {
-        cwd: ws.root().to_path_buf(),
-        cache_dir: Some(ws.cache.path().to_path_buf()),
-        remote: Default::default(),
-    };
+    let ctx = context(ws);
     let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
     let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     let selected = loaded.select(&patterns).unwrap();
@@ -454,20 +460,28 @@ pub fn largest_layer(e: &Events, blob_path: impl Fn(&str) -> PathBuf) -> (String
         .unwrap()
 }
 
-/// Does every file of `dir` hash (sha256) to its own name? (Remote blob stores.)
+/// Asserts that the file `path` hashes (sha256) to its own name.
+pub fn assert_hashes_to_its_name(path: &Path) {
+    let digest = imgc::hash::Digest::of_bytes(&std::fs::read(path).unwrap());
+    assert_eq!(
+        digest.hex(),
+        path.file_name().unwrap().to_string_lossy(),
+        "blob {} does not hash to its name",
+        path.display()
+    );
+}
+
+/// Asserts that every file below `dir` (a blob store: the local one with its
+/// fan-out directories, or a remote's flat one) hashes to its name, and that
+/// there is at least one.
 pub fn assert_blobs_hash_to_their_names(dir: &Path) {
-    use sha2::Digest as _;
     let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        let bytes = std::fs::read(&p).unwrap();
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&bytes)),
-            p.file_name().unwrap().to_str().unwrap(),
-            "blob {} does not hash to its name",
-            p.display()
-        );
-        n += 1;
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            assert_hashes_to_its_name(e.path());
+            n += 1;
+        }
     }
     assert!(n > 0, "no blobs in {}", dir.display());
 }
