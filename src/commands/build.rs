@@ -21,16 +21,28 @@ pub fn source_date_epoch(configured: u64) -> Result<u64, CmdError> {
     }
 }
 
+/// What a run of the engine is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Build and write the selected images' layouts (`imgc build`).
+    Build,
+    /// Build, but write no layout (`imgc report`).
+    BuildOnly,
+    /// Key and look up only: run, write and fetch nothing (`explain`, `--dry-run`).
+    DryRun,
+}
+
 /// Settings from the workspace config and the command line.
 pub fn settings(
     ctx: &super::Context,
     loaded: &Loaded,
     jobs: Option<usize>,
     keep_going: bool,
-    dry_run: bool,
+    run: Run,
 ) -> Result<Settings, CmdError> {
     let jobs = super::jobs(jobs)?;
     let config = &loaded.ws.config;
+    let dry_run = run == Run::DryRun;
     Ok(Settings {
         jobs,
         keep_going,
@@ -39,13 +51,13 @@ pub fn settings(
             format: LayerFormat::default_for(config.compression),
             platform: config.platform.clone(),
         },
-        output_dir: if dry_run {
-            None
-        } else {
+        output_dir: if run == Run::Build {
             let out = crate::output::OutputDir::new(&loaded.ws.root, &config.output_dir);
             Some(std::sync::Arc::new(
                 out.open_for_write().map_err(output_error)?,
             ))
+        } else {
+            None
         },
         dry_run,
         before_run: None,
@@ -103,7 +115,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
-    let settings = settings(ctx, &loaded, args.jobs, args.keep_going, false)?;
+    let settings = settings(ctx, &loaded, args.jobs, args.keep_going, Run::Build)?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,
         &loaded.ws.root,
@@ -167,7 +179,7 @@ fn plan(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
     // Keep going: a plan lists every target, also past one that cannot be keyed.
-    let settings = settings(ctx, &loaded, args.jobs, true, true)?;
+    let settings = settings(ctx, &loaded, args.jobs, true, Run::DryRun)?;
     let json = args.message_format == MessageFormat::Json;
     let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
     if !json {

@@ -18,7 +18,7 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
         )));
     };
     let selected = loaded.select(std::slice::from_ref(&args.label))?;
-    let settings = super::build::settings(ctx, &loaded, None, true, true)?;
+    let settings = super::build::settings(ctx, &loaded, None, true, super::build::Run::DryRun)?;
     let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
     let summary = super::build::run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
     let g = &loaded.graph;

@@ -43,15 +43,8 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<(), CmdError> {
         ));
     }
 
-    // Build without materializing: a dry-run's settings (no output directory,
-    // no remote) made a real build again, with the remote cache in force.
-    let mut settings = super::build::settings(ctx, &loaded, args.jobs, false, true)?;
-    settings.dry_run = false;
-    settings.remote = super::open_remote_cache(
-        ctx,
-        loaded.ws.config.remote_cache.as_deref(),
-        &loaded.ws.root,
-    )?;
+    let settings =
+        super::build::settings(ctx, &loaded, args.jobs, false, super::build::Run::BuildOnly)?;
     let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone());
     let summary = super::build::run_engine(ctx, &mut loaded, &images, settings, &mut reporter)?;
     check_built(&summary)?;

@@ -360,8 +360,14 @@ fn a_build_holds_no_write_lock_while_actions_run() {
     let ctx = context(&ws);
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
-    let mut settings =
-        imgc::commands::build::settings(&ctx, &loaded, Some(2), false, false).unwrap();
+    let mut settings = imgc::commands::build::settings(
+        &ctx,
+        &loaded,
+        Some(2),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
     let db = ws.cache.path().join("v1/imgc.sqlite");
     let probes: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let seen = probes.clone();
@@ -525,8 +531,14 @@ fn build_around_another(ws: &Ws, cache: &Path, other: &Path) {
     };
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
-    let mut settings =
-        imgc::commands::build::settings(&ctx, &loaded, Some(2), false, false).unwrap();
+    let mut settings = imgc::commands::build::settings(
+        &ctx,
+        &loaded,
+        Some(2),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
     let inner: Arc<Mutex<Option<std::process::Output>>> = Arc::default();
     let slot = inner.clone();
     let (other, cache_dir) = (other.to_path_buf(), cache.to_path_buf());

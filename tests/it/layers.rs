@@ -488,8 +488,14 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     let ctx = context(&ws);
     let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
-    let mut settings =
-        imgc::commands::build::settings(&ctx, &loaded, Some(1), false, false).unwrap();
+    let mut settings = imgc::commands::build::settings(
+        &ctx,
+        &loaded,
+        Some(1),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
     let hooked = src.clone();
     settings.before_run = Some(std::sync::Arc::new(move |label| {
         if label.to_string() == "//pkg:l" {

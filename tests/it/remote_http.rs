@@ -211,7 +211,14 @@ fn the_server_killed_mid_build_leaves_a_correct_build() {
     ctx.remote.remote_cache = Some(url.clone());
     let mut loaded = Loaded::load(&ctx).unwrap();
     let selected = loaded.select(&[]).unwrap();
-    let mut settings = build::settings(&ctx, &loaded, Some(2), false, false).unwrap();
+    let mut settings = build::settings(
+        &ctx,
+        &loaded,
+        Some(2),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
     let killer = server.clone();
     settings.before_run = Some(std::sync::Arc::new(move |label| {
         if label.to_string() == "//services/api:api" {

@@ -393,7 +393,14 @@ pub fn build_with_hook(
     let mut loaded = Loaded::load(&ctx).unwrap_or_else(|e| panic!("{e:?}"));
     let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     let selected = loaded.select(&patterns).unwrap();
-    let mut settings = build::settings(&ctx, &loaded, Some(1), false, false).unwrap();
+    let mut settings = build::settings(
+        &ctx,
+        &loaded,
+        Some(1),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
     settings.before_run = Some(std::sync::Arc::new(hook));
     let mut reporter =
         imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
