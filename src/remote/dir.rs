@@ -86,21 +86,29 @@ impl DirStore {
                         ));
                     }
                 };
-                if !empty {
+                // Anything else was made after the marker (imgc marks first): if
+                // another imgc marked it since we looked, it is ours after all.
+                let marked_since =
+                    || fs::symlink_metadata(root.join(MARKER)).is_ok_and(|m| m.is_file());
+                if !empty && !marked_since() {
                     return Err(format!(
                         "`{show}` is not an imgc remote cache (it has no `{MARKER}` file) and is not empty: refusing to use it; give an empty or new directory"
                     ));
                 }
-                if mode == Mode::Read {
+                if empty && mode == Mode::Read {
                     // Nothing to read, and a read-only build writes nothing.
                     return Ok(store);
                 }
-                fs::create_dir_all(root).map_err(|e| {
-                    format!("cannot create the remote cache directory `{show}`: {e}")
-                })?;
-                store
-                    .publish(&root.join(MARKER), MARKER_TEXT.as_bytes(), false)
-                    .map_err(|e| format!("cannot mark the remote cache directory `{show}`: {e}"))?;
+                if empty {
+                    fs::create_dir_all(root).map_err(|e| {
+                        format!("cannot create the remote cache directory `{show}`: {e}")
+                    })?;
+                    store
+                        .publish(&root.join(MARKER), MARKER_TEXT.as_bytes(), false)
+                        .map_err(|e| {
+                            format!("cannot mark the remote cache directory `{show}`: {e}")
+                        })?;
+                }
             }
             Err(e) => {
                 return Err(format!(
