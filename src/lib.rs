@@ -61,6 +61,7 @@ pub mod oci;
 pub mod output;
 pub mod plan;
 pub mod policy;
+pub mod registry;
 pub mod remote;
 pub mod report;
 pub mod scheduler;
@@ -91,6 +92,10 @@ mod architecture {
             ("sharing/human.rs", include_str!("sharing/human.rs")),
             ("sharing/html.rs", include_str!("sharing/html.rs")),
             ("policy.rs", include_str!("policy.rs")),
+            (
+                "registry/reference.rs",
+                include_str!("registry/reference.rs"),
+            ),
         ];
         let forbidden = [
             "std::fs",
