@@ -202,7 +202,10 @@ pub(crate) fn is_manifest(d: &Descriptor) -> bool {
 /// follow): the only manifest or index it lists, else the one whose descriptor
 /// platform matches. Shared by layout imports and registry pulls. The error
 /// lists what the index offers.
-pub(crate) fn choose<'a>(index: &'a ImageIndex, platform: &Platform) -> Result<&'a Descriptor, String> {
+pub(crate) fn choose<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+) -> Result<&'a Descriptor, String> {
     let candidates: Vec<&Descriptor> = index
         .manifests()
         .iter()

@@ -108,7 +108,10 @@ impl fmt::Debug for Hidden {
 /// What the client may log in with at one registry.
 #[derive(Clone, Debug)]
 pub enum Login {
-    Basic { username: String, password: Hidden },
+    Basic {
+        username: String,
+        password: Hidden,
+    },
     /// An OAuth2 refresh token (Docker's `identitytoken`).
     IdentityToken(Hidden),
 }
@@ -358,11 +361,10 @@ impl Client {
 
     /// `http` or `https` for `r`'s registry.
     pub fn scheme(&self, r: &Reference) -> &'static str {
-        let insecure = self
-            .options
-            .insecure
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(&r.registry) || h.eq_ignore_ascii_case(r.hostname()));
+        let insecure =
+            self.options.insecure.iter().any(|h| {
+                h.eq_ignore_ascii_case(&r.registry) || h.eq_ignore_ascii_case(r.hostname())
+            });
         if r.is_loopback() || insecure {
             "http"
         } else {
@@ -556,11 +558,10 @@ impl Client {
                 break;
             }
             sha.update(&buf[..k]);
-            out.write_all(&buf[..k])
-                .map_err(|e| RegistryError::Local {
-                    what: format!("cannot store blob {digest}"),
-                    source: e,
-                })?;
+            out.write_all(&buf[..k]).map_err(|e| RegistryError::Local {
+                what: format!("cannot store blob {digest}"),
+                source: e,
+            })?;
         }
         if n != expected_size {
             return Err(RegistryError::Size {
@@ -942,7 +943,11 @@ impl Client {
             }
             url = next;
         }
-        Err(self.protocol(call, &call.url, format!("more than {MAX_REDIRECTS} redirects")))
+        Err(self.protocol(
+            call,
+            &call.url,
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
     }
 
     fn protocol(&self, call: &Call<'_>, url: &str, reason: String) -> RegistryError {
@@ -1138,8 +1143,11 @@ impl Client {
             .reader()
             .read_to_end(&mut bytes)
             .map_err(|_| fail(format!("cannot read the answer of `{realm_shown}`")))?;
-        let answer: TokenAnswer = serde_json::from_slice(&bytes)
-            .map_err(|_| fail(format!("the token service `{realm_shown}` answered no JSON")))?;
+        let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|_| {
+            fail(format!(
+                "the token service `{realm_shown}` answered no JSON"
+            ))
+        })?;
         let value = answer
             .token
             .filter(|t| !t.is_empty())
@@ -1210,7 +1218,11 @@ fn is_tls_error(e: &ureq::Error) -> bool {
 
 /// `type/subtype` of a `Content-Type` value, without parameters.
 fn media_type_only(v: &str) -> String {
-    v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    v.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// The `mediaType` a manifest declares, for registries that send none.
@@ -1436,10 +1448,7 @@ fn detail_of(bytes: &[u8]) -> String {
     if parts.is_empty() {
         return String::new();
     }
-    format!(
-        "({})",
-        escape(&truncate(&parts.join("; "), DETAIL_CHARS))
-    )
+    format!("({})", escape(&truncate(&parts.join("; "), DETAIL_CHARS)))
 }
 
 /// Hashes what passes through; records `(digest, len)` once `total` bytes have

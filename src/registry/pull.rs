@@ -79,13 +79,19 @@ pub enum PullError {
         digest: Digest,
         reason: String,
     },
-    #[error("`{reference}` has no image for platform {platform} (found: {})", escape(found))]
+    #[error(
+        "`{reference}` has no image for platform {platform} (found: {})",
+        escape(found)
+    )]
     NoPlatform {
         reference: String,
         platform: String,
         found: String,
     },
-    #[error("`{reference}` holds a {} image; the workspace builds {want}", escape(found))]
+    #[error(
+        "`{reference}` holds a {} image; the workspace builds {want}",
+        escape(found)
+    )]
     WrongPlatform {
         reference: String,
         found: String,
@@ -141,7 +147,11 @@ pub fn fetch_image(
             break;
         }
         if depth >= MAX_NESTING {
-            return Err(invalid("image index", doc.digest, "indexes are nested too deeply".into()));
+            return Err(invalid(
+                "image index",
+                doc.digest,
+                "indexes are nested too deeply".into(),
+            ));
         }
         let index: ImageIndex = serde_json::from_slice(&doc.bytes)
             .map_err(|e| invalid("image index", doc.digest, e.to_string()))?;
@@ -163,7 +173,10 @@ pub fn fetch_image(
             return Err(invalid(
                 "image index",
                 doc.digest,
-                format!("it lists {d} with {size} bytes, the registry sent {}", next.bytes.len()),
+                format!(
+                    "it lists {d} with {size} bytes, the registry sent {}",
+                    next.bytes.len()
+                ),
             ));
         }
         doc = next;
@@ -193,7 +206,9 @@ pub fn fetch_image(
         Fetch::Store(e) => store(config_digest, e),
     })?;
     blobs.push(config_digest);
-    let config_bytes = cas.read(&config_digest).map_err(|e| store(config_digest, e))?;
+    let config_bytes = cas
+        .read(&config_digest)
+        .map_err(|e| store(config_digest, e))?;
     check_platform(&config_bytes, platform).map_err(|found| PullError::WrongPlatform {
         reference: name.clone(),
         found,

@@ -14,7 +14,9 @@ fn challenges_parse_with_quotes_commas_and_several_schemes() {
     assert_eq!(c[0].params["service"], "registry.example.com");
     assert_eq!(c[0].params["scope"], "repository:a/b:pull,push");
 
-    let c = parse_challenges(r#"Basic realm="Registry Realm", Bearer realm="http://127.0.0.1:1/t", error="invalid_token""#);
+    let c = parse_challenges(
+        r#"Basic realm="Registry Realm", Bearer realm="http://127.0.0.1:1/t", error="invalid_token""#,
+    );
     assert_eq!(c.len(), 2);
     assert_eq!(c[0].scheme, "basic");
     assert_eq!(c[0].params["realm"], "Registry Realm");
@@ -32,7 +34,15 @@ fn challenges_parse_with_quotes_commas_and_several_schemes() {
         c.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
         ["negotiate", "basic"]
     );
-    for s in ["", "=", "\"", "a=\"unterminated", ",,,", "Bearer realm=", "é=é"] {
+    for s in [
+        "",
+        "=",
+        "\"",
+        "a=\"unterminated",
+        ",,,",
+        "Bearer realm=",
+        "é=é",
+    ] {
         let _ = parse_challenges(s);
     }
 }
@@ -63,9 +73,18 @@ fn urls_use_http_only_for_loopback_and_insecure_hosts() {
     assert_eq!(url("127.0.0.1:5000/a/b:1"), "http://127.0.0.1:5000/v2/a/b/");
     assert_eq!(url("localhost/x"), "http://localhost/v2/x/");
     assert_eq!(url("registry.lan:5000/x"), "http://registry.lan:5000/v2/x/");
-    assert_eq!(url("registry.lan:5001/x"), "https://registry.lan:5001/v2/x/");
-    assert_eq!(url("plain.example:8080/x"), "http://plain.example:8080/v2/x/");
-    assert_eq!(url("alpine"), "https://registry-1.docker.io/v2/library/alpine/");
+    assert_eq!(
+        url("registry.lan:5001/x"),
+        "https://registry.lan:5001/v2/x/"
+    );
+    assert_eq!(
+        url("plain.example:8080/x"),
+        "http://plain.example:8080/v2/x/"
+    );
+    assert_eq!(
+        url("alpine"),
+        "https://registry-1.docker.io/v2/library/alpine/"
+    );
     assert_eq!(url("ghcr.io/o/r"), "https://ghcr.io/v2/o/r/");
 }
 
@@ -80,7 +99,10 @@ fn locations_resolve_against_the_request() {
         join_url(base, "https://s3.example/b?sig=1"),
         "https://s3.example/b?sig=1"
     );
-    assert_eq!(join_url(base, "u2"), "http://127.0.0.1:5000/v2/a/blobs/uploads/u2");
+    assert_eq!(
+        join_url(base, "u2"),
+        "http://127.0.0.1:5000/v2/a/blobs/uploads/u2"
+    );
     assert_eq!(join_url(base, "//cdn.example/x"), "http://cdn.example/x");
 }
 
@@ -103,7 +125,13 @@ fn origins_compare_scheme_host_and_port() {
 fn registry_error_bodies_are_bounded_and_escaped() {
     let d = detail_of(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}"#);
     assert_eq!(d, "(MANIFEST_UNKNOWN: manifest unknown)");
-    let d = detail_of(format!(r#"{{"errors":[{{"code":"X","message":"a\u001b[31m{}"}}]}}"#, "y".repeat(5000)).as_bytes());
+    let d = detail_of(
+        format!(
+            r#"{{"errors":[{{"code":"X","message":"a\u001b[31m{}"}}]}}"#,
+            "y".repeat(5000)
+        )
+        .as_bytes(),
+    );
     assert!(!d.contains('\u{1b}'), "{d}");
     assert!(d.chars().count() < DETAIL_CHARS + 40, "{}", d.len());
     assert_eq!(detail_of(b"<html>oops</html>"), "");
@@ -159,10 +187,7 @@ fn serve(responses: Vec<Vec<u8>>) -> Script {
             let _ = s.write_all(&resp);
         }
     });
-    Script {
-        addr,
-        requests: rx,
-    }
+    Script { addr, requests: rx }
 }
 
 fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -205,15 +230,26 @@ fn a_redirect_to_another_host_does_not_carry_the_credentials() {
     let r = Reference::parse(&format!("{}/app", registry.addr)).unwrap();
     let c = client_with(&r.registry, "alice", "s3cret");
     let mut out = Vec::new();
-    let n = c.get_blob_to(&r, &digest, blob.len() as u64, &mut out).unwrap();
+    let n = c
+        .get_blob_to(&r, &digest, blob.len() as u64, &mut out)
+        .unwrap();
     assert_eq!((n, out), (blob.len() as u64, blob));
 
     let first = registry.requests.recv().unwrap();
-    assert!(!first.to_ascii_lowercase().contains("authorization"), "{first}");
+    assert!(
+        !first.to_ascii_lowercase().contains("authorization"),
+        "{first}"
+    );
     let second = registry.requests.recv().unwrap();
-    assert!(second.to_ascii_lowercase().contains("authorization: basic"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("authorization: basic"),
+        "{second}"
+    );
     let at_storage = storage.requests.recv().unwrap();
-    assert!(at_storage.starts_with("GET /bucket/blob?sig=abc "), "{at_storage}");
+    assert!(
+        at_storage.starts_with("GET /bucket/blob?sig=abc "),
+        "{at_storage}"
+    );
     assert!(
         !at_storage.to_ascii_lowercase().contains("authorization"),
         "credentials went to the storage host: {at_storage}"
@@ -256,12 +292,18 @@ fn bearer_tokens_are_fetched_with_the_scope_and_reused() {
         response("401 Unauthorized", &[("WWW-Authenticate", &challenge)], b""),
         response(
             "200 OK",
-            &[("Content-Type", OCI_MANIFEST), ("Docker-Content-Digest", &digest.to_string())],
+            &[
+                ("Content-Type", OCI_MANIFEST),
+                ("Docker-Content-Digest", &digest.to_string()),
+            ],
             &manifest,
         ),
         response(
             "200 OK",
-            &[("Content-Type", OCI_MANIFEST), ("Docker-Content-Digest", &digest.to_string())],
+            &[
+                ("Content-Type", OCI_MANIFEST),
+                ("Docker-Content-Digest", &digest.to_string()),
+            ],
             &manifest,
         ),
     ]);
@@ -277,7 +319,11 @@ fn bearer_tokens_are_fetched_with_the_scope_and_reused() {
         token_req.starts_with("GET /token?service=reg.test&scope=repository:team/app:pull "),
         "{token_req}"
     );
-    assert!(token_req.to_ascii_lowercase().contains("authorization: basic"));
+    assert!(
+        token_req
+            .to_ascii_lowercase()
+            .contains("authorization: basic")
+    );
     let _ = registry.requests.recv().unwrap();
     for _ in 0..2 {
         let with_token = registry.requests.recv().unwrap();
@@ -288,7 +334,11 @@ fn bearer_tokens_are_fetched_with_the_scope_and_reused() {
 #[test]
 fn a_pinned_manifest_with_other_bytes_is_refused() {
     let sent = br#"{"schemaVersion":2}"#.to_vec();
-    let server = serve(vec![response("200 OK", &[("Content-Type", OCI_MANIFEST)], &sent)]);
+    let server = serve(vec![response(
+        "200 OK",
+        &[("Content-Type", OCI_MANIFEST)],
+        &sent,
+    )]);
     let pinned = Digest::of_bytes(b"the real manifest");
     let r = Reference::parse(&format!("{}/app@{pinned}", server.addr)).unwrap();
     let err = Client::new(ClientOptions::anonymous())
@@ -310,12 +360,29 @@ fn unauthorized_errors_name_the_registry_and_never_the_password() {
     let err = c.resolve(&r).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{msg}");
-    assert!(msg.contains(&format!("authentication required for {}", r.registry)), "{msg}");
+    assert!(
+        msg.contains(&format!("authentication required for {}", r.registry)),
+        "{msg}"
+    );
     assert!(msg.contains("docker login"), "{msg}");
     assert!(!msg.contains("wrong-pass-xyz") && !format!("{err:?}").contains("wrong-pass-xyz"));
     // The Basic header went once, and was not sent again after it was refused.
-    assert!(!server.requests.recv().unwrap().to_ascii_lowercase().contains("authorization"));
-    assert!(server.requests.recv().unwrap().to_ascii_lowercase().contains("authorization"));
+    assert!(
+        !server
+            .requests
+            .recv()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("authorization")
+    );
+    assert!(
+        server
+            .requests
+            .recv()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("authorization")
+    );
 }
 
 #[test]
@@ -326,7 +393,11 @@ fn a_server_error_is_retried_and_a_client_error_is_not() {
         response("503 Service Unavailable", &[], b""),
         response("429 Too Many Requests", &[("Retry-After", "0")], b""),
         response("200 OK", &[], &ok),
-        response("400 Bad Request", &[], br#"{"errors":[{"code":"DIGEST_INVALID","message":"no"}]}"#),
+        response(
+            "400 Bad Request",
+            &[],
+            br#"{"errors":[{"code":"DIGEST_INVALID","message":"no"}]}"#,
+        ),
     ]);
     let r = Reference::parse(&format!("{}/app", server.addr)).unwrap();
     let c = Client::new(ClientOptions::anonymous());
@@ -334,7 +405,10 @@ fn a_server_error_is_retried_and_a_client_error_is_not() {
     c.get_blob_to(&r, &d, 4, &mut out).unwrap();
     assert_eq!(out, ok);
     let err = c.get_blob_to(&r, &d, 4, &mut Vec::new()).unwrap_err();
-    assert!(err.to_string().contains("HTTP 400 (DIGEST_INVALID: no)"), "{err}");
+    assert!(
+        err.to_string().contains("HTTP 400 (DIGEST_INVALID: no)"),
+        "{err}"
+    );
     for _ in 0..4 {
         server.requests.recv().unwrap();
     }
