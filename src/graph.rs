@@ -660,6 +660,68 @@ mod tests {
             .collect()
     }
 
+    fn registry_import(name: &str, reference: &str) -> Target {
+        Target {
+            name: Spanned::new(name.into(), span()),
+            span: span(),
+            kind: TargetKind::Import(crate::spec::model::ImportSpec {
+                source: Spanned::new(
+                    crate::spec::model::ImportSource::Registry(
+                        crate::spec::model::RegistryRef::parse(reference).unwrap(),
+                    ),
+                    span(),
+                ),
+            }),
+        }
+    }
+
+    #[test]
+    fn registry_bases_are_found_through_images_and_unpinned_ones_reported() {
+        let pinned = format!("r.io/team/base:1@sha256:{}", "ab".repeat(32));
+        let pkgs = vec![
+            pkg(
+                "bases",
+                0,
+                vec![
+                    registry_import("up", &pinned),
+                    registry_import("loose", "r.io/team/other:2"),
+                    image("mid", Some(":up"), &[], "bases"),
+                ],
+            ),
+            pkg(
+                "svc",
+                1,
+                vec![
+                    image("svc", Some("//bases:mid"), &[], "svc"),
+                    image("solo", None, &[], "svc"),
+                    image("on-loose", Some("//bases:loose"), &[], "svc"),
+                ],
+            ),
+        ];
+        let (g, diags) = build(pkgs);
+        assert!(diags.is_empty(), "{diags:?}");
+        let at = |l: &str| g.get(&Label::parse_in(l, "").unwrap()).unwrap();
+        let (n, r) = g.registry_base(at("//svc:svc")).unwrap();
+        assert_eq!(n, at("//bases:up"));
+        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("r.io", "team/base"));
+        assert!(g.registry_base(at("//svc:solo")).is_none());
+        assert!(g.registry_reference(at("//bases:mid")).is_none());
+        // Only the unpinned import the selection builds on is reported.
+        let all: BTreeSet<_> = g.nodes().collect();
+        let found = unpinned_imports(&g, &all, &BTreeMap::new());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, at("//bases:loose"));
+        assert_eq!(found[0].1.code, Code::NotPinned);
+        let svc = g.closure(&[at("//svc:svc")], Direction::Outgoing);
+        assert!(unpinned_imports(&g, &svc, &BTreeMap::new()).is_empty());
+        let now = BTreeMap::from([(at("//bases:loose"), format!("sha256:{}", "cd".repeat(32)))]);
+        let help = unpinned_imports(&g, &all, &now)[0].1.help.clone().unwrap();
+        assert!(
+            help.contains(&format!("registry \"r.io/team/other:2@sha256:{}\"", "cd".repeat(32))),
+            "{help}"
+        );
+    }
+
     #[test]
     fn resolves_and_orders_dependencies_first() {
         let pkgs = vec![

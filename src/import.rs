@@ -1,4 +1,5 @@
-//! Importing images made elsewhere: OCI image layouts and `docker save` tarballs.
+//! Importing images made elsewhere: OCI image layouts, `docker save` tarballs
+//! and (once [`crate::registry::pull`] fetched them) pinned registry images.
 //!
 //! An import copies an image's blobs into the CAS, verifying each one, and
 //! returns its parsed config, its layer descriptors and a [`Listing`] of every
@@ -79,6 +80,24 @@
 //! decompressed (by media type) once: its sha256 must equal the config's
 //! `diff_ids`, and its entries make its [`Listing`].
 //!
+//! # One path for every source
+//!
+//! Whatever the source, once the chosen image's manifest, config and layer
+//! blobs are known, [`assemble`] makes the [`ImportedImage`]: the config must be
+//! for the build platform and list one diff_id per layer; each distinct layer
+//! is made present in the CAS (copied from a layout, already stored by an
+//! archive scan or a pull), then decompressed once into its diff_id (which
+//! must be the config's) and its listing.
+//!
+//! # Registry images ([`import_pulled`])
+//!
+//! The pull stored the chosen manifest, the config and the layers, each
+//! verified against its digest. The manifest is parsed here again, from its
+//! bytes (which must hash to the manifest digest), with the layout's own
+//! parser; the config is read back from the CAS (verified), and each layer is
+//! re-hashed in the CAS before it is decompressed: what is used is what the
+//! pinned digest names.
+//!
 //! # Docker archives (`import::archive`)
 //!
 //! The tarball is streamed once; every candidate blob (`<id>/layer.tar` of the
@@ -96,7 +115,9 @@
 //!
 //! # What it deliberately does not do
 //!
-//! - No registry access, no credentials: pulling is a separate, later step.
+//! - No registry access, no credentials: [`crate::registry::pull`] fetches a
+//!   registry image into the CAS (verified), and [`import_pulled`] takes it from
+//!   there through the checks every import shares ([`assemble`]).
 //! - No conversion: layers are not recompressed, configs are stored as found
 //!   (their digest is the upstream image id). Docker layer media types in an OCI
 //!   layout are mapped to their OCI names, which describe the same bytes.

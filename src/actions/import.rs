@@ -1,5 +1,15 @@
 //! The import action: an OCI layout or a `docker save` archive of the workspace,
-//! copied into the CAS and verified ([`crate::import`]).
+//! copied into the CAS and verified ([`crate::import`]), or an image of a
+//! registry pinned by digest, fetched into the CAS and verified
+//! ([`crate::registry::pull`]).
+//!
+//! A registry import's key is its recipe version, the platform, the source
+//! kind and the pinned digest, nothing else: the digest names the content (and
+//! every byte fetched is verified against the digests that lead to it), so the
+//! host and repository say where to fetch, not what is fetched, and moving a
+//! base to a mirror rebuilds nothing. Keying one needs no network; running one
+//! makes the run's registry client on first use ([`Registries`]). An unpinned
+//! reference cannot be keyed (E061).
 //!
 //! Keying ([`key`]) hashes exactly the files the import will read
 //! ([`crate::import::key_inputs`], which walks the layout with the import's own

@@ -7,7 +7,7 @@
 //! | kind | module | keyed on | runs on |
 //! |---|---|---|---|
 //! | layer | [`layer`] | a worker (expands the file set, hashes files through the memo) | a worker (writes the tar into the CAS) |
-//! | import | [`import`] | a worker (hashes the layout or archive) | a worker (copies and verifies blobs) |
+//! | import | [`import`] | a worker (hashes the layout or archive; a registry import: its digest, no IO) | a worker (copies and verifies blobs; fetches a registry image's) |
 //! | image | [`image`] | the coordinator (spec + dependencies' output digests, no IO) | a worker (config + manifest) |
 //!
 //! # What enters a key
@@ -30,8 +30,9 @@
 //! | image | `layer.<n>:<label>` | digest of the n-th own layer |
 //! | image | `config` | blake3 of the canonical config parameters (entrypoint, env, annotations, ...) |
 //! | image | `platform`, `epoch` | as configured |
-//! | import | `source` | `oci-layout` or `docker-archive` |
-//! | import | `file:<path>` | blake3 of each file the import reads |
+//! | import | `source` | `oci-layout`, `docker-archive` or `registry` |
+//! | import | `file:<path>` | blake3 of each file the import reads (layouts, archives) |
+//! | import | `digest` | a registry import's pinned digest (not its host, repository or tag: a mirror with the same digest rebuilds nothing) |
 //! | import | `platform` | the platform picked from a multi-platform index |
 //!
 //! # Recipe versions
