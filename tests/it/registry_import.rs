@@ -279,6 +279,29 @@ fn a_build_with_a_cached_registry_import_needs_no_registry() {
 }
 
 #[test]
+fn a_mirror_with_the_same_digest_rebuilds_nothing() {
+    if !tools() {
+        return;
+    }
+    let (reg, _up, upstream, pinned) = registry_with_base();
+    let ws = consumer_ws(&pinned);
+    let first = build_json(&ws, &[]);
+    // The same image under another name (a mirror): the key holds the digest only.
+    reg.skopeo_push(&upstream, "mirror/team/base:1", false);
+    let digest = pinned.split('@').nth(1).unwrap();
+    let mirrored = format!("{}/mirror/team/base:1@{digest}", reg.host());
+    ws.write(
+        "third_party/BUILD.kdl",
+        &format!("import \"base\" {{\n    registry \"{mirrored}\"\n}}\n"),
+    );
+    let before = reg.access_log().len();
+    let ev = build_json(&ws, &[]);
+    assert!(ev.ran().is_empty(), "{:?}", ev.ran());
+    assert_eq!(ev.images(), first.images());
+    assert_eq!(reg.access_log().len(), before, "the mirror was contacted");
+}
+
+#[test]
 fn a_wrong_digest_is_rejected() {
     if !tools() {
         return;
