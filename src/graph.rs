@@ -703,7 +703,10 @@ mod tests {
         let at = |l: &str| g.get(&Label::parse_in(l, "").unwrap()).unwrap();
         let (n, r) = g.registry_base(at("//svc:svc")).unwrap();
         assert_eq!(n, at("//bases:up"));
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("r.io", "team/base"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("r.io", "team/base")
+        );
         assert!(g.registry_base(at("//svc:solo")).is_none());
         assert!(g.registry_reference(at("//bases:mid")).is_none());
         // Only the unpinned import the selection builds on is reported.
@@ -717,7 +720,10 @@ mod tests {
         let now = BTreeMap::from([(at("//bases:loose"), format!("sha256:{}", "cd".repeat(32)))]);
         let help = unpinned_imports(&g, &all, &now)[0].1.help.clone().unwrap();
         assert!(
-            help.contains(&format!("registry \"r.io/team/other:2@sha256:{}\"", "cd".repeat(32))),
+            help.contains(&format!(
+                "registry \"r.io/team/other:2@sha256:{}\"",
+                "cd".repeat(32)
+            )),
             "{help}"
         );
     }

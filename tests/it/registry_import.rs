@@ -172,7 +172,13 @@ fn an_image_on_a_pinned_registry_base_builds_and_its_base_layers_are_byte_identi
     let ev = build_json(&ws, &[]);
     assert_eq!(
         ev.ran(),
-        ["//app:app", "//app:app~layer0", "//app:tool", "//app:tool~layer0", "//third_party:base"]
+        [
+            "//app:app",
+            "//app:app~layer0",
+            "//app:tool",
+            "//app:tool~layer0",
+            "//third_party:base"
+        ]
     );
     let app = ws.layout("app", "app");
     let base_layers = layers_of(&upstream);
@@ -214,7 +220,10 @@ fn an_image_on_a_pinned_registry_base_builds_and_its_base_layers_are_byte_identi
             std::fs::read_to_string(rootfs.join("etc/os-release")).unwrap(),
             "ID=upstream-one\n"
         );
-        assert_eq!(std::fs::read_to_string(rootfs.join("app/version")).unwrap(), "1\n");
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("app/version")).unwrap(),
+            "1\n"
+        );
     }
 }
 
@@ -241,7 +250,12 @@ fn registry_base_blobs_are_fetched_once() {
     let gets = blob_gets(&log);
     // The config and each layer: fetched exactly once for two images and two builds.
     let mut want: Vec<String> = layers_of(&upstream);
-    want.push(manifest_of(&upstream)["config"]["digest"].as_str().unwrap().to_string());
+    want.push(
+        manifest_of(&upstream)["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
     for d in &want {
         let path = format!("/v2/base/blobs/{d}");
         assert_eq!(gets.get(&path), Some(&1), "{path}: {log:#?}");
@@ -318,15 +332,19 @@ fn a_wrong_digest_is_rejected() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("//third_party:base"), "{err}");
-    assert!(err.contains(&absent) || err.contains("0123456789abcdef"), "{err}");
+    assert!(
+        err.contains(&absent) || err.contains("0123456789abcdef"),
+        "{err}"
+    );
     assert!(!ws.layout("app", "app").exists());
 
     // The registry serves other bytes for a layer: rejected, nothing cached.
     let layer = layers_of(&upstream)[0].clone();
     let hex = layer.trim_start_matches("sha256:");
-    let data = reg
-        .storage()
-        .join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let data = reg.storage().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
     let good = std::fs::read(&data).unwrap();
     flip_byte(&data);
     let ws = consumer_ws(&pinned);
@@ -339,7 +357,11 @@ fn a_wrong_digest_is_rejected() {
     // repaired, the import runs (and succeeds), it is not served from the cache.
     std::fs::write(&data, &good).unwrap();
     let ev = build_json(&ws, &[]);
-    assert!(ev.ran().contains(&"//third_party:base".to_string()), "{:?}", ev.ran());
+    assert!(
+        ev.ran().contains(&"//third_party:base".to_string()),
+        "{:?}",
+        ev.ran()
+    );
     assert_eq!(layers_of(&ws.layout("app", "app"))[0], layer);
 }
 
@@ -365,14 +387,21 @@ fn an_unpinned_tag_is_an_error_that_prints_the_current_digest() {
     let out = imgc(&ws, &["build", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("E061"));
-    assert_eq!(reg.access_log().len(), before, "check or --dry-run reached the registry");
+    assert_eq!(
+        reg.access_log().len(),
+        before,
+        "check or --dry-run reached the registry"
+    );
 
     // A build names the digest to pin.
     let out = imgc(&ws, &["build"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("E061"), "{err}");
-    assert!(err.contains(&digest), "the current digest is printed: {err}");
+    assert!(
+        err.contains(&digest),
+        "the current digest is printed: {err}"
+    );
     assert!(err.contains("imgc pin"), "{err}");
     assert!(!ws.path("imgc-out").join("app").exists());
 }
@@ -416,7 +445,9 @@ fn imgc_pin_rewrites_only_the_reference() {
     let out = imgc_ok(&ws, &["pin"]);
     let said = stdout(&out);
     assert!(
-        said.contains(&format!("pinned //third_party:base {host}/base:1 -> {digest}")),
+        said.contains(&format!(
+            "pinned //third_party:base {host}/base:1 -> {digest}"
+        )),
         "{said}"
     );
     assert!(said.contains("pinned //third_party:other"), "{said}");
@@ -452,13 +483,21 @@ fn imgc_pin_rewrites_only_the_reference() {
     let moved = remote_digest(&reg, "base:1");
     assert_ne!(moved, digest);
     imgc_ok(&ws, &["pin", "//third_party:base"]);
-    assert_eq!(std::fs::read_to_string(&spec).unwrap(), want, "pinned ones stay");
+    assert_eq!(
+        std::fs::read_to_string(&spec).unwrap(),
+        want,
+        "pinned ones stay"
+    );
     let out = imgc_ok(&ws, &["pin", "--update", "//third_party:base"]);
     assert!(stdout(&out).contains(&moved), "{}", stdout(&out));
     let updated = std::fs::read_to_string(&spec).unwrap();
     assert_eq!(
         updated,
-        want.replacen(&format!("base:1@{digest}\""), &format!("base:1@{moved}\""), 1)
+        want.replacen(
+            &format!("base:1@{digest}\""),
+            &format!("base:1@{moved}\""),
+            1
+        )
     );
 
     // A spec file that is a symbolic link is refused and left alone.
@@ -532,7 +571,11 @@ fn multi_platform_layout(images: &[(&Path, &str, &str)]) -> tempfile::TempDir {
             "size": index.len(),
         }],
     });
-    std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&top).unwrap(),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("oci-layout"),
         "{\"imageLayoutVersion\":\"1.0.0\"}",
@@ -578,5 +621,8 @@ fn a_multi_platform_index_selects_the_workspace_platform() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("linux/s390x"), "{err}");
-    assert!(err.contains("linux/amd64") && err.contains("linux/arm64"), "{err}");
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64"),
+        "{err}"
+    );
 }
