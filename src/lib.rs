@@ -15,6 +15,7 @@
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
+//! | 9 | export | [`export`] | a built image → one deterministic archive file (`docker-archive`, also an OCI layout; or `oci-archive`), streamed from [`cas`] and verified, renamed into place when complete (`imgc export`) |
 //!
 //! # Invariants
 //!
@@ -47,6 +48,7 @@ pub mod cli;
 pub mod commands;
 pub mod diag;
 pub mod docgen;
+pub mod export;
 pub mod fileset;
 pub mod gc;
 pub mod git;
