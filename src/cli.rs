@@ -107,8 +107,7 @@ pub enum Command {
     Man,
     /// List the images that changed files affect (for CI).
     Affected(AffectedArgs),
-    /// Build an image and write it as one archive file, for `docker load`,
-    /// `podman load` or `skopeo`.
+    /// Build an image and write it as an archive for `docker load` or `podman load`.
     Export(ExportArgs),
 }
 
