@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod nginx;
+pub mod registry;
 pub use nginx::{LogLine, Nginx, NginxOpts};
 
 /// A workspace in a temp dir with its own cache directory.
