@@ -513,6 +513,12 @@ pub fn write_file<T>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| ExportError::Refused(format!("`{shown}` does not name a file")))?;
+    // Room for the dot, the random part and the suffix within a file name's 255 bytes.
+    let mut cut = name.len().min(200);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let name = &name[..cut];
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".imgc-tmp")
@@ -798,6 +804,17 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_file_takes_the_longest_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join(format!("{}.tar", "é".repeat(125)));
+        write_file(&dest, "long", |w| {
+            w.write_all(b"tar").map_err(ExportError::Write)
+        })
+        .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"tar");
     }
 
     #[test]

@@ -377,6 +377,31 @@ fn export_to_stdout_writes_the_same_archive() {
     assert!(stderr(&piped).contains("exported `//services/api:api` to stdout"));
 }
 
+/// `-o -` on a terminal (a pseudo-terminal from `script`) is refused before
+/// any work: an archive is no text for a screen.
+#[test]
+fn export_to_a_terminal_is_refused() {
+    require("script");
+    let (ws, _out) = examples();
+    let cmd = format!(
+        "{} --cache-dir {} export //services/api -o -; echo \"exit=$?\"",
+        imgc_bin(),
+        ws.cache.path().display()
+    );
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .current_dir(ws.root())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("which is a terminal"), "{text}");
+    assert!(text.contains("exit=2"), "{text}");
+    assert!(!text.contains("oci-layout"), "{text}");
+    // Refused before the workspace is even loaded: no cache was made.
+    assert!(!ws.cache.path().join("v1").exists());
+}
+
 #[test]
 fn export_builds_first_and_a_second_export_runs_nothing() {
     let (ws, out) = examples();
