@@ -164,16 +164,6 @@ pub enum ExportError {
     },
 }
 
-impl ExportError {
-    /// The IO error underneath, if the environment failed (not the store).
-    pub fn io_error(&self) -> Option<&io::Error> {
-        match self {
-            ExportError::Write(e) | ExportError::Destination { source: e, .. } => Some(e),
-            _ => None,
-        }
-    }
-}
-
 /// The `index.json` of an archive: one descriptor of the manifest per name.
 pub fn index_json(manifest: (Digest, u64), media_type: &str, names: &[ArchiveName]) -> Vec<u8> {
     let descriptor = |annotations: Option<Value>| {

@@ -34,10 +34,12 @@
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
 //!    remote caches, [`output`] alone writes and
-//!    removes in the output directory, [`input`] alone opens workspace files,
+//!    removes in the output directory, [`export`] alone writes archives (to the
+//!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
 //! 7. **The workspace may be hostile.** No read leaves it, no link leads into a
-//!    special file, and nothing imgc did not make (and mark) is replaced or deleted.
+//!    special file, and nothing imgc did not make (and mark) is replaced or deleted
+//!    (but for a file the user names with `-o`).
 
 pub mod action;
 pub mod actions;
