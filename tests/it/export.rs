@@ -428,13 +428,10 @@ fn export_builds_first_and_a_second_export_runs_nothing() {
     );
 }
 
-/// A file that grows past the size limit (`ulimit -f`, with SIGXFSZ ignored so
-/// the write fails instead of killing imgc) makes the export fail half-way:
-/// the existing FILE stays as it was and no temporary file is left.
-#[test]
-fn a_failed_export_leaves_no_partial_file() {
+/// spec-examples with 4 MiB that gzip cannot shrink in `//services/api`, built,
+/// so its archive outgrows a 2 MiB file size limit.
+fn noisy_api() -> (Ws, tempfile::TempDir) {
     let (ws, out) = examples();
-    // 4 MiB that gzip cannot shrink, so the archive outgrows a 2 MiB limit.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let noise: Vec<u8> = (0..4 << 20)
         .map(|_| {
@@ -454,18 +451,34 @@ fn a_failed_export_leaves_no_partial_file() {
         ),
     );
     ws.build(&["//services/api"]); // the cache is written without a limit
+    (ws, out)
+}
 
-    let file = out.path().join("api.tar");
-    std::fs::write(&file, b"an older archive").unwrap();
-    let cmd = "trap '' XFSZ; ulimit -f 4096; exec \"$0\" --cache-dir \"$1\" export //services/api -o \"$2\"";
-    let o = Command::new("sh")
-        .args(["-c", cmd, imgc_bin()])
+/// Exports `//services/api` to `file` under a 2 MiB file size limit
+/// (`ulimit -f`): with SIGXFSZ ignored the write fails, else the signal kills imgc.
+fn export_limited(ws: &Ws, file: &Path, ignore_sigxfsz: bool) -> std::process::Output {
+    let trap = if ignore_sigxfsz { "trap '' XFSZ; " } else { "" };
+    let cmd = format!(
+        "{trap}ulimit -f 4096; exec \"$0\" --cache-dir \"$1\" export //services/api -o \"$2\""
+    );
+    Command::new("sh")
+        .args(["-c", &cmd, imgc_bin()])
         .arg(ws.cache.path())
-        .arg(&file)
+        .arg(file)
         .current_dir(ws.root())
         .env("NO_COLOR", "1")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A file that grows past the size limit makes the export fail half-way: the
+/// existing FILE stays as it was and no temporary file is left.
+#[test]
+fn a_failed_export_leaves_no_partial_file() {
+    let (ws, out) = noisy_api();
+    let file = out.path().join("api.tar");
+    std::fs::write(&file, b"an older archive").unwrap();
+    let o = export_limited(&ws, &file, true);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("cannot write the archive"),
@@ -495,6 +508,27 @@ fn a_failed_export_leaves_no_partial_file() {
     assert_eq!(
         names_in(out.path()),
         BTreeSet::from(["api.tar".to_string()])
+    );
+}
+
+/// Killed half-way (by SIGXFSZ here, as by any signal), an export leaves the
+/// old FILE in place: only its temporary file remains beside it.
+#[test]
+fn a_killed_export_leaves_the_old_file_in_place() {
+    use std::os::unix::process::ExitStatusExt;
+    let (ws, out) = noisy_api();
+    let file = out.path().join("api.tar");
+    std::fs::write(&file, b"an older archive").unwrap();
+    let o = export_limited(&ws, &file, false);
+    assert_eq!(o.status.signal(), Some(libc::SIGXFSZ), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&file).unwrap(), b"an older archive");
+    let left: Vec<String> = names_in(out.path())
+        .into_iter()
+        .filter(|n| n != "api.tar")
+        .collect();
+    assert!(
+        left.len() == 1 && left[0].starts_with(".api.tar.") && left[0].ends_with(".imgc-tmp"),
+        "{left:?}"
     );
 }
 
