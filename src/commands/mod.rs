@@ -8,6 +8,7 @@ pub mod check;
 pub mod clean;
 pub mod completions;
 pub mod explain;
+pub mod export;
 pub mod man;
 pub mod pin;
 pub mod query;
@@ -382,6 +383,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
     }
 }
