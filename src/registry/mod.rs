@@ -3,13 +3,17 @@
 //!
 //! - [`reference`]: the pure parser of image references that the spec, the
 //!   client and the commands share.
+//! - [`credentials`]: what to present to a registry (environment, Docker and
+//!   podman config files, credential helpers).
 //! - [`client`]: a thin Distribution client over `ureq` (auth, retries,
 //!   redirects, TLS), streaming blobs and verifying every byte.
 //! - [`pull`]: a pinned image fetched into the CAS, verified.
 
 pub mod client;
+pub mod credentials;
 pub mod pull;
 pub mod reference;
 
 pub use client::{Client, ClientOptions, RegistryError};
+pub use credentials::{CredError, Credential, Credentials, Secret};
 pub use reference::{RefError, Reference};

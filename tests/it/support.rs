@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod auth;
 pub mod nginx;
 pub mod registry;
 pub use nginx::{LogLine, Nginx, NginxOpts};

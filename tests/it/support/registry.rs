@@ -31,6 +31,33 @@ pub struct RegistryOpts {
     /// `notifications:` block); the harness writes `version`, `log`, `storage`,
     /// `http` and `auth` itself.
     pub extra_yaml: String,
+    /// Require bearer tokens from a token server (instead of `basic_auth`).
+    pub token_auth: Option<TokenAuth>,
+    /// Serve HTTPS with this certificate (see [`super::auth::TestCa`]).
+    pub tls: Option<Tls>,
+}
+
+/// The registry's `auth: token:` settings, and the account a test's own tools
+/// (skopeo) use.
+#[derive(Clone, Debug)]
+pub struct TokenAuth {
+    /// The token server's URL (the challenge's `realm`).
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    /// The CA (PEM) that signs the token server's signing cert.
+    pub rootcertbundle: PathBuf,
+    /// `(user, password)` for skopeo.
+    pub account: (String, String),
+}
+
+/// The registry's `http: tls:` settings.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signed `cert`, for the harness's own requests.
+    pub ca: PathBuf,
 }
 
 impl RegistryOpts {
@@ -113,7 +140,15 @@ fn q(p: &Path) -> String {
 }
 
 fn config(dir: &Path, port: u16, opts: &RegistryOpts) -> String {
-    let auth = if opts.basic_auth.is_some() {
+    let auth = if let Some(t) = &opts.token_auth {
+        format!(
+            "auth:\n  token:\n    realm: \"{}\"\n    service: \"{}\"\n    issuer: \"{}\"\n    rootcertbundle: {}\n",
+            t.realm,
+            t.service,
+            t.issuer,
+            q(&t.rootcertbundle)
+        )
+    } else if opts.basic_auth.is_some() {
         format!(
             "auth:\n  htpasswd:\n    realm: imgc-test\n    path: {}\n",
             q(&dir.join("htpasswd"))
@@ -127,10 +162,18 @@ fn config(dir: &Path, port: u16, opts: &RegistryOpts) -> String {
          log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
          storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
          maintenance:\n    uploadpurging:\n      enabled: false\n\
-         http:\n  addr: 127.0.0.1:{port}\n  secret: imgc-test-secret\n\
+         http:\n  addr: 127.0.0.1:{port}\n  secret: imgc-test-secret\n{tls}\
          {auth}{extra}",
         data = q(&dir.join("data")),
         extra = opts.extra_yaml,
+        tls = match &opts.tls {
+            Some(t) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                q(&t.cert),
+                q(&t.key)
+            ),
+            None => String::new(),
+        },
     )
 }
 
@@ -259,9 +302,14 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.host())
     }
 
     pub fn port(&self) -> u16 {
@@ -329,6 +377,19 @@ impl Registry {
     fn barrier(&self) -> String {
         let n = BARRIERS.fetch_add(1, Ordering::Relaxed);
         let uri = format!("/imgc-harness-barrier-{}-{n}", std::process::id());
+        if let Some(tls) = &self.opts.tls {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "30", "--cacert"])
+                .arg(&tls.ca)
+                .arg(format!("{}{uri}", self.url()))
+                .output()
+                .expect("cannot run curl");
+            assert!(
+                out.status.success(),
+                "curl could not reach the TLS registry"
+            );
+            return uri;
+        }
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("the registry on port {} is not answering: {e}", self.port));
@@ -370,7 +431,13 @@ impl Registry {
 
     /// `--creds user:password` for skopeo, when the registry has basic auth.
     fn skopeo_creds(&self, flag: &str) -> Vec<String> {
-        match &self.opts.basic_auth {
+        let account = self
+            .opts
+            .token_auth
+            .as_ref()
+            .map(|t| &t.account)
+            .or(self.opts.basic_auth.as_ref());
+        match account {
             Some((u, p)) => vec![flag.to_string(), format!("{u}:{p}")],
             None => Vec::new(),
         }
