@@ -11,6 +11,7 @@ pub mod explain;
 pub mod export;
 pub mod man;
 pub mod pin;
+pub mod push;
 pub mod query;
 pub mod sharing;
 
@@ -385,5 +386,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Affected(args) => affected::run(&ctx, args),
         Command::Export(args) => export::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
+        Command::Push(args) => push::run(&ctx, args),
     }
 }
