@@ -2,8 +2,9 @@
 --
 -- Loaded by src/cache.rs with include_str!, inside one transaction that also sets
 -- `PRAGMA user_version` to `cache::SCHEMA_VERSION`. Any change to this file must
--- bump SCHEMA_VERSION (a test pins a hash of this text): there are no migrations,
--- an old database is simply moved aside and rebuilt, because it is only an index.
+-- bump SCHEMA_VERSION (a test pins a hash of this text). An old database is moved
+-- aside and rebuilt, because it is only an index, unless src/cache.rs has a
+-- migration from its version (5 -> 6 adds `registry_blob`).
 --
 -- Conventions:
 --   * blake3 keys, sha256 digests and workspace ids are stored as 32-byte BLOBs,
@@ -19,14 +20,21 @@
 -- its rows are the roots that keep store blobs alive. A row fetched from a remote
 -- cache is trusted only by builds that use that same remote: a workspace naming a
 -- remote cache of its own choosing cannot plant hits for other workspaces' builds.
+-- Columns: kind = "layer", "image", ... (for humans and stats); label = the target
+-- that last produced it (for humans); outputs = opaque JSON, defined by the
+-- scheduler; origin = '' when built on this machine, else the remote cache it was
+-- fetched from; created_at = unix seconds, when recorded; used_at = unix seconds,
+-- last hit, refreshed at most once a day (for LRU garbage collection). (These notes
+-- are outside the statement: SQLite keeps every statement's text on the first page
+-- of the file, and the schema must fit there.)
 CREATE TABLE action (
     key         BLOB    NOT NULL PRIMARY KEY CHECK (length(key) = 32),
-    kind        TEXT    NOT NULL,            -- "layer", "image", ... (for humans and stats)
-    label       TEXT    NOT NULL,            -- the target that last produced it (for humans)
-    outputs     TEXT    NOT NULL,            -- opaque JSON, defined by the scheduler
-    origin      TEXT    NOT NULL DEFAULT '', -- '' = built on this machine; else the remote cache it was fetched from
-    created_at  INTEGER NOT NULL,            -- unix seconds, when recorded
-    used_at     INTEGER NOT NULL             -- unix seconds, last hit, refreshed at most once a day (for LRU garbage collection)
+    kind        TEXT    NOT NULL,
+    label       TEXT    NOT NULL,
+    outputs     TEXT    NOT NULL,
+    origin      TEXT    NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL,
+    used_at     INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 -- The blobs an action's outputs reference: verified present before a hit is trusted,
@@ -139,3 +147,13 @@ CREATE TABLE meta (
     name   TEXT    NOT NULL PRIMARY KEY,
     value  INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Blobs known to be in a repository of a registry, recorded after each successful
+-- push and pull: a later push to another repository of the same registry mounts
+-- them from there instead of uploading them. Only a hint (the registry decides: a
+-- refused mount falls back to an upload); rows not seen for 30 days are pruned.
+-- Created by the 5 -> 6 migration too (src/cache.rs, MIGRATE_5_TO_6: keep equal).
+-- Columns: `registry` is `host[:port]` as in references (`docker.io`); `seen_at`
+-- unix seconds. (Compact, for the same reason as `action`'s notes.)
+CREATE TABLE registry_blob (registry TEXT NOT NULL, digest BLOB NOT NULL CHECK (length(digest) = 32),
+repository TEXT NOT NULL, seen_at INTEGER NOT NULL, PRIMARY KEY (registry, digest, repository)) WITHOUT ROWID;

@@ -96,9 +96,10 @@
 //! # Versioning
 //!
 //! The directory name (`v1/`) changes when the on-disk format changes; inside it,
-//! `PRAGMA user_version` must equal [`SCHEMA_VERSION`], else the file is rebuilt. There
-//! are no migrations. A test pins a hash of the schema text so a schema edit cannot
-//! forget the version bump.
+//! `PRAGMA user_version` must equal [`SCHEMA_VERSION`], else the file is rebuilt,
+//! unless a migration from its version exists (5 -> 6 only adds the `registry_blob`
+//! table, so the action cache survives the upgrade). A test pins a hash of the schema
+//! text so a schema edit cannot forget the version bump.
 //!
 //! # Threads
 //!
@@ -131,7 +132,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const SCHEMA: &str = include_str!("../cache-schema.sql");
 
 /// `PRAGMA user_version` of a database made from [`SCHEMA`]. Bump on any schema change.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
+
+/// The migration from schema 5: the `registry_blob` table of [`SCHEMA`], unchanged.
+const MIGRATE_5_TO_6: &str = "CREATE TABLE registry_blob (registry TEXT NOT NULL, digest BLOB NOT NULL CHECK (length(digest) = 32),
+repository TEXT NOT NULL, seen_at INTEGER NOT NULL, PRIMARY KEY (registry, digest, repository)) WITHOUT ROWID;";
 
 /// How much older than the build start a file's mtime and ctime must be before its
 /// hash is remembered (covers coarse filesystem timestamps, e.g. 2 s on FAT).
@@ -509,6 +514,12 @@ enum Op {
     Repaired(Digest),
     /// A store blob was deleted (garbage collection): its check goes.
     Deleted(Digest),
+    /// Blobs known to be in a registry repository (after a push or a pull).
+    RegistryBlobs {
+        registry: String,
+        repository: String,
+        digests: Vec<Digest>,
+    },
 }
 
 /// Records of one build of one workspace, kept in memory until
@@ -666,6 +677,20 @@ impl Batch {
     /// [`RememberedLayout::stale`]).
     pub fn touch_layout(&mut self, path: &str) {
         self.ops.push(Op::TouchLayout(path.to_string()));
+    }
+
+    /// Blobs just pushed to, or pulled from, `repository` of `registry`
+    /// (`Reference::registry`, e.g. `docker.io`): a later push to another
+    /// repository of that registry may mount them from there.
+    pub fn registry_blobs(&mut self, registry: &str, repository: &str, digests: &[Digest]) {
+        let mut digests = digests.to_vec();
+        digests.sort();
+        digests.dedup();
+        self.ops.push(Op::RegistryBlobs {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            digests,
+        });
     }
 
     /// The store blob `d` was found damaged (and is being rebuilt) or was replaced:
@@ -875,6 +900,7 @@ impl Cache {
         let result = match self.schema_state() {
             Ok(SchemaState::Current) => Ok(()),
             Ok(SchemaState::Empty) => self.create_schema(),
+            Ok(SchemaState::Migrate) => self.migrate(),
             Err(e) => Err(e),
         };
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
@@ -898,6 +924,9 @@ impl Cache {
         if version == SCHEMA_VERSION {
             return Ok(SchemaState::Current);
         }
+        if version == 5 {
+            return Ok(SchemaState::Migrate);
+        }
         if version != 0 {
             return Err(Unusable::Replace(format!(
                 "schema version {version}, this imgc uses {SCHEMA_VERSION}"
@@ -909,6 +938,16 @@ impl Cache {
             ));
         }
         Ok(SchemaState::Empty)
+    }
+
+    /// Schema 5 -> 6, inside the caller's write transaction.
+    fn migrate(&self) -> Result<(), Unusable> {
+        let err = |source| classify(&self.path, source);
+        self.conn.execute_batch(MIGRATE_5_TO_6).map_err(err)?;
+        self.conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+        Ok(())
     }
 
     fn create_schema(&self) -> Result<(), Unusable> {
@@ -1781,12 +1820,47 @@ impl Cache {
             )
             .map_err(err)?;
         tx.execute(
+            "DELETE FROM registry_blob WHERE seen_at < ?1",
+            params![cutoff],
+        )
+        .map_err(err)?;
+        tx.execute(
             "INSERT OR REPLACE INTO meta (name, value) VALUES ('pruned_at', ?1)",
             params![now],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(out)
+    }
+
+    /// The repositories of `registry` known to hold each of `digests` (see
+    /// [`Batch::registry_blobs`]), most recently seen first, at most `per_blob` each.
+    pub fn registry_repositories(
+        &mut self,
+        registry: &str,
+        digests: &[Digest],
+        per_blob: usize,
+    ) -> Result<BTreeMap<Digest, Vec<String>>, CacheError> {
+        self.healing(|c| {
+            let mut out = BTreeMap::new();
+            let mut st = c
+                .conn
+                .prepare_cached(
+                    "SELECT repository FROM registry_blob WHERE registry = ?1 AND digest = ?2
+                     ORDER BY seen_at DESC, repository LIMIT ?3",
+                )
+                .map_err(|e| c.db_err(e))?;
+            for d in digests {
+                let repos: Vec<String> = st
+                    .query_map(params![registry, &d.0[..], per_blob as i64], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| c.db_err(e))?;
+                if !repos.is_empty() {
+                    out.insert(*d, repos);
+                }
+            }
+            Ok(out)
+        })
     }
 
     // ---- bookkeeping ----
@@ -1824,6 +1898,8 @@ impl Cache {
 enum SchemaState {
     Current,
     Empty,
+    /// An older version with a migration to this one.
+    Migrate,
 }
 
 /// Writes one record; `false` if the racy-file rule refused it.
@@ -2004,6 +2080,19 @@ fn write_op(
             c.prepare_cached("DELETE FROM blob_check WHERE digest = ?1")?
                 .execute(params![&d.0[..]])?;
         }
+        Op::RegistryBlobs {
+            registry,
+            repository,
+            digests,
+        } => {
+            let mut st = c.prepare_cached(
+                "INSERT OR REPLACE INTO registry_blob (registry, digest, repository, seen_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for d in digests {
+                st.execute(params![registry, &d.0[..], repository, now])?;
+            }
+        }
     }
     Ok(true)
 }
@@ -2095,7 +2184,7 @@ mod tests {
     /// If this fails, the schema changed: bump SCHEMA_VERSION and update the hash.
     #[test]
     fn schema_is_pinned_to_its_version() {
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         // Comments and layout do not count, only the statements.
         let normalized: Vec<&str> = SCHEMA
             .lines()
@@ -2104,7 +2193,7 @@ mod tests {
             .collect();
         assert_eq!(
             Key::of_bytes(normalized.join(" ").as_bytes()).to_hex(),
-            "d3c7362d29c56acc2eabe2b98086f7d2f99fb79b342f50190dda3cbfad497e27",
+            "81c1243d3989639c90276557a4220a7f156fc5630837181f44a28846d3d7bb23",
             "cache-schema.sql changed: bump SCHEMA_VERSION and update this hash"
         );
     }
@@ -2908,6 +2997,84 @@ mod tests {
         assert_eq!(c.get_action(&key(1)).unwrap(), None);
         let (_, again) = Cache::open(&path).unwrap();
         assert_eq!(again, None);
+    }
+
+    #[test]
+    fn a_schema_5_database_is_migrated_keeping_its_actions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imgc.sqlite");
+        {
+            let (mut c, _) = Cache::open(&path).unwrap();
+            c.put_action(&key(1), "layer", "//a:l", "{}", &[]).unwrap();
+            // What schema 5 was: this one without `registry_blob`.
+            c.conn.execute_batch("DROP TABLE registry_blob").unwrap();
+            c.conn.pragma_update(None, "user_version", 5).unwrap();
+        }
+        let (mut c, warning) = Cache::open(&path).unwrap();
+        assert_eq!(warning, None);
+        assert!(c.get_action(&key(1)).unwrap().is_some());
+        let d = Digest([7; 32]);
+        let mut b = Batch::new(WorkspaceId::of_root(dir.path()), SystemTime::now());
+        b.registry_blobs("127.0.0.1:5000", "base", &[d, d]);
+        c.commit(&mut b).unwrap();
+        // The migrated table is the schema's own.
+        let sql = |c: &Cache| -> String {
+            c.conn
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name = 'registry_blob'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let fresh = Cache::open_in_memory().unwrap();
+        let norm = |s: String| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let without_comments = |s: String| {
+            s.lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            norm(without_comments(sql(&c))),
+            norm(without_comments(sql(&fresh)))
+        );
+        assert_eq!(
+            c.registry_repositories("127.0.0.1:5000", &[d], 4).unwrap()[&d],
+            ["base"]
+        );
+    }
+
+    #[test]
+    fn registry_blobs_are_found_per_registry_most_recent_first() {
+        let mut c = Cache::open_in_memory().unwrap();
+        let (a, b) = (Digest([1; 32]), Digest([2; 32]));
+        let mut batch = Batch::new(WorkspaceId::of_root(Path::new("/ws")), SystemTime::now());
+        batch.registry_blobs("reg.example", "team/base", &[a, b]);
+        batch.registry_blobs("reg.example", "team/app", &[a]);
+        batch.registry_blobs("other.example", "x", &[b]);
+        c.commit(&mut batch).unwrap();
+        let found = c.registry_repositories("reg.example", &[a, b], 8).unwrap();
+        let mut repos_a = found[&a].clone();
+        repos_a.sort();
+        assert_eq!(repos_a, ["team/app", "team/base"]);
+        assert_eq!(found[&b], ["team/base"]);
+        assert_eq!(
+            c.registry_repositories("reg.example", &[a], 1).unwrap()[&a].len(),
+            1
+        );
+        assert!(
+            c.registry_repositories("nowhere", &[a], 8)
+                .unwrap()
+                .is_empty()
+        );
+        // Pruned like the other hints once not seen for a while.
+        c.prune(now_unix() + secs(KEEP) + 10).unwrap();
+        assert!(
+            c.registry_repositories("reg.example", &[a], 8)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -106,7 +106,7 @@
 //!   errors naming the file.
 
 mod archive;
-mod layout;
+pub(crate) mod layout;
 mod scan;
 
 pub use scan::EXT_HEADER_LIMIT;

@@ -172,59 +172,11 @@ fn select_manifest(
             "indexes are nested too deeply",
         ));
     }
-    let is_index = |d: &Descriptor| matches!(d.media_type().as_ref(), OCI_INDEX | DOCKER_LIST);
-    let is_manifest =
-        |d: &Descriptor| matches!(d.media_type().as_ref(), OCI_MANIFEST | DOCKER_MANIFEST);
-    let candidates: Vec<&Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| is_index(d) || is_manifest(d))
-        .collect();
-    let chosen = if candidates.len() == 1 {
-        candidates[0]
-    } else {
-        let matching: Vec<&Descriptor> = candidates
-            .iter()
-            .copied()
-            .filter(|d| {
-                d.platform().as_ref().is_some_and(|p| {
-                    super::platform_matches(
-                        &p.os().to_string(),
-                        &p.architecture().to_string(),
-                        p.variant().as_deref(),
-                        platform,
-                    )
-                })
-            })
-            .collect();
-        match matching.as_slice() {
-            [one] => *one,
-            // Identical manifests listed twice (e.g. under two ref names).
-            [first, rest @ ..] if rest.iter().all(|d| d.digest() == first.digest()) => *first,
-            _ => {
-                let found: Vec<String> = candidates
-                    .iter()
-                    .map(|d| match d.platform() {
-                        Some(p) => super::describe_platform(
-                            &p.os().to_string(),
-                            &p.architecture().to_string(),
-                            p.variant().as_deref(),
-                        ),
-                        None => format!("{} without platform", d.digest()),
-                    })
-                    .collect();
-                return Err(ImportError::NoPlatform {
-                    path: index_rel.to_string(),
-                    platform: platform.to_string(),
-                    found: if found.is_empty() {
-                        "no image manifests".into()
-                    } else {
-                        found.join(", ")
-                    },
-                });
-            }
-        }
-    };
+    let chosen = choose(index, platform).map_err(|found| ImportError::NoPlatform {
+        path: index_rel.to_string(),
+        platform: platform.to_string(),
+        found,
+    })?;
     if is_manifest(chosen) {
         return Ok(chosen.clone());
     }
@@ -234,6 +186,71 @@ fn select_manifest(
     let nested: ImageIndex =
         serde_json::from_slice(&bytes).map_err(|e| invalid(&rel, "image index", e))?;
     select_manifest(files, dir, &rel, &nested, platform, depth + 1)
+}
+
+/// Whether a descriptor of an index names an image index (OCI or Docker list).
+pub(crate) fn is_index(d: &Descriptor) -> bool {
+    matches!(d.media_type().as_ref(), OCI_INDEX | DOCKER_LIST)
+}
+
+/// Whether a descriptor of an index names an image manifest (OCI or Docker).
+pub(crate) fn is_manifest(d: &Descriptor) -> bool {
+    matches!(d.media_type().as_ref(), OCI_MANIFEST | DOCKER_MANIFEST)
+}
+
+/// The entry of `index` for `platform` (an image manifest, or a nested index to
+/// follow): the only manifest or index it lists, else the one whose descriptor
+/// platform matches. Shared by layout imports and registry pulls. The error
+/// lists what the index offers.
+pub(crate) fn choose<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+) -> Result<&'a Descriptor, String> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| is_index(d) || is_manifest(d))
+        .collect();
+    if candidates.len() == 1 {
+        return Ok(candidates[0]);
+    }
+    let matching: Vec<&Descriptor> = candidates
+        .iter()
+        .copied()
+        .filter(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                super::platform_matches(
+                    &p.os().to_string(),
+                    &p.architecture().to_string(),
+                    p.variant().as_deref(),
+                    platform,
+                )
+            })
+        })
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        // Identical manifests listed twice (e.g. under two ref names).
+        [first, rest @ ..] if rest.iter().all(|d| d.digest() == first.digest()) => Ok(*first),
+        _ => {
+            let found: Vec<String> = candidates
+                .iter()
+                .map(|d| match d.platform() {
+                    Some(p) => super::describe_platform(
+                        &p.os().to_string(),
+                        &p.architecture().to_string(),
+                        p.variant().as_deref(),
+                    ),
+                    None => format!("{} without platform", d.digest()),
+                })
+                .collect();
+            Err(if found.is_empty() {
+                "no image manifests".into()
+            } else {
+                found.join(", ")
+            })
+        }
+    }
 }
 
 /// OCI media type for a layer media type, docker names mapped to OCI ones.

@@ -1,12 +1,19 @@
 //! Registries: the OCI Distribution protocol, for pushing images and importing
 //! pinned bases.
 //!
-//! [`reference`] is the pure parser of image references that the spec, the
-//! client and the commands share; [`credentials`] finds what to present to a
-//! registry (environment, Docker and podman config files, credential helpers).
+//! - [`reference`]: the pure parser of image references that the spec, the
+//!   client and the commands share.
+//! - [`credentials`]: what to present to a registry (environment, Docker and
+//!   podman config files, credential helpers), never printed.
+//! - [`client`]: a thin Distribution client over `ureq` (auth, retries,
+//!   redirects, TLS), streaming blobs and verifying every byte.
+//! - [`pull`]: a pinned image fetched into the CAS, verified.
 
+pub mod client;
 pub mod credentials;
+pub mod pull;
 pub mod reference;
 
+pub use client::{Client, ClientOptions, RegistryError};
 pub use credentials::{CredError, Credential, Credentials, Secret};
 pub use reference::{RefError, Reference};
