@@ -808,4 +808,8 @@ fn the_auth_harness_issues_tokens_serves_tls_and_redirects_blobs() {
             .all(|r| r.header("authorization").is_none() && r.status == 200),
         "{seen:?}"
     );
+    // The trap does record a credential that reaches it.
+    curl(&["-H", "Authorization: Basic dHJhcDp0cmFw", &target], None);
+    let last = trap.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Basic dHJhcDp0cmFw"));
 }
