@@ -314,8 +314,12 @@ impl Readers {
                     }
                 }
                 TargetKind::Import(spec) => {
+                    // A registry import reads no workspace file: its spec is its input.
                     let (ImportSource::OciLayout(rel) | ImportSource::DockerArchive(rel)) =
-                        &spec.source.value;
+                        &spec.source.value
+                    else {
+                        continue;
+                    };
                     reads.push((
                         n,
                         Read::Path {

@@ -27,6 +27,9 @@ pub struct Cli {
     #[command(flatten)]
     pub remote: RemoteArgs,
 
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -73,6 +76,15 @@ pub struct RemoteArgs {
     pub remote_cache_credentials: Option<PathBuf>,
 }
 
+/// The registry flags (global): for `registry` imports, `imgc pin` and `imgc push`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RegistryArgs {
+    /// Reach registry HOST[:PORT] over plain HTTP (repeatable). Loopback
+    /// registries (localhost, 127.0.0.0/8, ::1) need no flag.
+    #[arg(long, global = true, value_name = "HOST")]
+    pub insecure_registry: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RemoteCacheMode {
     /// Fetch hits, upload results.
@@ -107,6 +119,8 @@ pub enum Command {
     Man,
     /// List the images that changed files affect (for CI).
     Affected(AffectedArgs),
+    /// Pin `registry` imports to the digest their tag points at now (rewrites the specs).
+    Pin(PinArgs),
 }
 
 #[derive(Debug, Args)]
@@ -316,6 +330,18 @@ pub struct AffectedArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = AffectedOutput::Label)]
     pub output: AffectedOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Target patterns [default: //...]: the registry imports they select or
+    /// build on are pinned.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Also re-resolve imports that are already pinned, following their tag.
+    #[arg(long)]
+    pub update: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -65,10 +65,14 @@ pub enum Code {
     /// An image that the policy in imgc.kdl requires to be built on a base
     /// (`require-base`) and that is not, directly or through other images.
     NotOnRequiredBase,
+    /// A `registry` import whose image reference is malformed.
+    BadReference,
+    /// A `registry` import without a digest (a tag moves; a build must not).
+    NotPinned,
 }
 
 impl Code {
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 26] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -93,6 +97,8 @@ impl Code {
         Code::StackConflict,
         Code::Limit,
         Code::NotOnRequiredBase,
+        Code::BadReference,
+        Code::NotPinned,
     ];
 
     /// The stable code, `E001`...
@@ -122,6 +128,8 @@ impl Code {
             Code::StackConflict => "E030",
             Code::Limit => "E040",
             Code::NotOnRequiredBase => "E050",
+            Code::BadReference => "E060",
+            Code::NotPinned => "E061",
         }
     }
 }

@@ -155,6 +155,97 @@ impl Graph {
         }
         order
     }
+
+    /// The image reference of `ix` when it is a `registry` import.
+    pub fn registry_reference(&self, ix: NodeIndex) -> Option<&crate::registry::Reference> {
+        match &self.graph[ix].target.kind {
+            TargetKind::Import(spec) => spec.source.value.registry(),
+            _ => None,
+        }
+    }
+
+    /// The registry import an image is built on, following `from` down through
+    /// other images: its node and reference (for a push to mount the base's
+    /// blobs from that repository). `None` for an image on `scratch`, on a
+    /// layout or archive import, and for a target that is not an image.
+    pub fn registry_base(
+        &self,
+        image: NodeIndex,
+    ) -> Option<(NodeIndex, &crate::registry::Reference)> {
+        let mut cur = image;
+        // Bounded by the node count: the graph is acyclic once built, but a
+        // walk over a hostile graph still ends.
+        for _ in 0..=self.graph.node_count() {
+            if let Some(r) = self.registry_reference(cur) {
+                return Some((cur, r));
+            }
+            let base = self
+                .deps(cur)
+                .into_iter()
+                .find(|(k, _)| *k == EdgeKind::Base)?;
+            cur = base.1;
+        }
+        None
+    }
+}
+
+/// `registry` imports among `within` that name no digest: a tag moves, so they
+/// cannot be built ([`Code::NotPinned`]). `resolved` gives, for a label, what
+/// its tag points at now (when the caller asked the registry), for the help.
+pub fn unpinned_imports(
+    g: &Graph,
+    within: &BTreeSet<NodeIndex>,
+    resolved: &BTreeMap<NodeIndex, String>,
+) -> Vec<(NodeIndex, Diag)> {
+    let mut out = Vec::new();
+    for &n in within {
+        let node = g.node(n);
+        let TargetKind::Import(spec) = &node.target.kind else {
+            continue;
+        };
+        let crate::spec::model::ImportSource::Registry(r) = &spec.source.value else {
+            continue;
+        };
+        if r.reference.digest.is_some() {
+            continue;
+        }
+        out.push((n, not_pinned(node, r, spec.source.span, resolved.get(&n))));
+    }
+    out
+}
+
+/// The diagnostic for an unpinned `registry` import at `span`; `now` is the
+/// digest its tag points at, when known.
+pub fn not_pinned(
+    node: &Node,
+    r: &crate::spec::model::RegistryRef,
+    span: SourceSpan,
+    now: Option<&String>,
+) -> Diag {
+    let label = &node.label;
+    let tag = r.reference.tag.as_deref().unwrap_or("latest");
+    let what = if r.reference.tag.is_some() {
+        "names a tag"
+    } else {
+        "names no tag or digest (so `latest`)"
+    };
+    let help = match now {
+        Some(d) => format!(
+            "its tag `{tag}` points at {d} now: run `imgc pin {label}` or write `registry \"{}@{d}\"`",
+            r.written.split('@').next().unwrap_or(&r.written)
+        ),
+        None => format!("run `imgc pin {label}` or add `@sha256:...` (the digest to build on)"),
+    };
+    Diag::new(
+        Code::NotPinned,
+        format!(
+            "`registry` import `{label}` is not pinned: `{}` {what}, which can move",
+            r.written
+        ),
+    )
+    .at(node.file, span)
+    .label("no digest")
+    .help(help)
 }
 
 /// A reference to another target, as written.

@@ -329,7 +329,7 @@ pub fn key_inputs(
             files.check_dir(src.rel)?;
             let plan = layout::walk(&mut files, src.rel, platform)?;
             for l in &plan.layers {
-                files.hash_through_memo(&l.rel, Some((&l.digest, l.size)), memo, &mut learnt)?;
+                files.hash_through_memo(&l.path, Some((&l.digest, l.size)), memo, &mut learnt)?;
             }
         }
         Format::DockerArchive => {
@@ -360,6 +360,75 @@ pub fn import(
             archive::import(&mut files, src.rel, platform, cas)
         }
     }
+}
+
+/// A pinned registry image that a pull stored in the CAS: the chosen image
+/// manifest's bytes and what they hash to (the pull checked them against the
+/// pinned digest, or against the descriptor of the index that led to them).
+#[derive(Debug, Clone, Copy)]
+pub struct Pulled<'a> {
+    /// The reference, as errors name the image.
+    pub reference: &'a str,
+    pub manifest: (Digest, u64),
+    pub manifest_bytes: &'a [u8],
+}
+
+/// Imports a registry image whose blobs a pull stored in the CAS, through the
+/// same checks as a layout: the manifest is parsed here (from its verified
+/// bytes, not from what the pull made of them), the config is read back from
+/// the CAS and must hash to the manifest's descriptor, each layer must be in
+/// the CAS intact (re-hashed: what is used is what the digest names), then
+/// [`assemble`] checks the platform and the diff_ids and lists the layers.
+pub fn import_pulled(
+    pulled: Pulled<'_>,
+    platform: &Platform,
+    cas: &Cas,
+) -> Result<ImportedImage, ImportError> {
+    let origin = pulled.reference;
+    if Digest::of_bytes(pulled.manifest_bytes) != pulled.manifest.0
+        || pulled.manifest_bytes.len() as u64 != pulled.manifest.1
+    {
+        return Err(ImportError::BadBlob {
+            digest: pulled.manifest.0.to_string(),
+            path: origin.to_string(),
+            reason: "the manifest's bytes do not hash to its digest".into(),
+        });
+    }
+    cas.put_bytes(pulled.manifest_bytes)
+        .map_err(store_err(origin))?;
+    let (config, layers) = layout::parse_manifest(pulled.manifest_bytes, origin, |_| {
+        origin.to_string()
+    })?;
+    let config_bytes = read_cas_document(cas, &config.0, config.1, origin, "image config")?;
+    if config_bytes.len() as u64 != config.1 {
+        return Err(ImportError::BadBlob {
+            digest: config.0.to_string(),
+            path: origin.to_string(),
+            reason: format!(
+                "{} bytes, the descriptor says {}",
+                config_bytes.len(),
+                config.1
+            ),
+        });
+    }
+    let chosen = Chosen {
+        manifest: Some(pulled.manifest),
+        config,
+        config_bytes: &config_bytes,
+        config_path: origin,
+        layers: &layers,
+    };
+    assemble(cas, origin, platform, chosen, |l| {
+        if cas.verify(&l.digest, Some(l.size)).map_err(store_err(origin))? {
+            Ok(())
+        } else {
+            Err(ImportError::BadBlob {
+                digest: l.digest.to_string(),
+                path: origin.to_string(),
+                reason: "the pull did not leave it intact in the cache".into(),
+            })
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -676,6 +745,104 @@ fn layer_facts(
         unreachable!("sha256 was asked for");
     };
     Ok((DiffId(sha), listing))
+}
+
+/// A layer of the chosen image, as its manifest (or `manifest.json`) lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedLayer {
+    pub digest: Digest,
+    pub size: u64,
+    /// The OCI media type (docker names already mapped).
+    pub media_type: &'static str,
+    /// Where errors say the layer is: its blob file in a layout, the archive,
+    /// the reference of a registry image.
+    pub path: String,
+    /// How errors name the layer: its digest, or its member in an archive.
+    pub name: String,
+}
+
+/// The chosen image's config and layers.
+pub(crate) struct Chosen<'a> {
+    /// The image's manifest (`None` for an archive: built from the result).
+    pub manifest: Option<(Digest, u64)>,
+    pub config: (Digest, u64),
+    /// The config's bytes, as stored (verified against `config`).
+    pub config_bytes: &'a [u8],
+    /// Where errors about the config say it is.
+    pub config_path: &'a str,
+    pub layers: &'a [PlannedLayer],
+}
+
+/// The one path every import (layout, archive, registry) takes from "manifest,
+/// config and layer blobs" to an [`ImportedImage`]: the config must be for the
+/// build `platform` and list one diff_id per layer; each distinct layer is made
+/// present in the CAS by `store` (copied from a layout; a no-op for blobs an
+/// archive scan or a registry pull already stored, verified), then
+/// decompressed once, as its media type says, into its diff_id (which must be
+/// the config's) and its listing. An archive has no upstream OCI manifest: one
+/// is built from the config and the layers as they are, and stored. `origin`
+/// names the source in errors.
+pub(crate) fn assemble(
+    cas: &Cas,
+    origin: &str,
+    platform: &Platform,
+    chosen: Chosen<'_>,
+    mut store: impl FnMut(&PlannedLayer) -> Result<(), ImportError>,
+) -> Result<ImportedImage, ImportError> {
+    let config: ImageConfiguration = serde_json::from_slice(chosen.config_bytes)
+        .map_err(|e| invalid(chosen.config_path, "image config", e))?;
+    check_platform(chosen.config_bytes, platform, origin)?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != chosen.layers.len() {
+        return Err(invalid(
+            chosen.config_path,
+            "image config",
+            format!(
+                "{} diff_ids for {} layers in the manifest",
+                diff_ids.len(),
+                chosen.layers.len()
+            ),
+        ));
+    }
+    let mut facts: BTreeMap<Digest, (DiffId, Listing)> = BTreeMap::new();
+    let mut layers: Vec<LayerDesc> = Vec::new();
+    let mut listings = Vec::new();
+    for (i, (l, expected)) in chosen.layers.iter().zip(diff_ids).enumerate() {
+        let (diff_id, listing) = match facts.entry(l.digest) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                store(l)?;
+                e.insert(layer_facts(cas, &l.digest, l.media_type, &l.path)?)
+            }
+        };
+        check_diff_id(&l.path, &l.name, i, expected, diff_id)?;
+        layers.push(LayerDesc {
+            digest: l.digest,
+            diff_id: *diff_id,
+            size: l.size,
+            media_type: l.media_type.to_string(),
+            listing: None,
+        });
+        listings.push(listing.clone());
+    }
+    let (manifest_digest, manifest_size) = match chosen.manifest {
+        Some(m) => m,
+        None => {
+            let manifest = crate::oci::build_manifest(chosen.config, &layers, BTreeMap::new());
+            cas.put_bytes(&crate::oci::canonical_json(&manifest))
+                .map_err(store_err(origin))?
+        }
+    };
+    Ok(ImportedImage {
+        config,
+        config_digest: chosen.config.0,
+        config_size: chosen.config.1,
+        layers,
+        listings,
+        manifest_digest,
+        manifest_size,
+        read: BTreeMap::new(),
+    })
 }
 
 /// The config's `rootfs.diff_ids[index]` must be the layer's uncompressed digest.

@@ -102,10 +102,10 @@ use crate::hash::{Digest, Key, Sha256};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -597,11 +597,67 @@ impl Dir {
         opened(File::from(fd))
     }
 
+    /// Replaces the regular file `name` (never a symlink: it is refused, like
+    /// anything but a regular file) with `bytes` if it still holds `expected`,
+    /// keeping its permission bits. The new content goes to a temporary file
+    /// beside it (created, never followed, with `O_EXCL | O_NOFOLLOW`), is
+    /// synced, and is renamed over the old one, so a reader sees the old file
+    /// or the new one, never a mix; on failure the temporary file is removed
+    /// and the file is untouched. Used by `imgc pin`, the one command that
+    /// edits a spec.
+    pub fn replace_regular(&self, name: &OsStr, expected: &[u8], bytes: &[u8]) -> io::Result<()> {
+        let current = self.open_regular(name)?;
+        let mode = current.meta.permissions().mode() & 0o7777;
+        let (old, _) = read_all(HashReader::new(
+            current.file,
+            Limit::AtMost(expected.len() as u64 + 1),
+        ))
+        .map_err(|e| match input_error(&e) {
+            Some(InputError::TooLong { .. }) => changed_meanwhile(),
+            _ => e,
+        })?;
+        if old != expected {
+            return Err(changed_meanwhile());
+        }
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(
+            ".imgc-tmp-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o600))?;
+        let write = || -> io::Result<()> {
+            // Set after creation: the umask must not narrow the kept mode.
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+            let mut f = File::from(fd.try_clone()?);
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)?;
+            Ok(())
+        };
+        let result = write();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        }
+        result
+    }
+
     /// The names of the directory's entries (without `.` and `..`), sorted
     /// bytewise.
     pub fn names(&self) -> io::Result<Vec<OsString>> {
         Ok(names_at(self.fd.as_fd())?)
     }
+}
+
+fn changed_meanwhile() -> io::Error {
+    io::Error::other("it changed while imgc was reading it; run the command again")
 }
 
 /// Opens the subdirectory `name` of `dir` as every directory here is opened

@@ -14,7 +14,8 @@ use crate::action::{Blob, Components, ImageOut, Output};
 use crate::diag::{Code, Diag};
 use crate::hash::Key;
 use crate::import::{self, Format, ImportError, Source};
-use crate::spec::model::{ImportSource, ImportSpec};
+use crate::registry::Reference;
+use crate::spec::model::{ImportSource, ImportSpec, RegistryRef};
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;
 
@@ -29,21 +30,28 @@ use std::collections::BTreeMap;
 pub const RECIPE: &str = "import-2";
 
 /// What keying prepared for the run.
-pub struct Prepared {
-    /// Workspace-relative path of the layout directory or the archive.
-    rel: String,
-    format: Format,
-    /// The files the key hashed (its `file:` components), to compare with what
-    /// the run reads.
-    keyed: BTreeMap<String, Key>,
+pub enum Prepared {
+    /// A layout or an archive of the workspace.
+    Workspace {
+        /// Workspace-relative path of the layout directory or the archive.
+        rel: String,
+        format: Format,
+        /// The files the key hashed (its `file:` components), to compare with what
+        /// the run reads.
+        keyed: BTreeMap<String, Key>,
+    },
+    /// An image in a registry, pinned by digest.
+    Registry(Reference),
 }
 
-/// Key of import `n`: the content of every file it reads.
+/// Key of import `n`: the content of every file it reads, or the pinned digest
+/// of a registry image.
 pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImportSpec) -> Result<Keyed, ActionError> {
     let node = ctx.graph.node(n);
     let (rel, format) = match &spec.source.value {
         ImportSource::OciLayout(p) => (p, Format::OciLayout),
         ImportSource::DockerArchive(p) => (p, Format::DockerArchive),
+        ImportSource::Registry(r) => return key_registry(ctx, n, r, spec),
     };
     let ws_rel = if node.label.package().is_empty() {
         rel.clone()
@@ -74,7 +82,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImportSpec) -> Result<Keyed, Acti
     Ok(Keyed {
         key: c.key(),
         components: c,
-        prepared: AnyPrepared::Import(Prepared {
+        prepared: AnyPrepared::Import(Prepared::Workspace {
             rel: ws_rel,
             format,
             keyed: inputs.files,
@@ -83,18 +91,57 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImportSpec) -> Result<Keyed, Acti
     })
 }
 
+/// Key of a registry import: the pinned digest and nothing else of the
+/// reference. The digest names the content (every byte fetched is verified
+/// against it, and everything below it is named by digest too), so the host
+/// and repository are where the bytes come from, not what they are: moving a
+/// base to a mirror rebuilds nothing. Keying touches no network, so a dry run
+/// or `explain` never does; an unpinned reference cannot be keyed at all.
+fn key_registry(
+    ctx: &Ctx<'_>,
+    n: NodeIndex,
+    r: &RegistryRef,
+    spec: &ImportSpec,
+) -> Result<Keyed, ActionError> {
+    let node = ctx.graph.node(n);
+    let Some(digest) = r.reference.digest else {
+        return Err(ActionError::Spec(crate::graph::not_pinned(
+            node,
+            r,
+            spec.source.span,
+            None,
+        )));
+    };
+    let mut c = Components::new("import");
+    c.set("recipe", RECIPE);
+    c.set("platform", ctx.params.platform.to_string());
+    c.set("source", "registry");
+    c.set("digest", digest.to_string());
+    Ok(Keyed {
+        key: c.key(),
+        components: c,
+        prepared: AnyPrepared::Import(Prepared::Registry(r.reference.clone())),
+        learnt: Vec::new(),
+    })
+}
+
 /// Copies the imported image into the CAS, verifying every blob and that what
 /// was read is what was keyed.
 pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, ActionError> {
     let node = ctx.graph.node(n);
-    let src = Source {
-        root: ctx.canonical_root,
-        rel: &prepared.rel,
-        format: prepared.format,
+    let imported = match prepared {
+        Prepared::Workspace { rel, format, keyed } => {
+            let src = Source {
+                root: ctx.canonical_root,
+                rel: &rel,
+                format,
+            };
+            import::import(src, &ctx.params.platform, ctx.cas)
+                .and_then(|img| img.check_read(&keyed).map(|()| img))
+                .map_err(|e| ActionError::failed(format_args!("import `{}`", node.label), &e))?
+        }
+        Prepared::Registry(reference) => pull(ctx, n, &reference)?,
     };
-    let imported = import::import(src, &ctx.params.platform, ctx.cas)
-        .and_then(|img| img.check_read(&prepared.keyed).map(|()| img))
-        .map_err(|e| ActionError::failed(format_args!("import `{}`", node.label), &e))?;
     // Each layer's listing goes into the CAS beside it, so images built on the
     // import check their own layers against it ([`crate::listing::Stack`]).
     let mut layers = imported.layers;
@@ -114,4 +161,18 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
         config_size: imported.config_size,
         layers,
     }))
+}
+
+/// Fetches a pinned registry image into the CAS and imports it.
+fn pull(
+    ctx: &Ctx<'_>,
+    n: NodeIndex,
+    reference: &Reference,
+) -> Result<import::ImportedImage, ActionError> {
+    let node = ctx.graph.node(n);
+    let _ = (ctx, reference);
+    Err(ActionError::Message(format!(
+        "import `{}`: registry access is not wired yet",
+        node.label
+    )))
 }

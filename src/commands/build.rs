@@ -115,6 +115,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let mut loaded = Loaded::load(ctx)?;
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
+    check_pinned(&loaded, &selected, Some(ctx))?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, Run::Build)?;
     let mut reporter = Reporter::new(
         args.message_format == MessageFormat::Json,
@@ -174,10 +175,25 @@ fn check_policy(loaded: &Loaded, selected: &[NodeIndex]) -> Result<(), CmdError>
     )
 }
 
+/// The `registry` imports the selection builds on must be pinned (see
+/// [`super::pin::check_pinned`]); `ask` lets the help name each tag's digest.
+fn check_pinned(
+    loaded: &Loaded,
+    selected: &[NodeIndex],
+    ask: Option<&Context>,
+) -> Result<(), CmdError> {
+    let within = loaded
+        .graph
+        .closure(selected, petgraph::Direction::Outgoing);
+    super::pin::check_pinned(loaded, &within, ask)
+}
+
 fn plan(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     let mut loaded = Loaded::load_read_only(ctx)?;
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
+    // A dry run never touches the network: no digest in the help.
+    check_pinned(&loaded, &selected, None)?;
     // Keep going: a plan lists every target, also past one that cannot be keyed.
     let settings = settings(ctx, &loaded, args.jobs, true, Run::DryRun)?;
     let json = args.message_format == MessageFormat::Json;

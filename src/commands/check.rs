@@ -11,6 +11,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     let roots = loaded.select(&args.patterns)?;
     let selected = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
     loaded.check_policy(&selected)?;
+    super::pin::check_pinned(&loaded, &selected, None)?;
     report::result(&format!(
         "ok: {} targets checked in {} packages",
         selected.len(),

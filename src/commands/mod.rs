@@ -9,6 +9,7 @@ pub mod clean;
 pub mod completions;
 pub mod explain;
 pub mod man;
+pub mod pin;
 pub mod query;
 pub mod sharing;
 
@@ -92,6 +93,8 @@ pub struct Context {
     pub cache_dir: Option<PathBuf>,
     /// The remote cache flags, as given (resolved by [`open_remote_cache`]).
     pub remote: crate::cli::RemoteArgs,
+    /// The registry flags, as given (`--insecure-registry`).
+    pub registry: crate::cli::RegistryArgs,
 }
 
 /// The remote cache in force: `--no-remote-cache` turns it off; else
@@ -366,6 +369,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         cwd,
         cache_dir: cli.cache_dir,
         remote: cli.remote,
+        registry: cli.registry,
     };
     match cli.command {
         Command::Build(args) => build::run(&ctx, args),
@@ -378,5 +382,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
+        Command::Pin(args) => pin::run(&ctx, args),
     }
 }

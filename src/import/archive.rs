@@ -4,15 +4,13 @@
 
 use super::scan::Scanner;
 use super::{
-    ConfigPlatform, Files, ImportError, ImportedImage, JSON_LIMIT, check_diff_id, check_platform,
-    invalid, layer_facts, read_cas_document, store_err,
+    Chosen, ConfigPlatform, Files, ImportError, ImportedImage, JSON_LIMIT, PlannedLayer, assemble,
+    invalid, read_cas_document, store_err,
 };
 use crate::cas::Cas;
-use crate::hash::{DiffId, Digest};
+use crate::hash::Digest;
 use crate::input::{self, Algos, HashReader, Limit};
 use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD};
-use crate::listing::Listing;
-use crate::oci::{LayerDesc, build_manifest, canonical_json};
 use crate::spec::model::Platform;
 use oci_spec::image::ImageConfiguration;
 use std::collections::BTreeMap;
@@ -160,16 +158,17 @@ pub(super) fn import(
     for entry in &entries {
         let (cdigest, csize) = lookup(&entry.config)?;
         let cbytes = read_cas_document(cas, &cdigest, csize, rel, "docker archive")?;
-        let config: ImageConfiguration = serde_json::from_slice(&cbytes)
+        // Parsed here too, so a broken config is named by its member.
+        let _: ImageConfiguration = serde_json::from_slice(&cbytes)
             .map_err(|e| corrupt(format!("config `{}`: {e}", entry.config)))?;
         let fields = ConfigPlatform::of(&cbytes);
         let matches = fields.as_ref().is_some_and(|p| p.matches(platform));
         found.push(fields.map_or_else(|| "unknown".to_string(), |p| p.describe()));
         if chosen.is_none() && (entries.len() == 1 || matches) {
-            chosen = Some((entry, cdigest, csize, config, cbytes));
+            chosen = Some((entry, cdigest, csize, cbytes));
         }
     }
-    let Some((entry, config_digest, config_size, config, cbytes)) = chosen else {
+    let Some((entry, config_digest, config_size, cbytes)) = chosen else {
         return Err(ImportError::NoPlatform {
             path: rel.to_string(),
             platform: platform.to_string(),
@@ -180,54 +179,34 @@ pub(super) fn import(
             },
         });
     };
-    check_platform(&cbytes, platform, rel)?;
-
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != entry.layers.len() {
-        return Err(corrupt(format!(
-            "config `{}` lists {} diff_ids for {} layers",
-            entry.config,
-            diff_ids.len(),
-            entry.layers.len()
-        )));
-    }
-    let mut facts: BTreeMap<Digest, (&'static str, DiffId, Listing)> = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut listings = Vec::new();
-    for (i, (member, expected)) in entry.layers.iter().zip(diff_ids).enumerate() {
+    // Each distinct layer's media type, sniffed once.
+    let mut media: BTreeMap<Digest, &'static str> = BTreeMap::new();
+    let mut planned = Vec::new();
+    for member in &entry.layers {
         let (digest, size) = lookup(member)?;
-        let (media_type, diff_id, listing) = match facts.entry(digest) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let media_type = sniff_media_type(cas, &digest, rel)?;
-                let (diff_id, listing) = layer_facts(cas, &digest, media_type, rel)?;
-                e.insert((media_type, diff_id, listing))
-            }
+        let media_type = match media.entry(digest) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => *e.insert(sniff_media_type(cas, &digest, rel)?),
         };
-        check_diff_id(rel, member, i, expected, diff_id)?;
-        layers.push(LayerDesc {
+        planned.push(PlannedLayer {
             digest,
-            diff_id: *diff_id,
             size,
-            media_type: media_type.to_string(),
-            listing: None,
+            media_type,
+            path: rel.to_string(),
+            name: member.clone(),
         });
-        listings.push(listing.clone());
     }
-    let manifest = build_manifest((config_digest, config_size), &layers, BTreeMap::new());
-    let (manifest_digest, manifest_size) = cas
-        .put_bytes(&canonical_json(&manifest))
-        .map_err(store_err(rel))?;
-    Ok(ImportedImage {
-        config,
-        config_digest,
-        config_size,
-        layers,
-        listings,
-        manifest_digest,
-        manifest_size,
-        read: std::mem::take(&mut files.read),
-    })
+    let chosen = Chosen {
+        manifest: None,
+        config: (config_digest, config_size),
+        config_bytes: &cbytes,
+        config_path: rel,
+        layers: &planned,
+    };
+    // Every blob was stored (and hashed) while the archive was scanned.
+    let mut img = assemble(cas, rel, platform, chosen, |_| Ok(()))?;
+    img.read = std::mem::take(&mut files.read);
+    Ok(img)
 }
 
 /// `./a//b/` → `a/b`.

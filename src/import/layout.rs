@@ -3,18 +3,14 @@
 //! same files (see the parent module's docs).
 
 use super::{
-    Files, ImportError, ImportedImage, check_diff_id, check_platform, invalid, join, layer_facts,
-    parse_digest,
+    Chosen, Files, ImportError, ImportedImage, PlannedLayer, assemble, check_platform, invalid,
+    join, parse_digest,
 };
 use crate::cas::Cas;
-use crate::hash::{DiffId, Digest};
+use crate::hash::Digest;
 use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD};
-use crate::listing::Listing;
-use crate::oci::LayerDesc;
 use crate::spec::model::Platform;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -28,22 +24,51 @@ const MAX_NESTING: usize = 4;
 pub(super) struct Plan {
     pub manifest: (Digest, u64),
     pub config: (Digest, u64),
-    pub config_doc: ImageConfiguration,
-    /// The config's `rootfs.diff_ids`, one per layer.
-    pub diff_ids: Vec<String>,
+    pub config_bytes: Vec<u8>,
+    /// Workspace-relative path of the config blob.
+    pub config_rel: String,
+    /// Each layer's `path` is the workspace-relative path of its blob.
     pub layers: Vec<PlannedLayer>,
-}
-
-pub(super) struct PlannedLayer {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: &'static str,
-    /// Workspace-relative path of the blob.
-    pub rel: String,
 }
 
 fn blob_rel(dir: &str, d: &Digest) -> String {
     join(dir, &format!("blobs/sha256/{}", d.hex()))
+}
+
+/// An image manifest's config descriptor and layers: shared by layouts and
+/// registry imports. `mpath` names the manifest in errors; `layer_path` says
+/// where each layer is (for errors, and for a layout the file to read).
+pub(crate) fn parse_manifest(
+    mbytes: &[u8],
+    mpath: &str,
+    layer_path: impl Fn(&Digest) -> String,
+) -> Result<((Digest, u64), Vec<PlannedLayer>), ImportError> {
+    let manifest: ImageManifest =
+        serde_json::from_slice(mbytes).map_err(|e| invalid(mpath, "image manifest", e))?;
+    let cdesc = manifest.config();
+    let cdigest = parse_digest(cdesc.digest().as_ref(), mpath)?;
+    let mut layers = Vec::new();
+    for l in manifest.layers() {
+        let digest = parse_digest(l.digest().as_ref(), mpath)?;
+        let media_type = oci_layer_media_type(l.media_type().as_ref()).ok_or_else(|| {
+            invalid(
+                mpath,
+                "image manifest",
+                format!(
+                    "layer {digest} has the unsupported media type `{}`",
+                    l.media_type()
+                ),
+            )
+        })?;
+        layers.push(PlannedLayer {
+            digest,
+            size: l.size(),
+            media_type,
+            path: layer_path(&digest),
+            name: digest.to_string(),
+        });
+    }
+    Ok(((cdigest, cdesc.size()), layers))
 }
 
 /// Reads `index.json`, the indexes on the way, the manifest and the config of
@@ -62,55 +87,31 @@ pub(super) fn walk(
     let mdigest = parse_digest(mdesc.digest().as_ref(), &index_rel)?;
     let mrel = blob_rel(dir, &mdigest);
     let mbytes = files.document(&mrel, Some((&mdigest, mdesc.size())), "image manifest")?;
-    let manifest: ImageManifest =
-        serde_json::from_slice(&mbytes).map_err(|e| invalid(&mrel, "image manifest", e))?;
+    let ((cdigest, csize), layers) = parse_manifest(&mbytes, &mrel, |d| blob_rel(dir, d))?;
 
-    let cdesc = manifest.config();
-    let cdigest = parse_digest(cdesc.digest().as_ref(), &mrel)?;
     let crel = blob_rel(dir, &cdigest);
-    let cbytes = files.document(&crel, Some((&cdigest, cdesc.size())), "image config")?;
+    let cbytes = files.document(&crel, Some((&cdigest, csize)), "image config")?;
     let config: ImageConfiguration =
         serde_json::from_slice(&cbytes).map_err(|e| invalid(&crel, "image config", e))?;
+    // Checked on the key side too, so a bad input fails before anything is read.
     check_platform(&cbytes, platform, dir)?;
-
-    let diff_ids = config.rootfs().diff_ids().clone();
-    if diff_ids.len() != manifest.layers().len() {
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != layers.len() {
         return Err(invalid(
             &crel,
             "image config",
             format!(
                 "{} diff_ids for {} layers in the manifest",
                 diff_ids.len(),
-                manifest.layers().len()
+                layers.len()
             ),
         ));
     }
-    let mut layers = Vec::new();
-    for l in manifest.layers() {
-        let digest = parse_digest(l.digest().as_ref(), &mrel)?;
-        let rel = blob_rel(dir, &digest);
-        let media_type = oci_layer_media_type(l.media_type().as_ref()).ok_or_else(|| {
-            invalid(
-                &mrel,
-                "image manifest",
-                format!(
-                    "layer {digest} has the unsupported media type `{}`",
-                    l.media_type()
-                ),
-            )
-        })?;
-        layers.push(PlannedLayer {
-            digest,
-            size: l.size(),
-            media_type,
-            rel,
-        });
-    }
     Ok(Plan {
         manifest: (mdigest, mdesc.size()),
-        config: (cdigest, cdesc.size()),
-        config_doc: config,
-        diff_ids,
+        config: (cdigest, csize),
+        config_bytes: cbytes,
+        config_rel: crel,
         layers,
     })
 }
@@ -123,37 +124,18 @@ pub(super) fn import(
     cas: &Cas,
 ) -> Result<ImportedImage, ImportError> {
     let plan = walk(files, dir, platform)?;
-    let mut facts: BTreeMap<Digest, (DiffId, Listing)> = BTreeMap::new();
-    let mut layers = Vec::new();
-    let mut listings = Vec::new();
-    for (i, (l, expected)) in plan.layers.iter().zip(&plan.diff_ids).enumerate() {
-        let (diff_id, listing) = match facts.entry(l.digest) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                files.copy_blob(&l.rel, &l.digest, l.size, cas)?;
-                e.insert(layer_facts(cas, &l.digest, l.media_type, &l.rel)?)
-            }
-        };
-        check_diff_id(&l.rel, &l.digest.to_string(), i, expected, diff_id)?;
-        layers.push(LayerDesc {
-            digest: l.digest,
-            diff_id: *diff_id,
-            size: l.size,
-            media_type: l.media_type.to_string(),
-            listing: None,
-        });
-        listings.push(listing.clone());
-    }
-    Ok(ImportedImage {
-        config: plan.config_doc,
-        config_digest: plan.config.0,
-        config_size: plan.config.1,
-        layers,
-        listings,
-        manifest_digest: plan.manifest.0,
-        manifest_size: plan.manifest.1,
-        read: std::mem::take(&mut files.read),
-    })
+    let chosen = Chosen {
+        manifest: Some(plan.manifest),
+        config: plan.config,
+        config_bytes: &plan.config_bytes,
+        config_path: &plan.config_rel,
+        layers: &plan.layers,
+    };
+    let mut img = assemble(cas, dir, platform, chosen, |l| {
+        files.copy_blob(&l.path, &l.digest, l.size, cas)
+    })?;
+    img.read = std::mem::take(&mut files.read);
+    Ok(img)
 }
 
 /// Picks the image manifest of `index` for `platform`, following nested indexes.

@@ -52,6 +52,7 @@
 
 use crate::hash::{Digest, Sha256};
 use crate::input::escape;
+use crate::registry::credentials::{Credential, Credentials, Secret};
 use crate::registry::reference::{Reference, is_loopback_host};
 use std::collections::HashMap;
 use std::fmt;
@@ -84,71 +85,13 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 // ---------------------------------------------------------------------------
-// Credentials, as the client uses them
-
-/// A string that prints as `<redacted>`: passwords and tokens.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Hidden(String);
-
-impl Hidden {
-    pub fn new(s: impl Into<String>) -> Hidden {
-        Hidden(s.into())
-    }
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// What the client may log in with at one registry.
-#[derive(Clone, Debug)]
-pub enum Login {
-    Basic {
-        username: String,
-        password: Hidden,
-    },
-    /// An OAuth2 refresh token (Docker's `identitytoken`).
-    IdentityToken(Hidden),
-}
-
-/// Where credentials come from, per registry (`Reference::registry`, e.g.
-/// `docker.io` or `127.0.0.1:5000`). The error is a message without secrets.
-pub trait CredentialSource: Send + Sync {
-    fn login_for(&self, registry: &str) -> Result<Option<Login>, String>;
-}
-
-/// No credentials at all: every registry is used anonymously.
-pub struct Anonymous;
-
-impl CredentialSource for Anonymous {
-    fn login_for(&self, _registry: &str) -> Result<Option<Login>, String> {
-        Ok(None)
-    }
-}
-
-/// One fixed login for one registry (tests, and callers that already hold one).
-pub struct Fixed {
-    pub registry: String,
-    pub login: Login,
-}
-
-impl CredentialSource for Fixed {
-    fn login_for(&self, registry: &str) -> Result<Option<Login>, String> {
-        Ok((registry == self.registry).then(|| self.login.clone()))
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Options, results, errors
 
 /// How a [`Client`] is set up.
 pub struct ClientOptions {
-    pub credentials: Arc<dyn CredentialSource>,
+    /// Looked up only when a registry asks for them (a `401`), so a config
+    /// naming a helper that is not installed does not break anonymous registries.
+    pub credentials: Arc<Credentials>,
     /// Hosts (`host` or `host:port`) allowed over plain HTTP.
     pub insecure: Vec<String>,
     pub user_agent: String,
@@ -158,7 +101,7 @@ impl ClientOptions {
     /// Anonymous, no insecure hosts, imgc's user agent.
     pub fn anonymous() -> ClientOptions {
         ClientOptions {
-            credentials: Arc::new(Anonymous),
+            credentials: Arc::new(Credentials::none()),
             insecure: Vec::new(),
             user_agent: concat!("imgc/", env!("CARGO_PKG_VERSION")).to_string(),
         }
@@ -295,7 +238,7 @@ pub struct Client {
     /// Hosts that asked for Basic credentials: they get them up front.
     basic: Mutex<HashMap<String, ()>>,
     /// Logins looked up so far, per registry.
-    logins: Mutex<HashMap<String, Option<Login>>>,
+    logins: Mutex<HashMap<String, Option<Credential>>>,
 }
 
 impl fmt::Debug for Client {
@@ -308,7 +251,7 @@ impl fmt::Debug for Client {
 
 #[derive(Clone)]
 struct Token {
-    value: Hidden,
+    value: Secret,
     until: Instant,
 }
 
@@ -878,7 +821,7 @@ impl Client {
     fn follow(
         &self,
         call: &Call<'_>,
-        auth: Option<&Hidden>,
+        auth: Option<&Secret>,
     ) -> Result<Result<ureq::http::Response<ureq::Body>, RegistryError>, RegistryError> {
         let origin = origin_of(&call.url);
         let mut url = call.url.clone();
@@ -974,7 +917,7 @@ impl Client {
         }
     }
 
-    fn login(&self, registry: &str) -> Result<Option<Login>, RegistryError> {
+    fn login(&self, registry: &str) -> Result<Option<Credential>, RegistryError> {
         let mut logins = self.logins.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = logins.get(registry) {
             return Ok(l.clone());
@@ -982,10 +925,10 @@ impl Client {
         let l = self
             .options
             .credentials
-            .login_for(registry)
-            .map_err(|message| RegistryError::Credentials {
+            .for_registry(registry)
+            .map_err(|e| RegistryError::Credentials {
                 host: registry.to_string(),
-                message,
+                message: e.to_string(),
             })?;
         logins.insert(registry.to_string(), l.clone());
         Ok(l)
@@ -993,14 +936,14 @@ impl Client {
 
     /// The `Authorization` value to send first: a kept token, or Basic for a
     /// host that asked for it.
-    fn auth_header(&self, call: &Call<'_>) -> Result<Option<Hidden>, RegistryError> {
+    fn auth_header(&self, call: &Call<'_>) -> Result<Option<Secret>, RegistryError> {
         let host = call.reference.api_host().to_string();
         let key = (host.clone(), scope_string(&call.scopes));
         {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(t) = tokens.get(&key) {
                 if t.until > Instant::now() {
-                    return Ok(Some(Hidden(format!("Bearer {}", t.value.expose()))));
+                    return Ok(Some(Secret::new(format!("Bearer {}", t.value.expose()))));
                 }
                 tokens.remove(&key);
             }
@@ -1011,7 +954,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&host);
         if basic {
-            if let Some(Login::Basic { username, password }) =
+            if let Some(Credential::Basic { username, password }) =
                 self.login(&call.reference.registry)?
             {
                 return Ok(Some(basic_header(&username, &password)));
@@ -1045,7 +988,7 @@ impl Client {
             // Credentials were sent and refused: no point sending them again.
             let have = matches!(
                 self.login(&call.reference.registry)?,
-                Some(Login::Basic { .. })
+                Some(Credential::Basic { .. })
             );
             return Ok(have && !already);
         }
@@ -1077,7 +1020,7 @@ impl Client {
         let login = self.login(&call.reference.registry)?;
         let enc = |s: &str| percent_encoding::utf8_percent_encode(s, QUERY).to_string();
         let result = match &login {
-            Some(Login::IdentityToken(refresh)) => {
+            Some(Credential::IdentityToken(refresh)) => {
                 let mut form = format!(
                     "grant_type=refresh_token&client_id=imgc&refresh_token={}",
                     enc(refresh.expose())
@@ -1103,7 +1046,7 @@ impl Client {
                     sep = '&';
                 }
                 let mut req = self.agent.get(url.as_str());
-                if let Some(Login::Basic { username, password }) = &login {
+                if let Some(Credential::Basic { username, password }) = &login {
                     req = req.header("Authorization", basic_header(username, password).expose());
                 }
                 req.call()
@@ -1165,7 +1108,7 @@ impl Client {
             .unwrap_or(DEFAULT_TOKEN_LIFE)
             .max(DEFAULT_TOKEN_LIFE);
         Ok(Token {
-            value: Hidden(value),
+            value: Secret::new(value),
             until: Instant::now() + life.saturating_sub(Duration::from_secs(10)),
         })
     }
@@ -1185,10 +1128,10 @@ const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'/')
     .remove(b':');
 
-fn basic_header(username: &str, password: &Hidden) -> Hidden {
+fn basic_header(username: &str, password: &Secret) -> Secret {
     use base64::Engine;
     let pair = format!("{username}:{}", password.expose());
-    Hidden(format!(
+    Secret::new(format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
     ))

@@ -5,6 +5,7 @@
 //! validated forms (labels, modes, owners) are parsed at lowering time.
 
 use crate::label::{Label, Pattern};
+use crate::registry::Reference;
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 
@@ -318,6 +319,53 @@ pub enum ImportSource {
     OciLayout(String),
     /// A `docker save` tarball, relative to the package directory.
     DockerArchive(String),
+    /// An image in a registry: `registry "host/repo:tag@sha256:..."`. The parser
+    /// accepts a reference without a digest (so `imgc pin` can find it); `check`
+    /// and `build` refuse it ([`crate::diag::Code::NotPinned`]).
+    Registry(RegistryRef),
+}
+
+impl ImportSource {
+    /// The reference of a `registry` import.
+    pub fn registry(&self) -> Option<&Reference> {
+        match self {
+            ImportSource::Registry(r) => Some(&r.reference),
+            _ => None,
+        }
+    }
+}
+
+/// A registry reference as written in a spec, and parsed.
+///
+/// Stored (parse cache) as the text written; read back by parsing it again, so
+/// the two can never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    /// The string as written (`debian:12@sha256:...`), which `imgc pin` rewrites.
+    pub written: String,
+    pub reference: Reference,
+}
+
+impl RegistryRef {
+    pub fn parse(written: &str) -> Result<RegistryRef, crate::registry::RefError> {
+        Ok(RegistryRef {
+            written: written.to_string(),
+            reference: Reference::parse(written)?,
+        })
+    }
+}
+
+impl Serialize for RegistryRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.written)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegistryRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RegistryRef, D::Error> {
+        let written = String::deserialize(d)?;
+        RegistryRef::parse(&written).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use crate::diag::{Code, Diag, did_you_mean};
 use crate::label::{Label, Pattern, check_target_name};
 use crate::spec::model::{
     BaseRef, Compression, CopySource, FileId, ImageSpec, ImportSource, ImportSpec, LayerEntry,
-    LayerSpec, Mode, Owner, Platform, Policy, RequireBase, Spanned, Target, TargetKind,
+    LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned, Target, TargetKind,
     WorkspaceConfig, inline_layer_name,
 };
 use crate::spec::paths::{Rejection, check_image_path, normalize_expose, normalize_source};
@@ -49,7 +49,7 @@ const IMAGE_NODES: &[&str] = &[
     "stop-signal",
     "tag",
 ];
-const IMPORT_NODES: &[&str] = &["oci-layout", "docker-archive"];
+const IMPORT_NODES: &[&str] = &["oci-layout", "docker-archive", "registry"];
 
 // ---------------------------------------------------------------------------
 // imgc.kdl
@@ -1106,9 +1106,10 @@ impl Build<'_, '_> {
             source = self.import_source(child);
         }
         if first.is_none() {
-            let msg = "`import` needs an `oci-layout` or a `docker-archive`".to_string();
-            let help =
-                "add `oci-layout \"path/to/layout\"` or `docker-archive \"path/to/image.tar\"`";
+            let msg =
+                "`import` needs an `oci-layout`, a `docker-archive` or a `registry`".to_string();
+            let help = "add `oci-layout \"path/to/layout\"`, `docker-archive \"path/to/image.tar\"` \
+                        or `registry \"host/repo:tag@sha256:...\"`";
             self.cx.missing(head_span(node), msg, help);
         }
         Some(ImportSpec { source: source? })
@@ -1120,7 +1121,7 @@ impl Build<'_, '_> {
             Code::Duplicate,
             head_span(node),
             format!(
-                "`import` takes exactly one of `oci-layout` or `docker-archive` (`{}` on line {line})",
+                "`import` takes exactly one of `oci-layout`, `docker-archive` or `registry` (`{}` on line {line})",
                 name(first)
             ),
             "second source",
@@ -1131,6 +1132,26 @@ impl Build<'_, '_> {
     fn import_source(&mut self, node: &KdlNode) -> Option<Spanned<ImportSource>> {
         let kind = name(node);
         let parts = self.cx.parts(node, Some(&[]));
+        if kind == "registry" {
+            let args = self.cx.exact_args(node, &parts.args, 1, "an image reference")?;
+            let s = self.cx.string(args[0], "`registry`")?;
+            return match RegistryRef::parse(&s.value) {
+                Ok(r) => Some(Spanned::new(ImportSource::Registry(r), s.span)),
+                Err(e) => {
+                    let d = self.cx.diag(
+                        Code::BadReference,
+                        s.span,
+                        e.to_string(),
+                        "not an image reference",
+                    );
+                    self.cx.push(d.help(
+                        "write `host[:port]/repository[:tag]@sha256:<64 hex digits>`, \
+                         like `registry.example.com/team/debian:12@sha256:...`",
+                    ));
+                    None
+                }
+            };
+        }
         let args = self.cx.exact_args(node, &parts.args, 1, "a path")?;
         let s = self.cx.string(args[0], &format!("`{kind}`"))?;
         let path = self.source_path(&s, &format!("`{kind}` path"))?;

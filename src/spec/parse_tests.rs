@@ -919,3 +919,106 @@ fn policy_round_trips_through_the_parse_cache_format() {
     let back: WorkspaceConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, config);
 }
+
+const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn registry_of(text: &str) -> (Option<RegistryRef>, Vec<Diag>) {
+    let (targets, diags) = build(text);
+    let r = targets.iter().find_map(|t| match &t.kind {
+        TargetKind::Import(i) => match &i.source.value {
+            ImportSource::Registry(r) => Some(r.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    (r, diags)
+}
+
+#[test]
+fn registry_import_parses_pinned_and_unpinned_references() {
+    let text = format!(
+        "import \"debian\" {{\n    registry \"127.0.0.1:5000/team/debian:12@sha256:{HEX}\"\n}}\n"
+    );
+    let (r, diags) = registry_of(&text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let r = r.expect("a registry import");
+    assert_eq!(r.reference.registry, "127.0.0.1:5000");
+    assert_eq!(r.reference.repository, "team/debian");
+    assert_eq!(r.reference.tag.as_deref(), Some("12"));
+    assert_eq!(r.reference.digest.map(|d| d.hex()), Some(HEX.to_string()));
+    assert_eq!(r.written, format!("127.0.0.1:5000/team/debian:12@sha256:{HEX}"));
+    // The span is the string's: what `imgc pin` rewrites.
+    let (targets, _) = build(&text);
+    let TargetKind::Import(spec) = &targets[0].kind else {
+        panic!("an import")
+    };
+    let at = &text[spec.source.span.offset()..][..spec.source.span.len()];
+    assert!(at.contains(&r.written), "{at:?}");
+    // A tag without a digest parses: `check` and `build` refuse it, `pin` fixes it.
+    let (r, diags) = registry_of("import \"d\" { registry \"debian:12\"; }");
+    assert!(diags.is_empty(), "{diags:#?}");
+    let r = r.unwrap();
+    assert_eq!(
+        (r.reference.registry.as_str(), r.reference.digest),
+        ("docker.io", None)
+    );
+}
+
+#[test]
+fn registry_import_malformed_reference_is_e060_at_the_string() {
+    let text = "import \"d\" {\n    registry \"127.0.0.1:5000/Team/debian\"\n}\n";
+    let d = one_diag(text);
+    assert_eq!(d.code, Code::BadReference);
+    assert!(d.message.contains("not a valid image reference"), "{}", d.message);
+    let (_, span) = d.location.unwrap();
+    assert_eq!(&text[span.offset()..][..span.len()], "\"127.0.0.1:5000/Team/debian\"");
+    assert!(d.help.unwrap().contains("@sha256:"));
+    // Credentials are refused without being repeated.
+    let d = one_diag("import \"d\" { registry \"alice:s3cret@example.com/a:1\"; }");
+    assert_eq!(d.code, Code::BadReference);
+    assert!(!d.message.contains("s3cret"), "{}", d.message);
+    for bad in [
+        format!("import \"d\" {{ registry \"example.com/a@sha256:{}\"; }}", &HEX[..10]),
+        format!("import \"d\" {{ registry \"example.com/a@sha512:{HEX}\"; }}"),
+        "import \"d\" { registry \"\"; }".to_string(),
+    ] {
+        assert_eq!(one_diag(&bad).code, Code::BadReference, "{bad}");
+    }
+}
+
+#[test]
+fn registry_import_shape_errors() {
+    // Not a string, two arguments, a property, a second source.
+    assert_eq!(one_diag("import \"d\" { registry 12; }").code, Code::WrongType);
+    assert_eq!(
+        one_diag("import \"d\" { registry \"a.io/b:1\" \"c\"; }").code,
+        Code::TooManyValues
+    );
+    assert_eq!(
+        one_diag("import \"d\" { registry \"a.io/b:1\" tls=#false; }").code,
+        Code::UnknownProperty
+    );
+    let d = one_diag("import \"d\" {\n registry \"a.io/b:1\"\n oci-layout \"x\"\n}");
+    assert_eq!(d.code, Code::Duplicate);
+    assert!(d.message.contains("`registry`"), "{}", d.message);
+    let d = one_diag("import \"d\" { }");
+    assert_eq!(d.code, Code::Missing);
+    assert!(d.message.contains("`registry`"), "{}", d.message);
+}
+
+#[test]
+fn registry_import_round_trips_through_the_parse_cache_format() {
+    let text = format!("import \"d\" {{ registry \"a.io/b:1@sha256:{HEX}\"; }}");
+    let (targets, diags) = build(&text);
+    assert!(diags.is_empty());
+    let json = serde_json::to_string(&targets).unwrap();
+    assert!(json.contains(&format!("\"a.io/b:1@sha256:{HEX}\"")), "{json}");
+    let back: Vec<Target> = serde_json::from_str(&json).unwrap();
+    let (TargetKind::Import(a), TargetKind::Import(b)) = (&targets[0].kind, &back[0].kind) else {
+        panic!("imports")
+    };
+    assert_eq!(a.source, b.source);
+    // A stored value that is no reference is refused, not trusted.
+    let tampered = json.replace(&format!("a.io/b:1@sha256:{HEX}"), "Not A Ref");
+    assert!(serde_json::from_str::<Vec<Target>>(&tampered).is_err());
+}

@@ -6,7 +6,9 @@ use crate::support::{Ws, have, manifest_of, small_ws};
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
-use imgc::registry::client::{Client, ClientOptions, Fixed, Hidden, Login};
+use imgc::registry::Secret;
+use imgc::registry::client::{Client, ClientOptions};
+use imgc::registry::credentials::{Credentials, Sources};
 use imgc::registry::pull::{PullError, fetch_image};
 use imgc::spec::model::Platform;
 use std::path::Path;
@@ -55,13 +57,15 @@ fn a_pinned_image_pushed_by_skopeo_is_pulled_into_the_store_verified() {
     let store = tempfile::tempdir().unwrap();
     let cas = Cas::open(store.path()).unwrap();
     let mut opts = ClientOptions::anonymous();
-    opts.credentials = Arc::new(Fixed {
-        registry: reg.host(),
-        login: Login::Basic {
-            username: "puller".into(),
-            password: Hidden::new("pull pw"),
-        },
-    });
+    opts.credentials = Arc::new(
+        Credentials::from_sources(Sources {
+            env_host: Some(reg.host()),
+            env_username: Some("puller".into()),
+            env_password: Some(Secret::new("pull pw")),
+            ..Sources::default()
+        })
+        .unwrap(),
+    );
     let client = Client::new(opts);
     let r = Reference::parse(&format!("{}/team/app:1@{digest}", reg.host())).unwrap();
     assert_eq!(client.resolve(&r).unwrap().digest, digest);

@@ -378,6 +378,7 @@ pub fn context(ws: &Ws) -> imgc::commands::Context {
         cwd: ws.root().to_path_buf(),
         cache_dir: Some(ws.cache.path().to_path_buf()),
         remote: Default::default(),
+        registry: Default::default(),
     }
 }
 

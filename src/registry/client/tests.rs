@@ -139,15 +139,22 @@ fn registry_error_bodies_are_bounded_and_escaped() {
 
 #[test]
 fn secrets_stay_out_of_debug_output() {
-    let l = Login::Basic {
-        username: "u".into(),
-        password: Hidden::new("hunter2"),
-    };
-    assert!(!format!("{l:?}").contains("hunter2"));
-    let h = basic_header("u", &Hidden::new("hunter2"));
+    let h = basic_header("u", &Secret::new("hunter2"));
     assert!(!format!("{h:?}").contains("hunter2"));
-    let t = Login::IdentityToken(Hidden::new("refresh-me"));
-    assert!(!format!("{t:?}").contains("refresh-me"));
+    let c = client_with("127.0.0.1:1", "u", "hunter2");
+    c.tokens.lock().unwrap().insert(
+        ("h".into(), "s".into()),
+        Token {
+            value: Secret::new("tok-secret"),
+            until: Instant::now(),
+        },
+    );
+    let _ = c.login("127.0.0.1:1").unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("tok-secret"),
+        "{shown}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -203,13 +210,15 @@ fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
 
 fn client_with(registry: &str, user: &str, password: &str) -> Client {
     let mut o = ClientOptions::anonymous();
-    o.credentials = Arc::new(Fixed {
-        registry: registry.to_string(),
-        login: Login::Basic {
-            username: user.into(),
-            password: Hidden::new(password),
-        },
-    });
+    o.credentials = Arc::new(
+        Credentials::from_sources(crate::registry::credentials::Sources {
+            env_host: Some(registry.to_string()),
+            env_username: Some(user.to_string()),
+            env_password: Some(Secret::new(password)),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     Client::new(o)
 }
 
