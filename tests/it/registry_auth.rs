@@ -164,35 +164,15 @@ fn assert_no_secret(what: &str, text: &str, needles: &[String]) {
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
-use imgc::registry::client::{Client, ClientOptions, CredentialSource, Hidden, Login};
-use imgc::registry::credentials::{Credential, Credentials, Secret, Sources};
+use imgc::registry::client::{Client, ClientOptions};
+use imgc::registry::credentials::{Credentials, Secret, Sources};
 use imgc::registry::pull::fetch_image;
 use imgc::spec::model::Platform;
 use std::sync::Arc;
 
-/// `Credentials` as the client's credential source.
-struct Creds(Credentials);
-
-impl CredentialSource for Creds {
-    fn login_for(&self, registry: &str) -> Result<Option<Login>, String> {
-        Ok(
-            match self.0.for_registry(registry).map_err(|e| e.to_string())? {
-                None => None,
-                Some(Credential::Basic { username, password }) => Some(Login::Basic {
-                    username,
-                    password: Hidden::new(password.expose()),
-                }),
-                Some(Credential::IdentityToken(t)) => {
-                    Some(Login::IdentityToken(Hidden::new(t.expose())))
-                }
-            },
-        )
-    }
-}
-
 fn client(credentials: Credentials) -> Client {
     let mut opts = ClientOptions::anonymous();
-    opts.credentials = Arc::new(Creds(credentials));
+    opts.credentials = Arc::new(credentials);
     Client::new(opts)
 }
 
@@ -368,4 +348,138 @@ fn a_redirect_to_another_host_never_carries_credentials() {
             .count();
         assert!(redirects >= pulled.blobs_fetched, "bearer {bearer}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The `imgc` command: credentials from each source, for a `registry` import
+
+/// A workspace whose `//app:app` is built on `registry "REFERENCE"`.
+fn consumer(reference: &Reference) -> Ws {
+    Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n}\n",
+        ),
+        (
+            "third_party/BUILD.kdl",
+            &format!("import \"base\" {{\n    registry \"{reference}\"\n}}\n"),
+        ),
+        (
+            "app/BUILD.kdl",
+            "image \"app\" {\n    from \"//third_party:base\"\n    layer {\n        text \"/app/v\" \"1\\n\"\n    }\n}\n",
+        ),
+    ])
+}
+
+/// A basic-auth registry holding the small workspace's app image; a consumer
+/// workspace built on it.
+fn basic_registry_and_consumer() -> (Registry, Ws, Ws) {
+    let reg = Registry::start(RegistryOpts::with_basic_auth(USER, PASSWORD));
+    let (upstream, r) = skopeo_pushed_app(&reg, "team/base");
+    (reg, upstream, consumer(&r))
+}
+
+/// Without credentials the build is refused by the registry (so a test whose
+/// build passes did use the credentials it was given), with a message naming
+/// the host and how to log in.
+fn assert_refused_without_credentials(reg: &Registry, ws: &Ws) {
+    let out = Env::new().run(ws, &["build", "//..."]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(
+        err.contains(&format!("authentication required for {}", reg.host())),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_come_from_docker_config_auths() {
+    let (reg, _up, ws) = basic_registry_and_consumer();
+    assert_refused_without_credentials(&reg, &ws);
+    let env = Env::new().docker_config(&format!(
+        r#"{{"auths":{{"http://{}/v2/":{{"auth":"{}"}}}}}}"#,
+        reg.host(),
+        b64(&format!("{USER}:{PASSWORD}"))
+    ));
+    env.ok(&ws, &["build", "//..."]);
+    assert!(ws.layout("app", "app").join("index.json").is_file());
+}
+
+#[test]
+fn credentials_come_from_registry_auth_file() {
+    let (reg, _up, ws) = basic_registry_and_consumer();
+    let env = Env::new();
+    let file = env.home.path().join("auth.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            reg.host(),
+            b64(&format!("{USER}:{PASSWORD}"))
+        ),
+    )
+    .unwrap();
+    let env = env.set("REGISTRY_AUTH_FILE", file.to_str().unwrap());
+    env.ok(&ws, &["build", "//..."]);
+}
+
+#[test]
+fn credentials_come_from_a_credential_helper() {
+    let (reg, _up, ws) = basic_registry_and_consumer();
+    let env = Env::new()
+        .helper("testhelper", &reg.host(), USER, PASSWORD)
+        .docker_config(&format!(
+            r#"{{"credHelpers":{{"{}":"testhelper"}}}}"#,
+            reg.host()
+        ));
+    env.ok(&ws, &["build", "//..."]);
+    // Asked once, for this registry, with Docker's spelling of it.
+    assert_eq!(env.asked("testhelper"), [reg.host()]);
+}
+
+#[test]
+fn credentials_come_from_creds_store() {
+    let (reg, _up, ws) = basic_registry_and_consumer();
+    let env = Env::new()
+        .helper("testhelper", &reg.host(), USER, PASSWORD)
+        .docker_config(r#"{"auths":{},"credsStore":"testhelper"}"#);
+    env.ok(&ws, &["build", "//..."]);
+    assert_eq!(env.asked("testhelper"), [reg.host()]);
+
+    // A store that holds nothing for the host: anonymous, refused.
+    let (reg2, _up2, ws2) = basic_registry_and_consumer();
+    let env = Env::new()
+        .helper("testhelper", "elsewhere.example", USER, PASSWORD)
+        .docker_config(r#"{"credsStore":"testhelper"}"#);
+    let out = env.run(&ws2, &["build", "//..."]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(
+        err.contains(&format!("authentication required for {}", reg2.host())),
+        "{err}"
+    );
+}
+
+#[test]
+fn credentials_come_from_imgc_registry_env() {
+    let (reg, _up, ws) = basic_registry_and_consumer();
+    // For another host they are not used.
+    let out = Env::new()
+        .imgc_env("registry.example.com", USER, PASSWORD)
+        .run(&ws, &["build", "//..."]);
+    assert!(!out.status.success());
+    // Half a set is an error naming what is missing, never a value.
+    let out = Env::new()
+        .set("IMGC_REGISTRY_HOST", &reg.host())
+        .set("IMGC_REGISTRY_PASSWORD", PASSWORD)
+        .run(&ws, &["build", "//..."]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(err.contains("`IMGC_REGISTRY_USERNAME`"), "{err}");
+    assert_no_secret("stderr", &err, &secrets(USER, PASSWORD));
+    assert_no_secret("stdout", &support::stdout(&out), &secrets(USER, PASSWORD));
+
+    Env::new()
+        .imgc_env(&reg.host(), USER, PASSWORD)
+        .ok(&ws, &["build", "//..."]);
 }
