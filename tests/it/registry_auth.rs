@@ -483,3 +483,116 @@ fn credentials_come_from_imgc_registry_env() {
         .imgc_env(&reg.host(), USER, PASSWORD)
         .ok(&ws, &["build", "//..."]);
 }
+
+// ---------------------------------------------------------------------------
+// Nothing prints or stores a credential
+
+/// Everything a run left where a credential could leak: its stdout and stderr,
+/// every file of the workspace (specs, `imgc-out`), the cache directory, the
+/// private HOME (but the credential file the test itself wrote there), and the
+/// servers' logs and files.
+struct Leaks {
+    needles: Vec<String>,
+    outputs: Vec<(String, String)>,
+}
+
+impl Leaks {
+    fn new(needles: Vec<String>) -> Leaks {
+        Leaks {
+            needles,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, what: &str, out: &Output) {
+        self.outputs
+            .push((format!("stdout of {what}"), support::stdout(out)));
+        self.outputs
+            .push((format!("stderr of {what}"), support::stderr(out)));
+    }
+
+    fn check_text(&self, what: &str, text: &str) {
+        assert_no_secret(what, text, &self.needles);
+    }
+
+    fn check_dir(&self, dir: &Path, except: &[&Path]) {
+        let found: Vec<_> = files_containing(dir, &self.needles)
+            .into_iter()
+            .filter(|p| !except.iter().any(|e| p.starts_with(e)))
+            .collect();
+        assert!(found.is_empty(), "files hold a credential: {found:?}");
+    }
+
+    fn check_outputs(&self) {
+        assert!(!self.outputs.is_empty());
+        for (what, text) in &self.outputs {
+            self.check_text(what, text);
+        }
+    }
+}
+
+#[test]
+fn no_credential_appears_in_any_output_or_log() {
+    const WRONG: &str = "Wr0ng-but-still-secret-77";
+    for bearer in [false, true] {
+        let tr;
+        let reg = if bearer {
+            tr = Some(TokenRegistry::start(USER, PASSWORD, false, ""));
+            &tr.as_ref().unwrap().registry
+        } else {
+            tr = None;
+            &Registry::start(RegistryOpts::with_basic_auth(USER, PASSWORD))
+        };
+        let (_up, r) = skopeo_pushed_app(reg, "team/base");
+        let ws = consumer(&r);
+        let mut needles = secrets(USER, PASSWORD);
+        needles.extend(secrets(USER, WRONG));
+        let mut leaks = Leaks::new(needles);
+        let wrong_env = Env::new().imgc_env(&reg.host(), USER, WRONG);
+        let wrong_config = Env::new().docker_config(&format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            reg.host(),
+            b64(&format!("{USER}:{WRONG}"))
+        ));
+        let right = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+
+        // Refused: a clear error naming the registry, in every format.
+        for (how, env) in [("env", &wrong_env), ("config", &wrong_config)] {
+            for args in [
+                &["build", "//..."][..],
+                &["build", "//...", "--message-format", "json"][..],
+            ] {
+                let out = env.run(&ws, args);
+                assert!(!out.status.success(), "{how} {args:?} (bearer {bearer})");
+                let all = format!("{}{}", support::stdout(&out), support::stderr(&out));
+                assert!(all.contains(&reg.host()), "{how} {args:?}: {all}");
+                leaks.record(&format!("{how} {args:?} (bearer {bearer})"), &out);
+            }
+        }
+        // Accepted, in every format; `imgc pin --update` asks the registry too.
+        for args in [
+            &["build", "//...", "--message-format", "json"][..],
+            &["build", "//..."][..],
+            &["pin", "--update"][..],
+        ] {
+            let out = right.ok(&ws, args);
+            leaks.record(&format!("{args:?} (bearer {bearer})"), &out);
+        }
+
+        leaks.check_outputs();
+        leaks.check_dir(ws.root(), &[]);
+        leaks.check_dir(ws.cache.path(), &[]);
+        for env in [&wrong_env, &wrong_config, &right] {
+            leaks.check_dir(env.home.path(), &[&env.home.path().join("docker-config")]);
+        }
+        // The grep finds what is there: the config file the test wrote.
+        assert!(!files_containing(wrong_config.home.path(), &leaks.needles).is_empty());
+        leaks.check_dir(reg.dir(), &[]);
+        leaks.check_text("the registry's log", &reg.logs());
+        if let Some(tr) = &tr {
+            leaks.check_text("the token server's logs", &tr.tokens.all_logs());
+            // The wrong password was refused by the token server.
+            assert!(tr.tokens.requests().iter().any(|t| t.status == 401));
+        }
+    }
+}
