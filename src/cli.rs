@@ -121,6 +121,8 @@ pub enum Command {
     Affected(AffectedArgs),
     /// Pin `registry` imports to the digest their tag points at now (rewrites the specs).
     Pin(PinArgs),
+    /// Build the selected images and push them to their registries.
+    Push(PushArgs),
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +344,39 @@ pub struct PinArgs {
     /// Also re-resolve imports that are already pinned, following their tag.
     #[arg(long)]
     pub update: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Target patterns [default: //...]; the images among them are pushed.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Push to HOST/NAMESPACE/<package path>/<target name>:<tag> instead of the
+    /// specs' `tag`s (the tag part of each spec tag, else `latest`).
+    #[arg(long, value_name = "HOST/NAMESPACE")]
+    pub registry: Option<String>,
+
+    /// How to print what was pushed.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = PushOutput::Human)]
+    pub output: PushOutput,
+
+    /// Number of parallel jobs for the build and for blob uploads, at most 1024
+    /// [default: number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// Build, and print where each image would be pushed; send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PushOutput {
+    /// One line per image on stdout, progress on stderr.
+    Human,
+    /// One JSON object per image, and a summary, on stdout.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

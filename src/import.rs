@@ -396,9 +396,8 @@ pub fn import_pulled(
     }
     cas.put_bytes(pulled.manifest_bytes)
         .map_err(store_err(origin))?;
-    let (config, layers) = layout::parse_manifest(pulled.manifest_bytes, origin, |_| {
-        origin.to_string()
-    })?;
+    let (config, layers) =
+        layout::parse_manifest(pulled.manifest_bytes, origin, |_| origin.to_string())?;
     let config_bytes = read_cas_document(cas, &config.0, config.1, origin, "image config")?;
     if config_bytes.len() as u64 != config.1 {
         return Err(ImportError::BadBlob {
@@ -419,7 +418,10 @@ pub fn import_pulled(
         layers: &layers,
     };
     assemble(cas, origin, platform, chosen, |l| {
-        if cas.verify(&l.digest, Some(l.size)).map_err(store_err(origin))? {
+        if cas
+            .verify(&l.digest, Some(l.size))
+            .map_err(store_err(origin))?
+        {
             Ok(())
         } else {
             Err(ImportError::BadBlob {

@@ -627,11 +627,8 @@ impl Dir {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let flags = OFlags::WRONLY
-            | OFlags::CREATE
-            | OFlags::EXCL
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o600))?;
         let write = || -> io::Result<()> {
             // Set after creation: the umask must not narrow the kept mode.

@@ -525,3 +525,120 @@ impl Progress {
         }
     }
 }
+
+/// One image `imgc push` pushed, as [`pushed`] prints it.
+#[derive(Debug)]
+pub struct PushedImage<'a> {
+    pub label: &'a str,
+    /// The first reference, with its tag.
+    pub reference: &'a str,
+    pub digest: &'a Digest,
+    /// Every reference the manifest is now under.
+    pub references: &'a [String],
+    pub blobs: usize,
+    pub blobs_uploaded: usize,
+    pub blobs_mounted: usize,
+    pub blobs_existing: usize,
+    pub bytes_uploaded: u64,
+    pub manifests_put: usize,
+}
+
+/// `pushed REF@DIGEST (N blobs, X uploaded, Y mounted, Z existing, B sent)` on
+/// stdout, or one JSON object.
+pub fn pushed(json: bool, p: &PushedImage<'_>) {
+    if json {
+        raw_stdout(
+            &serde_json::json!({
+                "event": "pushed", "label": p.label, "reference": p.reference,
+                "digest": p.digest.to_string(), "references": p.references,
+                "blobs": p.blobs, "blobs_uploaded": p.blobs_uploaded,
+                "blobs_mounted": p.blobs_mounted, "blobs_existing": p.blobs_existing,
+                "bytes_uploaded": p.bytes_uploaded, "manifests_put": p.manifests_put,
+            })
+            .to_string(),
+        );
+    } else {
+        result(&format!(
+            "pushed {}@{} ({} blob{}, {} uploaded, {} mounted, {} existing; {} sent)",
+            p.reference,
+            p.digest,
+            p.blobs,
+            if p.blobs == 1 { "" } else { "s" },
+            p.blobs_uploaded,
+            p.blobs_mounted,
+            p.blobs_existing,
+            bytes(p.bytes_uploaded)
+        ));
+        for r in p.references.iter().skip(1) {
+            result(&format!("  also {r}"));
+        }
+    }
+}
+
+/// `imgc push --dry-run`: where an image would go (nothing is sent).
+pub fn would_push(json: bool, label: &str, digest: &Digest, references: &[String]) {
+    if json {
+        raw_stdout(
+            &serde_json::json!({
+                "event": "would-push", "label": label, "digest": digest.to_string(),
+                "references": references,
+            })
+            .to_string(),
+        );
+    } else {
+        for r in references {
+            result(&format!("would push `{label}` as {r}@{digest}"));
+        }
+    }
+}
+
+/// An image `imgc push` could not push: `error: …` on stderr (and a JSON
+/// object on stdout with `--output json`).
+pub fn push_failed(json: bool, label: &str, reference: &str, message: &str) {
+    if json {
+        raw_stdout(
+            &serde_json::json!({
+                "event": "push-failed", "label": label, "reference": reference, "error": message,
+            })
+            .to_string(),
+        );
+    }
+    status(&format!("error: {}", escape_controls(message)));
+}
+
+/// Progress of a push on stderr.
+pub fn push_progress(text: &str) {
+    status(&escape_controls(text));
+}
+
+/// The closing line of `imgc push`: on stderr, or a JSON summary on stdout.
+pub fn push_summary(
+    json: bool,
+    pushed: usize,
+    failed: usize,
+    bytes_uploaded: u64,
+    elapsed: Duration,
+) {
+    if json {
+        raw_stdout(
+            &serde_json::json!({
+                "event": "push-summary", "pushed": pushed, "failed": failed,
+                "bytes_uploaded": bytes_uploaded,
+                "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            })
+            .to_string(),
+        );
+    } else {
+        let failed = if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        };
+        status(&format!(
+            "{pushed} image{} pushed{failed}, {} uploaded, {:.2} s",
+            if pushed == 1 { "" } else { "s" },
+            bytes(bytes_uploaded),
+            elapsed.as_secs_f64()
+        ));
+    }
+}

@@ -10,6 +10,7 @@ pub mod completions;
 pub mod explain;
 pub mod man;
 pub mod pin;
+pub mod push;
 pub mod query;
 pub mod sharing;
 
@@ -383,5 +384,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
+        Command::Push(args) => push::run(&ctx, args),
     }
 }

@@ -223,9 +223,7 @@ pub fn run(ctx: &Context, args: PinArgs) -> Result<(), CmdError> {
     let loaded = Loaded::load(ctx)?;
     loaded.warn_without_cache();
     let roots = loaded.select(&args.patterns)?;
-    let within = loaded
-        .graph
-        .closure(&roots, petgraph::Direction::Outgoing);
+    let within = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
     let wanted = wanted(&loaded.graph, &within, args.update);
     if wanted.is_empty() {
         report::result(if args.update {
@@ -258,7 +256,12 @@ pub fn run(ctx: &Context, args: PinArgs) -> Result<(), CmdError> {
     let mut changed = 0;
     for (file, pins) in &by_file {
         let source = loaded.ws.sources.get(*file);
-        let package = loaded.graph.node(pins[0].0.node).label.package().to_string();
+        let package = loaded
+            .graph
+            .node(pins[0].0.node)
+            .label
+            .package()
+            .to_string();
         let edits: Vec<(SourceSpan, String)> = pins
             .iter()
             .map(|(w, d)| (w.span, pinned_text(&w.reference.written, d)))

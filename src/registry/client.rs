@@ -776,7 +776,7 @@ impl Client {
                     .filter_map(|v| v.to_str().ok())
                     .flat_map(parse_challenges)
                     .collect();
-                if self.authenticate(call, &challenges)? {
+                if self.authenticate(call, &challenges, auth.as_ref())? {
                     continue;
                 }
             }
@@ -968,6 +968,7 @@ impl Client {
         &self,
         call: &Call<'_>,
         challenges: &[Challenge],
+        sent: Option<&Secret>,
     ) -> Result<bool, RegistryError> {
         let host = call.reference.api_host().to_string();
         if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
@@ -979,18 +980,19 @@ impl Client {
             return Ok(true);
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
-            let already = self
-                .basic
+            self.basic
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(host, ())
-                .is_some();
-            // Credentials were sent and refused: no point sending them again.
+                .insert(host, ());
+            // Credentials sent and refused: no point sending them again.
+            if sent.is_some_and(|a| a.expose().starts_with("Basic ")) {
+                return Ok(false);
+            }
             let have = matches!(
                 self.login(&call.reference.registry)?,
                 Some(Credential::Basic { .. })
             );
-            return Ok(have && !already);
+            return Ok(have);
         }
         Ok(false)
     }

@@ -8,10 +8,13 @@
 //! - [`client`]: a thin Distribution client over `ureq` (auth, retries,
 //!   redirects, TLS), streaming blobs and verifying every byte.
 //! - [`pull`]: a pinned image fetched into the CAS, verified.
+//! - [`push`]: built images pushed: blobs found, mounted or uploaded, the
+//!   manifest last.
 
 pub mod client;
 pub mod credentials;
 pub mod pull;
+pub mod push;
 pub mod reference;
 
 pub use client::{Client, ClientOptions, RegistryError};

@@ -13,8 +13,8 @@ use crate::diag::{Code, Diag, did_you_mean};
 use crate::label::{Label, Pattern, check_target_name};
 use crate::spec::model::{
     BaseRef, Compression, CopySource, FileId, ImageSpec, ImportSource, ImportSpec, LayerEntry,
-    LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned, Target, TargetKind,
-    WorkspaceConfig, inline_layer_name,
+    LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned, Target,
+    TargetKind, WorkspaceConfig, inline_layer_name,
 };
 use crate::spec::paths::{Rejection, check_image_path, normalize_expose, normalize_source};
 use crate::spec::reader::{Ctx, Parts, head_span, name, value_span};
@@ -1133,7 +1133,9 @@ impl Build<'_, '_> {
         let kind = name(node);
         let parts = self.cx.parts(node, Some(&[]));
         if kind == "registry" {
-            let args = self.cx.exact_args(node, &parts.args, 1, "an image reference")?;
+            let args = self
+                .cx
+                .exact_args(node, &parts.args, 1, "an image reference")?;
             let s = self.cx.string(args[0], "`registry`")?;
             return match RegistryRef::parse(&s.value) {
                 Ok(r) => Some(Spanned::new(ImportSource::Registry(r), s.span)),

@@ -946,7 +946,10 @@ fn registry_import_parses_pinned_and_unpinned_references() {
     assert_eq!(r.reference.repository, "team/debian");
     assert_eq!(r.reference.tag.as_deref(), Some("12"));
     assert_eq!(r.reference.digest.map(|d| d.hex()), Some(HEX.to_string()));
-    assert_eq!(r.written, format!("127.0.0.1:5000/team/debian:12@sha256:{HEX}"));
+    assert_eq!(
+        r.written,
+        format!("127.0.0.1:5000/team/debian:12@sha256:{HEX}")
+    );
     // The span is the string's: what `imgc pin` rewrites.
     let (targets, _) = build(&text);
     let TargetKind::Import(spec) = &targets[0].kind else {
@@ -969,16 +972,26 @@ fn registry_import_malformed_reference_is_e060_at_the_string() {
     let text = "import \"d\" {\n    registry \"127.0.0.1:5000/Team/debian\"\n}\n";
     let d = one_diag(text);
     assert_eq!(d.code, Code::BadReference);
-    assert!(d.message.contains("not a valid image reference"), "{}", d.message);
+    assert!(
+        d.message.contains("not a valid image reference"),
+        "{}",
+        d.message
+    );
     let (_, span) = d.location.unwrap();
-    assert_eq!(&text[span.offset()..][..span.len()], "\"127.0.0.1:5000/Team/debian\"");
+    assert_eq!(
+        &text[span.offset()..][..span.len()],
+        "\"127.0.0.1:5000/Team/debian\""
+    );
     assert!(d.help.unwrap().contains("@sha256:"));
     // Credentials are refused without being repeated.
     let d = one_diag("import \"d\" { registry \"alice:s3cret@example.com/a:1\"; }");
     assert_eq!(d.code, Code::BadReference);
     assert!(!d.message.contains("s3cret"), "{}", d.message);
     for bad in [
-        format!("import \"d\" {{ registry \"example.com/a@sha256:{}\"; }}", &HEX[..10]),
+        format!(
+            "import \"d\" {{ registry \"example.com/a@sha256:{}\"; }}",
+            &HEX[..10]
+        ),
         format!("import \"d\" {{ registry \"example.com/a@sha512:{HEX}\"; }}"),
         "import \"d\" { registry \"\"; }".to_string(),
     ] {
@@ -989,7 +1002,10 @@ fn registry_import_malformed_reference_is_e060_at_the_string() {
 #[test]
 fn registry_import_shape_errors() {
     // Not a string, two arguments, a property, a second source.
-    assert_eq!(one_diag("import \"d\" { registry 12; }").code, Code::WrongType);
+    assert_eq!(
+        one_diag("import \"d\" { registry 12; }").code,
+        Code::WrongType
+    );
     assert_eq!(
         one_diag("import \"d\" { registry \"a.io/b:1\" \"c\"; }").code,
         Code::TooManyValues
@@ -1012,7 +1028,10 @@ fn registry_import_round_trips_through_the_parse_cache_format() {
     let (targets, diags) = build(&text);
     assert!(diags.is_empty());
     let json = serde_json::to_string(&targets).unwrap();
-    assert!(json.contains(&format!("\"a.io/b:1@sha256:{HEX}\"")), "{json}");
+    assert!(
+        json.contains(&format!("\"a.io/b:1@sha256:{HEX}\"")),
+        "{json}"
+    );
     let back: Vec<Target> = serde_json::from_str(&json).unwrap();
     let (TargetKind::Import(a), TargetKind::Import(b)) = (&targets[0].kind, &back[0].kind) else {
         panic!("imports")

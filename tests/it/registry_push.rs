@@ -2,7 +2,7 @@
 //! real registry on loopback (Debian's `docker-registry`, started per test).
 
 use crate::support::registry::{Registry, RegistryOpts};
-use crate::support::{Ws, have, manifest_of, small_ws};
+use crate::support::{Ws, have, manifest_of, small_ws, spec_examples, stderr, stdout};
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
@@ -11,7 +11,10 @@ use imgc::registry::client::{Client, ClientOptions};
 use imgc::registry::credentials::{Credentials, Sources};
 use imgc::registry::pull::{PullError, fetch_image};
 use imgc::spec::model::Platform;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 fn tools() -> bool {
@@ -126,4 +129,377 @@ fn a_pinned_image_pushed_by_skopeo_is_pulled_into_the_store_verified() {
         err.contains(&format!("authentication required for {}", reg.host())),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// imgc push
+
+/// `imgc push ARGS` in `ws` with credentials for `reg` (if any) from the CI
+/// variables, and no other credential source (an empty docker config).
+fn push_cmd(ws: &Ws, reg: &Registry, creds: Option<(&str, &str)>, args: &[&str]) -> Command {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    let mut c = ws.cmd(&all);
+    let empty = ws.cache.path().join("no-docker-config");
+    std::fs::create_dir_all(&empty).unwrap();
+    c.env("DOCKER_CONFIG", &empty)
+        .env("HOME", &empty)
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("IMGC_REGISTRY_HOST")
+        .env_remove("IMGC_REGISTRY_USERNAME")
+        .env_remove("IMGC_REGISTRY_PASSWORD");
+    if let Some((u, p)) = creds {
+        c.env("IMGC_REGISTRY_HOST", reg.host())
+            .env("IMGC_REGISTRY_USERNAME", u)
+            .env("IMGC_REGISTRY_PASSWORD", p);
+    }
+    c
+}
+
+/// Runs a push that must succeed; its JSON lines (`--output json` is added).
+fn push_json(ws: &Ws, reg: &Registry, creds: Option<(&str, &str)>, args: &[&str]) -> Vec<Value> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--output", "json"]);
+    let out = push_cmd(ws, reg, creds, &all).output().unwrap();
+    assert!(
+        out.status.success(),
+        "imgc push {all:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn pushed_lines(lines: &[Value]) -> BTreeMap<String, Value> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "pushed")
+        .map(|l| (l["label"].as_str().unwrap().to_string(), l.clone()))
+        .collect()
+}
+
+/// `//a/b:c` → (`a/b`, `c`).
+fn split_label(label: &str) -> (String, String) {
+    let rest = label.trim_start_matches("//");
+    let (pkg, name) = rest.split_once(':').unwrap();
+    (pkg.to_string(), name.to_string())
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+#[test]
+fn push_of_spec_examples_round_trips_through_skopeo() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::with_basic_auth("ci", "ci pass 1"));
+    let ws = Ws::copy_of(&spec_examples());
+    let namespace = format!("{}/acme", reg.host());
+    let lines = push_json(
+        &ws,
+        &reg,
+        Some(("ci", "ci pass 1")),
+        &["//...", "--registry", &namespace],
+    );
+    let pushed = pushed_lines(&lines);
+    assert!(pushed.len() >= 4, "{lines:?}");
+    let summary = lines.iter().find(|l| l["event"] == "push-summary").unwrap();
+    assert_eq!(summary["failed"], 0);
+    for (label, p) in &pushed {
+        let (pkg, name) = split_label(label);
+        let layout = ws.layout(&pkg, &name);
+        let digest = layout_manifest_digest(&layout);
+        assert_eq!(p["digest"], digest.to_string(), "{label}");
+        let reference = p["reference"].as_str().unwrap();
+        assert!(
+            reference.starts_with(&format!("{namespace}/{pkg}/{name}:")),
+            "{reference}"
+        );
+        // The registry holds our manifest byte for byte.
+        let raw = crate::support::run(
+            Command::new("skopeo")
+                .args([
+                    "inspect",
+                    "--raw",
+                    "--tls-verify=false",
+                    "--creds",
+                    "ci:ci pass 1",
+                ])
+                .arg(format!("docker://{reference}")),
+        );
+        assert_eq!(Digest::of_bytes(raw.as_bytes()), digest, "{label}");
+        // skopeo reads it back: the same config, and the same manifest unless
+        // skopeo rewrote it (it compresses uncompressed layers when it copies
+        // them into a layout, which changes the layer digests).
+        let back = tempfile::tempdir().unwrap();
+        let dest = back.path().join("oci");
+        reg.skopeo_pull(&reference[reg.host().len() + 1..], &dest);
+        assert_eq!(
+            manifest_of(&dest)["config"]["digest"],
+            manifest_of(&layout)["config"]["digest"],
+            "{label}"
+        );
+        let uncompressed = manifest_of(&layout)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar");
+        if !uncompressed {
+            assert_eq!(layout_manifest_digest(&dest), digest, "{label}");
+        }
+    }
+}
+
+#[test]
+fn a_second_push_uploads_nothing() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let ws = small_ws();
+    let namespace = format!("{}/team", reg.host());
+    let first = push_json(&ws, &reg, None, &["//...", "--registry", &namespace]);
+    assert_eq!(pushed_lines(&first).len(), 2);
+    let before = reg.access_log().len();
+    let second = push_json(&ws, &reg, None, &["//...", "--registry", &namespace]);
+    let log = reg.access_log();
+    let again = &log[before..];
+    assert!(!again.is_empty());
+    // Zero blob uploads, and zero manifest PUTs: the tags are HEAD-ed first and
+    // already point at the same manifests.
+    let uploads: Vec<_> = again.iter().filter(|l| l.is_blob_upload()).collect();
+    assert!(uploads.is_empty(), "{uploads:?}");
+    let puts: Vec<_> = again.iter().filter(|l| l.is_manifest_put()).collect();
+    assert!(puts.is_empty(), "{puts:?}");
+    assert!(!again.iter().any(|l| l.method == "POST"), "{again:?}");
+    for p in pushed_lines(&second).values() {
+        assert_eq!(p["bytes_uploaded"], 0, "{p}");
+        assert_eq!(p["blobs_uploaded"], 0, "{p}");
+        assert_eq!(p["blobs_existing"], p["blobs"], "{p}");
+        assert_eq!(p["manifests_put"], 0, "{p}");
+    }
+}
+
+#[test]
+fn unauthorized_push_fails_clearly_without_the_password() {
+    if !tools() {
+        return;
+    }
+    let password = "Wr0ng-Pa55word-x7Q";
+    let reg = Registry::start(RegistryOpts::with_basic_auth("ci", "the right one"));
+    let ws = small_ws();
+    let namespace = format!("{}/team", reg.host());
+    let out = push_cmd(
+        &ws,
+        &reg,
+        Some(("ci", password)),
+        &["//...", "--registry", &namespace],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("authentication required for {}", reg.host())),
+        "{err}"
+    );
+    assert!(err.contains("docker login"), "{err}");
+    assert!(!reg.access_log().iter().any(|l| l.method == "PUT"));
+    // Nowhere: not in what imgc printed, not in the registry's logs, not in any
+    // file imgc wrote (workspace, output, cache).
+    assert!(!stdout(&out).contains(password) && !err.contains(password));
+    assert!(!reg.logs().contains(password));
+    let log_text = format!("{:?}", reg.access_log());
+    assert!(!log_text.contains(password));
+    for dir in [ws.root().to_path_buf(), ws.cache.path().to_path_buf()] {
+        for e in walkdir::WalkDir::new(&dir) {
+            let e = e.unwrap();
+            if e.file_type().is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !bytes
+                        .windows(password.len())
+                        .any(|w| w == password.as_bytes()),
+                    "the password is in {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn push_after_a_base_cascade_uploads_only_configs_and_manifests() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let ws = small_ws();
+    let namespace = format!("{}/team", reg.host());
+    push_json(&ws, &reg, None, &["//...", "--registry", &namespace]);
+    // The base's layer changes: the app is re-assembled on it, its own layers
+    // are not rebuilt.
+    let spec = std::fs::read_to_string(ws.path("base/BUILD.kdl")).unwrap();
+    ws.write(
+        "base/BUILD.kdl",
+        &spec.replace("ID=imgc-test\\n", "ID=imgc-test\\nVERSION_ID=2\\n"),
+    );
+    let lines = push_json(&ws, &reg, None, &["//...", "--registry", &namespace]);
+    let pushed = pushed_lines(&lines);
+    let sizes = |label: &str| {
+        let (pkg, name) = split_label(label);
+        let layout = ws.layout(&pkg, &name);
+        let m = manifest_of(&layout);
+        let manifest = file_size(
+            &layout
+                .join("blobs/sha256")
+                .join(layout_manifest_digest(&layout).hex()),
+        );
+        let layers: Vec<u64> = m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["size"].as_u64().unwrap())
+            .collect();
+        (m["config"]["size"].as_u64().unwrap(), manifest, layers)
+    };
+    // The app: only its new config and manifest went up; the new base layer was
+    // mounted from the base's repository, its own layers were there.
+    let app = &pushed["//app:app"];
+    let (config, manifest, _) = sizes("//app:app");
+    assert_eq!(app["bytes_uploaded"], config + manifest, "{app}");
+    assert_eq!(app["blobs_uploaded"], 1, "{app}");
+    assert_eq!(app["blobs_mounted"], 1, "{app}");
+    // The base: its new layer, config and manifest.
+    let base = &pushed["//base:base"];
+    let (config, manifest, layers) = sizes("//base:base");
+    assert_eq!(
+        base["bytes_uploaded"],
+        layers[0] + config + manifest,
+        "{base}"
+    );
+}
+
+#[test]
+fn cross_repository_mount_is_used_for_a_base_pushed_elsewhere() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let ws = small_ws();
+    // The base goes to one namespace, in one run...
+    push_json(
+        &ws,
+        &reg,
+        None,
+        &["//base:base", "--registry", &format!("{}/one", reg.host())],
+    );
+    let before = reg.access_log().len();
+    // ...the app to another, in a later run: the local cache remembers where the
+    // base layer is, and the registry mounts it.
+    let lines = push_json(
+        &ws,
+        &reg,
+        None,
+        &["//app:app", "--registry", &format!("{}/two", reg.host())],
+    );
+    let app = &pushed_lines(&lines)["//app:app"];
+    assert_eq!(app["blobs_mounted"], 1, "{app}");
+    let log = reg.access_log();
+    let mounts: Vec<_> = log[before..]
+        .iter()
+        .filter(|l| l.method == "POST" && l.uri.contains("?mount=sha256:"))
+        .collect();
+    assert_eq!(mounts.len(), 1, "{:?}", &log[before..]);
+    assert!(mounts[0].uri.contains("&from=one/base/base"), "{mounts:?}");
+    assert_eq!(mounts[0].status, 201, "{mounts:?}");
+    assert!(
+        mounts[0]
+            .path()
+            .starts_with("/v2/two/app/app/blobs/uploads/")
+    );
+}
+
+/// Bytes no compressor shrinks (xorshift), so a layer of them is as large as they are.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn registry_killed_mid_push_leaves_no_tag_and_the_next_push_completes() {
+    if !tools() {
+        return;
+    }
+    let mut reg = Registry::start(RegistryOpts::default());
+    let ws = small_ws();
+    // A layer far larger than any socket buffer: once the registry is stopped,
+    // its upload cannot finish.
+    ws.write_bytes("app/src/big.bin", &noise(64 << 20));
+    ws.ok(&["build", "//..."]);
+    let namespace = format!("{}/fault", reg.host());
+    push_json(&ws, &reg, None, &["//base:base", "--registry", &namespace]);
+    let app_repo = "/v2/fault/app/app/blobs/uploads/";
+
+    let mut child = push_cmd(&ws, &reg, None, &["//app:app", "--registry", &namespace])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first upload session of the app's repository is open: its blobs are
+    // on their way and its manifest cannot have been sent. Freeze the registry
+    // (so nothing more completes), then kill it.
+    let pid = reg.pid().unwrap() as i32;
+    loop {
+        if reg
+            .read_log()
+            .iter()
+            .any(|l| l.method == "POST" && l.path() == app_repo)
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("imgc push ended before uploading: {status}");
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    reg.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: cannot push `//app:app` to "), "{err}");
+    assert!(err.contains("(after 3 attempts)"), "{err}");
+    assert!(!stdout(&out).contains("pushed "), "{}", stdout(&out));
+
+    // Back up on the same storage: the tag was never written.
+    reg.restart();
+    let tag = Reference::parse(&format!("{namespace}/app/app:1.0")).unwrap();
+    let client = Client::new(ClientOptions::anonymous());
+    let gone = client.resolve(&tag).unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+
+    // The next push completes, and skopeo reads the image.
+    let lines = push_json(&ws, &reg, None, &["//app:app", "--registry", &namespace]);
+    let app = &pushed_lines(&lines)["//app:app"];
+    let digest = layout_manifest_digest(&ws.layout("app", "app"));
+    assert_eq!(app["digest"], digest.to_string());
+    assert_eq!(client.resolve(&tag).unwrap().digest, digest);
+    let back = tempfile::tempdir().unwrap();
+    reg.skopeo_pull("fault/app/app:1.0", &back.path().join("oci"));
+    assert_eq!(layout_manifest_digest(&back.path().join("oci")), digest);
 }
