@@ -17,8 +17,7 @@ use crate::cli::PinArgs;
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::input::Root;
-use crate::registry::client::{CredentialSource, Hidden, Login};
-use crate::registry::{Client, ClientOptions, Credential, Reference};
+use crate::registry::{Client, ClientOptions, Reference};
 use crate::report;
 use crate::spec::model::{FileId, ImportSource, RegistryRef, TargetKind};
 use miette::SourceSpan;
@@ -30,35 +29,13 @@ use std::sync::Arc;
 /// What a tag points at now, asked of its registry.
 pub type Resolve = Box<dyn Fn(&Reference) -> Result<Digest, String> + Send + Sync>;
 
-/// The credentials of the environment (`IMGC_REGISTRY_*`, docker and podman
-/// config files, credential helpers) as the client asks for them: looked up
-/// per registry when it challenges, never printed.
-struct EnvLogins(crate::registry::Credentials);
-
-impl CredentialSource for EnvLogins {
-    fn login_for(&self, registry: &str) -> Result<Option<Login>, String> {
-        Ok(
-            match self.0.for_registry(registry).map_err(|e| e.to_string())? {
-                None => None,
-                Some(Credential::Basic { username, password }) => Some(Login::Basic {
-                    username,
-                    password: Hidden::new(password.expose()),
-                }),
-                Some(Credential::IdentityToken(t)) => {
-                    Some(Login::IdentityToken(Hidden::new(t.expose())))
-                }
-            },
-        )
-    }
-}
-
 /// A registry client with the credentials of the environment and the
 /// `--insecure-registry` hosts `insecure`: for `registry` imports (made once,
 /// on the first one that runs), `imgc pin` and the help of an unpinned import.
 pub fn client(insecure: &[String]) -> Result<Client, String> {
     let credentials = crate::registry::Credentials::from_env().map_err(|e| e.to_string())?;
     Ok(Client::new(ClientOptions {
-        credentials: Arc::new(EnvLogins(credentials)),
+        credentials: Arc::new(credentials),
         insecure: insecure.to_vec(),
         ..ClientOptions::anonymous()
     }))
