@@ -451,6 +451,16 @@ impl Engine<'_> {
                             &blobs,
                         );
                         batch.set_last_build(&label, &key, &components.to_json());
+                        // A registry import's blobs are in its repository: a
+                        // push to that registry may mount them from there.
+                        if let (Some(r), Output::Image(img)) =
+                            (graph.registry_reference(n), &output)
+                        {
+                            let mut digests: Vec<Digest> = r.digest.into_iter().collect();
+                            digests.extend([img.manifest, img.config]);
+                            digests.extend(img.layers.iter().map(|l| l.digest));
+                            batch.registry_blobs(&r.registry, &r.repository, &digests);
+                        }
                         if let Some(r) = remote.filter(|r| r.writes()) {
                             in_flight += 1;
                             spawn_upload(scope, &tx, r, cas, graph, n, key, output.clone(), false);

@@ -228,6 +228,27 @@ fn an_image_on_a_pinned_registry_base_builds_and_its_base_layers_are_byte_identi
 }
 
 #[test]
+fn a_registry_import_remembers_where_its_blobs_are_for_pushes() {
+    if !tools() {
+        return;
+    }
+    let (reg, _up, upstream, pinned) = registry_with_base();
+    let ws = consumer_ws(&pinned);
+    build_json(&ws, &[]);
+    let (mut cache, _) = imgc::cache::Cache::open(&ws.cache.path().join("v1/imgc.sqlite")).unwrap();
+    let layers: Vec<imgc::hash::Digest> = layers_of(&upstream)
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    let found = cache
+        .registry_repositories(&reg.host(), &layers, 4)
+        .unwrap();
+    for d in &layers {
+        assert_eq!(found.get(d), Some(&vec!["base".to_string()]), "{d}");
+    }
+}
+
+#[test]
 fn registry_base_blobs_are_fetched_once() {
     if !tools() {
         return;
