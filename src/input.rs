@@ -950,6 +950,43 @@ mod tests {
     }
 
     #[test]
+    fn replace_regular_keeps_the_mode_and_refuses_changes_and_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(&dir.path().canonicalize().unwrap()).unwrap();
+        let path = dir.path().join("BUILD.kdl");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let d = root.dir(Path::new("")).unwrap();
+        let name = OsStr::new("BUILD.kdl");
+        d.replace_regular(name, b"old", b"new text").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new text");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o640);
+        // Not what was read: left alone (a longer and a shorter file alike).
+        for stale in [&b"old"[..], b"new tex", b"new text and more"] {
+            let e = d.replace_regular(name, stale, b"x").unwrap_err();
+            assert!(e.to_string().contains("changed"), "{e}");
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new text");
+        // A link is refused, and so is anything but a regular file.
+        symlink("BUILD.kdl", dir.path().join("link.kdl")).unwrap();
+        let e = d
+            .replace_regular(OsStr::new("link.kdl"), b"new text", b"x")
+            .unwrap_err();
+        assert_eq!(err_of(&e), InputError::Symlink);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(d.replace_regular(OsStr::new("sub"), b"", b"x").is_err());
+        // No temporary file is left behind.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["BUILD.kdl", "link.kdl", "sub"]);
+    }
+
+    #[test]
     fn hashes_match_one_shot_hashes() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let mut r = HashReader::with(&data[..], Limit::Exactly(data.len() as u64), Algos::Both);
