@@ -1019,3 +1019,63 @@ fn member_paths() {
     );
     assert_eq!(resolve_member("x", "/y/z"), "y/z");
 }
+
+/// A pulled image is imported through the layout's checks: the same result as
+/// the layout import of the same image, and nothing unverified is used.
+#[test]
+fn a_pulled_image_is_imported_like_a_layout_and_verified() {
+    let ws = Ws::new();
+    let cas = ws.cas("c");
+    let (m, blobs) = image(&cas, "pulled", &amd64());
+    let bytes = cas.read(&m.0).unwrap();
+    let pulled = Pulled {
+        reference: "r.io/a:1@sha256:x",
+        manifest: m,
+        manifest_bytes: &bytes,
+    };
+    let img = import_pulled(pulled, &amd64(), &cas).unwrap();
+    assert_eq!(img.manifest_digest, m.0);
+    assert_eq!(img.config_digest, blobs[0]);
+    assert_eq!(img.layers.len(), 1);
+    assert_eq!(img.layers[0].digest, blobs[1]);
+    assert!(
+        img.listings[0]
+            .entries
+            .iter()
+            .any(|e| e.path == "etc/hello")
+    );
+    assert!(
+        img.read.is_empty(),
+        "a registry import reads no workspace file"
+    );
+
+    // The manifest's bytes must be what its digest names.
+    let mut other = bytes.clone();
+    other.push(b' ');
+    let bad = Pulled {
+        manifest_bytes: &other,
+        ..pulled
+    };
+    assert!(matches!(
+        import_pulled(bad, &amd64(), &cas),
+        Err(ImportError::BadBlob { .. })
+    ));
+    // Another platform's image is refused.
+    assert!(matches!(
+        import_pulled(pulled, &arm64(), &cas),
+        Err(ImportError::WrongPlatform { .. })
+    ));
+    // A layer damaged in the store after the pull is not used.
+    let layer = cas.blob_path(&blobs[1]);
+    let mut data = fs::read(&layer).unwrap();
+    let i = data.len() / 2;
+    data[i] ^= 0x5a;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&layer, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&layer, &data).unwrap();
+    let e = import_pulled(pulled, &amd64(), &cas).unwrap_err();
+    assert!(
+        matches!(&e, ImportError::BadBlob { digest, .. } if *digest == blobs[1].to_string()),
+        "{e}"
+    );
+}
