@@ -15,6 +15,7 @@
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
+//! | 10 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
 //!
 //! # Invariants
 //!
@@ -32,7 +33,7 @@
 //!    what its key hashed, else it fails and nothing is cached.
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
-//!    remote caches, [`output`] alone writes and
+//!    remote caches, [`registry`] alone talks to registries, [`output`] alone writes and
 //!    removes in the output directory, [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
 //! 7. **The workspace may be hostile.** No read leaves it, no link leads into a
