@@ -15,7 +15,8 @@
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
-//! | 10 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
+//! | 9 | export | [`export`] | a built image → one deterministic archive file (`docker-archive`, also an OCI layout; or `oci-archive`), streamed from [`cas`] and verified, renamed into place when complete (`imgc export`) |
+//! | 9 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
 //!
 //! # Invariants
 //!
@@ -34,10 +35,12 @@
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
 //!    remote caches, [`registry`] alone talks to registries, [`output`] alone writes and
-//!    removes in the output directory, [`input`] alone opens workspace files,
+//!    removes in the output directory, [`export`] alone writes archives (to the
+//!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
 //! 7. **The workspace may be hostile.** No read leaves it, no link leads into a
-//!    special file, and nothing imgc did not make (and mark) is replaced or deleted.
+//!    special file, and nothing imgc did not make (and mark) is replaced or deleted
+//!    (but for a file the user names with `-o`).
 
 pub mod action;
 pub mod actions;
@@ -48,6 +51,7 @@ pub mod cli;
 pub mod commands;
 pub mod diag;
 pub mod docgen;
+pub mod export;
 pub mod fileset;
 pub mod gc;
 pub mod git;
