@@ -119,12 +119,12 @@ pub enum Command {
     Man,
     /// List the images that changed files affect (for CI).
     Affected(AffectedArgs),
-    /// Build an image and write it as an archive for `docker load` or `podman load`.
-    Export(ExportArgs),
     /// Pin `registry` imports to the digest their tag points at now (rewrites the specs).
     Pin(PinArgs),
     /// Build the selected images and push them to their registries.
     Push(PushArgs),
+    /// Build an image and write it as an archive for `docker load` or `podman load`.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]

@@ -384,8 +384,8 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Completions(args) => completions::run(args),
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
-        Command::Export(args) => export::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
         Command::Push(args) => push::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
     }
 }
