@@ -596,3 +596,80 @@ fn no_credential_appears_in_any_output_or_log() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// `imgc push` through the auth flows
+
+/// The JSON lines of `imgc push ARGS --output json`, which must succeed.
+fn push_json(env: &Env, ws: &Ws, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", "json"]);
+    support::stdout(&env.ok(ws, &all))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `(label, reference, digest)` of each image a push reported.
+fn pushed(lines: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "pushed")
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap().to_string();
+            (s("label"), s("reference"), s("digest"))
+        })
+        .collect()
+}
+
+/// `skopeo inspect --raw` of `reference` with the account: the manifest's
+/// digest as the registry serves it.
+fn skopeo_digest(reference: &str, user: &str, password: &str) -> String {
+    let raw = support::run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", "--creds"])
+            .arg(format!("{user}:{password}"))
+            .arg(format!("docker://{reference}")),
+    );
+    Digest::of_bytes(raw.as_bytes()).to_string()
+}
+
+#[test]
+fn bearer_token_flow_pushes_and_pulls() {
+    let tr = TokenRegistry::start(USER, PASSWORD, false, "");
+    let reg = &tr.registry;
+    let ws = Ws::copy_of(&support::spec_examples());
+    let env = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+    let namespace = format!("{}/acme", reg.host());
+    let lines = push_json(&env, &ws, &["//...", "--registry", &namespace]);
+    let images = pushed(&lines);
+    assert!(images.len() >= 4, "{lines:?}");
+    // skopeo reads each back with the same account: our manifest, by digest.
+    for (label, reference, digest) in &images {
+        assert_eq!(&skopeo_digest(reference, USER, PASSWORD), digest, "{label}");
+    }
+    // Tokens for pushing were issued to the account, after a Basic login.
+    let issued = tr.tokens.requests();
+    assert!(
+        issued.iter().any(|t| t.authorization == "basic"
+            && t.subject == USER
+            && t.status == 200
+            && t.scopes.iter().any(|s| s.ends_with(":pull,push"))),
+        "{issued:?}"
+    );
+
+    // imgc pulls one back as a pinned base and builds on it.
+    let (_, reference, digest) = &images[0];
+    let pinned = Reference::parse(&format!("{}@{digest}", reference)).unwrap();
+    let consumer = consumer(&pinned);
+    env.ok(&consumer, &["build", "//..."]);
+    assert!(consumer.layout("app", "app").join("index.json").is_file());
+    // Without the account, neither works (a fresh workspace and cache: the
+    // first one has the base cached).
+    let out = Env::new().run(&self::consumer(&pinned), &["build", "//..."]);
+    assert!(!out.status.success());
+    let out = Env::new().run(&ws, &["push", "//...", "--registry", &namespace]);
+    assert!(!out.status.success());
+    assert_no_secret("stderr", &support::stderr(&out), &secrets(USER, PASSWORD));
+}
