@@ -347,6 +347,24 @@ fn a_redirect_to_another_host_never_carries_credentials() {
             .filter(|l| l.status == 307 && l.path().contains("/blobs/sha256:"))
             .count();
         assert!(redirects >= pulled.blobs_fetched, "bearer {bearer}");
+
+        // `imgc push`, twice: the second push's HEADs of blobs the registry
+        // has are redirected to the trap too.
+        let env = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+        let namespace = format!("{}/pushed", reg.host());
+        let before = trap.requests().len();
+        for _ in 0..2 {
+            push_json(&env, &ws, &["//...", "--registry", &namespace]);
+        }
+        let seen = &trap.requests()[before..];
+        assert!(
+            seen.iter().any(|t| t.method == "HEAD" && t.status == 200),
+            "bearer {bearer}: no blob HEAD was redirected: {seen:?}"
+        );
+        for t in seen {
+            assert_eq!(t.header("authorization"), None, "bearer {bearer}: {t:?}");
+        }
+        assert_no_secret("the trap's log", &trap.all_logs(), &secrets(USER, PASSWORD));
     }
 }
 
@@ -556,11 +574,21 @@ fn no_credential_appears_in_any_output_or_log() {
         ));
         let right = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
 
+        let namespace = format!("{}/leak", reg.host());
         // Refused: a clear error naming the registry, in every format.
         for (how, env) in [("env", &wrong_env), ("config", &wrong_config)] {
             for args in [
                 &["build", "//..."][..],
                 &["build", "//...", "--message-format", "json"][..],
+                &["push", "//...", "--registry", &namespace][..],
+                &[
+                    "push",
+                    "//...",
+                    "--registry",
+                    &namespace,
+                    "--output",
+                    "json",
+                ][..],
             ] {
                 let out = env.run(&ws, args);
                 assert!(!out.status.success(), "{how} {args:?} (bearer {bearer})");
@@ -574,6 +602,15 @@ fn no_credential_appears_in_any_output_or_log() {
             &["build", "//...", "--message-format", "json"][..],
             &["build", "//..."][..],
             &["pin", "--update"][..],
+            &[
+                "push",
+                "//...",
+                "--registry",
+                &namespace,
+                "--output",
+                "json",
+            ][..],
+            &["push", "//...", "--registry", &namespace][..],
         ] {
             let out = right.ok(&ws, args);
             leaks.record(&format!("{args:?} (bearer {bearer})"), &out);
