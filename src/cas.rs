@@ -276,6 +276,27 @@ impl Cas {
         Ok(bytes)
     }
 
+    /// Opens a stored blob to stream it (a layer of any size), with its size.
+    /// Only a regular file is opened, never through a symlink; the caller hashes
+    /// what it reads and must refuse a blob that does not hash to `d` (the store
+    /// is trusted only once verified). Missing: [`io::ErrorKind::NotFound`].
+    pub fn open_blob(&self, d: &Digest) -> io::Result<(File, u64)> {
+        let path = self.blob_path(d);
+        let file = open_regular(&path)
+            .map_err(|e| with_path(e, "open", &path))?
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("corrupt blob `{}`: not a regular file", path.display()),
+                )
+            })?;
+        let len = file
+            .metadata()
+            .map_err(|e| with_path(e, "stat", &path))?
+            .len();
+        Ok((file, len))
+    }
+
     /// Copies an external file into the store, verifying that it hashes to
     /// `expected` (else an [`io::ErrorKind::InvalidData`] error naming `src`, and
     /// nothing is stored). Returns its size. The source is hashed even when the

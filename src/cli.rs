@@ -123,6 +123,8 @@ pub enum Command {
     Pin(PinArgs),
     /// Build the selected images and push them to their registries.
     Push(PushArgs),
+    /// Build an image and write it as an archive for `docker load` or `podman load`.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -386,4 +388,39 @@ pub enum AffectedOutput {
     /// A JSON array of {label, because}: the changed paths and spec changes
     /// that reach each image.
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The image (or import) to export.
+    #[arg(value_name = "LABEL")]
+    pub label: String,
+
+    /// The archive file to write (replaced only once the archive is complete);
+    /// `-` writes it to stdout, which must not be a terminal.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// The archive format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = ExportFormat::DockerArchive)]
+    pub format: ExportFormat,
+
+    /// Another name for the image in the archive (`registry.example.com/acme/api:1.0`),
+    /// besides the `tag`s of its spec; may be given more than once.
+    #[arg(long = "tag", value_name = "REF")]
+    pub tags: Vec<String>,
+
+    /// Number of parallel jobs for building what is not cached, at most 1024
+    /// [default: number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// The Docker 25 `docker save` tarball, also an OCI image layout: `docker
+    /// load`, `podman load`, `skopeo ... docker-archive:FILE`.
+    DockerArchive,
+    /// A tar of an OCI image layout: `skopeo ... oci-archive:FILE`, `podman load`.
+    OciArchive,
 }

@@ -15,6 +15,7 @@
 //! | 8 | report | [`report`] | events → progress on stderr, results on stdout, JSON lines |
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
+//! | 9 | export | [`export`] | a built image → one deterministic archive file (`docker-archive`, also an OCI layout; or `oci-archive`), streamed from [`cas`] and verified, renamed into place when complete (`imgc export`) |
 //!
 //! # Invariants
 //!
@@ -33,10 +34,12 @@
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
 //!    remote caches, [`output`] alone writes and
-//!    removes in the output directory, [`input`] alone opens workspace files,
+//!    removes in the output directory, [`export`] alone writes archives (to the
+//!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
 //! 7. **The workspace may be hostile.** No read leaves it, no link leads into a
-//!    special file, and nothing imgc did not make (and mark) is replaced or deleted.
+//!    special file, and nothing imgc did not make (and mark) is replaced or deleted
+//!    (but for a file the user names with `-o`).
 
 pub mod action;
 pub mod actions;
@@ -47,6 +50,7 @@ pub mod cli;
 pub mod commands;
 pub mod diag;
 pub mod docgen;
+pub mod export;
 pub mod fileset;
 pub mod gc;
 pub mod git;

@@ -8,6 +8,7 @@ pub mod check;
 pub mod clean;
 pub mod completions;
 pub mod explain;
+pub mod export;
 pub mod man;
 pub mod pin;
 pub mod push;
@@ -385,5 +386,6 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Affected(args) => affected::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
         Command::Push(args) => push::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
     }
 }

@@ -14,6 +14,7 @@ mod conformance;
 mod determinism;
 mod diagnostics;
 mod differential;
+mod export;
 mod imports;
 mod layers;
 mod parse_cache;
