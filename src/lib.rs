@@ -16,6 +16,7 @@
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
 //! | 9 | export | [`export`] | a built image → one deterministic archive file (`docker-archive`, also an OCI layout; or `oci-archive`), streamed from [`cas`] and verified, renamed into place when complete (`imgc export`) |
+//! | 10 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
 //!
 //! # Invariants
 //!
@@ -33,7 +34,7 @@
 //!    what its key hashed, else it fails and nothing is cached.
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
-//!    remote caches, [`output`] alone writes and
+//!    remote caches, [`registry`] alone talks to registries, [`output`] alone writes and
 //!    removes in the output directory, [`export`] alone writes archives (to the
 //!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.

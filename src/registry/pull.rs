@@ -70,7 +70,7 @@ pub enum PullError {
     Registry {
         reference: String,
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     #[error("`{reference}`: the {what} {digest} is not valid: {}", escape(reason))]
     Invalid {
@@ -119,7 +119,7 @@ pub fn fetch_image(
     };
     let reg = |source| PullError::Registry {
         reference: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let invalid = |what, digest, reason: String| PullError::Invalid {
         reference: name.clone(),

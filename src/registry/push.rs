@@ -214,9 +214,9 @@ fn push_image(
             blobs: blobs.len(),
         });
         let placed = place_blobs(client, cas, image, repo, &blobs, jobs, progress, seen).map_err(
-            |(r, e)| match e {
-                Failure::Registry(e) => fail(&r, e),
-                Failure::Local(m) => local(&r, m),
+            |e| match e {
+                Failure::Registry(e) => fail(repo, *e),
+                Failure::Local(m) => local(repo, m),
             },
         )?;
         for p in &placed {
@@ -261,12 +261,12 @@ fn push_image(
 }
 
 enum Failure {
-    Registry(RegistryError),
+    Registry(Box<RegistryError>),
     Local(String),
 }
 
 /// Makes every blob present in `repo`'s repository, `jobs` at a time. On
-/// failure, the first error (by blob order) with the reference it concerns.
+/// failure, the first error (by blob order).
 #[allow(clippy::too_many_arguments)]
 fn place_blobs(
     client: &Client,
@@ -277,7 +277,7 @@ fn place_blobs(
     jobs: usize,
     progress: &(dyn Fn(Progress<'_>) + Sync),
     seen: &HashMap<(String, Digest), Vec<String>>,
-) -> Result<Vec<Placed>, (Reference, Failure)> {
+) -> Result<Vec<Placed>, Failure> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Placed, Failure>>>> =
         Mutex::new((0..blobs.len()).map(|_| None).collect());
@@ -304,16 +304,13 @@ fn place_blobs(
     for r in results {
         match r {
             Some(Ok(p)) => placed.push(p),
-            Some(Err(e)) => return Err((repo.clone(), e)),
+            Some(Err(e)) => return Err(e),
             // Skipped after another blob failed: that failure is reported.
             None => {}
         }
     }
     if placed.len() != blobs.len() {
-        return Err((
-            repo.clone(),
-            Failure::Local("not every blob was placed".into()),
-        ));
+        return Err(Failure::Local("not every blob was placed".into()));
     }
     Ok(placed)
 }
@@ -331,7 +328,7 @@ fn place_blob(
         Ok(Some(n)) if n == b.size => return Ok(Placed::Existing),
         // Present with another size: not ours to trust; upload over it.
         Ok(_) => {}
-        Err(e) => return Err(Failure::Registry(e)),
+        Err(e) => return Err(Failure::Registry(Box::new(e))),
     }
     let mut from: Vec<&str> = Vec::new();
     let this_run = seen.get(&(repo.registry.clone(), b.digest));
@@ -375,6 +372,6 @@ fn place_blob(
     }
     client
         .upload_blob(repo, &b.digest, b.size, &open, location)
-        .map_err(Failure::Registry)?;
+        .map_err(|e| Failure::Registry(Box::new(e)))?;
     Ok(Placed::Uploaded(b.size))
 }

@@ -439,3 +439,38 @@ fn a_plain_http_token_realm_elsewhere_is_refused() {
     let err = c.resolve(&r).unwrap_err().to_string();
     assert!(err.contains("plain http on a non-loopback host"), "{err}");
 }
+
+#[test]
+fn https_to_a_plain_http_registry_names_the_insecure_flag() {
+    // A plain HTTP server that answers without reading (a TLS hello has no lines).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&response("400 Bad Request", &[], b"plain http"));
+        }
+    });
+    let r = Reference::parse(&format!("{addr}/app:1")).unwrap();
+    // (A loopback registry is reached over http; this call is made over https.)
+    let c = Client::new(ClientOptions::anonymous());
+    let call = Call {
+        method: "GET",
+        url: format!("https://{addr}/v2/app/manifests/1"),
+        reference: &r,
+        scopes: vec![("app".into(), "pull")],
+        headers: Vec::new(),
+        body: None,
+    };
+    let msg = match c.send_once(&call) {
+        Ok(Outcome::Retry(e, _)) => e.to_string(),
+        Ok(Outcome::Done(_)) => panic!("a TLS handshake with a plain HTTP server succeeded"),
+        Err(e) => panic!("a transport failure is retried, not final: {e}"),
+    };
+    assert!(
+        msg.contains(&format!(
+            "allow it with `--insecure-registry {}`",
+            r.registry
+        )),
+        "{msg}"
+    );
+}
