@@ -347,6 +347,24 @@ fn a_redirect_to_another_host_never_carries_credentials() {
             .filter(|l| l.status == 307 && l.path().contains("/blobs/sha256:"))
             .count();
         assert!(redirects >= pulled.blobs_fetched, "bearer {bearer}");
+
+        // `imgc push`, twice: the second push's HEADs of blobs the registry
+        // has are redirected to the trap too.
+        let env = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+        let namespace = format!("{}/pushed", reg.host());
+        let before = trap.requests().len();
+        for _ in 0..2 {
+            push_json(&env, &ws, &["//...", "--registry", &namespace]);
+        }
+        let seen = &trap.requests()[before..];
+        assert!(
+            seen.iter().any(|t| t.method == "HEAD" && t.status == 200),
+            "bearer {bearer}: no blob HEAD was redirected: {seen:?}"
+        );
+        for t in seen {
+            assert_eq!(t.header("authorization"), None, "bearer {bearer}: {t:?}");
+        }
+        assert_no_secret("the trap's log", &trap.all_logs(), &secrets(USER, PASSWORD));
     }
 }
 
@@ -556,11 +574,21 @@ fn no_credential_appears_in_any_output_or_log() {
         ));
         let right = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
 
+        let namespace = format!("{}/leak", reg.host());
         // Refused: a clear error naming the registry, in every format.
         for (how, env) in [("env", &wrong_env), ("config", &wrong_config)] {
             for args in [
                 &["build", "//..."][..],
                 &["build", "//...", "--message-format", "json"][..],
+                &["push", "//...", "--registry", &namespace][..],
+                &[
+                    "push",
+                    "//...",
+                    "--registry",
+                    &namespace,
+                    "--output",
+                    "json",
+                ][..],
             ] {
                 let out = env.run(&ws, args);
                 assert!(!out.status.success(), "{how} {args:?} (bearer {bearer})");
@@ -574,6 +602,15 @@ fn no_credential_appears_in_any_output_or_log() {
             &["build", "//...", "--message-format", "json"][..],
             &["build", "//..."][..],
             &["pin", "--update"][..],
+            &[
+                "push",
+                "//...",
+                "--registry",
+                &namespace,
+                "--output",
+                "json",
+            ][..],
+            &["push", "//...", "--registry", &namespace][..],
         ] {
             let out = right.ok(&ws, args);
             leaks.record(&format!("{args:?} (bearer {bearer})"), &out);
@@ -595,4 +632,164 @@ fn no_credential_appears_in_any_output_or_log() {
             assert!(tr.tokens.requests().iter().any(|t| t.status == 401));
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// `imgc push` through the auth flows
+
+/// The JSON lines of `imgc push ARGS --output json`, which must succeed.
+fn push_json(env: &Env, ws: &Ws, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--output", "json"]);
+    support::stdout(&env.ok(ws, &all))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `(label, reference, digest)` of each image a push reported.
+fn pushed(lines: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == "pushed")
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap().to_string();
+            (s("label"), s("reference"), s("digest"))
+        })
+        .collect()
+}
+
+/// `skopeo inspect --raw` of `reference` with the account: the manifest's
+/// digest as the registry serves it.
+fn skopeo_digest(reference: &str, user: &str, password: &str) -> String {
+    let raw = support::run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false", "--creds"])
+            .arg(format!("{user}:{password}"))
+            .arg(format!("docker://{reference}")),
+    );
+    Digest::of_bytes(raw.as_bytes()).to_string()
+}
+
+#[test]
+fn bearer_token_flow_pushes_and_pulls() {
+    let tr = TokenRegistry::start(USER, PASSWORD, false, "");
+    let reg = &tr.registry;
+    let ws = Ws::copy_of(&support::spec_examples());
+    let env = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+    let namespace = format!("{}/acme", reg.host());
+    let lines = push_json(&env, &ws, &["//...", "--registry", &namespace]);
+    let images = pushed(&lines);
+    assert!(images.len() >= 4, "{lines:?}");
+    // skopeo reads each back with the same account: our manifest, by digest.
+    for (label, reference, digest) in &images {
+        assert_eq!(&skopeo_digest(reference, USER, PASSWORD), digest, "{label}");
+    }
+    // Tokens for pushing were issued to the account, after a Basic login.
+    let issued = tr.tokens.requests();
+    assert!(
+        issued.iter().any(|t| t.authorization == "basic"
+            && t.subject == USER
+            && t.status == 200
+            && t.scopes.iter().any(|s| s.ends_with(":pull,push"))),
+        "{issued:?}"
+    );
+
+    // imgc pulls one back as a pinned base and builds on it.
+    let (_, reference, digest) = &images[0];
+    let pinned = Reference::parse(&format!("{}@{digest}", reference)).unwrap();
+    let consumer = consumer(&pinned);
+    env.ok(&consumer, &["build", "//..."]);
+    assert!(consumer.layout("app", "app").join("index.json").is_file());
+    // Without the account, neither works (a fresh workspace and cache: the
+    // first one has the base cached).
+    let out = Env::new().run(&self::consumer(&pinned), &["build", "//..."]);
+    assert!(!out.status.success());
+    let out = Env::new().run(&ws, &["push", "//...", "--registry", &namespace]);
+    assert!(!out.status.success());
+    assert_no_secret("stderr", &support::stderr(&out), &secrets(USER, PASSWORD));
+}
+
+/// Needs `https` to loopback registries in the client: today it speaks plain
+/// HTTP to every loopback host, so a TLS registry on 127.0.0.1 answers `400`.
+#[test]
+#[ignore = "the client uses plain HTTP for every loopback registry; see the report of r9-auth"]
+fn https_registry_with_a_test_ca_works_and_plain_http_to_a_non_loopback_host_is_refused() {
+    // A registry on TLS with a certificate from the test's own CA, behind
+    // bearer tokens; imgc trusts the CA through SSL_CERT_FILE.
+    let tr = TokenRegistry::start(USER, PASSWORD, true, "");
+    let reg = &tr.registry;
+    let ws = support::small_ws();
+    let namespace = format!("{}/tls", reg.host());
+    let ca = tr.ca.cert.to_str().unwrap();
+    let env = Env::new()
+        .imgc_env(&reg.host(), USER, PASSWORD)
+        .set("SSL_CERT_FILE", ca);
+    let images = pushed(&push_json(&env, &ws, &["//...", "--registry", &namespace]));
+    assert_eq!(images.len(), 2, "{images:?}");
+    for (label, reference, digest) in &images {
+        assert_eq!(&skopeo_digest(reference, USER, PASSWORD), digest, "{label}");
+    }
+    // The requests were served over TLS: the registry logged them.
+    assert!(
+        reg.access_log()
+            .iter()
+            .any(|l| l.is_manifest_put() && l.status == 201)
+    );
+    // And pulled back over TLS as a pinned base.
+    let (_, reference, digest) = &images[0];
+    let pinned = Reference::parse(&format!("{reference}@{digest}")).unwrap();
+    env.ok(&consumer(&pinned), &["build", "//..."]);
+
+    // Without the CA the certificate is not trusted: a clear error, and no
+    // fall back to plain HTTP.
+    let untrusted = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+    let out = untrusted.run(&consumer(&pinned), &["build", "//..."]);
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(err.contains(&reg.host()), "{err}");
+    assert!(err.to_ascii_lowercase().contains("certificate"), "{err}");
+
+    plain_http_token_realm_on_another_host_is_refused();
+}
+
+/// The second half of the test above, on its own (it needs no TLS): a
+/// registry whose token realm is plain HTTP on a non-loopback host.
+#[test]
+fn a_plain_http_token_realm_on_another_host_is_refused_before_any_connection() {
+    plain_http_token_realm_on_another_host_is_refused();
+}
+
+fn plain_http_token_realm_on_another_host_is_refused() {
+    let ca = auth::TestCa::new();
+    let ws = support::small_ws();
+    // A registry whose token realm is plain HTTP on another (non-loopback)
+    // host: imgc refuses to send the credentials there, before connecting.
+    let realm = "http://auth.imgc-test.invalid/token";
+    let plain = Registry::start(RegistryOpts {
+        token_auth: Some(crate::support::registry::TokenAuth {
+            realm: realm.to_string(),
+            service: auth::SERVICE.to_string(),
+            issuer: auth::ISSUER.to_string(),
+            rootcertbundle: ca.cert.clone(),
+            account: (USER.to_string(), PASSWORD.to_string()),
+        }),
+        ..Default::default()
+    });
+    let env = Env::new().imgc_env(&plain.host(), USER, PASSWORD);
+    let out = env.run(
+        &ws,
+        &[
+            "push",
+            "//...",
+            "--registry",
+            &format!("{}/x", plain.host()),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = support::stderr(&out);
+    assert!(err.contains("auth.imgc-test.invalid"), "{err}");
+    assert!(err.contains("plain http"), "{err}");
+    assert_no_secret("stderr", &err, &secrets(USER, PASSWORD));
 }
