@@ -80,6 +80,8 @@ pub struct Settings {
     pub before_run: Option<BeforeRun>,
     /// The remote cache, if any (see [`crate::remote`]). Dry runs do not use it.
     pub remote: Option<std::sync::Arc<Remote>>,
+    /// Registry access for `registry` imports that run (a dry run runs none).
+    pub registries: std::sync::Arc<crate::actions::import::Registries>,
 }
 
 /// See [`Settings::before_run`].
@@ -225,6 +227,7 @@ impl Engine<'_> {
             params: &settings.params,
             memo,
             cas,
+            registries: &settings.registries,
         };
         let ctx = &ctx;
         // Keyed targets waiting for a remote lookup.

@@ -14,10 +14,11 @@ use crate::action::{Blob, Components, ImageOut, Output};
 use crate::diag::{Code, Diag};
 use crate::hash::Key;
 use crate::import::{self, Format, ImportError, Source};
-use crate::registry::Reference;
+use crate::registry::{Client, Reference, pull};
 use crate::spec::model::{ImportSource, ImportSpec, RegistryRef};
 use petgraph::graph::NodeIndex;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// The import recipe version: bump it whenever an import's output could change
 /// for the same inputs (manifest synthesis for archives, platform selection).
@@ -163,16 +164,63 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
     }))
 }
 
-/// Fetches a pinned registry image into the CAS and imports it.
+/// Registry access for a run's imports: the client is made on the first
+/// registry import that runs (never for a build whose imports are all cached,
+/// nor for a dry run), with the run's credentials and flags.
+pub struct Registries {
+    make: Box<dyn Fn() -> Result<Client, String> + Send + Sync>,
+    client: OnceLock<Result<Client, String>>,
+}
+
+impl Registries {
+    /// Access through the client `make` returns, made once when first needed.
+    pub fn new(make: impl Fn() -> Result<Client, String> + Send + Sync + 'static) -> Registries {
+        Registries {
+            make: Box::new(make),
+            client: OnceLock::new(),
+        }
+    }
+
+    /// No registry access: a registry import that must run fails with `why`.
+    pub fn unavailable(why: &str) -> Registries {
+        let why = why.to_string();
+        Registries::new(move || Err(why.clone()))
+    }
+
+    /// The client, made now if it was not yet.
+    pub fn client(&self) -> Result<&Client, String> {
+        self.client
+            .get_or_init(|| (self.make)())
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+}
+
+/// Fetches a pinned registry image into the CAS (every byte verified against
+/// the digests that lead to it from the pinned one) and imports it through
+/// the layout import's own checks ([`import::import_pulled`]).
 fn pull(
     ctx: &Ctx<'_>,
     n: NodeIndex,
     reference: &Reference,
 ) -> Result<import::ImportedImage, ActionError> {
     let node = ctx.graph.node(n);
-    let _ = (ctx, reference);
-    Err(ActionError::Message(format!(
-        "import `{}`: registry access is not wired yet",
-        node.label
-    )))
+    let context = || format!("import `{}`", node.label);
+    let client = ctx
+        .registries
+        .client()
+        .map_err(|e| ActionError::Message(format!("{}: {e}", context())))?;
+    let pulled = pull::fetch_image(client, reference, &ctx.params.platform, ctx.cas)
+        .map_err(|e| ActionError::failed(context(), &e))?;
+    let name = reference.to_string();
+    import::import_pulled(
+        import::Pulled {
+            reference: &name,
+            manifest: (pulled.manifest_digest, pulled.manifest_size),
+            manifest_bytes: &pulled.manifest_bytes,
+        },
+        &ctx.params.platform,
+        ctx.cas,
+    )
+    .map_err(|e| ActionError::failed(context(), &e))
 }

@@ -159,6 +159,8 @@ pub struct Ctx<'a> {
     pub params: &'a Params,
     pub memo: &'a FileMemo,
     pub cas: &'a Cas,
+    /// Registry access for `registry` imports (the client is made on first use).
+    pub registries: &'a import::Registries,
 }
 
 /// A dependency's output, as an action sees it: edge kind, label, output.

@@ -2,6 +2,7 @@
 
 use super::{CmdError, Context, Loaded};
 use crate::actions::ActionError;
+use crate::actions::import::Registries;
 use crate::cli::{BuildArgs, MessageFormat};
 use crate::layer::LayerFormat;
 use crate::plan::{Plan, Step};
@@ -66,6 +67,12 @@ pub fn settings(
         } else {
             super::open_remote_cache(ctx, config.remote_cache.as_deref(), &loaded.ws.root)?
         },
+        registries: std::sync::Arc::new(if dry_run {
+            Registries::unavailable("a dry run does not reach registries")
+        } else {
+            let insecure = ctx.registry.insecure_registry.clone();
+            Registries::new(move || super::pin::client(&insecure))
+        }),
     })
 }
 

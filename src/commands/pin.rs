@@ -17,24 +17,39 @@ use crate::cli::PinArgs;
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::input::Root;
-use crate::registry::Reference;
+use crate::registry::{Client, ClientOptions, Reference};
 use crate::report;
 use crate::spec::model::{FileId, ImportSource, RegistryRef, TargetKind};
 use miette::SourceSpan;
 use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a tag points at now, asked of its registry.
 pub type Resolve = Box<dyn Fn(&Reference) -> Result<Digest, String> + Send + Sync>;
 
-/// Resolves tags through a client with the credentials of the environment
-/// (docker config, credential helpers, `IMGC_REGISTRY_*`) and the
-/// `--insecure-registry` hosts. Shared by `pin` and the build's help for an
-/// unpinned import.
+/// A registry client with the credentials of the environment and the
+/// `--insecure-registry` hosts `insecure`: for `registry` imports (made once,
+/// on the first one that runs), `imgc pin` and the help of an unpinned import.
+pub fn client(insecure: &[String]) -> Result<Client, String> {
+    let credentials = crate::registry::Credentials::from_env().map_err(|e| e.to_string())?;
+    Ok(Client::new(ClientOptions {
+        credentials: Arc::new(credentials),
+        insecure: insecure.to_vec(),
+        ..ClientOptions::anonymous()
+    }))
+}
+
+/// Resolves tags through a [`client`] for the run's flags.
 pub fn resolver(ctx: &Context) -> Result<Resolve, String> {
-    let _ = ctx;
-    Err("registry access is not wired yet".to_string())
+    let client = client(&ctx.registry.insecure_registry)?;
+    Ok(Box::new(move |r: &Reference| {
+        client
+            .resolve(r)
+            .map(|res| res.digest)
+            .map_err(|e| e.to_string())
+    }))
 }
 
 /// Fails with [`crate::diag::Code::NotPinned`] for each `registry` import of

@@ -1164,7 +1164,7 @@ mod tests {
             format!("{{\"auths\": {{\"h\": {{\"auth\": \"{PASSWORD}\"}}}}"),
             format!("{{\"auths\": {{\"h\": {{\"auth\": 1, \"password\": \"{PASSWORD}\"}}}}}}"),
             format!("{{\"credsStore\": [\"{PASSWORD}\"]}}"),
-            format!("{PASSWORD}"),
+            PASSWORD.to_string(),
         ];
         for text in bad {
             let e = Credentials::from_sources(f.docker_config(&text))

@@ -4,7 +4,7 @@
 //! - [`reference`]: the pure parser of image references that the spec, the
 //!   client and the commands share.
 //! - [`credentials`]: what to present to a registry (environment, Docker and
-//!   podman config files, credential helpers).
+//!   podman config files, credential helpers), never printed.
 //! - [`client`]: a thin Distribution client over `ureq` (auth, retries,
 //!   redirects, TLS), streaming blobs and verifying every byte.
 //! - [`pull`]: a pinned image fetched into the CAS, verified.

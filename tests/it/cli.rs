@@ -228,4 +228,6 @@ fn help_texts() {
     insta::assert_snapshot!("help", stdout(&out));
     let out = ws.ok(&["build", "--help"]);
     insta::assert_snapshot!("build_help", stdout(&out));
+    let out = ws.ok(&["pin", "--help"]);
+    insta::assert_snapshot!("pin_help", stdout(&out));
 }

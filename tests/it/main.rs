@@ -20,6 +20,8 @@ mod layers;
 mod parse_cache;
 mod plan;
 mod policy;
+mod registry_auth;
+mod registry_import;
 mod registry_push;
 mod remote_dir;
 mod remote_http;

@@ -88,16 +88,19 @@ image "base" {{
     (ws, layout)
 }
 
-/// The digest the registry gives `repo_tag` (what `imgc pin` must write).
+/// The digest of what the registry serves for `repo:tag` (what `imgc pin`
+/// must write), asked over plain HTTP without imgc's client.
 fn remote_digest(reg: &Registry, repo_tag: &str) -> String {
-    let out = run(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{}/{repo_tag}", reg.host()),
-    ]));
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    let url = format!("{}/v2/{repo}/manifests/{tag}", reg.url());
+    let accept = "application/vnd.oci.image.index.v1+json, \
+                  application/vnd.oci.image.manifest.v1+json, \
+                  application/vnd.docker.distribution.manifest.list.v2+json, \
+                  application/vnd.docker.distribution.manifest.v2+json";
+    let mut resp = ureq::get(&url).header("Accept", accept).call().unwrap();
+    let body = resp.body_mut().read_to_vec().unwrap();
     use sha2::Digest as _;
-    format!("sha256:{:x}", sha2::Sha256::digest(out.as_bytes()))
+    format!("sha256:{:x}", sha2::Sha256::digest(&body))
 }
 
 /// A workspace whose `//third_party:base` imports `reference` and whose two

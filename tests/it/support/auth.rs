@@ -626,6 +626,9 @@ pub struct TokenRegistry {
 
 pub const SERVICE: &str = "imgc-test-registry";
 pub const ISSUER: &str = "imgc-test-issuer";
+/// The refresh token (Docker's "identity token") the token server accepts for
+/// the account of a [`TokenRegistry`].
+pub const REFRESH_TOKEN: &str = "imgc-test-refresh-7f3a9c";
 
 impl TokenRegistry {
     /// A registry behind `tokens` (plain HTTP on loopback unless `tls`),
@@ -635,7 +638,7 @@ impl TokenRegistry {
         let signing = ca.issue("token-signer", "DNS:token-signer", true);
         let tokens = TokenServer::start(TokenOpts {
             users: vec![(user.to_string(), password.to_string())],
-            refresh_tokens: Vec::new(),
+            refresh_tokens: vec![(REFRESH_TOKEN.to_string(), user.to_string())],
             issuer: ISSUER.to_string(),
             service: SERVICE.to_string(),
             signing,
@@ -805,4 +808,8 @@ fn the_auth_harness_issues_tokens_serves_tls_and_redirects_blobs() {
             .all(|r| r.header("authorization").is_none() && r.status == 200),
         "{seen:?}"
     );
+    // The trap does record a credential that reaches it.
+    curl(&["-H", "Authorization: Basic dHJhcDp0cmFw", &target], None);
+    let last = trap.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Basic dHJhcDp0cmFw"));
 }
