@@ -16,7 +16,7 @@
 //! | 5, 8 | plan | [`plan`] | a dry run's outcomes (stage 5 keyed and looked up, nothing run) → what a build would rebuild, re-assemble and reuse |
 //! | 9 | share | [`sharing`] | built images → which blobs they share, what they store alone and together (`imgc report`) |
 //! | 9 | export | [`export`] | a built image → one deterministic archive file (`docker-archive`, also an OCI layout; or `oci-archive`), streamed from [`cas`] and verified, renamed into place when complete (`imgc export`) |
-//! | 9 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
+//! | 10 | push | [`registry`] | built images → registries: blobs found, mounted or streamed from [`cas`], the manifest last (`imgc push`) |
 //!
 //! # Invariants
 //!
