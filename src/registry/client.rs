@@ -3,12 +3,17 @@
 //!
 //! # Transport
 //!
-//! - **Scheme.** `http` for loopback registries (`localhost`, 127.0.0.0/8,
-//!   `::1`: Docker allows them without a flag) and for the hosts given with
-//!   `--insecure-registry`; `https` everywhere else, verified against the
-//!   system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set, else the
-//!   platform's store, else Mozilla's roots). A TLS failure names the flag, since
-//!   the usual cause is a plain-HTTP registry reached by `https`.
+//! - **Scheme.** `https`, verified against the system's roots
+//!   (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set, else the platform's store, else
+//!   Mozilla's roots). Loopback registries (`localhost`, 127.0.0.0/8, `::1`:
+//!   Docker allows them without a flag) and the hosts given with
+//!   `--insecure-registry` may also speak plain `http`: the first request to
+//!   such a host tries a TLS handshake (`GET https://HOST/v2/`), and only when
+//!   the peer answers with something that is not TLS (an HTTP response to the
+//!   ClientHello) is the host reached over `http`, for the rest of the run. A
+//!   certificate that does not verify is an error, never a reason to fall back
+//!   (that would be a downgrade). Elsewhere a TLS failure against a plain HTTP
+//!   server names `--insecure-registry`.
 //! - **Redirects** are followed by hand, at most [`MAX_REDIRECTS`]. The
 //!   `Authorization` header goes only to the scheme, host and port it was
 //!   meant for: a blob `GET` redirected to a storage host (S3, a CDN) goes there
@@ -191,6 +196,14 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "`{url}`: the TLS certificate of {host} does not verify ({reason}); imgc does not fall back to plain HTTP for a registry that speaks TLS: trust its CA with SSL_CERT_FILE"
+    )]
+    Certificate {
+        host: String,
+        url: String,
+        reason: String,
+    },
     #[error("credentials for {host}: {message}")]
     Credentials { host: String, message: String },
     #[error("{what}: {source}")]
@@ -239,6 +252,32 @@ pub struct Client {
     basic: Mutex<HashMap<String, ()>>,
     /// Logins looked up so far, per registry.
     logins: Mutex<HashMap<String, Option<Credential>>>,
+    /// How each loopback or `--insecure-registry` host is reached, once probed
+    /// (api host, lowercase → scheme).
+    schemes: Mutex<HashMap<String, HostScheme>>,
+    /// Held while a host's scheme is probed: one handshake per host per run.
+    probing: Mutex<()>,
+}
+
+/// What the TLS probe of a host that may speak plain HTTP found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostScheme {
+    Https,
+    Http,
+    /// It speaks TLS but its certificate does not verify: why.
+    BadCertificate(String),
+}
+
+/// Why a TLS handshake failed, as far as the scheme is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TlsFailure {
+    /// The peer answered with something that is not TLS (an HTTP response to
+    /// the ClientHello): it speaks plain HTTP.
+    NotTls,
+    /// The peer speaks TLS and its certificate does not verify.
+    Certificate(String),
+    /// Another TLS failure (an alert, no common protocol version, …).
+    Other,
 }
 
 impl fmt::Debug for Client {
@@ -299,20 +338,112 @@ impl Client {
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(HashMap::new()),
             logins: Mutex::new(HashMap::new()),
+            schemes: Mutex::new(HashMap::new()),
+            probing: Mutex::new(()),
         }
     }
 
-    /// `http` or `https` for `r`'s registry.
-    pub fn scheme(&self, r: &Reference) -> &'static str {
-        let insecure =
-            self.options.insecure.iter().any(|h| {
+    /// Whether `r`'s registry may be reached over plain HTTP (when it does not
+    /// speak TLS): a loopback host, or one given with `--insecure-registry`.
+    fn may_be_plain(&self, r: &Reference) -> bool {
+        r.is_loopback()
+            || self.options.insecure.iter().any(|h| {
                 h.eq_ignore_ascii_case(&r.registry) || h.eq_ignore_ascii_case(r.hostname())
-            });
-        if r.is_loopback() || insecure {
-            "http"
-        } else {
-            "https"
+            })
+    }
+
+    /// `http` or `https` for `r`'s registry: `http` only for a host that may be
+    /// plain and was found not to speak TLS (see the module docs).
+    pub fn scheme(&self, r: &Reference) -> &'static str {
+        if !self.may_be_plain(r) {
+            return "https";
         }
+        match self
+            .schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.api_host().to_ascii_lowercase())
+        {
+            Some(HostScheme::Http) => "http",
+            _ => "https",
+        }
+    }
+
+    /// Points `call` at the scheme its registry speaks, probing the registry
+    /// once per run if it may be plain HTTP. `Ok(Some(e))`: the probe could not
+    /// connect (worth another attempt).
+    fn settle_scheme(&self, call: &mut Call<'_>) -> Result<Option<RegistryError>, RegistryError> {
+        let r = call.reference;
+        if !self.may_be_plain(r) {
+            return Ok(None);
+        }
+        let host = r.api_host().to_ascii_lowercase();
+        // Only the registry's own URLs (not a storage host it redirects to).
+        let Some((scheme, rest)) = call.url.split_once("://") else {
+            return Ok(None);
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if !authority.eq_ignore_ascii_case(&host) {
+            return Ok(None);
+        }
+        let known = self
+            .schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&host)
+            .cloned();
+        let found = match known {
+            Some(s) => s,
+            None => match self.probe(call, &host) {
+                Ok(s) => s,
+                Err(e) => return Ok(Some(e)),
+            },
+        };
+        let want = match found {
+            HostScheme::Https => "https",
+            HostScheme::Http => "http",
+            HostScheme::BadCertificate(reason) => {
+                return Err(RegistryError::Certificate {
+                    host: r.registry.clone(),
+                    url: format!("https://{}", strip_query(rest)),
+                    reason,
+                });
+            }
+        };
+        if !scheme.eq_ignore_ascii_case(want) {
+            call.url = format!("{want}://{rest}");
+        }
+        Ok(None)
+    }
+
+    /// Tries a TLS handshake with `host` (`GET https://HOST/v2/`, without
+    /// credentials) and remembers what it found; one probe per host at a time.
+    /// `Err`: the host could not be reached at all (not remembered).
+    fn probe(&self, call: &Call<'_>, host: &str) -> Result<HostScheme, RegistryError> {
+        let _one = self.probing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = self
+            .schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+        {
+            return Ok(s.clone());
+        }
+        let url = format!("https://{host}/v2/");
+        let found = match self.agent.get(url.as_str()).call() {
+            // Any HTTP answer over TLS: it speaks https.
+            Ok(_) => HostScheme::Https,
+            Err(e) => match tls_failure(&e) {
+                Some(TlsFailure::NotTls) => HostScheme::Http,
+                Some(TlsFailure::Certificate(why)) => HostScheme::BadCertificate(why),
+                Some(TlsFailure::Other) | None => return Err(self.transport(call, &url, &e)),
+            },
+        };
+        self.schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_string(), found.clone());
+        Ok(found)
     }
 
     /// `SCHEME://HOST/v2/REPO/` for `r`.
@@ -709,7 +840,7 @@ impl Client {
     }
 
     /// Sends `call` with retries; a success (2xx) or an error.
-    fn send(&self, call: Call<'_>) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+    fn send(&self, mut call: Call<'_>) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut last: Option<RegistryError> = None;
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -720,6 +851,10 @@ impl Client {
                     _ => Duration::ZERO,
                 };
                 std::thread::sleep(pause);
+            }
+            if let Some(unreachable) = self.settle_scheme(&mut call)? {
+                last = Some(unreachable);
+                continue;
             }
             match self.send_once(&call) {
                 Ok(Outcome::Done(r)) => return Ok(r),
@@ -903,11 +1038,19 @@ impl Client {
 
     fn transport(&self, call: &Call<'_>, url: &str, e: &ureq::Error) -> RegistryError {
         let mut reason = escape(&e.to_string()).into_owned();
-        if url.starts_with("https://") && is_tls_error(e) {
-            let host = &call.reference.registry;
-            reason.push_str(&format!(
-                "; if {host} serves plain HTTP, allow it with `--insecure-registry {host}`"
-            ));
+        let host = &call.reference.registry;
+        match tls_failure(e) {
+            Some(TlsFailure::NotTls) if url.starts_with("https://") => {
+                reason.push_str(&format!(
+                    "; if {host} serves plain HTTP, allow it with `--insecure-registry {host}`"
+                ));
+            }
+            Some(TlsFailure::Certificate(_)) => {
+                reason.push_str(&format!(
+                    "; the TLS certificate of {host} does not verify: trust its CA with SSL_CERT_FILE"
+                ));
+            }
+            _ => {}
         }
         RegistryError::Transport {
             method: call.method,
@@ -1150,14 +1293,43 @@ pub fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
 }
 
-fn is_tls_error(e: &ureq::Error) -> bool {
-    match e {
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
-        ureq::Error::Io(io) => {
-            let s = io.to_string().to_ascii_lowercase();
-            s.contains("tls") || s.contains("corrupt message") || s.contains("invalidcontenttype")
+/// What a failed request says about TLS: `None` when it is not a TLS failure.
+///
+/// rustls reports a peer that answered the ClientHello with something other
+/// than a TLS record (`HTTP/1.1 400 …` from a plain HTTP server) as an invalid
+/// content type; only that means "plain HTTP". A certificate that does not
+/// verify is [`TlsFailure::Certificate`], never a reason to fall back.
+pub(crate) fn tls_failure(e: &ureq::Error) -> Option<TlsFailure> {
+    use rustls::{Error as R, InvalidMessage};
+    let classify = |r: &R| match r {
+        R::InvalidMessage(InvalidMessage::InvalidContentType) => TlsFailure::NotTls,
+        R::InvalidCertificate(_) | R::InvalidCertRevocationList(_) => {
+            TlsFailure::Certificate(escape(&r.to_string()).into_owned())
         }
-        _ => false,
+        _ => TlsFailure::Other,
+    };
+    match e {
+        ureq::Error::Rustls(r) => Some(classify(r)),
+        ureq::Error::Tls(_) => Some(TlsFailure::Other),
+        ureq::Error::Io(io) => {
+            if let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<R>()) {
+                return Some(classify(r));
+            }
+            // A wrapped error whose type is not rustls's own: by its text.
+            let s = io.to_string().to_ascii_lowercase();
+            if s.contains("invalidcontenttype") || s.contains("invalid content type") {
+                Some(TlsFailure::NotTls)
+            } else if s.contains("certificate") {
+                Some(TlsFailure::Certificate(
+                    escape(&io.to_string()).into_owned(),
+                ))
+            } else if s.contains("tls") || s.contains("corrupt message") {
+                Some(TlsFailure::Other)
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 

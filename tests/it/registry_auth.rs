@@ -711,10 +711,9 @@ fn bearer_token_flow_pushes_and_pulls() {
     assert_no_secret("stderr", &support::stderr(&out), &secrets(USER, PASSWORD));
 }
 
-/// Needs `https` to loopback registries in the client: today it speaks plain
-/// HTTP to every loopback host, so a TLS registry on 127.0.0.1 answers `400`.
+/// A loopback registry is tried over `https` first: one that speaks TLS is
+/// reached over TLS, verified, and never over plain HTTP.
 #[test]
-#[ignore = "the client uses plain HTTP for every loopback registry; see the report of r9-auth"]
 fn https_registry_with_a_test_ca_works_and_plain_http_to_a_non_loopback_host_is_refused() {
     // A registry on TLS with a certificate from the test's own CA, behind
     // bearer tokens; imgc trusts the CA through SSL_CERT_FILE.
@@ -745,11 +744,15 @@ fn https_registry_with_a_test_ca_works_and_plain_http_to_a_non_loopback_host_is_
     // Without the CA the certificate is not trusted: a clear error, and no
     // fall back to plain HTTP.
     let untrusted = Env::new().imgc_env(&reg.host(), USER, PASSWORD);
+    let logged = reg.access_log().len();
     let out = untrusted.run(&consumer(&pinned), &["build", "//..."]);
     assert!(!out.status.success());
     let err = support::stderr(&out);
     assert!(err.contains(&reg.host()), "{err}");
     assert!(err.to_ascii_lowercase().contains("certificate"), "{err}");
+    // No request reached the registry (a handshake that failed is not logged).
+    let after = reg.access_log();
+    assert_eq!(after.len(), logged, "{:?}", &after[logged..]);
 
     plain_http_token_realm_on_another_host_is_refused();
 }

@@ -65,11 +65,33 @@ fn retries_only_transient_statuses() {
 }
 
 #[test]
-fn urls_use_http_only_for_loopback_and_insecure_hosts() {
+fn urls_use_http_only_for_loopback_and_insecure_hosts_found_not_to_speak_tls() {
     let mut o = ClientOptions::anonymous();
     o.insecure = vec!["registry.lan:5000".into(), "plain.example".into()];
     let c = Client::new(o);
     let url = |s: &str| c.repo_url(&Reference::parse(s).unwrap());
+    // Before any probe: https everywhere.
+    assert_eq!(
+        url("127.0.0.1:5000/a/b:1"),
+        "https://127.0.0.1:5000/v2/a/b/"
+    );
+    assert_eq!(
+        url("registry.lan:5000/x"),
+        "https://registry.lan:5000/v2/x/"
+    );
+    // Found to speak plain HTTP: only hosts that may be plain get http.
+    for h in [
+        "127.0.0.1:5000",
+        "localhost",
+        "registry.lan:5000",
+        "plain.example:8080",
+        "ghcr.io",
+    ] {
+        c.schemes
+            .lock()
+            .unwrap()
+            .insert(h.to_string(), HostScheme::Http);
+    }
     assert_eq!(url("127.0.0.1:5000/a/b:1"), "http://127.0.0.1:5000/v2/a/b/");
     assert_eq!(url("localhost/x"), "http://localhost/v2/x/");
     assert_eq!(url("registry.lan:5000/x"), "http://registry.lan:5000/v2/x/");
@@ -164,15 +186,30 @@ fn secrets_stay_out_of_debug_output() {
 struct Script {
     addr: String,
     requests: mpsc::Receiver<String>,
+    /// TLS ClientHellos received (answered as a plain HTTP server does: `400`).
+    hellos: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn serve(responses: Vec<Vec<u8>>) -> Script {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = mpsc::channel();
+    let hellos = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = hellos.clone();
     std::thread::spawn(move || {
-        for resp in responses {
+        let mut responses = responses.into_iter();
+        while responses.len() > 0 {
             let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            // A TLS handshake record: not a request of the script.
+            let mut first = [0u8; 1];
+            if s.peek(&mut first).unwrap_or(0) == 1 && first[0] == 0x16 {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(&response("400 Bad Request", &[], b"400 Bad Request"));
+                continue;
+            }
+            let Some(resp) = responses.next() else {
                 return;
             };
             let mut r = BufReader::new(s.try_clone().unwrap());
@@ -194,7 +231,11 @@ fn serve(responses: Vec<Vec<u8>>) -> Script {
             let _ = s.write_all(&resp);
         }
     });
-    Script { addr, requests: rx }
+    Script {
+        addr,
+        requests: rx,
+        hellos,
+    }
 }
 
 fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
@@ -473,4 +514,142 @@ fn https_to_a_plain_http_registry_names_the_insecure_flag() {
         )),
         "{msg}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// https first for hosts that may be plain HTTP
+
+#[test]
+fn tls_failures_are_told_apart_plain_http_certificate_and_others() {
+    use rustls::{CertificateError, Error as R, InvalidMessage};
+    let not_tls = ureq::Error::Rustls(R::InvalidMessage(InvalidMessage::InvalidContentType));
+    assert_eq!(tls_failure(&not_tls), Some(TlsFailure::NotTls));
+    // As ureq really reports it: a rustls error inside an io::Error.
+    let wrapped = ureq::Error::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        R::InvalidMessage(InvalidMessage::InvalidContentType),
+    ));
+    assert_eq!(tls_failure(&wrapped), Some(TlsFailure::NotTls));
+    for cert in [
+        CertificateError::UnknownIssuer,
+        CertificateError::Expired,
+        CertificateError::NotValidForName,
+        CertificateError::BadSignature,
+    ] {
+        let e = ureq::Error::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            R::InvalidCertificate(cert),
+        ));
+        match tls_failure(&e) {
+            Some(TlsFailure::Certificate(why)) => assert!(why.contains("certificate"), "{why}"),
+            other => panic!("a certificate failure classified as {other:?}"),
+        }
+    }
+    // Other TLS failures and non-TLS failures never mean "plain HTTP".
+    let alert = ureq::Error::Rustls(R::AlertReceived(rustls::AlertDescription::HandshakeFailure));
+    assert_eq!(tls_failure(&alert), Some(TlsFailure::Other));
+    let other_message = ureq::Error::Rustls(R::InvalidMessage(InvalidMessage::MessageTooLarge));
+    assert_eq!(tls_failure(&other_message), Some(TlsFailure::Other));
+    let eof = ureq::Error::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
+    assert_eq!(tls_failure(&eof), None);
+    let refused = ureq::Error::Io(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+    assert_eq!(tls_failure(&refused), None);
+    assert_eq!(tls_failure(&ureq::Error::HostNotFound), None);
+}
+
+#[test]
+fn a_real_handshake_with_a_plain_http_server_is_classified_not_tls() {
+    // (The script's response is never used: the handshake is answered `400`.)
+    let server = serve(vec![response("200 OK", &[], b"")]);
+    let c = Client::new(ClientOptions::anonymous());
+    let e = c
+        .agent
+        .get(format!("https://{}/v2/", server.addr).as_str())
+        .call()
+        .unwrap_err();
+    assert_eq!(tls_failure(&e), Some(TlsFailure::NotTls), "{e}");
+}
+
+#[test]
+fn a_loopback_registry_that_does_not_speak_tls_is_reached_over_http_after_one_probe() {
+    let manifest =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+    let ok = || {
+        response(
+            "200 OK",
+            &[("Content-Type", OCI_MANIFEST)],
+            manifest.as_slice(),
+        )
+    };
+    let server = serve(vec![ok(), ok(), ok()]);
+    let r = Reference::parse(&format!("{}/app:1", server.addr)).unwrap();
+    let c = Client::new(ClientOptions::anonymous());
+    assert_eq!(c.scheme(&r), "https");
+    for _ in 0..3 {
+        let f = c.get_manifest(&r).unwrap();
+        assert_eq!(f.bytes, manifest.to_vec());
+    }
+    // One handshake for the host, then plain HTTP for every request.
+    assert_eq!(server.hellos.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(c.scheme(&r), "http");
+    for _ in 0..3 {
+        let head = server.requests.recv().unwrap();
+        assert!(
+            head.starts_with("GET /v2/app/manifests/1 HTTP/1.1"),
+            "{head}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_hangs_up_on_the_handshake_is_not_taken_for_plain_http() {
+    // It closes without answering: nothing says it speaks plain HTTP.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let mut buf = [0u8; 5];
+            let _ = s.read_exact(&mut buf);
+            let _ = tx.send(buf.to_vec());
+        }
+    });
+    let r = Reference::parse(&format!("{addr}/app:1")).unwrap();
+    let c = Client::new(ClientOptions::anonymous());
+    let err = c.get_manifest(&r).unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("https://"), "{err}");
+    assert_eq!(c.scheme(&r), "https");
+    // Every connection began with a TLS record: no request went in plain HTTP.
+    let got: Vec<Vec<u8>> = rx.try_iter().collect();
+    assert_eq!(got.len(), ATTEMPTS as usize, "{got:?}");
+    assert!(got.iter().all(|b| b[0] == 0x16), "{got:?}");
+}
+
+#[test]
+fn a_certificate_that_does_not_verify_is_an_error_and_never_a_fall_back() {
+    let server = serve(vec![response("200 OK", &[], b"")]);
+    let r = Reference::parse(&format!("{}/app:1", server.addr)).unwrap();
+    let c = Client::new(ClientOptions::anonymous());
+    // What a probe of a TLS server with an untrusted certificate records.
+    c.schemes.lock().unwrap().insert(
+        r.api_host().to_ascii_lowercase(),
+        HostScheme::BadCertificate("invalid peer certificate: UnknownIssuer".into()),
+    );
+    let err = c.get_manifest(&r).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RegistryError::Certificate { .. }), "{msg}");
+    assert!(
+        msg.contains(&r.registry) && msg.contains("certificate"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("`https://{}/v2/app/manifests/1`", server.addr)),
+        "{msg}"
+    );
+    assert!(!err.is_transient());
+    // Nothing was sent, in any scheme.
+    assert!(server.requests.try_recv().is_err());
+    assert_eq!(server.hellos.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
