@@ -91,9 +91,9 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
     if let Some(w) = stores.warning.take() {
         report::warning(&w);
     }
-    // Bases first: an image's blobs are then found or mounted where its base
-    // went (images with fewer layers first, by label within).
-    let mut order: Vec<(usize, String, NodeIndex)> = Vec::new();
+    // Reported in selection order; [`push::push_images`] starts bases first and
+    // makes an image wait for a blob another is uploading.
+    let mut order: Vec<(String, NodeIndex)> = Vec::new();
     let mut outputs = BTreeMap::new();
     for n in &images {
         let Some(Output::Image(out)) = summary.outcomes.get(n).and_then(|o| o.output()) else {
@@ -102,17 +102,12 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
                 loaded.graph.node(*n).label
             )));
         };
-        order.push((
-            out.layers.len(),
-            loaded.graph.node(*n).label.to_string(),
-            *n,
-        ));
+        order.push((loaded.graph.node(*n).label.to_string(), *n));
         outputs.insert(*n, out.clone());
     }
-    order.sort();
 
     if args.dry_run {
-        for (_, label, n) in &order {
+        for (label, n) in &order {
             let refs: Vec<String> = targets[n].iter().map(|r| r.to_string()).collect();
             report::would_push(json, label, &outputs[n].manifest, &refs);
         }
@@ -120,7 +115,7 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
     }
 
     let mut list = Vec::new();
-    for (_, label, n) in &order {
+    for (label, n) in &order {
         let out = &outputs[n];
         let refs = &targets[n];
         let mut digests: Vec<Digest> = out.layers.iter().map(|l| l.digest).collect();
@@ -263,6 +258,13 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
 fn parse_registry(r: &str) -> Result<String, CmdError> {
     let trimmed = r.trim_end_matches('/');
     let bad = |why: String| CmdError::Usage(format!("`--registry {r}`: {why}"));
+    if let Some((_, rest)) = r.split_once("://") {
+        let host = rest.split('/').next().unwrap_or(rest);
+        return Err(bad(format!(
+            "references have no scheme: give `{}` (imgc tries https; for a registry that speaks only plain HTTP, add `--insecure-registry {host}`)",
+            rest.trim_end_matches('/'),
+        )));
+    }
     if !trimmed.contains('/')
         && !trimmed.contains('.')
         && !trimmed.contains(':')
@@ -299,6 +301,14 @@ fn references(
     let label = &node.label;
     let mut spec_refs = Vec::new();
     for t in &spec.tags {
+        if let Some((_, rest)) = t.value.split_once("://") {
+            let host = rest.split('/').next().unwrap_or(rest);
+            return Err(format!(
+                "`{label}` ({}): the tag `{}` is a URL; references have no scheme: write `{rest}` (for a registry that speaks plain HTTP, add `--insecure-registry {host}`)",
+                at(t.span.offset()),
+                t.value
+            ));
+        }
         let r = Reference::parse(&t.value).map_err(|e| {
             format!(
                 "`{label}` ({}): its tag is not a valid reference: {e}",
