@@ -18,11 +18,15 @@
 //!    says so) is left alone. So no tag ever points at a partial image, and a
 //!    second push of the same image uploads nothing and puts nothing.
 //!
-//! Blobs are deduplicated across the images of one run: two images sharing a
-//! base layer never upload it twice (the second finds it or mounts it from
-//! where the first put it, since images are pushed one after the other and
-//! their blobs in parallel). A failing image fails alone: the others are still
-//! pushed.
+//! Images are pushed in parallel (at most `jobs` at once, those with fewer
+//! layers, bases usually, started first), and so are their blobs, with at most
+//! `jobs` blob operations at once over all images. Blobs are deduplicated
+//! across the images of one run: a blob is placed in one repository of a
+//! registry at a time, so an image that needs a blob another image is
+//! uploading waits for it, then finds it (same repository) or mounts it from
+//! there (another repository of the same registry). Two images sharing a base
+//! layer never upload it twice. A failing image fails alone: the others are
+//! still pushed. Results come back in the order the images were given.
 
 use super::client::{Client, Mount, RegistryError};
 use super::reference::Reference;
@@ -30,8 +34,8 @@ use crate::cas::Cas;
 use crate::hash::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// How many repositories a blob's mount is tried from before it is uploaded.
 const MOUNT_TRIES: usize = 3;
@@ -119,8 +123,8 @@ enum Placed {
     Uploaded(u64),
 }
 
-/// Pushes `images` one after the other (blobs of each in parallel, at most
-/// `jobs` at once); one result per image, in order.
+/// Pushes `images`, at most `jobs` images and `jobs` blob operations at once
+/// (see the module docs); one result per image, in the order given.
 pub fn push_images(
     client: &Client,
     cas: &Cas,
@@ -128,12 +132,155 @@ pub fn push_images(
     jobs: usize,
     progress: &(dyn Fn(Progress<'_>) + Sync),
 ) -> Vec<Result<Pushed, PushError>> {
-    // (registry, digest) → repositories this run put it in (or found it in).
-    let mut seen: HashMap<(String, Digest), Vec<String>> = HashMap::new();
-    images
-        .iter()
-        .map(|image| push_image(client, cas, image, jobs.max(1), progress, &mut seen))
+    let jobs = jobs.max(1);
+    let shared = Shared::new(jobs);
+    // Fewer layers first: bases tend to go up before what is built on them.
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.sort_by_key(|&i| (images[i].layers.len(), i));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Pushed, PushError>>>> =
+        Mutex::new((0..images.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(images.len()) {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let r = push_image(client, cas, &images[i], jobs, progress, &shared);
+                    lock(&results)[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results
+        .into_iter()
+        .zip(images)
+        .map(|(r, image)| {
+            r.unwrap_or_else(|| {
+                Err(PushError {
+                    label: image.label.clone(),
+                    reference: String::new(),
+                    message: "it was not pushed".into(),
+                    unauthorized: false,
+                })
+            })
+        })
         .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the images pushed at once share: where each blob is, and who is
+/// placing it now; and the blob operations allowed at once.
+struct Shared {
+    /// `(registry, digest)` → its state this run.
+    blobs: Mutex<HashMap<(String, Digest), BlobState>>,
+    /// Signalled when a blob stops being busy.
+    settled: Condvar,
+    /// Blob operations that may start now.
+    permits: Mutex<usize>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct BlobState {
+    /// Repositories (of the registry) this run put it in or found it in.
+    known: Vec<String>,
+    /// An image is placing it in a repository of the registry now.
+    busy: bool,
+}
+
+impl Shared {
+    fn new(permits: usize) -> Shared {
+        Shared {
+            blobs: Mutex::new(HashMap::new()),
+            settled: Condvar::new(),
+            permits: Mutex::new(permits),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// The right to place blob `digest` in a repository of `registry`: waits
+    /// while another image is placing it, so a blob is uploaded once and then
+    /// found or mounted. Holds no permit while waiting.
+    fn claim(&self, registry: &str, digest: Digest) -> Claim<'_> {
+        let key = (registry.to_string(), digest);
+        let mut blobs = lock(&self.blobs);
+        loop {
+            let state = blobs.entry(key.clone()).or_default();
+            if !state.busy {
+                state.busy = true;
+                let known = state.known.clone();
+                return Claim {
+                    shared: self,
+                    key,
+                    known,
+                };
+            }
+            blobs = self.settled.wait(blobs).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Records that `digest` is in `repository` of `registry`.
+    fn record(&self, registry: &str, digest: Digest, repository: &str) {
+        let mut blobs = lock(&self.blobs);
+        let known = &mut blobs
+            .entry((registry.to_string(), digest))
+            .or_default()
+            .known;
+        if !known.iter().any(|r| r == repository) {
+            known.push(repository.to_string());
+        }
+    }
+
+    /// One blob operation at a time per permit (a claim is taken first: a
+    /// permit holder never waits for a claim).
+    fn permit(&self) -> Permit<'_> {
+        let mut n = lock(&self.permits);
+        while *n == 0 {
+            n = self.freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n -= 1;
+        Permit { shared: self }
+    }
+}
+
+/// A blob being placed by this image; released (and waiters woken) on drop.
+struct Claim<'a> {
+    shared: &'a Shared,
+    key: (String, Digest),
+    /// Where the blob was known to be when claimed.
+    known: Vec<String>,
+}
+
+impl Claim<'_> {
+    /// The blob is now in `repository`.
+    fn placed(&self, repository: &str) {
+        self.shared.record(&self.key.0, self.key.1, repository);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = lock(&self.shared.blobs).get_mut(&self.key) {
+            state.busy = false;
+        }
+        self.shared.settled.notify_all();
+    }
+}
+
+struct Permit<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.shared.permits) += 1;
+        self.shared.freed.notify_one();
+    }
 }
 
 fn push_image(
@@ -142,7 +289,7 @@ fn push_image(
     image: &Image,
     jobs: usize,
     progress: &(dyn Fn(Progress<'_>) + Sync),
-    seen: &mut HashMap<(String, Digest), Vec<String>>,
+    shared: &Shared,
 ) -> Result<Pushed, PushError> {
     let first = image.references.first().ok_or_else(|| PushError {
         label: image.label.clone(),
@@ -213,12 +360,11 @@ fn push_image(
             reference: refs[0],
             blobs: blobs.len(),
         });
-        let placed = place_blobs(client, cas, image, repo, &blobs, jobs, progress, seen).map_err(
-            |e| match e {
+        let placed = place_blobs(client, cas, image, repo, &blobs, jobs, progress, shared)
+            .map_err(|e| match e {
                 Failure::Registry(e) => fail(repo, *e),
                 Failure::Local(m) => local(repo, m),
-            },
-        )?;
+            })?;
         for p in &placed {
             match p {
                 Placed::Existing => out.blobs_existing += 1,
@@ -248,12 +394,7 @@ fn push_image(
         }
         let mut known: Vec<Digest> = blobs.iter().map(|b| b.digest).collect();
         known.push(image.manifest.digest);
-        for d in &known {
-            let repos = seen.entry((repo.registry.clone(), *d)).or_default();
-            if !repos.contains(&repo.repository) {
-                repos.push(repo.repository.clone());
-            }
-        }
+        shared.record(&repo.registry, image.manifest.digest, &repo.repository);
         out.known
             .push((repo.registry.clone(), repo.repository.clone(), known));
     }
@@ -276,7 +417,7 @@ fn place_blobs(
     blobs: &[Blob],
     jobs: usize,
     progress: &(dyn Fn(Progress<'_>) + Sync),
-    seen: &HashMap<(String, Digest), Vec<String>>,
+    shared: &Shared,
 ) -> Result<Vec<Placed>, Failure> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Placed, Failure>>>> =
@@ -288,7 +429,7 @@ fn place_blobs(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(b) = blobs.get(i) else { break };
-                    let r = place_blob(client, cas, image, repo, b, progress, seen);
+                    let r = place_blob(client, cas, image, repo, b, progress, shared);
                     let failed = r.is_err();
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
                     if failed {
@@ -322,7 +463,29 @@ fn place_blob(
     repo: &Reference,
     b: &Blob,
     progress: &(dyn Fn(Progress<'_>) + Sync),
-    seen: &HashMap<(String, Digest), Vec<String>>,
+    shared: &Shared,
+) -> Result<Placed, Failure> {
+    // Another image of this run may be placing it: wait, then use where it went.
+    let claim = shared.claim(&repo.registry, b.digest);
+    if claim.known.contains(&repo.repository) {
+        return Ok(Placed::Existing);
+    }
+    let _permit = shared.permit();
+    let placed = place_claimed(client, cas, image, repo, b, progress, &claim.known)?;
+    claim.placed(&repo.repository);
+    Ok(placed)
+}
+
+/// Places blob `b` in `repo`, which this run has not put it in; `this_run`:
+/// the repositories of the registry it did put it in.
+fn place_claimed(
+    client: &Client,
+    cas: &Cas,
+    image: &Image,
+    repo: &Reference,
+    b: &Blob,
+    progress: &(dyn Fn(Progress<'_>) + Sync),
+    this_run: &[String],
 ) -> Result<Placed, Failure> {
     match client.blob_exists(repo, &b.digest) {
         Ok(Some(n)) if n == b.size => return Ok(Placed::Existing),
@@ -331,9 +494,8 @@ fn place_blob(
         Err(e) => return Err(Failure::Registry(Box::new(e))),
     }
     let mut from: Vec<&str> = Vec::new();
-    let this_run = seen.get(&(repo.registry.clone(), b.digest));
     let hinted = image.mount_hints.get(&b.digest);
-    for candidate in this_run.into_iter().flatten().map(String::as_str).chain(
+    for candidate in this_run.iter().map(String::as_str).chain(
         hinted
             .into_iter()
             .flatten()

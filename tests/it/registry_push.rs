@@ -503,3 +503,285 @@ fn registry_killed_mid_push_leaves_no_tag_and_the_next_push_completes() {
     reg.skopeo_pull("fault/app/app:1.0", &back.path().join("oci"));
     assert_eq!(layout_manifest_digest(&back.path().join("oci")), digest);
 }
+
+/// `digest=sha256:…` of a blob upload request, if it carries one.
+fn uploaded_digest(l: &crate::support::registry::LogLine) -> Option<String> {
+    if !l.is_blob_upload() {
+        return None;
+    }
+    let at = l.uri.find("digest=")?;
+    let d = &l.uri[at + "digest=".len()..];
+    let d = d.split('&').next().unwrap_or(d);
+    Some(d.replace("%3A", ":").replace("%3a", ":"))
+}
+
+/// The digest a mount request asks for, its source repository and status.
+fn mount_of(l: &crate::support::registry::LogLine) -> Option<(String, String, u16)> {
+    if l.method != "POST" {
+        return None;
+    }
+    let (_, query) = l.uri.split_once('?')?;
+    let mut digest = None;
+    let mut from = None;
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some(("mount", v)) => digest = Some(v.replace("%3A", ":")),
+            Some(("from", v)) => from = Some(v.replace("%2F", "/")),
+            _ => {}
+        }
+    }
+    Some((digest?, from?, l.status))
+}
+
+/// A base image, a layer shared by six services built on it, and the services,
+/// each with a layer of its own.
+fn fleet_ws(services: usize) -> Ws {
+    let mut files: Vec<(String, String)> = vec![
+        (
+            "imgc.kdl".into(),
+            "workspace {\n    source-date-epoch 1700000000\n}\n".into(),
+        ),
+        (
+            "base/BUILD.kdl".into(),
+            "layer \"files\" {\n    text \"/etc/os-release\" \"ID=fleet\\n\"\n}\nimage \"base\" {\n    from \"scratch\"\n    layers \":files\"\n}\n".into(),
+        ),
+        (
+            "shared/BUILD.kdl".into(),
+            "layer \"lib\" {\n    text \"/usr/lib/fleet/lib.txt\" \"shared library\\n\"\n}\n".into(),
+        ),
+    ];
+    for i in 0..services {
+        files.push((
+            format!("svc{i}/BUILD.kdl"),
+            format!(
+                "image \"svc{i}\" {{\n    from \"//base:base\"\n    layers \"//shared:lib\"\n    layer {{\n        text \"/srv/id\" \"{i}\\n\"\n    }}\n}}\n"
+            ),
+        ));
+    }
+    let borrowed: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    Ws::new(&borrowed)
+}
+
+#[test]
+fn images_pushed_in_parallel_upload_each_shared_blob_once_and_mount_the_rest() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let services = 6;
+    let ws = fleet_ws(services);
+    let namespace = format!("{}/fleet", reg.host());
+    let lines = push_json(
+        &ws,
+        &reg,
+        None,
+        &["//...", "--registry", &namespace, "-j", "4"],
+    );
+
+    // Reported in selection order (by label), whatever order they finished in.
+    let labels: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "pushed")
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
+    let mut sorted = labels.clone();
+    sorted.sort();
+    assert_eq!(labels, sorted);
+    assert_eq!(labels.len(), services + 1);
+
+    let log = reg.access_log();
+    // Every distinct blob went up exactly once, whichever image took it first.
+    let mut uploads: BTreeMap<String, usize> = BTreeMap::new();
+    for d in log.iter().filter_map(uploaded_digest) {
+        *uploads.entry(d).or_default() += 1;
+    }
+    let twice: Vec<_> = uploads.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "uploaded more than once: {twice:?}");
+    // The base's layer is in all 7 repositories, the shared layer in 6: one
+    // upload each, and a mount (answered 201) for every other repository.
+    let base_layer = manifest_of(&ws.layout("base", "base"))["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let svc = manifest_of(&ws.layout("svc0", "svc0"));
+    let shared_layer = svc["layers"][1]["digest"].as_str().unwrap().to_string();
+    assert_eq!(svc["layers"][0]["digest"], base_layer.as_str());
+    assert_eq!(uploads.get(&base_layer), Some(&1), "{uploads:?}");
+    assert_eq!(uploads.get(&shared_layer), Some(&1), "{uploads:?}");
+    let mounts: Vec<(String, String, u16)> = log.iter().filter_map(mount_of).collect();
+    for (layer, repositories) in [(&base_layer, services + 1), (&shared_layer, services)] {
+        let ok: Vec<_> = mounts
+            .iter()
+            .filter(|(d, _, status)| d == layer && *status == 201)
+            .collect();
+        assert_eq!(ok.len(), repositories - 1, "{mounts:?}");
+        assert!(
+            ok.iter().all(|(_, from, _)| from.starts_with("fleet/")),
+            "{ok:?}"
+        );
+    }
+    assert!(mounts.iter().all(|(_, _, s)| *s == 201), "{mounts:?}");
+    // What the images say matches: 2 * 6 + 1 - 2 uploads saved.
+    let pushed = pushed_lines(&lines);
+    let mounted: u64 = pushed
+        .values()
+        .map(|p| p["blobs_mounted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(mounted as usize, services + (services - 1), "{pushed:?}");
+    for p in pushed.values() {
+        assert_eq!(
+            p["blobs_uploaded"].as_u64().unwrap()
+                + p["blobs_mounted"].as_u64().unwrap()
+                + p["blobs_existing"].as_u64().unwrap(),
+            p["blobs"].as_u64().unwrap(),
+            "{p}"
+        );
+    }
+    // Every image is there, byte for byte.
+    let client = Client::new(ClientOptions::anonymous());
+    for (label, p) in &pushed {
+        let (pkg, name) = split_label(label);
+        let r = Reference::parse(p["reference"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            client.resolve(&r).unwrap().digest,
+            layout_manifest_digest(&ws.layout(&pkg, &name)),
+            "{label}"
+        );
+    }
+
+    // A second push, in parallel too, uploads and mounts nothing.
+    let before = reg.access_log().len();
+    push_json(
+        &ws,
+        &reg,
+        None,
+        &["//...", "--registry", &namespace, "-j", "4"],
+    );
+    let log = reg.access_log();
+    let again = &log[before..];
+    assert!(!again.iter().any(|l| l.is_blob_upload()), "{again:?}");
+    assert!(!again.iter().any(|l| l.method == "POST"), "{again:?}");
+    assert!(!again.iter().any(|l| l.is_manifest_put()), "{again:?}");
+}
+
+#[test]
+fn layers_of_a_registry_base_are_mounted_from_the_base_repository() {
+    if !tools() {
+        return;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    // The base goes to `bases/x` from another workspace (and cache).
+    let upstream = small_ws();
+    upstream.ok(&["build", "//base:base"]);
+    let base_ref = reg.skopeo_push(&upstream.layout("base", "base"), "bases/x:1", false);
+    let base_digest = layout_manifest_digest(&upstream.layout("base", "base"));
+    let base_layers: Vec<String> = manifest_of(&upstream.layout("base", "base"))["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!base_layers.is_empty());
+
+    // An app built on it as a pinned `registry` import, pushed to `apps/y`.
+    let ws = Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n}\n",
+        ),
+        (
+            "third_party/BUILD.kdl",
+            &format!("import \"x\" {{\n    registry \"{base_ref}@{base_digest}\"\n}}\n"),
+        ),
+        (
+            "y/BUILD.kdl",
+            &format!(
+                "image \"y\" {{\n    from \"//third_party:x\"\n    layer {{\n        text \"/app/v\" \"1\\n\"\n    }}\n    tag \"{}/apps/y:1\"\n}}\n",
+                reg.host()
+            ),
+        ),
+    ]);
+    ws.ok(&["build", "//..."]);
+    // This cache has never pushed anything: it knows of no repository holding
+    // the base's layers, so the only source of a mount is the import itself.
+    let (mut cache, _) = imgc::cache::Cache::open(&ws.cache.path().join("imgc.sqlite")).unwrap();
+    let digests: Vec<Digest> = base_layers.iter().map(|d| d.parse().unwrap()).collect();
+    let known = cache
+        .registry_repositories(&reg.host(), &digests, 10)
+        .unwrap();
+    assert!(known.values().all(|v| v.is_empty()), "{known:?}");
+    drop(cache);
+
+    let before = reg.access_log().len();
+    let lines = push_json(&ws, &reg, None, &["//y:y"]);
+    let y = &pushed_lines(&lines)["//y:y"];
+    assert_eq!(
+        y["blobs_mounted"].as_u64().unwrap(),
+        base_layers.len() as u64,
+        "{y}"
+    );
+    let log = reg.access_log();
+    let after = &log[before..];
+    let mounts: Vec<(String, String, u16)> = after.iter().filter_map(mount_of).collect();
+    for layer in &base_layers {
+        assert!(
+            mounts
+                .iter()
+                .any(|(d, from, s)| d == layer && from == "bases/x" && *s == 201),
+            "{layer} not mounted from bases/x: {mounts:?}"
+        );
+        assert!(
+            !after
+                .iter()
+                .any(|l| uploaded_digest(l).as_deref() == Some(layer)),
+            "{layer} was uploaded: {after:?}"
+        );
+    }
+    assert!(
+        after
+            .iter()
+            .filter(|l| l.method == "POST")
+            .all(|l| l.path().starts_with("/v2/apps/y/blobs/uploads/")),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_registry_or_tag_written_as_a_url_is_a_usage_error_naming_insecure_registry() {
+    let ws = small_ws();
+    for registry in [
+        "http://127.0.0.1:5000/ns",
+        "https://registry.example.com/ns/",
+    ] {
+        let out = ws.run(&["push", "//...", "--registry", registry]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("references have no scheme"), "{err}");
+        assert!(err.contains("--insecure-registry"), "{err}");
+        let (_, rest) = registry.split_once("://").unwrap();
+        assert!(
+            err.contains(&format!("`{}`", rest.trim_end_matches('/'))),
+            "{err}"
+        );
+    }
+    let out = ws.run(&["push", "//...", "--registry", "http://127.0.0.1:5000/ns"]);
+    assert!(stderr(&out).contains("`--insecure-registry 127.0.0.1:5000`"));
+    // A spec tag that is a URL: named with its file and line.
+    let spec = std::fs::read_to_string(ws.path("app/BUILD.kdl")).unwrap();
+    ws.write(
+        "app/BUILD.kdl",
+        &spec.replace("example.com/app:1.0", "http://127.0.0.1:5000/app:1.0"),
+    );
+    let out = ws.run(&["push", "//app:app"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("app/BUILD.kdl:"), "{err}");
+    assert!(err.contains("references have no scheme"), "{err}");
+    assert!(
+        err.contains("`--insecure-registry 127.0.0.1:5000`"),
+        "{err}"
+    );
+}
