@@ -8,14 +8,10 @@ use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Skips the test (with a note) where the tools are missing: `scripts/test`
-/// installs them.
-fn tools() -> bool {
-    let ok = have("docker-registry") && have("skopeo");
-    if !ok {
-        eprintln!("skipped: docker-registry and skopeo are needed (scripts/test installs them)");
-    }
-    ok
+/// The registry and skopeo, which the README's test command installs.
+fn tools() {
+    require("docker-registry");
+    require("skopeo");
 }
 
 /// `imgc ARGS` in `ws` with no credentials from this machine: an empty docker
@@ -164,9 +160,7 @@ fn registry_with_base() -> (Registry, Ws, PathBuf, String) {
 
 #[test]
 fn an_image_on_a_pinned_registry_base_builds_and_its_base_layers_are_byte_identical() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (_reg, _up, upstream, pinned) = registry_with_base();
     let ws = consumer_ws(&pinned);
     let ev = build_json(&ws, &[]);
@@ -229,9 +223,7 @@ fn an_image_on_a_pinned_registry_base_builds_and_its_base_layers_are_byte_identi
 
 #[test]
 fn a_registry_import_remembers_where_its_blobs_are_for_pushes() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (reg, _up, upstream, pinned) = registry_with_base();
     let ws = consumer_ws(&pinned);
     build_json(&ws, &[]);
@@ -250,9 +242,7 @@ fn a_registry_import_remembers_where_its_blobs_are_for_pushes() {
 
 #[test]
 fn registry_base_blobs_are_fetched_once() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (reg, _up, upstream, pinned) = registry_with_base();
     let before = reg.access_log().len();
     let ws = consumer_ws(&pinned);
@@ -291,9 +281,7 @@ fn registry_base_blobs_are_fetched_once() {
 
 #[test]
 fn a_build_with_a_cached_registry_import_needs_no_registry() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (mut reg, _up, _upstream, pinned) = registry_with_base();
     let ws = consumer_ws(&pinned);
     let first = build_json(&ws, &[]);
@@ -315,9 +303,7 @@ fn a_build_with_a_cached_registry_import_needs_no_registry() {
 
 #[test]
 fn a_mirror_with_the_same_digest_rebuilds_nothing() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (reg, _up, upstream, pinned) = registry_with_base();
     let ws = consumer_ws(&pinned);
     let first = build_json(&ws, &[]);
@@ -338,9 +324,7 @@ fn a_mirror_with_the_same_digest_rebuilds_nothing() {
 
 #[test]
 fn a_wrong_digest_is_rejected() {
-    if !tools() {
-        return;
-    }
+    tools();
     let (reg, _up, upstream, pinned) = registry_with_base();
     // A digest that the registry does not have.
     let absent = format!(
@@ -388,9 +372,7 @@ fn a_wrong_digest_is_rejected() {
 
 #[test]
 fn an_unpinned_tag_is_an_error_that_prints_the_current_digest() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let (_up, layout) = base_layout("one", "linux/amd64");
     reg.skopeo_push(&layout, "base:1", false);
@@ -441,9 +423,7 @@ fn check_of_an_unpinned_spec_makes_no_network_connection() {
 
 #[test]
 fn imgc_pin_rewrites_only_the_reference() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let (_up, layout) = base_layout("one", "linux/amd64");
     reg.skopeo_push(&layout, "base:1", false);
@@ -535,9 +515,7 @@ fn imgc_pin_rewrites_only_the_reference() {
 
 #[test]
 fn a_build_after_pin_is_reproducible() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let (_up, layout) = base_layout("one", "linux/amd64");
     reg.skopeo_push(&layout, "base:1", false);
@@ -607,9 +585,7 @@ fn multi_platform_layout(images: &[(&Path, &str, &str)]) -> tempfile::TempDir {
 
 #[test]
 fn a_multi_platform_index_selects_the_workspace_platform() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let (_a, amd64) = base_layout("multi", "linux/amd64");
     let (_b, arm64) = base_layout("multi", "linux/arm64");

@@ -2,7 +2,7 @@
 //! real registry on loopback (Debian's `docker-registry`, started per test).
 
 use crate::support::registry::{Registry, RegistryOpts};
-use crate::support::{Ws, have, manifest_of, small_ws, spec_examples, stderr, stdout};
+use crate::support::{Ws, have, manifest_of, require, small_ws, spec_examples, stderr, stdout};
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
@@ -17,12 +17,10 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-fn tools() -> bool {
-    let ok = have("docker-registry") && have("skopeo");
-    if !ok {
-        eprintln!("skipped: docker-registry or skopeo is not installed");
-    }
-    ok
+/// The registry and skopeo, which the README's test command installs.
+fn tools() {
+    require("docker-registry");
+    require("skopeo");
 }
 
 fn amd64() -> Platform {
@@ -48,9 +46,7 @@ fn built_app() -> Ws {
 
 #[test]
 fn a_pinned_image_pushed_by_skopeo_is_pulled_into_the_store_verified() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::with_basic_auth("puller", "pull pw"));
     let ws = built_app();
     let layout = ws.layout("app", "app");
@@ -195,9 +191,7 @@ fn file_size(p: &Path) -> u64 {
 
 #[test]
 fn push_of_spec_examples_round_trips_through_skopeo() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::with_basic_auth("ci", "ci pass 1"));
     let ws = Ws::copy_of(&spec_examples());
     let namespace = format!("{}/acme", reg.host());
@@ -258,9 +252,7 @@ fn push_of_spec_examples_round_trips_through_skopeo() {
 
 #[test]
 fn a_second_push_uploads_nothing() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let ws = small_ws();
     let namespace = format!("{}/team", reg.host());
@@ -288,9 +280,7 @@ fn a_second_push_uploads_nothing() {
 
 #[test]
 fn unauthorized_push_fails_clearly_without_the_password() {
-    if !tools() {
-        return;
-    }
+    tools();
     let password = "Wr0ng-Pa55word-x7Q";
     let reg = Registry::start(RegistryOpts::with_basic_auth("ci", "the right one"));
     let ws = small_ws();
@@ -336,9 +326,7 @@ fn unauthorized_push_fails_clearly_without_the_password() {
 
 #[test]
 fn push_after_a_base_cascade_uploads_only_configs_and_manifests() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let ws = small_ws();
     let namespace = format!("{}/team", reg.host());
@@ -388,9 +376,7 @@ fn push_after_a_base_cascade_uploads_only_configs_and_manifests() {
 
 #[test]
 fn cross_repository_mount_is_used_for_a_base_pushed_elsewhere() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let ws = small_ws();
     // The base goes to one namespace, in one run...
@@ -442,9 +428,7 @@ fn noise(len: usize) -> Vec<u8> {
 
 #[test]
 fn registry_killed_mid_push_leaves_no_tag_and_the_next_push_completes() {
-    if !tools() {
-        return;
-    }
+    tools();
     let mut reg = Registry::start(RegistryOpts::default());
     let ws = small_ws();
     // A layer far larger than any socket buffer: once the registry is stopped,
@@ -567,9 +551,7 @@ fn fleet_ws(services: usize) -> Ws {
 
 #[test]
 fn images_pushed_in_parallel_upload_each_shared_blob_once_and_mount_the_rest() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     let services = 6;
     let ws = fleet_ws(services);
@@ -669,9 +651,7 @@ fn images_pushed_in_parallel_upload_each_shared_blob_once_and_mount_the_rest() {
 
 #[test]
 fn layers_of_a_registry_base_are_mounted_from_the_base_repository() {
-    if !tools() {
-        return;
-    }
+    tools();
     let reg = Registry::start(RegistryOpts::default());
     // The base goes to `bases/x` from another workspace (and cache).
     let upstream = small_ws();
@@ -705,15 +685,25 @@ fn layers_of_a_registry_base_are_mounted_from_the_base_repository() {
         ),
     ]);
     ws.ok(&["build", "//..."]);
-    // This cache has never pushed anything: it knows of no repository holding
-    // the base's layers, so the only source of a mount is the import itself.
-    let (mut cache, _) = imgc::cache::Cache::open(&ws.cache.path().join("imgc.sqlite")).unwrap();
+    // This cache has never pushed anything: the only repository it knows for
+    // the base's layers is the one the import fetched them from (recorded when
+    // it ran), the same one the graph names as the image's registry base.
+    let (mut cache, _) = imgc::cache::Cache::open(&ws.cache.path().join("v1/imgc.sqlite")).unwrap();
     let digests: Vec<Digest> = base_layers.iter().map(|d| d.parse().unwrap()).collect();
     let known = cache
         .registry_repositories(&reg.host(), &digests, 10)
         .unwrap();
-    assert!(known.values().all(|v| v.is_empty()), "{known:?}");
+    assert_eq!(known.len(), digests.len(), "{known:?}");
+    assert!(
+        known.values().all(|v| v == &["bases/x".to_string()]),
+        "{known:?}"
+    );
     drop(cache);
+    // Forget that record: the mount source must then come from the graph alone.
+    rusqlite::Connection::open(ws.cache.path().join("v1/imgc.sqlite"))
+        .unwrap()
+        .execute("DELETE FROM registry_blob", [])
+        .unwrap();
 
     let before = reg.access_log().len();
     let lines = push_json(&ws, &reg, None, &["//y:y"]);

@@ -254,6 +254,16 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Fails the test, naming the fix, when `tool` is not installed: the README's
+/// test command installs every tool the tests use, so a missing one is a broken
+/// set-up, never a reason to pass.
+pub fn require(tool: &str) {
+    assert!(
+        have(tool),
+        "`{tool}` is not installed: the README's test command (scripts/test) installs the tools the tests need"
+    );
+}
+
 /// The repository's example workspace.
 pub fn spec_examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("spec-examples")
