@@ -2,7 +2,7 @@
 //! real registry on loopback (Debian's `docker-registry`, started per test).
 
 use crate::support::registry::{Registry, RegistryOpts};
-use crate::support::{Ws, have, manifest_of, require, small_ws, spec_examples, stderr, stdout};
+use crate::support::{Ws, manifest_of, require, small_ws, spec_examples, stderr, stdout};
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
