@@ -79,8 +79,9 @@ pub struct RemoteArgs {
 /// The registry flags (global): for `registry` imports, `imgc pin` and `imgc push`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct RegistryArgs {
-    /// Reach registry HOST[:PORT] over plain HTTP (repeatable). Loopback
-    /// registries (localhost, 127.0.0.0/8, ::1) need no flag.
+    /// Allow plain HTTP to registry HOST[:PORT] when it does not speak TLS
+    /// (https is tried first; repeatable). Loopback registries (localhost,
+    /// 127.0.0.0/8, ::1) need no flag.
     #[arg(long, global = true, value_name = "HOST")]
     pub insecure_registry: Vec<String>,
 }
