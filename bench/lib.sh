@@ -5,7 +5,7 @@
 
 # need_tools TOOL...: installs the missing ones with apt-get when running as root
 # (each TOOL is a command named like its Debian package; `time` means
-# /usr/bin/time), else fails naming them. `time` alone missing is not fatal for a
+# /usr/bin/time, `linux-perf` the command perf), else fails naming them. `time` alone missing is not fatal for a
 # non-root user: the scripts measure peak RSS without it.
 need_tools() {
   local t need=() missing=()
@@ -13,6 +13,7 @@ need_tools() {
     case "$t" in
       time) [ -x /usr/bin/time ] || need+=(time) ;;
       nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx) ;;
+      linux-perf) command -v perf >/dev/null 2>&1 || need+=(linux-perf) ;;
       *) command -v "$t" >/dev/null 2>&1 || need+=("$t") ;;
     esac
   done
