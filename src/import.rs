@@ -931,8 +931,8 @@ fn describe_platform(os: &str, arch: &str, variant: Option<&str>) -> String {
 }
 
 /// The platform fields of a config, read from its JSON as written.
-#[derive(serde::Deserialize)]
-struct ConfigPlatform {
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct ConfigPlatform {
     #[serde(default)]
     os: String,
     #[serde(default)]
@@ -946,22 +946,24 @@ impl ConfigPlatform {
         serde_json::from_slice(bytes).ok()
     }
 
-    fn matches(&self, want: &Platform) -> bool {
+    /// The platform of config `bytes`; all empty when they are not a config.
+    pub(crate) fn of_config(bytes: &[u8]) -> ConfigPlatform {
+        ConfigPlatform::of(bytes).unwrap_or_default()
+    }
+
+    pub(crate) fn matches(&self, want: &Platform) -> bool {
         platform_matches(&self.os, &self.architecture, self.variant.as_deref(), want)
     }
 
-    fn describe(&self) -> String {
+    /// `os/arch[/variant]`.
+    pub(crate) fn describe(&self) -> String {
         describe_platform(&self.os, &self.architecture, self.variant.as_deref())
     }
 }
 
 /// The config of the chosen image must be for the build platform.
 fn check_platform(config: &[u8], want: &Platform, src: &str) -> Result<(), ImportError> {
-    let found = ConfigPlatform::of(config).unwrap_or(ConfigPlatform {
-        os: String::new(),
-        architecture: String::new(),
-        variant: None,
-    });
+    let found = ConfigPlatform::of_config(config);
     if found.matches(want) {
         return Ok(());
     }
