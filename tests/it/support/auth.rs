@@ -307,11 +307,7 @@ impl TokenServer {
 
     /// Everything the server wrote (its request log and stderr), for greps.
     pub fn all_logs(&self) -> String {
-        ["requests.log", "stderr.log"]
-            .iter()
-            .map(|f| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        all_logs(self.dir.path())
     }
 }
 
@@ -319,6 +315,15 @@ impl Drop for TokenServer {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// A test server's request log and stderr under `dir`, joined.
+fn all_logs(dir: &Path) -> String {
+    ["requests.log", "stderr.log"]
+        .iter()
+        .map(|f| fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A file server on 127.0.0.2 that logs every request's headers.
@@ -400,11 +405,7 @@ impl Trap {
 
     /// Everything the trap wrote, for greps.
     pub fn all_logs(&self) -> String {
-        ["requests.log", "stderr.log"]
-            .iter()
-            .map(|f| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        all_logs(self.dir.path())
     }
 }
 

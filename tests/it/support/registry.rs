@@ -13,9 +13,10 @@
 //! right after the handler returns, so the requests a finished client saw
 //! answered are logged by then.
 
+use super::free_port;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,13 +121,6 @@ fn registry_bin() -> PathBuf {
     panic!(
         "`docker-registry` is not installed: the README's test command (scripts/test) installs it"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
-        .port()
 }
 
 /// A path as a quoted YAML string.
