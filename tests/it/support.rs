@@ -324,6 +324,16 @@ image "app" {
     ])
 }
 
+/// SIGKILLs a test server's process `child` (if it still runs) and reaps it.
+pub fn stop_child(child: &mut std::process::Child) {
+    if child.try_wait().unwrap().is_none() {
+        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
+        // have been reused by another process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    }
+    child.wait().unwrap();
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (for a test server to listen on;
 /// the server's start must cope with losing it to another process).
 pub fn free_port() -> u16 {

@@ -18,6 +18,7 @@
 //!
 //! [`RegistryOpts`]: super::registry::RegistryOpts
 
+use super::stop_child as stop;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,14 +166,6 @@ fn wait_for_port(dir: &Path, child: &mut Child, what: &str, log: &Path) -> u16 {
     }
     stop(child);
     panic!("the {what} never wrote its port");
-}
-
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall on our own unreaped child's PID.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
 }
 
 fn spawn_script(dir: &Path, script: &str, args: &[&str]) -> Child {

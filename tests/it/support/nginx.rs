@@ -8,7 +8,7 @@
 //! and `Drop` stop it by its own PID and reap it, leaving no worker behind. The
 //! system's nginx service (if any) is never used or touched.
 
-use super::free_port;
+use super::{free_port, stop_child as stop};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -203,16 +203,6 @@ fn spawn_ready(bin: &Path, dir: &Path, port: u16) -> Result<Child, AddrInUse> {
         "nginx did not accept connections on {addr} after {TRIES} tries:\n{}",
         logs_in(dir)
     );
-}
-
-/// SIGKILLs `child` (if it still runs) and reaps it.
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
-        // have been reused by another process.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
 }
 
 impl Nginx {

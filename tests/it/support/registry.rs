@@ -13,7 +13,7 @@
 //! right after the handler returns, so the requests a finished client saw
 //! answered are logged by then.
 
-use super::free_port;
+use super::{free_port, stop_child as stop};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -177,16 +177,6 @@ fn logs_in(dir: &Path) -> String {
 
 fn log_len(dir: &Path) -> usize {
     fs::metadata(dir.join("registry.log")).map_or(0, |m| m.len() as usize)
-}
-
-/// SIGKILLs `child` (if it still runs) and reaps it.
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
-        // have been reused by another process.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
 }
 
 /// Does a probe request get an HTTP answer (any status: a 404) on `addr`? The
