@@ -64,7 +64,7 @@ use crate::action::ImageOut;
 use crate::cas::Cas;
 use crate::hash::{Digest, Sha256};
 use crate::oci;
-use crate::registry::reference::{RefError, Reference};
+use crate::reference::{RefError, Reference};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fs;

@@ -83,7 +83,7 @@
 //! # One path for every source
 //!
 //! Whatever the source, once the chosen image's manifest, config and layer
-//! blobs are known, [`assemble`] makes the [`ImportedImage`]: the config must be
+//! blobs are known, `assemble` makes the [`ImportedImage`]: the config must be
 //! for the build platform and list one diff_id per layer; each distinct layer
 //! is made present in the CAS (copied from a layout, already stored by an
 //! archive scan or a pull), then decompressed once into its diff_id (which
@@ -117,7 +117,7 @@
 //!
 //! - No registry access, no credentials: [`crate::registry::pull`] fetches a
 //!   registry image into the CAS (verified), and [`import_pulled`] takes it from
-//!   there through the checks every import shares ([`assemble`]).
+//!   there through the checks every import shares (`assemble`).
 //! - No conversion: layers are not recompressed, configs are stored as found
 //!   (their digest is the upstream image id). Docker layer media types in an OCI
 //!   layout are mapped to their OCI names, which describe the same bytes.
@@ -399,7 +399,7 @@ pub struct Pulled<'a> {
 /// bytes, not from what the pull made of them), the config is read back from
 /// the CAS and must hash to the manifest's descriptor, each layer must be in
 /// the CAS intact (re-hashed: what is used is what the digest names), then
-/// [`assemble`] checks the platform and the diff_ids and lists the layers.
+/// `assemble` checks the platform and the diff_ids and lists the layers.
 pub fn import_pulled(
     pulled: Pulled<'_>,
     platform: &Platform,

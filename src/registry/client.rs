@@ -57,8 +57,8 @@
 
 use crate::hash::{Digest, HashReport, HashingReader, Sha256};
 use crate::input::escape;
+use crate::reference::{Reference, is_loopback_host};
 use crate::registry::credentials::{Credential, Credentials, Secret};
-use crate::registry::reference::{Reference, is_loopback_host};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};

@@ -17,10 +17,10 @@
 //! import).
 
 use super::client::{Client, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryError};
-use super::reference::Reference;
 use crate::cas::Cas;
 use crate::hash::Digest;
 use crate::input::escape;
+use crate::reference::Reference;
 use crate::spec::model::Platform;
 use oci_spec::image::{ImageIndex, ImageManifest};
 use std::io;
