@@ -157,11 +157,8 @@ print(len(ran), images, ",".join(sorted(l for _, l in ran)) or "-")
 EOF
 }
 
-pass() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo PASS; else echo MISS; fi; }
 ms() { calc "'%.1f' % ($1 * 1000)"; }
 f1() { calc "'%.1f' % ($1)"; }
-f2() { calc "'%.2f' % ($1)"; }
-mb() { calc "'%.1f' % ($1 / 1e6)"; }
 
 # ---------------------------------------------------------------- 1. front end
 log "1/7 front end: $FRONTEND_PACKAGES packages"
