@@ -20,7 +20,7 @@
 //! |---|---|---|
 //! | all | `kind` | `layer`, `image`, `import` (also the hash domain) |
 //! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`]) |
-//! | layer | `format` | tar format, compressor identity and level (`tar-pax-1+gzip/libdeflate/6/members-1MiB`) |
+//! | layer | `format` | tar format, compressor, level and member or frame size (`tar-pax-1+gzip/libdeflate/6/members-1MiB`, `tar-pax-1+zstd/3/frames-8MiB`) |
 //! | layer | `compressor` | the versions of the compression crates imgc was built with ([`COMPRESSOR_VERSIONS`]) |
 //! | layer | `epoch` | source-date-epoch (every mtime in the tar) |
 //! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path |

@@ -600,3 +600,105 @@ fn example_images_run_under_runc_and_print_what_their_layers_hold() {
         "NAME=\"Vendor Example base\"\nVERSION_ID=3.1\n== acme reports ==\n"
     );
 }
+
+/// Deterministic bytes that compress like real binaries do (runs of words and
+/// of noise), `len` long.
+fn semi_random(len: usize, mut x: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 64);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 3 == 0 {
+            v.extend_from_slice(&x.to_le_bytes());
+        } else {
+            v.extend_from_slice(b"imgc layer bytes ");
+            v.extend_from_slice((x % 1000).to_string().as_bytes());
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+/// Guards the zstd layer format (independent frames per 8 MiB of tar): a layer
+/// of several frames passes the independent checker (each layer decoded and
+/// hashed to its diff_id), umoci unpacks it to the same file bytes, and skopeo
+/// decodes it into a docker archive whose layer hashes to the same diff_id.
+#[test]
+fn a_multi_frame_zstd_layer_is_read_by_umoci_and_skopeo() {
+    require("umoci");
+    require("skopeo");
+    let ws = Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n    compression \"zstd\"\n}\n",
+        ),
+        (
+            "big/BUILD.kdl",
+            "image \"big\" {\n    from \"scratch\"\n    layer {\n        \
+             copy \"big.bin\" to=\"/data/big.bin\"\n    }\n    \
+             tag \"example.com/big:latest\"\n}\n",
+        ),
+    ]);
+    let big = semi_random(20 << 20, 0x9e37_79b9_7f4a_7c15);
+    ws.write_bytes("big/big.bin", &big);
+    ws.build(&[]);
+    let layout = ws.layout("big", "big");
+    if let Err(problems) = imgc::oci::check_layout(&layout) {
+        panic!("{problems:#?}");
+    }
+    let digest = layer_field(&layout, "digest").pop().unwrap();
+    let blob = std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    // Several frames: each is complete and decodes on its own.
+    let mut frames = 0;
+    let mut rest = &blob[..];
+    while !rest.is_empty() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+        let plain = zstd::stream::decode_all(&rest[..n]).unwrap();
+        assert!(plain.len() <= 8 << 20);
+        rest = &rest[n..];
+        frames += 1;
+    }
+    assert!(frames >= 3, "{frames} frames for 20 MiB");
+
+    let bundle = tempfile::tempdir().unwrap();
+    let target = bundle.path().join("b");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{}", layout.display(), ref_name(&layout)))
+        .arg(&target));
+    assert!(std::fs::read(target.join("rootfs/data/big.bin")).unwrap() == big);
+
+    let (_, _, config) = stored(&layout);
+    let diff_ids = config["rootfs"]["diff_ids"].clone();
+    let archive = bundle.path().join("big.tar");
+    run(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci:{}:{}", layout.display(), ref_name(&layout)))
+        .arg(format!("docker-archive:{}:big:latest", archive.display())));
+    let mut files = BTreeMap::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+        files.insert(path, bytes);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let layers = manifest[0]["Layers"].as_array().unwrap();
+    let hashed: Vec<Value> = layers
+        .iter()
+        .map(|l| {
+            let bytes = &files[l.as_str().unwrap()];
+            use sha2::Digest as _;
+            json!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
+        })
+        .collect();
+    assert_eq!(Value::Array(hashed), diff_ids);
+}

@@ -533,3 +533,50 @@ fn recipes_pin_their_output() {
         missing.join("\n")
     );
 }
+
+/// Guards the zstd layer format's independence from threads: several layers
+/// of several 8 MiB frames each, written with one job and with two (two layers
+/// then share the compression pool and its buffer budget), give the same bytes.
+#[test]
+fn zstd_multi_frame_layers_are_the_same_with_jobs_1_and_2() {
+    let ws = Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n    compression \"zstd\"\n}\n",
+        ),
+        (
+            "a/BUILD.kdl",
+            "image \"a\" {\n    from \"scratch\"\n    layer {\n        copy \"x.bin\" to=\"/x.bin\"\n    }\n}\n",
+        ),
+        (
+            "b/BUILD.kdl",
+            "image \"b\" {\n    from \"scratch\"\n    layer {\n        copy \"y.bin\" to=\"/y.bin\"\n    }\n    \
+             layer {\n        copy \"z.bin\" to=\"/z.bin\"\n    }\n}\n",
+        ),
+    ]);
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut bytes = |len: usize| {
+        let mut v = Vec::with_capacity(len + 16);
+        while v.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 4 == 0 {
+                v.extend_from_slice(&x.to_le_bytes());
+            } else {
+                v.extend_from_slice(format!("line {} of a layer\n", x % 997).as_bytes());
+            }
+        }
+        v.truncate(len);
+        v
+    };
+    ws.write_bytes("a/x.bin", &bytes(17 << 20));
+    ws.write_bytes("b/y.bin", &bytes(9 << 20));
+    ws.write_bytes("b/z.bin", &bytes(25 << 20));
+    let one = fresh_output(&ws, &["-j", "1"]);
+    let two = fresh_output(&ws, &["-j", "2"]);
+    assert_same_tree(one.path(), two.path());
+    for image in ["a/a", "b/b"] {
+        imgc::oci::check_layout(&one.path().join(image)).unwrap();
+    }
+}
