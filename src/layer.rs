@@ -828,10 +828,11 @@ impl<'p, W: Write> ZstdFrames<'p, W> {
     /// Writes out a frame that came back, and returns its permit, buffers
     /// emptied, for the next input.
     fn write_frame(&mut self, done: FrameResult, mut permit: Permit<'p>) -> io::Result<Permit<'p>> {
-        let (compressed, bufs) = done;
+        let (compressed, mut bufs) = done;
         compressed?;
         self.out.write_all(&bufs.frame)?;
         self.frames += 1;
+        bufs.input.clear();
         permit.bufs = Some(bufs);
         Ok(permit)
     }
@@ -1353,7 +1354,10 @@ mod tests {
         assert!(fs.len() >= 3);
         for (i, f) in fs.iter().enumerate() {
             let start = i * ZSTD_FRAME;
-            assert!(f[..] == tar[start..tar.len().min(start + ZSTD_FRAME)], "{i}");
+            assert!(
+                f[..] == tar[start..tar.len().min(start + ZSTD_FRAME)],
+                "{i}"
+            );
         }
         // The format as documented, rebuilt from its definition: each 8 MiB of
         // the tar compressed in one call by a fresh context with the frame

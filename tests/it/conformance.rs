@@ -622,10 +622,12 @@ fn semi_random(len: usize, mut x: u64) -> Vec<u8> {
 
 /// Guards the zstd layer format (independent frames per 8 MiB of tar): a layer
 /// of several frames passes the independent checker (each layer decoded and
-/// hashed to its diff_id), umoci unpacks it to the same file bytes, and skopeo
-/// decodes it into a docker archive whose layer hashes to the same diff_id.
+/// hashed to its diff_id), and skopeo decodes it into a gzip layout with the
+/// same diff_ids, whose layers hash to them and which umoci unpacks to the same
+/// file bytes. (umoci 0.4 does not read zstd layers at all, whatever their
+/// frames: "blob is not correct mediatype"; nor do docker archives hold them.)
 #[test]
-fn a_multi_frame_zstd_layer_is_read_by_umoci_and_skopeo() {
+fn a_multi_frame_zstd_layer_is_read_by_skopeo_and_unpacked_by_umoci() {
     require("umoci");
     require("skopeo");
     let ws = Ws::new(&[
@@ -667,38 +669,29 @@ fn a_multi_frame_zstd_layer_is_read_by_umoci_and_skopeo() {
     assert!(frames >= 3, "{frames} frames for 20 MiB");
 
     let bundle = tempfile::tempdir().unwrap();
+    let gz = bundle.path().join("gz");
+    let refname = ref_name(&layout);
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-compress-format", "gzip"])
+        .arg(format!("oci:{}:{refname}", layout.display()))
+        .arg(format!("oci:{}:{refname}", gz.display())));
+    let (_, _, gz_config) = stored(&gz);
     let target = bundle.path().join("b");
     run(Command::new("umoci")
         .args(["unpack", "--image"])
-        .arg(format!("{}:{}", layout.display(), ref_name(&layout)))
+        .arg(format!("{}:{refname}", gz.display()))
         .arg(&target));
     assert!(std::fs::read(target.join("rootfs/data/big.bin")).unwrap() == big);
 
     let (_, _, config) = stored(&layout);
     let diff_ids = config["rootfs"]["diff_ids"].clone();
-    let archive = bundle.path().join("big.tar");
-    run(Command::new("skopeo")
-        .arg("copy")
-        .arg(format!("oci:{}:{}", layout.display(), ref_name(&layout)))
-        .arg(format!("docker-archive:{}:big:latest", archive.display())));
-    let mut files = BTreeMap::new();
-    let mut tar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
-    for e in tar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut bytes).unwrap();
-        files.insert(path, bytes);
+    assert_eq!(
+        gz_config["rootfs"]["diff_ids"], diff_ids,
+        "skopeo decoded another tar"
+    );
+    // skopeo's gzip layers hold exactly the tar it decoded from the frames:
+    // the checker decompresses each and hashes it to the (unchanged) diff_id.
+    if let Err(problems) = imgc::oci::check_layout(&gz) {
+        panic!("skopeo's gzip copy: {problems:#?}");
     }
-    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
-    let layers = manifest[0]["Layers"].as_array().unwrap();
-    let hashed: Vec<Value> = layers
-        .iter()
-        .map(|l| {
-            let bytes = &files[l.as_str().unwrap()];
-            use sha2::Digest as _;
-            json!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes))))
-        })
-        .collect();
-    assert_eq!(Value::Array(hashed), diff_ids);
 }
