@@ -71,6 +71,7 @@ pub mod remote;
 pub mod report;
 pub mod scheduler;
 pub mod sharing;
+pub mod snapshot;
 pub mod spec;
 pub mod workspace;
 

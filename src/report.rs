@@ -105,6 +105,8 @@ pub struct Totals {
     pub downloaded: u64,
     pub uploaded: u64,
     pub elapsed: Duration,
+    /// Answered from the snapshot of the last build ([`crate::snapshot`]).
+    pub snapshot: bool,
 }
 
 /// `1.5 MiB`, `312 B`.
@@ -445,7 +447,8 @@ impl Reporter {
                 "event": "summary", "images": t.images, "ran": t.ran, "cached": t.cached,
                 "local_hits": t.cached - t.remote_hits, "remote_hits": t.remote_hits,
                 "downloaded_bytes": t.downloaded, "uploaded_bytes": t.uploaded, "failed": t.failed,
-                "seconds": (t.elapsed.as_secs_f64() * 1000.0).round() / 1000.0
+                "seconds": (t.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "snapshot": t.snapshot
             }));
         } else {
             let failed = if t.failed > 0 {
