@@ -27,19 +27,27 @@ fn from_snapshot(e: &Events) -> bool {
 /// Built cold, then again (the no-op that writes the snapshot), aged: the next
 /// build answers from the snapshot.
 fn primed(ws: &Ws) -> Events {
-    ws.build(&[]);
-    let full = ws.build(&[]);
+    primed_with(ws, &[])
+}
+
+fn primed_with(ws: &Ws, args: &[&str]) -> Events {
+    ws.build(args);
+    let full = ws.build(args);
     assert!(!from_snapshot(&full));
     assert!(full.ran().is_empty());
     age(ws);
-    let fast = ws.build(&[]);
+    let fast = ws.build(args);
     assert!(from_snapshot(&fast), "{:?}", fast.summary());
     fast
 }
 
 /// The build after a change: full path, and what ran.
 fn after_change(ws: &Ws) -> Events {
-    let e = ws.build(&[]);
+    after_change_with(ws, &[])
+}
+
+fn after_change_with(ws: &Ws, args: &[&str]) -> Events {
+    let e = ws.build(args);
     assert!(
         !from_snapshot(&e),
         "answered from the snapshot after a change"
@@ -137,6 +145,34 @@ fn touched_but_unchanged_file_is_still_a_noop() {
     assert!(!from_snapshot(&e));
 }
 
+/// A workspace whose layer copies a hidden directory and globs below another:
+/// the package search does not list hidden directories, so only what the
+/// layer's walk recorded can notice a change there.
+fn hidden_ws() -> Ws {
+    Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n}\n",
+        ),
+        (
+            "svc/BUILD.kdl",
+            r#"
+layer "conf" {
+    copy ".data" to="/srv/data"
+    copy ".conf/**/*.toml" to="/etc/svc/"
+}
+image "svc" {
+    from "scratch"
+    layers ":conf"
+}
+"#,
+        ),
+        ("svc/.data/sub/a.txt", "a\n"),
+        ("svc/.conf/a.toml", "a = 1\n"),
+        ("svc/.conf/sub/b.toml", "b = 1\n"),
+    ])
+}
+
 #[test]
 fn new_file_in_a_copied_directory_is_noticed() {
     let ws = small_ws();
@@ -144,6 +180,11 @@ fn new_file_in_a_copied_directory_is_noticed() {
     ws.write("app/src/lib/new.txt", "new\n");
     let e = after_change(&ws);
     assert!(e.ran().contains(&"//app:code".to_string()), "{:?}", e.ran());
+    let ws = hidden_ws();
+    primed(&ws);
+    ws.write("svc/.data/sub/new.txt", "new\n");
+    let e = after_change(&ws);
+    assert!(e.ran().contains(&"//svc:conf".to_string()), "{:?}", e.ran());
 }
 
 #[test]
@@ -157,29 +198,10 @@ fn deleted_input_file_is_noticed() {
 
 #[test]
 fn new_file_matching_a_glob_is_noticed() {
-    let ws = Ws::new(&[
-        (
-            "imgc.kdl",
-            "workspace {\n    source-date-epoch 1700000000\n}\n",
-        ),
-        (
-            "svc/BUILD.kdl",
-            r#"
-layer "conf" {
-    copy "conf/**/*.toml" to="/etc/svc/"
-}
-image "svc" {
-    from "scratch"
-    layers ":conf"
-}
-"#,
-        ),
-        ("svc/conf/a.toml", "a = 1\n"),
-        ("svc/conf/sub/b.toml", "b = 1\n"),
-    ]);
+    let ws = hidden_ws();
     primed(&ws);
     // Deep below the glob's base: its directory's mtime, not the base's, changes.
-    ws.write("svc/conf/sub/c.toml", "c = 1\n");
+    ws.write("svc/.conf/sub/c.toml", "c = 1\n");
     let e = after_change(&ws);
     assert!(e.ran().contains(&"//svc:conf".to_string()), "{:?}", e.ran());
 }
@@ -246,18 +268,26 @@ fn deleted_layout_is_noticed() {
     std::fs::remove_dir_all(ws.layout("app", "app")).unwrap();
     after_change(&ws);
     assert!(ws.layout("app", "app").join("index.json").is_file());
+    // Built by label (no sweep of the output directory): a blob unlinked
+    // from the layout.
+    primed_with(&ws, &["//app:app"]);
+    std::fs::remove_file(ws.layout("app", "app").join("oci-layout")).unwrap();
+    after_change_with(&ws, &["//app:app"]);
+    assert!(ws.layout("app", "app").join("oci-layout").is_file());
 }
 
 #[test]
 fn stale_layout_put_in_the_output_is_removed() {
     let ws = small_ws();
+    ws.build(&[]);
+    // A directory of the user's in the output, holding no layout.
+    std::fs::create_dir(ws.path("imgc-out/mine")).unwrap();
     primed(&ws);
-    // A layout of an image that does not exist, moved in by hand below a
-    // directory of the output that holds no current layout.
-    copy_tree(&ws.layout("app", "app"), &ws.path("imgc-out/gone/old"));
+    // A layout of an image that does not exist, moved in by hand below it.
+    copy_tree(&ws.layout("app", "app"), &ws.path("imgc-out/mine/old"));
     let e = after_change(&ws);
     assert!(e.0.iter().any(|e| e["event"] == "removed"), "{:?}", e.0);
-    assert!(!ws.path("imgc-out/gone/old").exists());
+    assert!(!ws.path("imgc-out/mine/old").exists());
 }
 
 #[test]
