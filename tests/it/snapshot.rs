@@ -209,6 +209,8 @@ fn new_file_matching_a_glob_is_noticed() {
 #[test]
 fn new_package_is_noticed() {
     let ws = small_ws();
+    // A directory no layer reads: only the package search lists it.
+    ws.write("tools/README", "tools\n");
     let before = primed(&ws);
     ws.write(
         "tools/deep/BUILD.kdl",
@@ -409,12 +411,14 @@ fn check_answers_from_the_snapshot_and_notices_a_broken_build_file() {
 #[test]
 fn check_notices_a_new_package() {
     let ws = small_ws();
+    // A directory of no package: only the package search lists it.
+    ws.write("docs/README", "docs\n");
     ws.ok(&["check"]);
     ws.ok(&["check"]);
     age(&ws);
     let before = stdout(&ws.ok(&["check"]));
     ws.write(
-        "more/BUILD.kdl",
+        "docs/more/BUILD.kdl",
         "image \"more\" {\n    from \"//base:base\"\n}\n",
     );
     let after = stdout(&ws.ok(&["check"]));
