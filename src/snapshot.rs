@@ -166,6 +166,8 @@ impl Recorded {
 pub struct Invocation {
     pub key: Key,
     pub root: PathBuf,
+    /// The cache directory (`<cache-root>/v1`).
+    pub cache_dir: PathBuf,
     pub file: PathBuf,
 }
 
@@ -199,6 +201,7 @@ impl Invocation {
         Some(Invocation {
             key,
             root: root.to_path_buf(),
+            cache_dir: cache_dir.to_path_buf(),
             file: cache_dir.join(DIR).join(key.to_hex()),
         })
     }
@@ -254,23 +257,70 @@ impl Snapshot {
     /// Whether every recorded path is as recorded, none too recent to trust, and
     /// the snapshot young enough.
     pub fn holds(&self) -> bool {
+        self.holds_below(&[])
+    }
+
+    /// [`Snapshot::holds`], each path below one of `bases` stat-ed relative to a
+    /// descriptor of that directory (the kernel then walks only the rest of the
+    /// path). A base is opened by its path: it is recorded too (the workspace
+    /// root), or names no recorded path's parent link (the cache's blobs).
+    pub fn holds_below(&self, bases: &[&Path]) -> bool {
         let now = ns_of(SystemTime::now());
         if now.saturating_sub(self.start_ns) > MAX_AGE.as_nanos() as i64 {
             return false;
         }
         let limit = self.start_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
+        let opened: Vec<(&Path, Option<std::os::fd::OwnedFd>)> = bases
+            .iter()
+            .map(|b| {
+                let fd = rustix::fs::open(
+                    *b,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .ok();
+                (*b, fd)
+            })
+            .collect();
         self.entries.par_iter().all(|(path, rec)| {
             if let Some(r) = rec
                 && (r.mtime_ns > limit || r.ctime_ns > limit)
             {
                 return false;
             }
-            let ok = matches!(lstat(path), Ok(now) if now == *rec);
-            if !ok {
-                eprintln!("DEBUG mismatch {path:?} {rec:?} {:?}", lstat(path).ok());
-            }
-            ok
+            let below = opened.iter().find_map(|(base, fd)| {
+                let rel = path.strip_prefix(base).ok()?;
+                (!rel.as_os_str().is_empty()).then_some((fd.as_ref()?, rel))
+            });
+            let now = match below {
+                Some((fd, rel)) => lstat_at(fd, rel),
+                None => lstat(path),
+            };
+            matches!(now, Ok(now) if now == *rec)
         })
+    }
+}
+
+/// `lstat` of `rel` below the directory `dir`: `Ok(None)` if it does not exist.
+fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<Option<StatRec>> {
+    match rustix::fs::statat(dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(StatRec {
+            dev: s.st_dev,
+            ino: s.st_ino,
+            mode: s.st_mode,
+            nlink: s.st_nlink,
+            size: s.st_size as u64,
+            mtime_ns: (s.st_mtime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(s.st_mtime_nsec as i64),
+            ctime_ns: (s.st_ctime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(s.st_ctime_nsec as i64),
+        })),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -684,6 +734,17 @@ mod tests {
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("d/new"), "").unwrap();
         assert!(!load(&inv).unwrap().holds());
+    }
+
+    #[test]
+    fn paths_below_a_base_are_checked_through_its_descriptor() {
+        let (ws, _cache, inv) = setup(Duration::from_secs(3));
+        assert!(load(&inv).unwrap().holds_below(&[ws.path()]));
+        std::fs::write(ws.path().join("d/f"), "yy").unwrap();
+        assert!(!load(&inv).unwrap().holds_below(&[ws.path()]));
+        let (ws, _cache, inv) = setup(Duration::from_secs(3));
+        std::fs::write(ws.path().join("gone"), "").unwrap();
+        assert!(!load(&inv).unwrap().holds_below(&[ws.path()]));
     }
 
     #[test]

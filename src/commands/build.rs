@@ -241,7 +241,8 @@ fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
     else {
         return false;
     };
-    if !snapshot.holds() {
+    let blobs = inv.cache_dir.join("cas");
+    if !snapshot.holds_below(&[&inv.root, &blobs]) {
         return false;
     }
     let mut reporter = Reporter::new(json, &inv.root, Default::default());
