@@ -96,30 +96,6 @@ unset IMGC_CACHE_DIR IMGC_REMOTE_CACHE IMGC_REMOTE_CACHE_MODE IMGC_REMOTE_CACHE_
 
 # ---------------------------------------------------------------- helpers
 
-# bench NAME RUNS WARMUP PREPARE CMD: hyperfine, PREPARE before every run (also the
-# warm-ups); prints "mean stddev" (s). Commands run without a shell.
-bench() {
-  local name=$1 runs=$2 warmup=$3 prepare=$4 cmd=$5 json="$BENCH_DIR/$1.json"
-  hyperfine -N --style basic --warmup "$warmup" --runs "$runs" --prepare "$prepare" \
-    --export-json "$json" -n "$name" "$cmd" >&2
-  python3 - "$json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]
-print(r["mean"], r["stddev"] or 0)
-EOF
-}
-
-# script NAME BODY: an executable script in $BENCH_DIR/bin (for hyperfine).
-script() {
-  printf '#!/bin/sh\nset -e\n%s\n' "$2" >"$BENCH_DIR/bin/$1"
-  chmod +x "$BENCH_DIR/bin/$1"
-  echo "$BENCH_DIR/bin/$1"
-}
-
-pass() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo PASS; else echo MISS; fi; }
-f2() { calc "'%.2f' % ($1)"; }
-f3() { calc "'%.3f' % ($1)"; }
-mb() { calc "'%.1f' % ($1 / 1e6)"; }
 mean_sd() { echo "$(f3 "$1") ± $(f3 "$2") s"; }
 
 # ---------------------------------------------------------------- 1. tree

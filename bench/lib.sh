@@ -5,7 +5,7 @@
 
 # need_tools TOOL...: installs the missing ones with apt-get when running as root
 # (each TOOL is a command named like its Debian package; `time` means
-# /usr/bin/time), else fails naming them. `time` alone missing is not fatal for a
+# /usr/bin/time, `linux-perf` the command perf), else fails naming them. `time` alone missing is not fatal for a
 # non-root user: the scripts measure peak RSS without it.
 need_tools() {
   local t need=() missing=()
@@ -13,6 +13,7 @@ need_tools() {
     case "$t" in
       time) [ -x /usr/bin/time ] || need+=(time) ;;
       nginx) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx) ;;
+      linux-perf) command -v perf >/dev/null 2>&1 || need+=(linux-perf) ;;
       *) command -v "$t" >/dev/null 2>&1 || need+=("$t") ;;
     esac
   done
@@ -84,3 +85,31 @@ timed() {
   t0=$(now); "$@"; t1=$(now)
   printf -v "$__var" '%s' "$(calc "$t1 - $t0")"
 }
+
+# bench NAME RUNS WARMUP PREPARE CMD: hyperfine, PREPARE before every run (also the
+# warm-ups); prints "mean stddev" (s). Commands run without a shell: PREPARE is one
+# script. hyperfine's report goes to $BENCH_DIR/NAME.hyperfine.json.
+bench() {
+  local name=$1 runs=$2 warmup=$3 prepare=$4 cmd=$5 json="$BENCH_DIR/$1.hyperfine.json"
+  hyperfine -N --style basic --warmup "$warmup" --runs "$runs" --prepare "$prepare" \
+    --export-json "$json" -n "$name" "$cmd" >&2
+  python3 - "$json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"][0]
+print(r["mean"], r["stddev"] or 0)
+PY
+}
+
+# script NAME BODY: an executable script in $BENCH_DIR/bin (for hyperfine); prints its path.
+script() {
+  printf '#!/bin/sh\nset -e\n%s\n' "$2" >"$BENCH_DIR/bin/$1"
+  chmod +x "$BENCH_DIR/bin/$1"
+  echo "$BENCH_DIR/bin/$1"
+}
+
+# pass EXPR: PASS if the python3 expression EXPR is true, else MISS.
+pass() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo PASS; else echo MISS; fi; }
+# f2/f3 EXPR: EXPR with 2/3 decimals; mb BYTES: megabytes with 1 decimal.
+f2() { calc "'%.2f' % ($1)"; }
+f3() { calc "'%.3f' % ($1)"; }
+mb() { calc "'%.1f' % ($1 / 1e6)"; }

@@ -101,26 +101,6 @@ unset http_proxy HTTP_PROXY https_proxy HTTPS_PROXY all_proxy ALL_PROXY
 
 # ---------------------------------------------------------------- helpers
 
-# bench NAME PREPARE CMD: hyperfine, PREPARE before every run (also the warm-ups);
-# prints "mean stddev" (s). Commands run without a shell: PREPARE is one script.
-bench() {
-  local name=$1 prepare=$2 cmd=$3 json="$BENCH_DIR/$1.json"
-  hyperfine -N --style basic --warmup "$WARMUP" --runs "$RUNS" --prepare "$prepare" \
-    --export-json "$json" -n "$name" "$cmd" >&2
-  python3 - "$json" <<'EOF'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]
-print(r["mean"], r["stddev"] or 0)
-EOF
-}
-
-# script NAME BODY: an executable script in $BENCH_DIR/bin, for hyperfine's --prepare.
-script() {
-  printf '#!/bin/sh\nset -e\n%s\n' "$2" >"$BENCH_DIR/bin/$1"
-  chmod +x "$BENCH_DIR/bin/$1"
-  echo "$BENCH_DIR/bin/$1"
-}
-
 # summary JSONL IMAGES_OUT: from a --message-format json build, prints
 # "ran remote_hits downloaded_bytes uploaded_bytes" and writes "label digest" of every
 # materialized image to IMAGES_OUT (sorted). Fails on a failed action.
@@ -230,9 +210,6 @@ EOF
   die "nginx found no free port on 127.0.0.1 in 10 attempts"
 }
 
-pass() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo PASS; else echo MISS; fi; }
-f2() { calc "'%.2f' % ($1)"; }
-mb() { calc "'%.1f' % ($1 / 1e6)"; }
 rss() { calc "'%.1f' % ($(tail -n 1 "$1") / 1024)"; }
 mean_sd() { echo "$(f2 "$1") ± $(f2 "$2") s"; }
 
@@ -297,12 +274,12 @@ dcold_up=$S_UP
 read -r dcas_bytes dcas_files < <(dir_bytes "$RD/cas")
 warm_check warm_dir_check --remote-cache "$RD" --remote-cache-mode read-write
 dwarm_down=$S_DOWN
-read -r t_dwarm t_dwarm_sd < <(bench warm-dir "$FRESH" \
+read -r t_dwarm t_dwarm_sd < <(bench warm-dir "$RUNS" "$WARMUP" "$FRESH" \
   "$IMGC_BIN --cache-dir $LC -C $WS --remote-cache $RD --remote-cache-mode read-write build //...")
 CP="$BENCH_DIR/cp-dest"
-read -r t_cp t_cp_sd < <(bench cp "$(script fresh-cp "rm -rf '$CP'
+read -r t_cp t_cp_sd < <(bench cp "$RUNS" "$WARMUP" "$(script fresh-cp "rm -rf '$CP'
 sync")" "cp -r $RD/cas $CP")
-read -r t_cat t_cat_sd < <(bench cat "$(script nothing ":")" "find $RD/cas -type f -exec cat {} +")
+read -r t_cat t_cat_sd < <(bench cat "$RUNS" "$WARMUP" "$(script nothing ":")" "find $RD/cas -type f -exec cat {} +")
 rm -rf "$CP"
 
 # ---------------------------------------------------------------- 4. HTTP remote
@@ -317,14 +294,14 @@ hcold_up=$S_UP
 read -r hcas_bytes hcas_files < <(dir_bytes "$NG/www/cache/cas")
 warm_check warm_http_check --remote-cache "$URL" --remote-cache-mode read
 hwarm_down=$S_DOWN
-read -r t_hwarm t_hwarm_sd < <(bench warm-http "$FRESH" \
+read -r t_hwarm t_hwarm_sd < <(bench warm-http "$RUNS" "$WARMUP" "$FRESH" \
   "$IMGC_BIN --cache-dir $LC -C $WS --remote-cache $URL --remote-cache-mode read build //...")
 # curl fetching every blob of cas/, two transfers at a time, to a fresh directory.
 CD="$BENCH_DIR/curl-dest"
 (cd "$NG/www/cache/cas" && find . -type f | sort | sed 's|^\./||') |
   while read -r rel; do printf 'url = "%s/cas/%s"\noutput = "%s/%s"\n' "$URL" "$rel" "$CD" "$rel"; done \
   >"$BENCH_DIR/curl.config"
-read -r t_curl t_curl_sd < <(bench curl "$(script fresh-curl "rm -rf '$CD'
+read -r t_curl t_curl_sd < <(bench curl "$RUNS" "$WARMUP" "$(script fresh-curl "rm -rf '$CD'
 mkdir -p '$CD'
 sync")" "curl -sS --fail --noproxy * --create-dirs -Z --parallel-max 2 -K $BENCH_DIR/curl.config")
 read -r curl_bytes curl_files < <(dir_bytes "$CD")

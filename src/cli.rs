@@ -1,5 +1,9 @@
 //! Command-line definitions (clap derive) only: raw flags, no behaviour.
 //! [`crate::commands`] resolves them into settings and does the work.
+//!
+//! The doc comments below are `--help` text written for a terminal
+//! (`HOST[:PORT]`, `<package path>`), not rustdoc markup.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -64,7 +64,7 @@ use crate::action::ImageOut;
 use crate::cas::Cas;
 use crate::hash::{Digest, Sha256};
 use crate::oci;
-use crate::registry::reference::{RefError, Reference};
+use crate::reference::{RefError, Reference};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fs;
@@ -326,7 +326,7 @@ impl TarWriter<'_> {
 
     fn header(&mut self, name: &str, kind: tar::EntryType, size: u64) -> Result<(), ExportError> {
         if size > USTAR_MAX_SIZE {
-            let record = pax_record("size", &size.to_string());
+            let record = crate::layer::pax_record("size", &size.to_string());
             let h = header(
                 PAX_HEADER_NAME,
                 tar::EntryType::XHeader,
@@ -426,16 +426,6 @@ fn header(name: &str, kind: tar::EntryType, size: u64, mtime: u64) -> tar::Heade
     h.set_device_minor(0).expect("ustar has device fields");
     h.set_cksum();
     h
-}
-
-/// A PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
-fn pax_record(key: &str, value: &str) -> Vec<u8> {
-    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    format!("{len} {key}={value}\n").into_bytes()
 }
 
 /// Checks that `dest` can take an archive before any work: its directory

@@ -157,7 +157,7 @@ impl Graph {
     }
 
     /// The image reference of `ix` when it is a `registry` import.
-    pub fn registry_reference(&self, ix: NodeIndex) -> Option<&crate::registry::Reference> {
+    pub fn registry_reference(&self, ix: NodeIndex) -> Option<&crate::reference::Reference> {
         match &self.graph[ix].target.kind {
             TargetKind::Import(spec) => spec.source.value.registry(),
             _ => None,
@@ -171,7 +171,7 @@ impl Graph {
     pub fn registry_base(
         &self,
         image: NodeIndex,
-    ) -> Option<(NodeIndex, &crate::registry::Reference)> {
+    ) -> Option<(NodeIndex, &crate::reference::Reference)> {
         let mut cur = image;
         // Bounded by the node count: the graph is acyclic once built, but a
         // walk over a hostile graph still ends.

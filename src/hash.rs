@@ -156,6 +156,51 @@ impl Sha256 {
     }
 }
 
+/// Where a [`HashingReader`] reports `(digest, length)` once it is done; `None`
+/// until then.
+pub type HashReport = std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>;
+
+/// A reader that hashes what passes through and reports the sha256 digest and
+/// length into its [`HashReport`] once `total` bytes have passed (an HTTP client
+/// stops reading at the Content-Length, so the end may never be read) or the end
+/// is reached. For checking a local file while it is uploaded.
+pub struct HashingReader<R> {
+    inner: R,
+    sha: Option<Sha256>,
+    len: u64,
+    total: u64,
+    done: HashReport,
+}
+
+impl<R> HashingReader<R> {
+    /// Clears `done` (a retry starts over) and hashes `inner`.
+    pub fn new(inner: R, total: u64, done: HashReport) -> Self {
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        HashingReader {
+            inner,
+            sha: Some(Sha256::new()),
+            len: 0,
+            total,
+            done,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(sha) = &mut self.sha {
+            sha.update(&buf[..n]);
+            self.len += n as u64;
+            if n == 0 || self.len >= self.total {
+                let d = self.sha.take().map(|s| (s.finish(), self.len));
+                *self.done.lock().unwrap_or_else(|e| e.into_inner()) = d;
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// Type tags of the stable hashing protocol. Never reuse a value.
 mod tag {
     pub const STR: u8 = 1;

@@ -83,7 +83,7 @@
 //! # One path for every source
 //!
 //! Whatever the source, once the chosen image's manifest, config and layer
-//! blobs are known, [`assemble`] makes the [`ImportedImage`]: the config must be
+//! blobs are known, `assemble` makes the [`ImportedImage`]: the config must be
 //! for the build platform and list one diff_id per layer; each distinct layer
 //! is made present in the CAS (copied from a layout, already stored by an
 //! archive scan or a pull), then decompressed once into its diff_id (which
@@ -117,7 +117,7 @@
 //!
 //! - No registry access, no credentials: [`crate::registry::pull`] fetches a
 //!   registry image into the CAS (verified), and [`import_pulled`] takes it from
-//!   there through the checks every import shares ([`assemble`]).
+//!   there through the checks every import shares (`assemble`).
 //! - No conversion: layers are not recompressed, configs are stored as found
 //!   (their digest is the upstream image id). Docker layer media types in an OCI
 //!   layout are mapped to their OCI names, which describe the same bytes.
@@ -399,7 +399,7 @@ pub struct Pulled<'a> {
 /// bytes, not from what the pull made of them), the config is read back from
 /// the CAS and must hash to the manifest's descriptor, each layer must be in
 /// the CAS intact (re-hashed: what is used is what the digest names), then
-/// [`assemble`] checks the platform and the diff_ids and lists the layers.
+/// `assemble` checks the platform and the diff_ids and lists the layers.
 pub fn import_pulled(
     pulled: Pulled<'_>,
     platform: &Platform,
@@ -931,8 +931,8 @@ fn describe_platform(os: &str, arch: &str, variant: Option<&str>) -> String {
 }
 
 /// The platform fields of a config, read from its JSON as written.
-#[derive(serde::Deserialize)]
-struct ConfigPlatform {
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct ConfigPlatform {
     #[serde(default)]
     os: String,
     #[serde(default)]
@@ -946,22 +946,24 @@ impl ConfigPlatform {
         serde_json::from_slice(bytes).ok()
     }
 
-    fn matches(&self, want: &Platform) -> bool {
+    /// The platform of config `bytes`; all empty when they are not a config.
+    pub(crate) fn of_config(bytes: &[u8]) -> ConfigPlatform {
+        ConfigPlatform::of(bytes).unwrap_or_default()
+    }
+
+    pub(crate) fn matches(&self, want: &Platform) -> bool {
         platform_matches(&self.os, &self.architecture, self.variant.as_deref(), want)
     }
 
-    fn describe(&self) -> String {
+    /// `os/arch[/variant]`.
+    pub(crate) fn describe(&self) -> String {
         describe_platform(&self.os, &self.architecture, self.variant.as_deref())
     }
 }
 
 /// The config of the chosen image must be for the build platform.
 fn check_platform(config: &[u8], want: &Platform, src: &str) -> Result<(), ImportError> {
-    let found = ConfigPlatform::of(config).unwrap_or(ConfigPlatform {
-        os: String::new(),
-        architecture: String::new(),
-        variant: None,
-    });
+    let found = ConfigPlatform::of_config(config);
     if found.matches(want) {
         return Ok(());
     }

@@ -767,7 +767,7 @@ fn copy_truncated(field: &mut [u8], value: &[u8]) {
 }
 
 /// A PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
-fn pax_record(key: &str, value: &str) -> Vec<u8> {
+pub(crate) fn pax_record(key: &str, value: &str) -> Vec<u8> {
     let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
     let mut len = rest + 1;
     while len != rest + len.to_string().len() {

@@ -316,6 +316,27 @@ impl Loaded {
         Ok(selected)
     }
 
+    /// Like [`Loaded::select`], keeping only the images; selecting none is an error
+    /// that says `imgc COMMAND` `does` images.
+    pub fn select_images(
+        &self,
+        args: &[String],
+        command: &str,
+        does: &str,
+    ) -> Result<Vec<NodeIndex>, CmdError> {
+        let images: Vec<NodeIndex> = self
+            .select(args)?
+            .into_iter()
+            .filter(|n| self.graph.node(*n).is_image())
+            .collect();
+        if images.is_empty() {
+            return Err(CmdError::Usage(format!(
+                "the patterns select no image (only layers or imports): `imgc {command}` {does} images"
+            )));
+        }
+        Ok(images)
+    }
+
     /// Holds the images of `within` (and the rules themselves) to the workspace's
     /// `policy` (see [`crate::policy`]): any problem fails the command like a graph
     /// diagnostic.

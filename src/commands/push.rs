@@ -42,17 +42,7 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
     let started = Instant::now();
     let json = args.output == PushOutput::Json;
     let mut loaded = Loaded::load(ctx)?;
-    let selected = loaded.select(&args.patterns)?;
-    let images: Vec<NodeIndex> = selected
-        .into_iter()
-        .filter(|n| loaded.graph.node(*n).is_image())
-        .collect();
-    if images.is_empty() {
-        return Err(CmdError::Usage(
-            "the patterns select no image (only layers or imports): `imgc push` pushes images"
-                .into(),
-        ));
-    }
+    let images = loaded.select_images(&args.patterns, "push", "pushes")?;
     // Where each image goes, before any work.
     let registry = args.registry.as_deref().map(parse_registry).transpose()?;
     let mut targets: BTreeMap<NodeIndex, Vec<Reference>> = BTreeMap::new();

@@ -31,17 +31,7 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<(), CmdError> {
         )));
     }
     let mut loaded = Loaded::load(ctx)?;
-    let selected = loaded.select(&args.patterns)?;
-    let images: Vec<NodeIndex> = selected
-        .into_iter()
-        .filter(|n| loaded.graph.node(*n).is_image())
-        .collect();
-    if images.is_empty() {
-        return Err(CmdError::Usage(
-            "the patterns select no image (only layers or imports): `imgc report` reports on images"
-                .into(),
-        ));
-    }
+    let images = loaded.select_images(&args.patterns, "report", "reports on")?;
 
     let settings =
         super::build::settings(ctx, &loaded, args.jobs, false, super::build::Run::BuildOnly)?;

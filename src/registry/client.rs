@@ -55,10 +55,10 @@
 //! hashed on the way: a wrong size or digest is an error, and the caller's
 //! writer (the CAS's, in [`super::pull`]) discards what it got.
 
-use crate::hash::{Digest, Sha256};
+use crate::hash::{Digest, HashReport, HashingReader, Sha256};
 use crate::input::escape;
+use crate::reference::{Reference, is_loopback_host};
 use crate::registry::credentials::{Credential, Credentials, Secret};
-use crate::registry::reference::{Reference, is_loopback_host};
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -310,6 +310,42 @@ struct Call<'a> {
     body: Option<BodyFn<'a>>,
 }
 
+impl<'a> Call<'a> {
+    /// A request without a body that needs `actions` (`pull`, `pull,push`) on
+    /// `reference`'s repository.
+    fn new(
+        method: &'static str,
+        url: &str,
+        reference: &'a Reference,
+        actions: &'static str,
+    ) -> Call<'a> {
+        Call {
+            method,
+            url: url.to_string(),
+            reference,
+            scopes: vec![(reference.repository.clone(), actions)],
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The request also needs `actions` on `repository` (of the same registry).
+    fn scope(mut self, repository: &str, actions: &'static str) -> Call<'a> {
+        self.scopes.push((repository.to_string(), actions));
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Call<'a> {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn body(mut self, body: BodyFn<'a>) -> Call<'a> {
+        self.body = Some(body);
+        self
+    }
+}
+
 impl Client {
     pub fn new(options: ClientOptions) -> Client {
         let mut tls = ureq::tls::TlsConfig::builder();
@@ -451,42 +487,36 @@ impl Client {
         format!("{}://{}/v2/{}/", self.scheme(r), r.api_host(), r.repository)
     }
 
+    /// `SCHEME://HOST/v2/REPO/manifests/REF` for `r` (its digest, tag or `latest`).
+    fn manifest_url(&self, r: &Reference) -> String {
+        format!("{}manifests/{}", self.repo_url(r), r.manifest_ref())
+    }
+
+    /// Sends `method` (`HEAD` or `GET`) for the manifest `r` names, accepting every
+    /// manifest and index type; the URL and the response.
+    fn request_manifest(
+        &self,
+        method: &'static str,
+        r: &Reference,
+    ) -> Result<(String, ureq::http::Response<ureq::Body>), RegistryError> {
+        let url = self.manifest_url(r);
+        let resp = self.send(Call::new(method, &url, r, "pull").header("Accept", ACCEPT))?;
+        Ok((url, resp))
+    }
+
     /// What `r` (by digest, tag or `latest`) points at. A pinned reference must
     /// resolve to its own digest.
     pub fn resolve(&self, r: &Reference) -> Result<Resolved, RegistryError> {
-        let url = format!("{}manifests/{}", self.repo_url(r), r.manifest_ref());
-        let resp = self.send(Call {
-            method: "HEAD",
-            url: url.clone(),
-            reference: r,
-            scopes: vec![(r.repository.clone(), "pull")],
-            headers: vec![("Accept", ACCEPT.to_string())],
-            body: None,
-        })?;
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let size = header("content-length").and_then(|v| v.parse::<u64>().ok());
-        let media_type = header("content-type").unwrap_or_default();
-        let digest = header("docker-content-digest").and_then(|v| v.parse::<Digest>().ok());
+        let (url, resp) = self.request_manifest("HEAD", r)?;
+        let size = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
+        let media_type = header(&resp, "content-type").unwrap_or_default();
+        let digest = header(&resp, "docker-content-digest").and_then(|v| v.parse::<Digest>().ok());
         match (digest, size) {
             (Some(digest), Some(size)) if !media_type.is_empty() => {
-                if let Some(want) = r.digest {
-                    if want != digest {
-                        return Err(RegistryError::Digest {
-                            url,
-                            what: "the manifest",
-                            expected: want,
-                            actual: digest,
-                        });
-                    }
-                }
+                check_pinned(r, &url, digest)?;
                 Ok(Resolved {
                     digest,
-                    media_type: media_type_only(&media_type),
+                    media_type: media_type_only(media_type),
                     size,
                 })
             }
@@ -506,23 +536,9 @@ impl Client {
     /// and verified: against the reference's digest when pinned, and against
     /// `Docker-Content-Digest` when sent.
     pub fn get_manifest(&self, r: &Reference) -> Result<Fetched, RegistryError> {
-        let url = format!("{}manifests/{}", self.repo_url(r), r.manifest_ref());
-        let resp = self.send(Call {
-            method: "GET",
-            url: url.clone(),
-            reference: r,
-            scopes: vec![(r.repository.clone(), "pull")],
-            headers: vec![("Accept", ACCEPT.to_string())],
-            body: None,
-        })?;
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let media_type = media_type_only(&header("content-type").unwrap_or_default());
-        let sent = header("docker-content-digest");
+        let (url, resp) = self.request_manifest("GET", r)?;
+        let media_type = media_type_only(header(&resp, "content-type").unwrap_or_default());
+        let sent = header(&resp, "docker-content-digest").map(str::to_string);
         let mut bytes = Vec::new();
         resp.into_body()
             .into_with_config()
@@ -543,16 +559,7 @@ impl Client {
             });
         }
         let digest = Digest::of_bytes(&bytes);
-        if let Some(want) = r.digest {
-            if want != digest {
-                return Err(RegistryError::Digest {
-                    url,
-                    what: "the manifest",
-                    expected: want,
-                    actual: digest,
-                });
-            }
-        }
+        check_pinned(r, &url, digest)?;
         if let Some(sent) = sent {
             match sent.parse::<Digest>() {
                 Ok(d) if d == digest => {}
@@ -594,14 +601,7 @@ impl Client {
         out: &mut dyn Write,
     ) -> Result<u64, RegistryError> {
         let url = format!("{}blobs/{digest}", self.repo_url(repo));
-        let resp = self.send(Call {
-            method: "GET",
-            url: url.clone(),
-            reference: repo,
-            scopes: vec![(repo.repository.clone(), "pull")],
-            headers: Vec::new(),
-            body: None,
-        })?;
+        let resp = self.send(Call::new("GET", &url, repo, "pull"))?;
         let mut reader = resp
             .into_body()
             .into_with_config()
@@ -664,19 +664,9 @@ impl Client {
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
         let url = format!("{}blobs/{digest}", self.repo_url(repo));
-        let resp = self.send(Call {
-            method: "HEAD",
-            url,
-            reference: repo,
-            scopes: vec![(repo.repository.clone(), "pull")],
-            headers: Vec::new(),
-            body: None,
-        });
-        match resp {
+        match self.send(Call::new("HEAD", &url, repo, "pull")) {
             Ok(r) => Ok(Some(
-                r.headers()
-                    .get("content-length")
-                    .and_then(|v| v.to_str().ok())
+                header(&r, "content-length")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             )),
@@ -698,17 +688,11 @@ impl Client {
             "{}blobs/uploads/?mount={digest}&from={from_q}",
             self.repo_url(to)
         );
-        let resp = self.send(Call {
-            method: "POST",
-            url: url.clone(),
-            reference: to,
-            scopes: vec![
-                (to.repository.clone(), "pull,push"),
-                (from.to_string(), "pull"),
-            ],
-            headers: vec![("Content-Length", "0".into())],
-            body: None,
-        })?;
+        let resp = self.send(
+            Call::new("POST", &url, to, "pull,push")
+                .scope(from, "pull")
+                .header("Content-Length", "0"),
+        )?;
         match resp.status().as_u16() {
             201 => Ok(Mount::Mounted),
             _ => Ok(Mount::Upload {
@@ -733,34 +717,26 @@ impl Client {
             Some(l) => l,
             None => {
                 let url = format!("{}blobs/uploads/", self.repo_url(repo));
-                let resp = self.send(Call {
-                    method: "POST",
-                    url: url.clone(),
-                    reference: repo,
-                    scopes: vec![(repo.repository.clone(), "pull,push")],
-                    headers: vec![("Content-Length", "0".into())],
-                    body: None,
-                })?;
+                let resp = self.send(
+                    Call::new("POST", &url, repo, "pull,push").header("Content-Length", "0"),
+                )?;
                 self.location(&resp, "POST", &url)?
             }
         };
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
-        let seen: Arc<Mutex<Option<(Digest, u64)>>> = Arc::new(Mutex::new(None));
+        let seen: HashReport = Arc::new(Mutex::new(None));
         let body = || -> io::Result<(Box<dyn Read + Send>, u64)> {
             let r = open()?;
             let reader: Box<dyn Read + Send> =
                 Box::new(HashingReader::new(r.take(size), size, seen.clone()));
             Ok((reader, size))
         };
-        self.send(Call {
-            method: "PUT",
-            url: url.clone(),
-            reference: repo,
-            scopes: vec![(repo.repository.clone(), "pull,push")],
-            headers: vec![("Content-Type", "application/octet-stream".into())],
-            body: Some(&body),
-        })?;
+        self.send(
+            Call::new("PUT", &url, repo, "pull,push")
+                .header("Content-Type", "application/octet-stream")
+                .body(&body),
+        )?;
         match *seen.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((d, n)) if d == *digest && n == size => Ok(()),
             // An empty body may never be read; its digest is known.
@@ -784,25 +760,18 @@ impl Client {
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
         let digest = Digest::of_bytes(bytes);
-        let url = format!("{}manifests/{}", self.repo_url(r), r.manifest_ref());
+        let url = self.manifest_url(r);
         let owned = Arc::new(bytes.to_vec());
         let body = || -> io::Result<(Box<dyn Read + Send>, u64)> {
             let n = owned.len() as u64;
             Ok((Box::new(io::Cursor::new(owned.as_ref().clone())), n))
         };
-        let resp = self.send(Call {
-            method: "PUT",
-            url: url.clone(),
-            reference: r,
-            scopes: vec![(r.repository.clone(), "pull,push")],
-            headers: vec![("Content-Type", media_type.to_string())],
-            body: Some(&body),
-        })?;
-        if let Some(sent) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-        {
+        let resp = self.send(
+            Call::new("PUT", &url, r, "pull,push")
+                .header("Content-Type", media_type)
+                .body(&body),
+        )?;
+        if let Some(sent) = header(&resp, "docker-content-digest") {
             if sent.starts_with("sha256:") && sent.parse::<Digest>().ok() != Some(digest) {
                 return Err(RegistryError::Protocol {
                     method: "PUT",
@@ -827,15 +796,11 @@ impl Client {
         method: &'static str,
         url: &str,
     ) -> Result<String, RegistryError> {
-        let loc = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::Protocol {
-                method,
-                url: url.to_string(),
-                reason: "the registry opened an upload without a `Location`".into(),
-            })?;
+        let loc = header(resp, "location").ok_or_else(|| RegistryError::Protocol {
+            method,
+            url: url.to_string(),
+            reason: "the registry opened an upload without a `Location`".into(),
+        })?;
         Ok(join_url(url, loc))
     }
 
@@ -999,7 +964,7 @@ impl Client {
             if !matches!(status, 301 | 302 | 303 | 307 | 308) {
                 return Ok(Ok(resp));
             }
-            let Some(loc) = resp.headers().get("location").and_then(|v| v.to_str().ok()) else {
+            let Some(loc) = header(&resp, "location") else {
                 return Err(self.protocol(call, &url, "a redirect without `Location`".into()));
             };
             let next = join_url(&url, loc);
@@ -1334,6 +1299,25 @@ pub(crate) fn tls_failure(e: &ureq::Error) -> Option<TlsFailure> {
 }
 
 /// `type/subtype` of a `Content-Type` value, without parameters.
+/// Header `name` of `resp`, if it is sent and is text.
+fn header<'r>(resp: &'r ureq::http::Response<ureq::Body>, name: &str) -> Option<&'r str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Fails unless a pinned `r` names the manifest that hashes to `actual` (read
+/// from `url`).
+fn check_pinned(r: &Reference, url: &str, actual: Digest) -> Result<(), RegistryError> {
+    match r.digest {
+        Some(expected) if expected != actual => Err(RegistryError::Digest {
+            url: url.to_string(),
+            what: "the manifest",
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn media_type_only(v: &str) -> String {
     v.split(';')
         .next()
@@ -1566,44 +1550,6 @@ fn detail_of(bytes: &[u8]) -> String {
         return String::new();
     }
     format!("({})", escape(&truncate(&parts.join("; "), DETAIL_CHARS)))
-}
-
-/// Hashes what passes through; records `(digest, len)` once `total` bytes have
-/// passed or the end is reached.
-struct HashingReader<R> {
-    inner: R,
-    sha: Option<Sha256>,
-    len: u64,
-    total: u64,
-    done: Arc<Mutex<Option<(Digest, u64)>>>,
-}
-
-impl<R> HashingReader<R> {
-    fn new(inner: R, total: u64, done: Arc<Mutex<Option<(Digest, u64)>>>) -> Self {
-        *done.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        HashingReader {
-            inner,
-            sha: Some(Sha256::new()),
-            len: 0,
-            total,
-            done,
-        }
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(sha) = &mut self.sha {
-            sha.update(&buf[..n]);
-            self.len += n as u64;
-            if n == 0 || self.len >= self.total {
-                let d = self.sha.take().map(|s| (s.finish(), self.len));
-                *self.done.lock().unwrap_or_else(|e| e.into_inner()) = d;
-            }
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -528,7 +528,7 @@ impl Credentials {
 }
 
 fn reference_hub() -> &'static str {
-    super::reference::DOCKER_HUB
+    crate::reference::DOCKER_HUB
 }
 
 /// A registry name as credential files key it, reduced to the host Docker

@@ -1,8 +1,9 @@
 //! Registries: the OCI Distribution protocol, for pushing images and importing
 //! pinned bases.
 //!
-//! - [`reference`]: the pure parser of image references that the spec, the
-//!   client and the commands share.
+//! - [`crate::reference`] (outside this module, because the pure core uses it):
+//!   the parser of image references that the spec, the client and the
+//!   commands share.
 //! - [`credentials`]: what to present to a registry (environment, Docker and
 //!   podman config files, credential helpers), never printed.
 //! - [`client`]: a thin Distribution client over `ureq` (auth, retries,
@@ -15,8 +16,7 @@ pub mod client;
 pub mod credentials;
 pub mod pull;
 pub mod push;
-pub mod reference;
 
+pub use crate::reference::{RefError, Reference};
 pub use client::{Client, ClientOptions, RegistryError};
 pub use credentials::{CredError, Credential, Credentials, Secret};
-pub use reference::{RefError, Reference};

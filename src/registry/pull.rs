@@ -17,10 +17,10 @@
 //! import).
 
 use super::client::{Client, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RegistryError};
-use super::reference::Reference;
 use crate::cas::Cas;
 use crate::hash::Digest;
 use crate::input::escape;
+use crate::reference::Reference;
 use crate::spec::model::Platform;
 use oci_spec::image::{ImageIndex, ImageManifest};
 use std::io;
@@ -275,23 +275,11 @@ fn document_kind(media_type: &str, bytes: &[u8]) -> Kind {
 
 /// The config's platform must be the build platform; `Err` describes what it is.
 fn check_platform(config: &[u8], want: &Platform) -> Result<(), String> {
-    #[derive(serde::Deserialize, Default)]
-    struct P {
-        #[serde(default)]
-        os: String,
-        #[serde(default)]
-        architecture: String,
-        #[serde(default)]
-        variant: Option<String>,
-    }
-    let p: P = serde_json::from_slice(config).unwrap_or_default();
-    if crate::import::platform_matches(&p.os, &p.architecture, p.variant.as_deref(), want) {
+    let found = crate::import::ConfigPlatform::of_config(config);
+    if found.matches(want) {
         return Ok(());
     }
-    Err(match p.variant.filter(|v| !v.is_empty()) {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    })
+    Err(found.describe())
 }
 
 enum Fetch {

@@ -29,9 +29,9 @@
 //! still pushed. Results come back in the order the images were given.
 
 use super::client::{Client, Mount, RegistryError};
-use super::reference::Reference;
 use crate::cas::Cas;
 use crate::hash::Digest;
+use crate::reference::Reference;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -21,7 +21,7 @@
 
 use super::{Fault, Store, entry};
 use crate::cas::Cas;
-use crate::hash::{Digest, Key};
+use crate::hash::{Digest, HashingReader, Key};
 use std::io::{self, Read};
 use std::path::Path;
 use std::time::Duration;
@@ -372,50 +372,6 @@ impl Store for HttpStore {
 
     fn describe(&self) -> String {
         self.endpoint.base.clone()
-    }
-}
-
-/// A reader that hashes what passes through and reports the digest once it has
-/// passed `total` bytes (the client stops reading at the Content-Length, so the
-/// end is never read) or reached the end.
-struct HashingReader<R> {
-    inner: R,
-    sha: Option<crate::hash::Sha256>,
-    len: u64,
-    total: u64,
-    done: std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>,
-}
-
-impl<R> HashingReader<R> {
-    fn new(
-        inner: R,
-        total: u64,
-        done: std::sync::Arc<std::sync::Mutex<Option<(Digest, u64)>>>,
-    ) -> Self {
-        let r = HashingReader {
-            inner,
-            sha: Some(crate::hash::Sha256::new()),
-            len: 0,
-            total,
-            done,
-        };
-        *r.done.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        r
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(sha) = &mut self.sha {
-            sha.update(&buf[..n]);
-            self.len += n as u64;
-            if n == 0 || self.len >= self.total {
-                let sha = self.sha.take().map(|s| s.finish());
-                *self.done.lock().unwrap_or_else(|e| e.into_inner()) = sha.map(|d| (d, self.len));
-            }
-        }
-        Ok(n)
     }
 }
 

@@ -5,7 +5,7 @@
 //! validated forms (labels, modes, owners) are parsed at lowering time.
 
 use crate::label::{Label, Pattern};
-use crate::registry::Reference;
+use crate::reference::Reference;
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 
@@ -347,7 +347,7 @@ pub struct RegistryRef {
 }
 
 impl RegistryRef {
-    pub fn parse(written: &str) -> Result<RegistryRef, crate::registry::RefError> {
+    pub fn parse(written: &str) -> Result<RegistryRef, crate::reference::RefError> {
         Ok(RegistryRef {
             written: written.to_string(),
             reference: Reference::parse(written)?,

@@ -40,15 +40,6 @@ fn blob(layout: &Path, digest: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// The manifest digest of the (single-image) layout.
-fn manifest_digest(layout: &Path) -> String {
-    let index = json_of(&std::fs::read(layout.join("index.json")).unwrap());
-    index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// The member paths of a tar file, in order.
 fn members(file: &Path) -> Vec<String> {
     let mut a = tar::Archive::new(std::fs::File::open(file).unwrap());
@@ -137,7 +128,7 @@ fn an_exported_docker_archive_loads_into_podman() {
     export(&ws, "//services/api", &file, &[]);
     ws.build(&["//services/api"]);
     let layout = ws.layout("services/api", "api");
-    let manifest = json_of(&blob(&layout, &manifest_digest(&layout)));
+    let manifest = json_of(&blob(&layout, &layout_digest(&layout)));
     let config = manifest["config"]["digest"].as_str().unwrap().to_string();
 
     let Some(podman) = Podman::new() else { return };
@@ -154,7 +145,7 @@ fn an_exported_docker_archive_loads_into_podman() {
         format!(
             "{} {}",
             config.trim_start_matches("sha256:"),
-            manifest_digest(&layout)
+            layout_digest(&layout)
         )
     );
 }
@@ -173,7 +164,7 @@ fn a_zstd_docker_archive_with_two_names_loads_into_podman() {
     export(&ws, "//services/api", &file, &["--tag", "acme/api:zstd"]);
     ws.build(&["//services/api"]);
     let layout = ws.layout("services/api", "api");
-    let manifest = json_of(&blob(&layout, &manifest_digest(&layout)));
+    let manifest = json_of(&blob(&layout, &layout_digest(&layout)));
     assert!(
         manifest["layers"][0]["mediaType"]
             .as_str()
@@ -210,7 +201,7 @@ fn skopeo_inspect_of_the_docker_archive_shows_the_layout_config_digest() {
         let file = out.path().join(format!("{name}.tar"));
         export(&ws, &format!("//{pkg}:{name}"), &file, &[]);
         let layout = ws.layout(pkg, name);
-        let manifest = json_of(&blob(&layout, &manifest_digest(&layout)));
+        let manifest = json_of(&blob(&layout, &layout_digest(&layout)));
         let config_digest = manifest["config"]["digest"].as_str().unwrap();
         let config = json_of(&blob(&layout, config_digest));
         let image = format!("docker-archive:{}", file.display());
@@ -269,7 +260,7 @@ fn the_docker_archive_is_also_an_oci_layout() {
     }
     let index = json_of(&std::fs::read(dir.path().join("index.json")).unwrap());
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
-    assert_eq!(index["manifests"][0]["digest"], manifest_digest(&layout));
+    assert_eq!(index["manifests"][0]["digest"], layout_digest(&layout));
     assert_eq!(
         index["manifests"][0]["annotations"],
         serde_json::json!({
@@ -280,7 +271,7 @@ fn the_docker_archive_is_also_an_oci_layout() {
 
     // skopeo reads it as an OCI archive; umoci unpacks it (checking diff_ids).
     let oci = skopeo_json(&[], &format!("oci-archive:{}", file.display()));
-    assert_eq!(oci["Digest"], manifest_digest(&layout));
+    assert_eq!(oci["Digest"], layout_digest(&layout));
     let bundle = tempfile::tempdir().unwrap();
     run(Command::new("umoci")
         .args(["unpack", "--image"])
@@ -311,8 +302,8 @@ fn oci_archive_round_trips_through_skopeo() {
         .arg(format!("oci-archive:{}", file.display()))
         .arg(format!("oci:{}:again", dest.display())));
     // The same manifest, config and layers as the build wrote.
-    assert_eq!(manifest_digest(&dest), manifest_digest(&layout));
-    let manifest = json_of(&blob(&layout, &manifest_digest(&layout)));
+    assert_eq!(layout_digest(&dest), layout_digest(&layout));
+    let manifest = json_of(&blob(&layout, &layout_digest(&layout)));
     let mut digests = vec![manifest["config"]["digest"].as_str().unwrap().to_string()];
     for l in manifest["layers"].as_array().unwrap() {
         digests.push(l["digest"].as_str().unwrap().to_string());
@@ -414,7 +405,7 @@ fn export_builds_first_and_a_second_export_runs_nothing() {
         format!(
             "//services/api:api {} {}",
             file.display(),
-            manifest_digest(&ws.layout("services/api", "api"))
+            layout_digest(&ws.layout("services/api", "api"))
         )
     );
 }
@@ -601,9 +592,9 @@ fn an_import_exports_with_its_upstream_digests() {
     assert!(stderr(&o).contains("has no `tag`"), "{}", stderr(&o));
     let upstream = ws.path("third_party/vendor-base");
     let oci = skopeo_json(&[], &format!("oci-archive:{}", file.display()));
-    assert_eq!(oci["Digest"], manifest_digest(&upstream));
+    assert_eq!(oci["Digest"], layout_digest(&upstream));
     let raw = skopeo_json(&["--raw"], &format!("docker-archive:{}", file.display()));
-    let upstream_manifest = json_of(&blob(&upstream, &manifest_digest(&upstream)));
+    let upstream_manifest = json_of(&blob(&upstream, &layout_digest(&upstream)));
     assert_eq!(
         raw["config"]["digest"],
         upstream_manifest["config"]["digest"]

@@ -2,7 +2,9 @@
 //! real registry on loopback (Debian's `docker-registry`, started per test).
 
 use crate::support::registry::{Registry, RegistryOpts};
-use crate::support::{Ws, manifest_of, require, small_ws, spec_examples, stderr, stdout};
+use crate::support::{
+    Ws, layout_digest, manifest_of, require, small_ws, spec_examples, stderr, stdout,
+};
 use imgc::cas::Cas;
 use imgc::hash::Digest;
 use imgc::registry::Reference;
@@ -29,13 +31,7 @@ fn amd64() -> Platform {
 
 /// The manifest digest of the image in the layout at `dir`.
 fn layout_manifest_digest(dir: &Path) -> Digest {
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    layout_digest(dir).parse().unwrap()
 }
 
 fn built_app() -> Ws {

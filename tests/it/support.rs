@@ -324,15 +324,40 @@ image "app" {
     ])
 }
 
-/// The manifest (as JSON) of the image in the OCI layout at `layout`.
-pub fn manifest_of(layout: &Path) -> serde_json::Value {
+/// SIGKILLs a test server's process `child` (if it still runs) and reaps it.
+pub fn stop_child(child: &mut std::process::Child) {
+    if child.try_wait().unwrap().is_none() {
+        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
+        // have been reused by another process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    }
+    child.wait().unwrap();
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for a test server to listen on;
+/// the server's start must cope with losing it to another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// The manifest digest (`sha256:...`) of the image in the OCI layout at `layout`
+/// (the first entry of its `index.json`).
+pub fn layout_digest(layout: &Path) -> String {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let hex = index["manifests"][0]["digest"]
+    index["manifests"][0]["digest"]
         .as_str()
         .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+        .to_string()
+}
+
+/// The manifest (as JSON) of the image in the OCI layout at `layout`.
+pub fn manifest_of(layout: &Path) -> serde_json::Value {
+    let digest = layout_digest(layout);
+    let hex = digest.trim_start_matches("sha256:");
     serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
 }
 

@@ -18,6 +18,7 @@
 //!
 //! [`RegistryOpts`]: super::registry::RegistryOpts
 
+use super::stop_child as stop;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,14 +168,6 @@ fn wait_for_port(dir: &Path, child: &mut Child, what: &str, log: &Path) -> u16 {
     panic!("the {what} never wrote its port");
 }
 
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall on our own unreaped child's PID.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
-}
-
 fn spawn_script(dir: &Path, script: &str, args: &[&str]) -> Child {
     assert!(
         super::have("python3"),
@@ -307,11 +300,7 @@ impl TokenServer {
 
     /// Everything the server wrote (its request log and stderr), for greps.
     pub fn all_logs(&self) -> String {
-        ["requests.log", "stderr.log"]
-            .iter()
-            .map(|f| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        all_logs(self.dir.path())
     }
 }
 
@@ -319,6 +308,15 @@ impl Drop for TokenServer {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
+}
+
+/// A test server's request log and stderr under `dir`, joined.
+fn all_logs(dir: &Path) -> String {
+    ["requests.log", "stderr.log"]
+        .iter()
+        .map(|f| fs::read_to_string(dir.join(f)).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A file server on 127.0.0.2 that logs every request's headers.
@@ -400,11 +398,7 @@ impl Trap {
 
     /// Everything the trap wrote, for greps.
     pub fn all_logs(&self) -> String {
-        ["requests.log", "stderr.log"]
-            .iter()
-            .map(|f| fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        all_logs(self.dir.path())
     }
 }
 

@@ -8,9 +8,10 @@
 //! and `Drop` stop it by its own PID and reap it, leaving no worker behind. The
 //! system's nginx service (if any) is never used or touched.
 
+use super::{free_port, stop_child as stop};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,14 +67,6 @@ fn nginx_bin() -> PathBuf {
         return PathBuf::from("nginx");
     }
     panic!("`nginx` is not installed: the README's test command (scripts/test) installs it");
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
-        .port()
 }
 
 /// A path as a quoted nginx config string.
@@ -210,16 +203,6 @@ fn spawn_ready(bin: &Path, dir: &Path, port: u16) -> Result<Child, AddrInUse> {
         "nginx did not accept connections on {addr} after {TRIES} tries:\n{}",
         logs_in(dir)
     );
-}
-
-/// SIGKILLs `child` (if it still runs) and reaps it.
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
-        // have been reused by another process.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
 }
 
 impl Nginx {

@@ -13,9 +13,10 @@
 //! right after the handler returns, so the requests a finished client saw
 //! answered are logged by then.
 
+use super::{free_port, stop_child as stop};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,13 +123,6 @@ fn registry_bin() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
-        .port()
-}
-
 /// A path as a quoted YAML string.
 fn q(p: &Path) -> String {
     let s = p.to_str().expect("temp dir path is not UTF-8");
@@ -183,16 +177,6 @@ fn logs_in(dir: &Path) -> String {
 
 fn log_len(dir: &Path) -> usize {
     fs::metadata(dir.join("registry.log")).map_or(0, |m| m.len() as usize)
-}
-
-/// SIGKILLs `child` (if it still runs) and reaps it.
-fn stop(child: &mut Child) {
-    if child.try_wait().unwrap().is_none() {
-        // SAFETY: a plain syscall; the PID is our unreaped child, so it cannot
-        // have been reused by another process.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
-    }
-    child.wait().unwrap();
 }
 
 /// Does a probe request get an HTTP answer (any status: a 404) on `addr`? The
