@@ -304,20 +304,19 @@ impl Snapshot {
 }
 
 /// `lstat` of `rel` below the directory `dir`: `Ok(None)` if it does not exist.
+/// Field types differ between architectures (hence the casts).
+#[allow(clippy::unnecessary_cast)]
 fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<Option<StatRec>> {
+    let ns = |sec: i64, nsec: i64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
     match rustix::fs::statat(dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         Ok(s) => Ok(Some(StatRec {
-            dev: s.st_dev,
-            ino: s.st_ino,
-            mode: s.st_mode,
-            nlink: s.st_nlink,
+            dev: s.st_dev as u64,
+            ino: s.st_ino as u64,
+            mode: s.st_mode as u32,
+            nlink: s.st_nlink as u64,
             size: s.st_size as u64,
-            mtime_ns: (s.st_mtime as i64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(s.st_mtime_nsec as i64),
-            ctime_ns: (s.st_ctime as i64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(s.st_ctime_nsec as i64),
+            mtime_ns: ns(s.st_mtime as i64, s.st_mtime_nsec as i64),
+            ctime_ns: ns(s.st_ctime as i64, s.st_ctime_nsec as i64),
         })),
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
         Err(e) => Err(e.into()),

@@ -498,7 +498,7 @@ fn load_with(
         recorded.ws(root, d);
     }
     for pkg in &found.packages {
-        recorded.ws_followed(root, &build_file_path(pkg));
+        recorded.ws_followed(root, build_file_path(pkg));
     }
     for (path, why) in &found.problems {
         diags.push(
