@@ -516,6 +516,30 @@ impl Progress {
         Progress { bar: None }
     }
 
+    /// A spinner saying what imgc is doing (loading a workspace before a build's
+    /// bar can count actions), on a terminal only; cleared when finished or dropped.
+    pub fn status(what: &str) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::hidden();
+        }
+        let bar =
+            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(escape_controls(what).into_owned());
+        bar.enable_steady_tick(Duration::from_millis(80));
+        Progress { bar: Some(bar) }
+    }
+
+    /// Changes what a [`Progress::status`] spinner says.
+    pub fn say(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(escape_controls(what).into_owned());
+        }
+    }
+
     pub fn add(&self, n: u64) {
         if let Some(bar) = &self.bar {
             bar.inc(n);

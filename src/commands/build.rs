@@ -128,12 +128,23 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     {
         return Ok(());
     }
+    // Until the reporter's bar counts actions: say what is going on.
+    let progress = if json {
+        crate::report::Progress::hidden()
+    } else {
+        crate::report::Progress::status("loading the workspace: finding and parsing packages")
+    };
     let mut loaded = Loaded::load(ctx)?;
+    progress.say(&format!(
+        "{} packages loaded: selecting targets, checking policy and pins",
+        loaded.package_count
+    ));
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
     check_pinned(&loaded, &selected, Some(ctx))?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, Run::Build)?;
     let remote_in_force = settings.remote.is_some();
+    progress.finish();
     let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
     let mut swept = false;
     let mut listed_outputs = None;
