@@ -21,7 +21,7 @@
 //! | specs | `imgc.kdl` and every `BUILD.kdl` | platform, compression, output directory, policy, targets |
 //! | inputs | every file, symlink and directory a layer's `copy` (or a glob's walk) `lstat`ed or listed; every file a local import read | an edited file changes its mtime/ctime/size; a new or deleted file in a copied directory or a glob's directories changes that directory's mtime |
 //! | ancestors | every directory above a recorded workspace path, up to the root | a parent replaced (by a link, by another directory) changes its inode |
-//! | outputs | every CAS blob of every target in the build, and per image layout its directory, `.imgc-layout`, `oci-layout`, `index.json`, `blobs`, `blobs/sha256`; with `//...`, every directory of the output directory that the stale-layout sweep listed | a deleted blob, a blob or layout file edited in place (ctime), a blob unlinked from a layout (the CAS file's link count and ctime), a layout added or removed |
+//! | outputs | every CAS blob of every target in the build, and per image layout its directory (its mtime covers the mark and `blobs`), `oci-layout`, `index.json`, `blobs/sha256`; with `//...`, every directory of the output directory that the stale-layout sweep listed | a deleted blob, a blob or layout file edited in place (ctime), a blob unlinked from a layout (the CAS file's link count and ctime), a layout added or removed |
 //! | replay | the events of the build (targets, keys, digests, layouts) or the result line of `check` | a no-op prints what the full path would print |
 //!
 //! Each path's record is `lstat`'s device, inode, mode, size, link count, mtime and

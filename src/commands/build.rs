@@ -313,14 +313,10 @@ fn write_snapshot(
     }
     let mut materialized = Vec::new();
     for (n, (path, digest)) in &summary.layouts {
-        for member in [
-            "",
-            crate::output::LAYOUT_MARK,
-            "oci-layout",
-            "index.json",
-            "blobs",
-            "blobs/sha256",
-        ] {
+        // The directory's mtime covers its mark and `blobs` (removed, replaced or
+        // added to); `blobs/sha256`'s covers blobs added or removed; the CAS
+        // files (below) cover blobs edited in place through their hard links.
+        for member in ["", "oci-layout", "index.json", "blobs/sha256"] {
             let p = if member.is_empty() {
                 path.clone()
             } else {
