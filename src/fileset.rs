@@ -121,6 +121,10 @@ pub struct Expanded {
     pub hashes: BTreeMap<String, Key>,
     /// Memo entries learnt on the way (files that had to be read).
     pub learnt: Vec<(String, MemoEntry)>,
+    /// Every workspace-relative path the expansion `lstat`ed or listed, and
+    /// whether it was followed if a link (a glob's base): what a snapshot of the
+    /// build must watch ([`crate::snapshot`]).
+    pub touched: Vec<(PathBuf, bool)>,
 }
 
 struct Ctx<'a> {
@@ -632,6 +636,7 @@ fn copy_path(
     out: &mut Expanded,
 ) -> Result<(), Diag> {
     let (ws_rel, dest, owner) = (at.ws_rel, at.dest, opts.owner);
+    out.touched.push((PathBuf::from(ws_rel), false));
     if stat.is_symlink() {
         let target = dir.read_link(name).map_err(|e| {
             Diag::new(
@@ -702,6 +707,7 @@ fn copy_dir(
     out: &mut Expanded,
 ) -> Result<(), Diag> {
     let ws_rel = at.ws_rel;
+    out.touched.push((PathBuf::from(ws_rel), false));
     out.planned.push(Planned {
         entry: entry(at.dest.to_string(), EntryData::Dir, 0o755, opts.owner),
         source: None,
@@ -759,6 +765,7 @@ fn copy_glob(
     let matcher = glob(pattern)?.compile_matcher();
     let base = glob_base(pattern);
     let base_ws = ws_path(package, base);
+    out.touched.push((PathBuf::from(&base_ws), true));
     // The base directory is followed if it is a symlink (and no link below
     // it): it is confined like a source's parents.
     let dir = match ctx.ws.dir(Path::new(&base_ws)) {
@@ -838,6 +845,8 @@ impl GlobWalk<'_> {
             let rel_to_base = rel.join(&name);
             let stat = dir.lstat(&name).map_err(below)?;
             if stat.is_dir() {
+                out.touched
+                    .push((Path::new(self.base_ws).join(&rel_to_base), false));
                 let sub = dir.open_dir(&name).map_err(below)?;
                 self.dir(&sub, &rel_to_base, opts, out)?;
                 continue;

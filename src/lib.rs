@@ -4,6 +4,7 @@
 //!
 //! | # | stage | module | in → out |
 //! |---|---|---|---|
+//! | 0 | no-op fast path | [`snapshot`] | invocation + stat data of every path the last successful build or check depended on → its events again, or the full path |
 //! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
 //! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
 //! | 3 | resolve & plan | [`label`], [`graph`], [`policy`] | model + patterns → graph of targets; unknown labels, cycles are errors; `check` and `build` hold the images to the workspace's policy |
@@ -72,6 +73,7 @@ pub mod remote;
 pub mod report;
 pub mod scheduler;
 pub mod sharing;
+pub mod snapshot;
 pub mod spec;
 pub mod workspace;
 

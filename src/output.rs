@@ -356,7 +356,14 @@ impl Root {
     /// following links), as paths relative to it, sorted. Layouts are not searched
     /// for further layouts; temporary ones are included.
     pub fn layouts(&self) -> Result<Vec<String>, OutputError> {
+        Ok(self.layouts_and_listed()?.0)
+    }
+
+    /// [`Root::layouts`], and the directories listed to find them (relative to
+    /// the output root, `""` for the root itself), sorted.
+    pub fn layouts_and_listed(&self) -> Result<(Vec<String>, Vec<String>), OutputError> {
         let mut found = Vec::new();
+        let mut listed = Vec::new();
         let mut stack: Vec<(OwnedFd, String)> =
             vec![(dup(self.fd.as_fd(), &self.shown)?, String::new())];
         while let Some((dir, rel)) = stack.pop() {
@@ -378,9 +385,11 @@ impl Root {
                     stack.push((child, child_rel));
                 }
             }
+            listed.push(rel);
         }
         found.sort();
-        Ok(found)
+        listed.sort();
+        Ok((found, listed))
     }
 
     /// Removes the marked layout at `rel` (its known members; anything else in it is
@@ -424,9 +433,21 @@ impl Root {
         &self,
         current: &BTreeSet<String>,
     ) -> Result<(Vec<String>, Vec<String>), OutputError> {
+        self.remove_stale_listing(current)
+            .map(|(removed, kept, _)| (removed, kept))
+    }
+
+    /// [`Root::remove_stale`], and the directories listed to find the layouts
+    /// (see [`Root::layouts_and_listed`]).
+    #[allow(clippy::type_complexity)]
+    pub fn remove_stale_listing(
+        &self,
+        current: &BTreeSet<String>,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>), OutputError> {
         let mut removed = Vec::new();
         let mut kept = Vec::new();
-        for rel in self.layouts()? {
+        let (layouts, listed) = self.layouts_and_listed()?;
+        for rel in layouts {
             let temporary = rel
                 .rsplit('/')
                 .next()
@@ -437,7 +458,7 @@ impl Root {
             kept.extend(self.remove_layout(&rel)?);
             removed.push(rel);
         }
-        Ok((removed, kept))
+        Ok((removed, kept, listed))
     }
 
     /// Removes everything imgc made in the output root, then the root itself if

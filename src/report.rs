@@ -105,6 +105,8 @@ pub struct Totals {
     pub downloaded: u64,
     pub uploaded: u64,
     pub elapsed: Duration,
+    /// Answered from the snapshot of the last build ([`crate::snapshot`]).
+    pub snapshot: bool,
 }
 
 /// `1.5 MiB`, `312 B`.
@@ -445,7 +447,8 @@ impl Reporter {
                 "event": "summary", "images": t.images, "ran": t.ran, "cached": t.cached,
                 "local_hits": t.cached - t.remote_hits, "remote_hits": t.remote_hits,
                 "downloaded_bytes": t.downloaded, "uploaded_bytes": t.uploaded, "failed": t.failed,
-                "seconds": (t.elapsed.as_secs_f64() * 1000.0).round() / 1000.0
+                "seconds": (t.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+                "snapshot": t.snapshot
             }));
         } else {
             let failed = if t.failed > 0 {
@@ -511,6 +514,30 @@ impl Progress {
 
     pub fn hidden() -> Progress {
         Progress { bar: None }
+    }
+
+    /// A spinner saying what imgc is doing (loading a workspace before a build's
+    /// bar can count actions), on a terminal only; cleared when finished or dropped.
+    pub fn status(what: &str) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::hidden();
+        }
+        let bar =
+            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_message(escape_controls(what).into_owned());
+        bar.enable_steady_tick(Duration::from_millis(80));
+        Progress { bar: Some(bar) }
+    }
+
+    /// Changes what a [`Progress::status`] spinner says.
+    pub fn say(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(escape_controls(what).into_owned());
+        }
     }
 
     pub fn add(&self, n: u64) {

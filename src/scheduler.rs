@@ -113,6 +113,13 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// What the remote cache warned about (reported as it happened).
     pub remote_warnings: Vec<String>,
+    /// Workspace-relative paths the keys depended on, and whether each was
+    /// followed if a link (see [`crate::snapshot`]).
+    pub touched: Vec<(PathBuf, bool)>,
+    /// The key of every target served from a cache.
+    pub keys: BTreeMap<NodeIndex, Key>,
+    /// The CAS file of every blob of every output (see [`crate::snapshot`]).
+    pub blob_paths: BTreeSet<PathBuf>,
 }
 
 impl Summary {
@@ -127,6 +134,7 @@ impl Summary {
             downloaded: self.downloaded,
             uploaded: self.uploaded,
             elapsed: self.elapsed,
+            snapshot: false,
         }
     }
 }
@@ -331,7 +339,8 @@ impl Engine<'_> {
                         self.fail(n, e, &mut summary, &mut stop);
                         ready.extend(self.release(n, &mut waiting));
                     }
-                    Msg::Keyed(n, Ok(k)) => {
+                    Msg::Keyed(n, Ok(mut k)) => {
+                        summary.touched.append(&mut k.touched);
                         for (path, entry) in &k.learnt {
                             batch.learn(path, *entry);
                         }
@@ -590,6 +599,13 @@ impl Engine<'_> {
                     && summary.outcomes.get(n).and_then(Outcome::output).is_some()
             })
             .count();
+        summary.blob_paths = summary
+            .outcomes
+            .values()
+            .filter_map(Outcome::output)
+            .flat_map(|o| o.blobs())
+            .map(|(d, _)| self.cas.blob_path(&d))
+            .collect();
         summary.elapsed = start.elapsed();
         for w in &summary.warnings {
             self.reporter.event(&Event::Warning { message: w });
@@ -736,6 +752,7 @@ impl Engine<'_> {
             duration: Duration::ZERO,
         });
         summary.cached += 1;
+        summary.keys.insert(n, k.key);
         if matches!(source, Source::Remote { .. }) {
             summary.remote_hits += 1;
         }

@@ -75,6 +75,9 @@ pub struct Workspace {
     pub packages: Vec<Package>,
     /// What the parse cache did during the load.
     pub parse_cache: ParseCacheReport,
+    /// Every path the load depended on: the spec files, the directories listed,
+    /// the output directory (see [`crate::snapshot`]).
+    pub recorded: crate::snapshot::Recorded,
 }
 
 /// What the parse cache did while loading (all zero without a cache).
@@ -149,6 +152,9 @@ pub struct Discovered {
     pub packages: Vec<String>,
     /// Problems with linked `BUILD.kdl` files, as (workspace-relative path, message).
     pub problems: Vec<(String, String)>,
+    /// Every directory listed, workspace-relative (`""` for the root), unsorted:
+    /// what a snapshot must watch for new packages ([`crate::snapshot`]).
+    pub dirs: Vec<PathBuf>,
 }
 
 /// Lists the package paths below `root`, sorted.
@@ -233,6 +239,7 @@ impl Walker<'_> {
             }
         }
         let mut found = Discovered::default();
+        found.dirs.push(rel.to_path_buf());
         for sub in subdirs
             .par_iter()
             .map(|sub| self.walk(sub))
@@ -240,6 +247,7 @@ impl Walker<'_> {
         {
             found.packages.extend(sub.packages);
             found.problems.extend(sub.problems);
+            found.dirs.extend(sub.dirs);
         }
         found.problems.extend(problems);
         if is_package {
@@ -483,6 +491,15 @@ fn load_with(
     };
 
     let found = discover(root, &ws, &config.output_dir)?;
+    let mut recorded = crate::snapshot::Recorded::default();
+    recorded.ws_followed(root, WORKSPACE_FILE);
+    recorded.ws(root, &config.output_dir);
+    for d in &found.dirs {
+        recorded.ws(root, d);
+    }
+    for pkg in &found.packages {
+        recorded.ws_followed(root, build_file_path(pkg));
+    }
     for (path, why) in &found.problems {
         diags.push(
             Diag::new(Code::Workspace, format!("`{path}` {why}"))
@@ -531,6 +548,7 @@ fn load_with(
             sources,
             packages,
             parse_cache: pc.report,
+            recorded,
         },
         diags,
     ))

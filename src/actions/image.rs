@@ -52,6 +52,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImageSpec, deps: &[Dep]) -> Keyed
         components: c,
         prepared: Prepared::Image,
         learnt: Vec::new(),
+        touched: Vec::new(),
     }
 }
 

@@ -90,9 +90,18 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImportSpec) -> Result<Keyed, Acti
     for (rel, k) in &inputs.files {
         c.set(format!("file:{rel}"), k.to_hex());
     }
+    // Imports follow links inside the workspace: every file read, and the source.
+    let mut touched = vec![(std::path::PathBuf::from(&ws_rel), true)];
+    touched.extend(
+        inputs
+            .files
+            .keys()
+            .map(|rel| (std::path::PathBuf::from(rel), true)),
+    );
     Ok(Keyed {
         key: c.key(),
         components: c,
+        touched,
         prepared: AnyPrepared::Import(Prepared::Workspace {
             rel: ws_rel,
             format,
@@ -133,6 +142,7 @@ fn key_registry(
         components: c,
         prepared: AnyPrepared::Import(Prepared::Registry(r.reference.clone())),
         learnt: Vec::new(),
+        touched: Vec::new(),
     })
 }
 

@@ -42,6 +42,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Keyed, ActionError> {
         components: c,
         prepared: AnyPrepared::Layer(Prepared(expanded.planned)),
         learnt: expanded.learnt,
+        touched: expanded.touched,
     })
 }
 

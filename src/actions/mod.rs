@@ -202,6 +202,9 @@ pub struct Keyed {
     pub prepared: Prepared,
     /// File hashes learnt while keying, for the memo.
     pub learnt: Vec<(String, MemoEntry)>,
+    /// Workspace-relative paths keying depended on, and whether each was
+    /// followed if a link (see [`crate::snapshot`]).
+    pub touched: Vec<(std::path::PathBuf, bool)>,
 }
 
 /// Whether `n`'s key needs file IO (and so a worker); image keys do not.

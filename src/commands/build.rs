@@ -119,22 +119,43 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     if args.dry_run {
         return plan(ctx, args);
     }
+    // Taken before anything is read: the snapshot's racy-file rule compares with it.
+    let start = std::time::SystemTime::now();
+    let json = args.message_format == MessageFormat::Json;
+    let invocation = invocation(ctx, "build", &args.patterns);
+    if let Some(inv) = &invocation
+        && replay(inv, json)
+    {
+        return Ok(());
+    }
+    // Until the reporter's bar counts actions: say what is going on.
+    let progress = if json {
+        crate::report::Progress::hidden()
+    } else {
+        crate::report::Progress::status("loading the workspace: finding and parsing packages")
+    };
     let mut loaded = Loaded::load(ctx)?;
+    progress.say(&format!(
+        "{} packages loaded: selecting targets, checking policy and pins",
+        loaded.package_count
+    ));
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
     check_pinned(&loaded, &selected, Some(ctx))?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, Run::Build)?;
-    let mut reporter = Reporter::new(
-        args.message_format == MessageFormat::Json,
-        &loaded.ws.root,
-        loaded.ws.sources.clone(),
-    );
+    let remote_in_force = settings.remote.is_some();
+    progress.finish();
+    let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
+    let mut swept = false;
+    let mut listed_outputs = None;
     if loaded.selects_everything(&args.patterns)
         && let Some(out) = &settings.output_dir
     {
-        let (removed, kept) = out
-            .remove_stale(&loaded.image_layouts())
+        let (removed, kept, listed) = out
+            .remove_stale_listing(&loaded.image_layouts())
             .map_err(output_error)?;
+        swept = !removed.is_empty() || !kept.is_empty();
+        listed_outputs = Some(listed);
         for rel in removed {
             reporter.event(&Event::Removed {
                 path: &out.path().join(rel),
@@ -165,7 +186,177 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
             if summary.failed == 1 { "" } else { "s" }
         )));
     }
+    if let Some(inv) = &invocation {
+        if summary.ran > 0
+            || swept
+            || remote_in_force
+            || !summary.warnings.is_empty()
+            || !summary.remote_warnings.is_empty()
+        {
+            crate::snapshot::discard(inv);
+        } else {
+            write_snapshot(inv, start, &mut loaded, &summary, listed_outputs);
+        }
+    }
     Ok(())
+}
+
+/// The invocation of `command` a snapshot answers: `None` (no fast path) if
+/// there is no workspace or cache directory to find.
+pub(super) fn invocation(
+    ctx: &Context,
+    command: &str,
+    patterns: &[String],
+) -> Option<crate::snapshot::Invocation> {
+    let root = crate::workspace::find_root(&ctx.cwd).ok()?;
+    let cache_dir = super::cache::cache_dir(ctx).ok()?;
+    let mut pats = Vec::new();
+    for p in patterns {
+        pats.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        pats.extend_from_slice(p.as_bytes());
+    }
+    let epoch = std::env::var_os("SOURCE_DATE_EPOCH");
+    let epoch = match &epoch {
+        Some(v) => [b"=".as_slice(), v.as_encoded_bytes()].concat(),
+        None => Vec::new(),
+    };
+    let remote = format!("{:?}", ctx.remote);
+    use std::os::unix::ffi::OsStrExt;
+    crate::snapshot::Invocation::new(
+        &cache_dir,
+        &root,
+        command,
+        &[
+            ("cwd", ctx.cwd.as_os_str().as_bytes()),
+            ("patterns", &pats),
+            ("source-date-epoch", &epoch),
+            ("remote", remote.as_bytes()),
+        ],
+    )
+}
+
+/// The fast path: if the snapshot of `inv` holds, prints what the build it
+/// describes printed and returns `true`; else `false` (nothing printed).
+fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
+    use crate::snapshot::Replay;
+    let begun = std::time::Instant::now();
+    let Some(snapshot) = crate::snapshot::load(inv) else {
+        return false;
+    };
+    let Replay::Build {
+        planned,
+        images,
+        finished,
+        materialized,
+    } = &snapshot.replay
+    else {
+        return false;
+    };
+    let blobs = inv.cache_dir.join("cas");
+    if !snapshot.holds_below(&[&inv.root, &blobs]) {
+        return false;
+    }
+    let mut reporter = Reporter::new(json, &inv.root, Default::default());
+    reporter.event(&Event::Planned {
+        actions: *planned as usize,
+    });
+    for f in finished {
+        reporter.event(&Event::Finished {
+            label: &f.label,
+            kind: &f.kind,
+            key: &f.key,
+            source: crate::report::Source::Local,
+            digest: &f.digest,
+            duration: std::time::Duration::ZERO,
+        });
+    }
+    for m in materialized {
+        reporter.event(&Event::Materialized {
+            label: &m.label,
+            path: &m.path,
+            digest: &m.digest,
+        });
+    }
+    reporter.summary(&crate::report::Totals {
+        images: *images as usize,
+        cached: finished.len(),
+        elapsed: begun.elapsed(),
+        snapshot: true,
+        ..Default::default()
+    });
+    true
+}
+
+/// Writes the snapshot of a build that ran nothing: every path it depended on
+/// (see [`crate::snapshot`]) and what it printed. A failure to write is no
+/// failure of the build: the next one takes the full path.
+fn write_snapshot(
+    inv: &crate::snapshot::Invocation,
+    start: std::time::SystemTime,
+    loaded: &mut Loaded,
+    summary: &Summary,
+    listed_outputs: Option<Vec<String>>,
+) {
+    use crate::snapshot::{Finished, Materialized, Replay};
+    let root = loaded.ws.root.clone();
+    let mut rec = std::mem::take(&mut loaded.ws.recorded);
+    for (path, followed) in &summary.touched {
+        if *followed {
+            rec.ws_followed(&root, path);
+        } else {
+            rec.ws(&root, path);
+        }
+    }
+    let output_dir = &loaded.ws.config.output_dir;
+    for rel in listed_outputs.unwrap_or_default() {
+        rec.ws(&root, std::path::Path::new(output_dir).join(rel));
+    }
+    let mut materialized = Vec::new();
+    for (n, (path, digest)) in &summary.layouts {
+        // The directory's mtime covers its mark and `blobs` (removed, replaced or
+        // added to); `blobs/sha256`'s covers blobs added or removed; the CAS
+        // files (below) cover blobs edited in place through their hard links.
+        for member in ["", "oci-layout", "index.json", "blobs/sha256"] {
+            let p = if member.is_empty() {
+                path.clone()
+            } else {
+                path.join(member)
+            };
+            rec.workspace.insert(p);
+        }
+        materialized.push((loaded.graph.node(*n).label.clone(), path.clone(), *digest));
+    }
+    materialized.sort_by(|a, b| a.0.cmp(&b.0));
+    rec.outside.extend(summary.blob_paths.iter().cloned());
+    let mut finished = Vec::new();
+    for (n, outcome) in &summary.outcomes {
+        let (Some(output), Some(key)) = (outcome.output(), summary.keys.get(n)) else {
+            // Not a cache hit: nothing a replay could print.
+            crate::snapshot::discard(inv);
+            return;
+        };
+        let node = loaded.graph.node(*n);
+        finished.push(Finished {
+            label: node.label.clone(),
+            kind: node.kind_name().to_string(),
+            key: *key,
+            digest: output.digest(),
+        });
+    }
+    let replay = Replay::Build {
+        planned: summary.outcomes.len() as u64,
+        images: summary.images as u64,
+        finished,
+        materialized: materialized
+            .into_iter()
+            .map(|(label, path, digest)| Materialized {
+                label,
+                path,
+                digest,
+            })
+            .collect(),
+    };
+    let _ = crate::snapshot::write(inv, start, &rec, replay);
 }
 
 /// `imgc build --dry-run`: the engine's dry run over the selection, reported as

@@ -184,6 +184,10 @@ fn gc(ctx: &Context, args: GcArgs) -> Result<(), CmdError> {
         let mut stores = open_local(ctx)?;
         let blobs_dir = stores.dir.join("cas").join("sha256");
         let r = crate::gc::collect(&stores.cas, &mut stores.cache, &blobs_dir, &opts);
+        // The cache changed under every snapshot (see [`crate::snapshot`]).
+        if !opts.dry_run {
+            let _ = crate::snapshot::discard_all(&stores.dir);
+        }
         for w in stores.cache.take_warnings() {
             report::warning(&w);
         }
@@ -290,6 +294,8 @@ fn verify(ctx: &Context, args: VerifyArgs) -> Result<(), CmdError> {
         let mut stores = open_local(ctx)?;
         let blobs_dir = stores.dir.join("cas").join("sha256");
         let r = crate::gc::verify(&stores.cas, &mut stores.cache, &blobs_dir, jobs);
+        // Verify drops damaged entries: the cache changed under every snapshot.
+        let _ = crate::snapshot::discard_all(&stores.dir);
         for w in stores.cache.take_warnings() {
             report::warning(&w);
         }

@@ -29,3 +29,4 @@ mod remote_http_server;
 mod report;
 mod robustness;
 mod safety;
+mod snapshot;
