@@ -125,8 +125,12 @@
 //!     two per pool thread, at most 16: a layer waits for its own oldest frame
 //!     before it takes more, and waits on the budget only with no frame in
 //!     flight (so it never holds a share while blocked, and cannot deadlock).
-//!     At 2 CPUs that is 4 buffers (32 MiB of input, plus the frames, which
-//!     are copied out at their exact size).
+//!     At 2 CPUs that is 4 buffers: 32 MiB of input, plus a frame buffer
+//!     each (as large as the largest frame it held). The buffers are kept for
+//!     the next layer rather than freed: allocating them per layer faulted
+//!     every page in again (about a second of system time on a 1 GB build).
+//!     Peak RSS of a cold build of the 1 GB benchmark tree at `-j 2`: about
+//!     62 MiB (bench/README.md).
 //!   - Determinism: the cut points depend only on the byte offset in the tar
 //!     stream; each frame depends only on its own bytes and the parameters
 //!     above, so the blob is the same with 1 thread or 64 and whatever the
