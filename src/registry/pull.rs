@@ -142,7 +142,8 @@ pub fn fetch_image(
         cas.put_bytes(&doc.bytes)
             .map_err(|e| store(doc.digest, e))?;
         blobs.push(doc.digest);
-        let kind = document_kind(&doc.media_type, &doc.bytes);
+        let kind = document_kind(&doc.bytes)
+            .map_err(|why| invalid("manifest or index", doc.digest, why))?;
         if kind == Kind::Manifest {
             break;
         }
@@ -255,21 +256,33 @@ enum Kind {
     Index,
 }
 
-/// An index or a manifest, by media type, else by the document's shape.
-fn document_kind(media_type: &str, bytes: &[u8]) -> Kind {
-    match media_type {
-        OCI_INDEX | DOCKER_LIST => Kind::Index,
-        OCI_MANIFEST | DOCKER_MANIFEST => Kind::Manifest,
-        _ => {
-            #[derive(serde::Deserialize)]
-            struct Shape {
-                manifests: Option<serde_json::Value>,
-            }
-            match serde_json::from_slice::<Shape>(bytes) {
-                Ok(Shape { manifests: Some(_) }) => Kind::Index,
-                _ => Kind::Manifest,
-            }
+/// An index or a manifest, decided by the document's bytes alone (its own
+/// `mediaType`, else its shape), never by the response's `Content-Type`: the
+/// digest pins the bytes, not the headers, so two registries serving the same
+/// digest must give the same image. A document shaped as both is refused.
+fn document_kind(bytes: &[u8]) -> Result<Kind, String> {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        config: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    let shape: Shape = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let index_shaped = shape.manifests.is_some();
+    let manifest_shaped = shape.config.is_some() || shape.layers.is_some();
+    if index_shaped && manifest_shaped {
+        return Err("it has both `manifests` and `config`/`layers`".into());
+    }
+    match shape.media_type.as_deref() {
+        Some(OCI_INDEX | DOCKER_LIST) if !manifest_shaped => Ok(Kind::Index),
+        Some(OCI_MANIFEST | DOCKER_MANIFEST) if !index_shaped => Ok(Kind::Manifest),
+        Some(OCI_INDEX | DOCKER_LIST | OCI_MANIFEST | DOCKER_MANIFEST) => {
+            Err("its `mediaType` does not match its fields".into())
         }
+        _ if index_shaped => Ok(Kind::Index),
+        _ => Ok(Kind::Manifest),
     }
 }
 
@@ -315,5 +328,27 @@ fn fetch_blob(
             Err(e) if e.is_transient() && attempt < super::client::ATTEMPTS => continue,
             Err(e) => return Err(Fetch::Registry(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pinned bytes alone decide whether a document is an index: a header
+    /// (which no digest covers) cannot turn one pinned digest into two images.
+    #[test]
+    fn a_pinned_document_is_an_index_or_a_manifest_by_its_bytes_alone() {
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(document_kind(index), Ok(Kind::Index));
+        assert_eq!(document_kind(manifest), Ok(Kind::Manifest));
+        let typed = format!(r#"{{"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+        assert_eq!(document_kind(typed.as_bytes()), Ok(Kind::Index));
+        let both = br#"{"manifests":[],"config":{},"layers":[]}"#;
+        assert!(document_kind(both).is_err());
+        let lying = format!(r#"{{"mediaType":"{OCI_MANIFEST}","manifests":[]}}"#);
+        assert!(document_kind(lying.as_bytes()).is_err());
+        assert!(document_kind(b"not json").is_err());
     }
 }

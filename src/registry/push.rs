@@ -524,11 +524,24 @@ fn place_claimed(
         digest: &b.digest,
         size: b.size,
     });
-    let path = cas.blob_path(&b.digest);
-    let open = || -> io::Result<Box<dyn Read + Send>> { Ok(Box::new(std::fs::File::open(&path)?)) };
-    if !cas.contains(&b.digest) {
+    // The store's own open: a regular file only (never a link or a FIFO), of
+    // the size the image says; its bytes are hashed again as they are sent.
+    let open = || -> io::Result<Box<dyn Read + Send>> {
+        let (file, len) = cas.open_blob(&b.digest)?;
+        if len != b.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} has {len} bytes in the store, not {}",
+                    b.digest, b.size
+                ),
+            ));
+        }
+        Ok(Box::new(file))
+    };
+    if let Err(e) = open() {
         return Err(Failure::Local(format!(
-            "blob {} is not in the local store (build the image again)",
+            "blob {} cannot be read from the local store (build the image again): {e}",
             b.digest
         )));
     }
