@@ -2108,9 +2108,26 @@ fn classify(path: &str, source: rusqlite::Error) -> Unusable {
     }
 }
 
+/// The directory beside the database that holds the no-op snapshots
+/// (`crate::snapshot`): they answer "cached" from this index's rows, so a
+/// replaced index drops them.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
 /// Moves a bad database to `<path>.bad` (replacing an older one) and removes its WAL
-/// and shared-memory files, which belong to the old file.
+/// and shared-memory files, which belong to the old file, and the snapshots that
+/// relied on its rows.
 fn move_aside(path: &Path) -> Result<PathBuf, CacheError> {
+    if let Some(dir) = path.parent() {
+        match std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CacheError::Io {
+                    path: dir.join(SNAPSHOT_DIR).display().to_string(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
     let with_suffix = |s: &str| {
         let mut p = path.as_os_str().to_owned();
         p.push(s);

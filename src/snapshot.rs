@@ -77,7 +77,7 @@ pub use crate::cache::RACY_WINDOW;
 pub const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// The directory of snapshots inside the cache directory.
-pub const DIR: &str = "snapshots";
+pub const DIR: &str = crate::cache::SNAPSHOT_DIR;
 
 const MAGIC: &[u8; 8] = b"IMGCSNP1";
 
@@ -365,6 +365,11 @@ pub fn write(
     let mut entries = Vec::with_capacity(paths.len());
     for (p, s) in paths.iter().zip(stats) {
         let Ok(s) = s else { return refuse(inv) };
+        // Every blob of the answer was just found intact: one gone now (another
+        // process's gc) means the answer is already stale.
+        if s.is_none() && recorded.outside.contains(*p) {
+            return refuse(inv);
+        }
         // A workspace path that is a link was followed (spec files, imports,
         // glob bases) or a directory above one: its target is not described.
         if s.is_some_and(|s| s.is_symlink())

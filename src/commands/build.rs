@@ -102,6 +102,7 @@ pub fn run_engine(
     let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     if let Some(w) = stores.warning.take() {
         crate::report::warning(&w);
+        loaded.warned = true;
     }
     Engine {
         root: &loaded.ws.root,
@@ -122,6 +123,8 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     // Taken before anything is read: the snapshot's racy-file rule compares with it.
     let start = std::time::SystemTime::now();
     let json = args.message_format == MessageFormat::Json;
+    // The fast path answers only what the full path would: a bad `-j` is refused first.
+    super::jobs(args.jobs)?;
     let invocation = invocation(ctx, "build", &args.patterns);
     if let Some(inv) = &invocation
         && replay(inv, json)
@@ -190,6 +193,7 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         if summary.ran > 0
             || swept
             || remote_in_force
+            || loaded.warned
             || !summary.warnings.is_empty()
             || !summary.remote_warnings.is_empty()
         {
@@ -221,13 +225,16 @@ pub(super) fn invocation(
         None => Vec::new(),
     };
     let remote = format!("{:?}", ctx.remote);
+    // Relative patterns resolve from the directory imgc runs in: the key holds it
+    // absolute (`-C sub` from two places is two invocations).
+    let cwd = std::path::absolute(&ctx.cwd).ok()?;
     use std::os::unix::ffi::OsStrExt;
     crate::snapshot::Invocation::new(
         &cache_dir,
         &root,
         command,
         &[
-            ("cwd", ctx.cwd.as_os_str().as_bytes()),
+            ("cwd", cwd.as_os_str().as_bytes()),
             ("patterns", &pats),
             ("source-date-epoch", &epoch),
             ("remote", remote.as_bytes()),

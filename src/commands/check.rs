@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     report::result(&result);
     // Only what was printed above can be printed again: not after a warning.
     if let Some(inv) = &invocation {
-        if loaded.index_error.is_some() || loaded.ws.parse_cache.warning.is_some() {
+        if loaded.index_error.is_some() || loaded.warned {
             crate::snapshot::discard(inv);
         } else {
             let recorded = std::mem::take(&mut loaded.ws.recorded);

@@ -167,6 +167,9 @@ pub struct Loaded {
     /// that needs the cache fails with it (once), one that does not warns with
     /// [`Loaded::warn_without_cache`].
     pub index_error: Option<String>,
+    /// A warning was printed while loading (or while opening the stores): a
+    /// snapshot could not print it again, so none is written.
+    pub warned: bool,
 }
 
 impl Loaded {
@@ -183,10 +186,12 @@ impl Loaded {
     fn load_with(ctx: &Context, store_parses: bool) -> Result<Loaded, CmdError> {
         let root = workspace::find_root(&ctx.cwd)?;
         let mut index_error = None;
+        let mut warned = false;
         let mut index = match cache::open_index(ctx) {
             Ok((index, warning)) => {
                 if let Some(w) = warning {
                     report::warning(&w);
+                    warned = true;
                 }
                 Some(index)
             }
@@ -206,6 +211,7 @@ impl Loaded {
         };
         if let Some(w) = &ws.parse_cache.warning {
             report::warning(w);
+            warned = true;
         }
         // A damaged index replaced while reading the parse cache.
         for w in index
@@ -214,6 +220,7 @@ impl Loaded {
             .unwrap_or_default()
         {
             report::warning(&w);
+            warned = true;
         }
         // The graph takes the targets over; the workspace keeps the rest.
         let packages = std::mem::take(&mut ws.packages);
@@ -239,6 +246,7 @@ impl Loaded {
             cwd_package,
             index,
             index_error,
+            warned,
         })
     }
 

@@ -425,3 +425,50 @@ fn check_notices_a_new_package() {
     assert_ne!(before, after);
     assert!(after.contains("in 3 packages"), "{after}");
 }
+
+/// `-C sub` is relative to where imgc starts: the same words from two places
+/// are two invocations, and a relative pattern there names two packages.
+#[test]
+fn relative_c_from_another_directory_does_not_replay_another_package() {
+    let spec = "layer \"x\" {\n    text \"/x\" \"x\\n\"\n}\n";
+    let ws = Ws::new(&[
+        (
+            "imgc.kdl",
+            "workspace {\n    source-date-epoch 1700000000\n}\n",
+        ),
+        ("p/sub/BUILD.kdl", spec),
+        ("q/sub/BUILD.kdl", spec),
+    ]);
+    let from = |dir: &str| {
+        let mut c = ws.cmd(&["-C", "sub", "build", "--message-format", "json", ":x"]);
+        c.current_dir(ws.path(dir));
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        Events::parse(&out.stdout)
+    };
+    from("p");
+    from("p");
+    age(&ws);
+    assert!(from_snapshot(&from("p")));
+    let q = from("q");
+    assert!(
+        !from_snapshot(&q),
+        "answered `//q/sub:x` from `//p/sub:x`'s snapshot"
+    );
+    // The same layer text: a cache hit, but for `//q/sub:x`.
+    let mut answered = q.ran();
+    answered.extend(q.cached());
+    assert_eq!(answered, ["//q/sub:x"]);
+}
+
+/// The fast path refuses what the full path refuses.
+#[test]
+fn a_bad_jobs_value_is_refused_by_the_fast_path_too() {
+    let ws = small_ws();
+    primed(&ws);
+    for j in ["0", "5000"] {
+        let out = ws.run(&["build", "-j", j]);
+        assert_eq!(out.status.code(), Some(2), "-j {j}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--jobs"), "{}", stderr(&out));
+    }
+}
