@@ -565,14 +565,14 @@ impl<'a> Files<'a> {
             None => Limit::AtMost(JSON_LIMIT),
         };
         let (bytes, h) =
-            input::read_all(HashReader::with(o.file, limit, Algos::Both)).map_err(|e| {
-                match input::input_error(&e) {
+            input::read_all(HashReader::with(o.file, limit, Algos::Both), o.meta.len()).map_err(
+                |e| match input::input_error(&e) {
                     Some(input::InputError::TooLong {
                         limit: Limit::AtMost(_),
                     }) => invalid(rel, what, e),
                     _ => self.io_error(rel, e),
-                }
-            })?;
+                },
+            )?;
         let (Some(b3), Some(sha)) = (h.blake3, h.sha256) else {
             unreachable!("both hashes were asked for");
         };

@@ -303,8 +303,9 @@ fn read(root: &Path, ws: &Root, rel: &str) -> Result<String, WorkspaceError> {
         ))));
     }
     // The cap again while reading: the file may grow after the `fstat`.
+    let size = opened.meta.len();
     let reader = HashReader::new(opened.file, Limit::AtMost(MAX_SPEC_FILE_BYTES));
-    let (bytes, _) = read_all(reader).map_err(err)?;
+    let (bytes, _) = read_all(reader, size).map_err(err)?;
     String::from_utf8(bytes).map_err(|_| {
         err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
