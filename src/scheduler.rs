@@ -16,6 +16,15 @@
 //! * **Keying** ([`actions::key`]) runs on a worker for layers and imports (file
 //!   hashes through the memo); image keys need no IO and are computed on the
 //!   coordinator from the spec and the dependencies' outputs.
+//! * **Keying runs only a little ahead of running**: at most `2 × -j` targets keyed
+//!   on a worker (layers, imports) are open at once (being keyed, looked up
+//!   remotely, waiting to run or running); the others wait, in the order they
+//!   became ready. Keying prepares what the run needs (a layer's entries, its key's
+//!   components) and that is held until the run: keying every layer of a cold
+//!   build first held all of them at once, so the build's peak memory grew with
+//!   the workspace, and read every input file twice far apart (to key it, then
+//!   to write it). Hits are done as soon as they are looked up, so a no-op build
+//!   is not held back.
 //! * **Lookup**: a hit is used only if every blob it names is in the CAS with its
 //!   recorded size and content (`BlobChecks`); a missing or damaged blob makes it
 //!   a miss, never an error. The rebuild publishes the blob again, which replaces
@@ -240,6 +249,13 @@ impl Engine<'_> {
         let ctx = &ctx;
         // Keyed targets waiting for a remote lookup.
         let mut fetching: BTreeMap<NodeIndex, actions::Keyed> = BTreeMap::new();
+        // Targets keyed on a worker (layers, imports) that are not done yet: being
+        // keyed, looked up remotely, waiting to run or running. At most `window` at
+        // once; the rest wait in `deferred`, in the order they became ready (see
+        // the module essay).
+        let window = 2 * settings.jobs.max(1);
+        let mut open: BTreeSet<NodeIndex> = BTreeSet::new();
+        let mut deferred: std::collections::VecDeque<NodeIndex> = Default::default();
 
         pool.in_place_scope(|scope| {
             let mut ready: Vec<NodeIndex> = waiting
@@ -250,10 +266,25 @@ impl Engine<'_> {
             // Keyed targets that missed every cache: run them.
             let mut missed: Vec<(NodeIndex, actions::Keyed)> = Vec::new();
             loop {
+                // Admit deferred targets as those keyed before them are done.
+                open.retain(|n| !summary.outcomes.contains_key(n));
+                if stop {
+                    deferred.clear();
+                }
+                for _ in open.len()..window {
+                    match deferred.pop_front() {
+                        Some(n) => ready.push(n),
+                        None => break,
+                    }
+                }
                 // Start every ready target.
                 while let Some(n) = ready.pop() {
                     waiting.remove(&n);
                     if stop {
+                        continue;
+                    }
+                    if actions::keyed_with_io(graph, n) && open.len() >= window {
+                        deferred.push_back(n);
                         continue;
                     }
                     match self.blocked_by(n, &summary.outcomes) {
@@ -274,6 +305,7 @@ impl Engine<'_> {
                     }
                     in_flight += 1;
                     if actions::keyed_with_io(graph, n) {
+                        open.insert(n);
                         let tx = tx.clone();
                         scope.spawn(move |_| {
                             let _ = tx.send(Msg::Keyed(n, actions::key(ctx, n, &[])));
@@ -322,6 +354,15 @@ impl Engine<'_> {
                     });
                 }
                 if !ready.is_empty() {
+                    continue;
+                }
+                if !deferred.is_empty()
+                    && open
+                        .iter()
+                        .filter(|n| !summary.outcomes.contains_key(n))
+                        .count()
+                        < window
+                {
                     continue;
                 }
                 if in_flight == 0 {
