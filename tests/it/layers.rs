@@ -536,6 +536,65 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     assert_eq!(entries[0].body, original);
 }
 
+/// A cold build keys its layers only a little ahead of running them (at most
+/// `2 x -j` open at once), so it never holds what keying prepared for every layer
+/// of the workspace at once. Seen from outside: at `-j 1`, when the first layer
+/// runs, at most two layers have been keyed (that one and the next), so
+/// rewriting every source then (same size, same mtime) fails at most those two;
+/// keying every layer first failed them all.
+#[test]
+fn a_cold_build_keys_layers_only_a_little_ahead_of_running() {
+    const LAYERS: usize = 8;
+    let mut spec = String::new();
+    for i in 0..LAYERS {
+        spec.push_str(&format!(
+            "layer \"l{i}\" {{\n    copy \"f{i}.txt\" to=\"/f{i}.txt\"\n}}\n"
+        ));
+    }
+    let ws = Ws::new(&[("imgc.kdl", "workspace {}\n"), ("pkg/BUILD.kdl", &spec)]);
+    let sources: Vec<_> = (0..LAYERS)
+        .map(|i| ws.path(&format!("pkg/f{i}.txt")))
+        .collect();
+    for src in &sources {
+        std::fs::write(src, b"original content\n").unwrap();
+        set_mtime(src);
+    }
+
+    let ctx = context(&ws);
+    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
+    let selected = loaded.select(&[]).unwrap();
+    let mut settings = imgc::commands::build::settings(
+        &ctx,
+        &loaded,
+        Some(1),
+        true,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let hooked = sources.clone();
+    settings.before_run = Some(std::sync::Arc::new(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            for src in &hooked {
+                std::fs::write(src, b"replaced content\n").unwrap();
+                set_mtime(src);
+            }
+        }
+    }));
+    let mut reporter =
+        imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
+    let summary =
+        imgc::commands::build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
+            .unwrap();
+    assert_eq!(summary.outcomes.len(), LAYERS);
+    assert!(
+        summary.failed <= 2,
+        "{} of {LAYERS} layers were keyed before the first one ran",
+        summary.failed
+    );
+    assert_eq!(summary.ran, LAYERS - summary.failed);
+}
+
 #[test]
 fn copy_of_the_package_directory_copies_its_contents() {
     let ws = one_layer_ws(r#"    copy "." to="/app/" exclude="BUILD.kdl""#);
