@@ -123,11 +123,14 @@ pub struct Summary {
     /// What the remote cache warned about (reported as it happened).
     pub remote_warnings: Vec<String>,
     /// Workspace-relative paths the keys depended on, and whether each was
-    /// followed if a link (see [`crate::snapshot`]).
+    /// followed if a link (see [`crate::snapshot`]). Only a build that ran
+    /// nothing writes a snapshot, so this is emptied (and no longer collected)
+    /// when an action runs: a cold build does not hold every input path.
     pub touched: Vec<(PathBuf, bool)>,
     /// The key of every target served from a cache.
     pub keys: BTreeMap<NodeIndex, Key>,
-    /// The CAS file of every blob of every output (see [`crate::snapshot`]).
+    /// The CAS file of every blob of every output (see [`crate::snapshot`]), if
+    /// nothing ran or failed (else empty: no snapshot is written).
     pub blob_paths: BTreeSet<PathBuf>,
 }
 
@@ -381,7 +384,9 @@ impl Engine<'_> {
                         ready.extend(self.release(n, &mut waiting));
                     }
                     Msg::Keyed(n, Ok(mut k)) => {
-                        summary.touched.append(&mut k.touched);
+                        if summary.ran == 0 {
+                            summary.touched.append(&mut k.touched);
+                        }
                         for (path, entry) in &k.learnt {
                             batch.learn(path, *entry);
                         }
@@ -524,6 +529,7 @@ impl Engine<'_> {
                             duration: took,
                         });
                         summary.ran += 1;
+                        summary.touched = Vec::new();
                         summary.outcomes.insert(n, Outcome::Ran(output));
                         ready.extend(self.release(n, &mut waiting));
                     }
@@ -640,13 +646,15 @@ impl Engine<'_> {
                     && summary.outcomes.get(n).and_then(Outcome::output).is_some()
             })
             .count();
-        summary.blob_paths = summary
-            .outcomes
-            .values()
-            .filter_map(Outcome::output)
-            .flat_map(|o| o.blobs())
-            .map(|(d, _)| self.cas.blob_path(&d))
-            .collect();
+        if summary.ran == 0 && summary.failed == 0 {
+            summary.blob_paths = summary
+                .outcomes
+                .values()
+                .filter_map(Outcome::output)
+                .flat_map(|o| o.blobs())
+                .map(|(d, _)| self.cas.blob_path(&d))
+                .collect();
+        }
         summary.elapsed = start.elapsed();
         for w in &summary.warnings {
             self.reporter.event(&Event::Warning { message: w });

@@ -472,3 +472,38 @@ fn a_bad_jobs_value_is_refused_by_the_fast_path_too() {
         assert!(stderr(&out).contains("--jobs"), "{}", stderr(&out));
     }
 }
+
+/// The engine's summary of a build of everything in `ws` (in the library, `-j 2`).
+fn engine_summary(ws: &Ws) -> imgc::scheduler::Summary {
+    let ctx = context(ws);
+    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
+    let selected = loaded.select(&[]).unwrap();
+    let settings = imgc::commands::build::settings(
+        &ctx,
+        &loaded,
+        Some(2),
+        false,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
+    let mut reporter =
+        imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
+    imgc::commands::build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)
+        .unwrap()
+}
+
+/// Only a build that ran nothing writes a snapshot, so a build that ran keeps
+/// none of the paths a snapshot records (a cold build used to hold every input
+/// path and every blob path to its end); the no-op build after it has them all.
+#[test]
+fn a_build_that_ran_keeps_no_snapshot_paths() {
+    let ws = small_ws();
+    let cold = engine_summary(&ws);
+    assert!(cold.ran > 0);
+    assert!(cold.touched.is_empty(), "{:?}", cold.touched);
+    assert!(cold.blob_paths.is_empty(), "{:?}", cold.blob_paths);
+    let noop = engine_summary(&ws);
+    assert_eq!(noop.ran, 0);
+    assert!(!noop.touched.is_empty());
+    assert!(!noop.blob_paths.is_empty());
+}
