@@ -310,11 +310,18 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
 
 /// Builds the graph of all targets of all packages. Returns every problem found.
 pub fn build(packages: Vec<Package>) -> (Graph, Vec<Diag>) {
-    let mut g = Graph::default();
+    // The nodes are kept for the whole command: no spare capacity (a vector grown
+    // by doubling could hold room for as many nodes again).
+    let targets = packages.iter().map(|p| p.targets.len()).sum();
+    let mut g = Graph {
+        graph: DiGraph::with_capacity(targets, 0),
+        by_label: BTreeMap::new(),
+    };
     let mut diags = Vec::new();
     let packages_known: BTreeSet<String> = packages.iter().map(|p| p.path.clone()).collect();
     for pkg in packages {
-        for t in pkg.targets {
+        for mut t in pkg.targets {
+            t.kind.shrink_to_fit();
             let label = Label::new(pkg.path.clone(), t.name.value.clone());
             if g.by_label.contains_key(&label) {
                 // The parser reports duplicates within a file; this is a safety net.
@@ -672,6 +679,38 @@ mod tests {
                     span(),
                 ),
             }),
+        }
+    }
+
+    /// The graph is kept for the whole command, one node per target: no spare
+    /// room in its nodes or in the lists of their specs.
+    #[test]
+    fn the_graph_and_its_specs_hold_no_spare_capacity() {
+        let mut with_room = layer("l");
+        if let TargetKind::Layer(spec) = &mut with_room.kind {
+            spec.entries = Vec::with_capacity(16);
+            spec.entries.push(crate::spec::model::LayerEntry::Dir {
+                path: Spanned::new("/d".into(), span()),
+                mode: None,
+                owner: None,
+                span: span(),
+            });
+        }
+        let mut img = image("img", None, &[":l"], "p");
+        if let TargetKind::Image(spec) = &mut img.kind {
+            spec.layers.reserve(16);
+        }
+        let mut targets = vec![with_room, img];
+        targets.extend((0..4).map(|i| layer(&format!("x{i}"))));
+        let (g, diags) = build(vec![pkg("p", 0, targets)]);
+        assert!(diags.is_empty(), "{:?}", messages(&diags));
+        assert_eq!(g.graph.capacity().0, g.graph.node_count());
+        for n in g.graph.node_indices() {
+            match &g.node(n).target.kind {
+                TargetKind::Layer(l) => assert_eq!(l.entries.capacity(), l.entries.len()),
+                TargetKind::Image(i) => assert_eq!(i.layers.capacity(), i.layers.len()),
+                TargetKind::Import(_) => {}
+            }
         }
     }
 

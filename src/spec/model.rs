@@ -224,6 +224,25 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
+    /// Drops the spare capacity of the spec's lists: a spec is kept for the whole
+    /// command, one per target of the workspace, and a list grown by pushes holds
+    /// room for several entries (a layer's list of entries of about 200 bytes each).
+    pub fn shrink_to_fit(&mut self) {
+        match self {
+            TargetKind::Layer(l) => l.entries.shrink_to_fit(),
+            TargetKind::Image(i) => {
+                i.layers.shrink_to_fit();
+                i.env.shrink_to_fit();
+                i.expose.shrink_to_fit();
+                i.volume.shrink_to_fit();
+                i.labels.shrink_to_fit();
+                i.annotations.shrink_to_fit();
+                i.tags.shrink_to_fit();
+            }
+            TargetKind::Import(_) => {}
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             TargetKind::Layer(_) => "layer",
