@@ -200,6 +200,12 @@ pub enum Event<'a> {
     },
 }
 
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.flush_held();
+    }
+}
+
 /// Renders build events: human progress on stderr (a live bar on a terminal,
 /// plain lines otherwise) or one JSON object per line on stdout.
 pub struct Reporter {
@@ -213,6 +219,8 @@ pub struct Reporter {
     quiet_plan: bool,
     /// Why each running action started, shown when it finishes.
     reasons: std::collections::BTreeMap<String, String>,
+    /// Stdout lines held back until the summary (see [`Reporter::buffered`]).
+    held: std::cell::RefCell<Option<Vec<u8>>>,
 }
 
 impl Reporter {
@@ -226,6 +234,34 @@ impl Reporter {
             done: 0,
             quiet_plan: false,
             reasons: Default::default(),
+            held: Default::default(),
+        }
+    }
+
+    /// Holds stdout lines back and writes them at once before the summary (or
+    /// when dropped): for a replay, which has nothing to show live and would
+    /// otherwise make one write per line.
+    pub fn buffered(self) -> Reporter {
+        *self.held.borrow_mut() = Some(Vec::new());
+        self
+    }
+
+    fn flush_held(&self) {
+        if let Some(held) = self.held.borrow_mut().as_mut()
+            && !held.is_empty()
+        {
+            let _ = std::io::stdout().lock().write_all(held);
+            held.clear();
+        }
+    }
+
+    /// A result line on stdout, as [`result`] prints it (or held back).
+    fn result_line(&self, text: &str) {
+        match self.held.borrow_mut().as_mut() {
+            Some(held) => {
+                let _ = writeln!(held, "{}", escape_controls(text));
+            }
+            None => result(text),
         }
     }
 
@@ -236,7 +272,12 @@ impl Reporter {
     }
 
     fn json_line(&self, v: serde_json::Value) {
-        raw_stdout(&v.to_string());
+        match self.held.borrow_mut().as_mut() {
+            Some(held) => {
+                let _ = writeln!(held, "{v}");
+            }
+            None => raw_stdout(&v.to_string()),
+        }
     }
 
     fn line(&self, text: &str) {
@@ -415,9 +456,11 @@ impl Reporter {
                 digest,
             } => {
                 if let Some(bar) = &self.bar {
-                    bar.suspend(|| result(&format!("{label} {} {digest}", self.relative(path))));
+                    bar.suspend(|| {
+                        self.result_line(&format!("{label} {} {digest}", self.relative(path)))
+                    });
                 } else {
-                    result(&format!("{label} {} {digest}", self.relative(path)));
+                    self.result_line(&format!("{label} {} {digest}", self.relative(path)));
                 }
             }
             Event::Warning { message } => {
@@ -442,6 +485,7 @@ impl Reporter {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        self.flush_held();
         if self.json {
             self.json_line(serde_json::json!({
                 "event": "summary", "images": t.images, "ran": t.ran, "cached": t.cached,
@@ -482,6 +526,7 @@ impl Reporter {
                 t.elapsed.as_secs_f64()
             ));
         }
+        self.flush_held();
     }
 }
 

@@ -118,7 +118,9 @@ pub struct Summary {
     pub touched: Vec<(PathBuf, bool)>,
     /// The key of every target served from a cache.
     pub keys: BTreeMap<NodeIndex, Key>,
-    /// The CAS file of every blob of every output (see [`crate::snapshot`]).
+    /// The CAS file of every OCI blob of every output (see [`crate::snapshot`]:
+    /// layer listings are the cache's own, in no output, and verified by the full
+    /// path before any use).
     pub blob_paths: BTreeSet<PathBuf>,
 }
 
@@ -603,7 +605,7 @@ impl Engine<'_> {
             .outcomes
             .values()
             .filter_map(Outcome::output)
-            .flat_map(|o| o.blobs())
+            .flat_map(|o| o.oci_blobs())
             .map(|(d, _)| self.cas.blob_path(&d))
             .collect();
         summary.elapsed = start.elapsed();

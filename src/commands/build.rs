@@ -259,11 +259,10 @@ fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
     else {
         return false;
     };
-    let blobs = inv.cache_dir.join("cas");
-    if !snapshot.holds_below(&[&inv.root, &blobs]) {
+    if !snapshot.holds(inv) {
         return false;
     }
-    let mut reporter = Reporter::new(json, &inv.root, Default::default());
+    let mut reporter = Reporter::new(json, &inv.root, Default::default()).buffered();
     reporter.event(&Event::Planned {
         actions: *planned as usize,
     });

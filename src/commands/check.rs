@@ -15,7 +15,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     if let Some(inv) = &invocation
         && let Some(snapshot) = crate::snapshot::load(inv)
         && let crate::snapshot::Replay::Check { result } = &snapshot.replay
-        && snapshot.holds_below(&[&inv.root])
+        && snapshot.holds(inv)
     {
         report::result(result);
         return Ok(());
