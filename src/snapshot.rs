@@ -268,7 +268,12 @@ pub struct Snapshot {
     payload: Vec<u8>,
     count: usize,
     heap: std::ops::Range<usize>,
-    pub replay: Replay,
+    /// The payload's blake3 as the file says: checked by [`Snapshot::holds`],
+    /// beside the paths, not before them.
+    sum: [u8; 32],
+    /// Decoded (safely) from bytes not yet checked: only [`Snapshot::holds`]
+    /// hands it out.
+    replay: Replay,
 }
 
 /// The payload's header: `start_ns` (i64), the record count (u64), the length of
@@ -381,15 +386,24 @@ impl Snapshot {
             .collect()
     }
 
-    /// Whether every recorded path is as recorded, none too recent to trust, and
-    /// the snapshot young enough. Each path is `lstat`ed relative to a
-    /// descriptor of its base, in parallel; the fresh stat data is encoded as the
-    /// record was and compared byte for byte.
-    pub fn holds(&self, inv: &Invocation) -> bool {
+    /// What the invocation printed, if the snapshot is whole (its checksum), young
+    /// enough, and every recorded path is as recorded and none too recent to
+    /// trust. Each path is `lstat`ed relative to a descriptor of its base, in
+    /// parallel (the checksum is computed meanwhile); the fresh stat data is
+    /// encoded as the record was and compared byte for byte.
+    pub fn holds(&self, inv: &Invocation) -> Option<&Replay> {
         let now = ns_of(SystemTime::now());
         if now.saturating_sub(self.start_ns) > MAX_AGE.as_nanos() as i64 {
-            return false;
+            return None;
         }
+        let (whole, held) = rayon::join(
+            || blake3::hash(&self.payload).as_bytes() == &self.sum,
+            || self.paths_hold(inv),
+        );
+        (whole && held).then_some(&self.replay)
+    }
+
+    fn paths_hold(&self, inv: &Invocation) -> bool {
         let limit = self.start_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
         let open = |p: &Path| {
             rustix::fs::open(
@@ -454,7 +468,8 @@ fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &std::ffi::CStr) -> std::io::Result
     }
 }
 
-/// Loads the snapshot of `inv`, if there is a whole one for it.
+/// Loads the snapshot of `inv`, if there is one of the right shape for it (its
+/// checksum is checked by [`Snapshot::holds`]).
 pub fn load(inv: &Invocation) -> Option<Snapshot> {
     let bytes = std::fs::read(&inv.file).ok()?;
     decode(bytes, &inv.key)
@@ -597,7 +612,9 @@ pub fn pretend_older_files(cache_dir: &Path, by: Duration) -> std::io::Result<us
         else {
             continue;
         };
-        let Some(mut s) = decode(std::fs::read(&path)?, &key) else {
+        let Some(mut s) = decode(std::fs::read(&path)?, &key)
+            .filter(|s| blake3::hash(&s.payload).as_bytes() == &s.sum)
+        else {
             continue;
         };
         s.start_ns = s.start_ns.saturating_add(by.as_nanos() as i64);
@@ -735,11 +752,9 @@ fn decode(mut bytes: Vec<u8>, key: &Key) -> Option<Snapshot> {
         if d.0.len() != len.checked_add(32)? {
             return None;
         }
-        (len, d.0.get(len..)?.to_vec())
+        d.take(len)?;
+        (len, d.raw32()?)
     };
-    if blake3::hash(&bytes[head..head + len]).as_bytes()[..] != sum[..] {
-        return None;
-    }
     bytes.truncate(head + len);
     bytes.drain(..head);
     let payload = bytes;
@@ -793,6 +808,7 @@ fn decode(mut bytes: Vec<u8>, key: &Key) -> Option<Snapshot> {
         count,
         heap: heap_start..heap_start + heap_len,
         payload,
+        sum,
         replay,
     })
 }
@@ -844,7 +860,7 @@ mod tests {
     fn round_trips_and_records_ancestors_and_absence() {
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         let s = load(&inv).unwrap();
-        assert_eq!(s.replay, replay());
+        assert_eq!(s.holds(&inv), Some(&replay()));
         let entries = s.entries(&inv);
         let paths: Vec<&Path> = entries.iter().map(|(p, _)| p.as_path()).collect();
         for p in ["", "d", "d/f", "gone"] {
@@ -860,20 +876,20 @@ mod tests {
                 .iter()
                 .any(|(p, r)| p.ends_with("gone") && r.is_none())
         );
-        assert!(s.holds(&inv));
+        assert!(s.holds(&inv).is_some());
     }
 
     #[test]
     fn a_change_or_a_new_path_breaks_it() {
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("d/f"), "y").unwrap();
-        assert!(!load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("gone"), "").unwrap();
-        assert!(!load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("d/new"), "").unwrap();
-        assert!(!load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
     }
 
     #[test]
@@ -900,20 +916,20 @@ mod tests {
             .unwrap()
         );
         let s = load(&inv).unwrap();
-        assert_eq!(
-            (0..s.count)
-                .map(|i| s.path(i).unwrap().0)
-                .collect::<Vec<_>>(),
-            [Base::Cas as u8, Base::Absolute as u8]
-        );
-        let paths: Vec<PathBuf> = s.entries(&inv).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(paths, [blob.clone(), other.clone()]);
-        assert!(s.holds(&inv));
+        let mut bases: Vec<u8> = (0..s.count).map(|i| s.path(i).unwrap().0).collect();
+        bases.sort();
+        assert_eq!(bases, [Base::Cas as u8, Base::Absolute as u8]);
+        let mut paths: Vec<PathBuf> = s.entries(&inv).into_iter().map(|(p, _)| p).collect();
+        paths.sort();
+        let mut want = vec![blob.clone(), other.clone()];
+        want.sort();
+        assert_eq!(paths, want);
+        assert!(s.holds(&inv).is_some());
         std::fs::write(&blob, "BLOB").unwrap();
-        assert!(!s.holds(&inv));
+        assert!(s.holds(&inv).is_none());
         std::fs::write(&blob, "blob").unwrap();
         std::fs::write(&other, "y").unwrap();
-        assert!(!load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         // A blob gone when the snapshot is written: no snapshot.
         std::fs::remove_file(&blob).unwrap();
         assert!(!write(&inv, SystemTime::now(), &rec, replay()).unwrap());
@@ -960,7 +976,7 @@ mod tests {
             })
             .collect();
         assert_eq!(paths, want);
-        assert!(load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
         // `d` or `e` moved away and replaced by a link to it: `f` is the same file,
         // reached through a link, and each is noticed.
         for (dir, away, link) in [("d", "y", "y"), ("d/e", "x", "../x")] {
@@ -968,7 +984,10 @@ mod tests {
             std::fs::rename(ws.path().join(dir), ws.path().join(away)).unwrap();
             std::os::unix::fs::symlink(link, ws.path().join(dir)).unwrap();
             assert!(ws.path().join("d/e/f").exists());
-            assert!(!load(&inv).unwrap().holds(&inv), "{dir} replaced by a link");
+            assert!(
+                load(&inv).unwrap().holds(&inv).is_none(),
+                "{dir} replaced by a link"
+            );
             std::fs::remove_file(ws.path().join(dir)).unwrap();
             std::fs::rename(ws.path().join(away), ws.path().join(dir)).unwrap();
         }
@@ -978,12 +997,12 @@ mod tests {
     fn recent_files_are_not_trusted() {
         // Written just now: every file is within the racy window of the build start.
         let (_ws, cache, inv) = setup(Duration::ZERO);
-        assert!(!load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         assert_eq!(
             pretend_older_files(cache.path(), Duration::from_secs(3)).unwrap(),
             1
         );
-        assert!(load(&inv).unwrap().holds(&inv));
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
     }
 
     #[test]
@@ -994,11 +1013,19 @@ mod tests {
             std::fs::write(&inv.file, &good[..cut]).unwrap();
             assert_eq!(load(&inv), None, "cut at {cut}");
         }
-        let mut bad = good.clone();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 1;
-        std::fs::write(&inv.file, &bad).unwrap();
-        assert_eq!(load(&inv), None);
+        // A flipped bit anywhere (a path record, a path, the replay, the checksum):
+        // unreadable, or read but never held.
+        std::fs::write(&inv.file, &good).unwrap();
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
+        for at in (8 + 32 + 8..good.len()).step_by(7) {
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            std::fs::write(&inv.file, &bad).unwrap();
+            assert!(
+                load(&inv).is_none_or(|s| s.holds(&inv).is_none()),
+                "bit flipped at {at}"
+            );
+        }
         std::fs::write(&inv.file, &good).unwrap();
         let other =
             Invocation::new(cache.path(), ws.path(), "build", &[("patterns", b"//a")]).unwrap();

@@ -250,18 +250,15 @@ fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
     let Some(snapshot) = crate::snapshot::load(inv) else {
         return false;
     };
-    let Replay::Build {
+    let Some(Replay::Build {
         planned,
         images,
         finished,
         materialized,
-    } = &snapshot.replay
+    }) = snapshot.holds(inv)
     else {
         return false;
     };
-    if !snapshot.holds(inv) {
-        return false;
-    }
     let mut reporter = Reporter::new(json, &inv.root, Default::default()).buffered();
     reporter.event(&Event::Planned {
         actions: *planned as usize,
