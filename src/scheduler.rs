@@ -181,6 +181,8 @@ impl Engine<'_> {
             std::io::Error::new(e.kind(), format!("cannot resolve the workspace root: {e}"))
         })?;
         let ws = WorkspaceId::of_root(&canonical_root);
+        self.reporter
+            .say("loading the file-hash memo (what each input file hashed to)");
         let memo = match self.cache.load_memo(&ws) {
             Ok(m) => m,
             Err(e) => {
@@ -503,6 +505,7 @@ impl Engine<'_> {
                 && let Some(out) = &settings.output_dir
             {
                 let out: &crate::output::Root = out;
+                self.reporter.say("checking the image layouts");
                 let records = self.cache.layout_records(&ws).unwrap_or_default();
                 checks.note_repairs(cas, &mut batch);
                 let mut written = BTreeMap::new();
@@ -557,11 +560,15 @@ impl Engine<'_> {
                         let _ = tx.send(Msg::Materialized(n, r));
                     });
                 }
+                let mut done = 0;
                 while in_flight > 0 {
                     let Ok(msg) = rx.recv() else { break };
                     in_flight -= 1;
                     if let Msg::Materialized(n, r) = msg {
                         written.insert(graph.node(n).label.clone(), (n, r));
+                        done += 1;
+                        self.reporter
+                            .say(&format!("writing image layouts: {done}/{}", checked.len()));
                     }
                 }
                 for (n, mut record, blobs) in checked {
@@ -592,6 +599,7 @@ impl Engine<'_> {
 
         checks.note_repairs(self.cas, &mut batch);
         batch.touch_memo(memo);
+        self.reporter.say("saving what the build did in the cache");
         self.commit(&mut batch, &mut summary);
         summary.warnings.extend(self.cache.take_warnings());
         summary.images = requested
