@@ -73,7 +73,7 @@
 use crate::hash::{Digest, Key, KeyHasher};
 use crate::label::Label;
 use rayon::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -141,32 +141,61 @@ fn lstat(path: &Path) -> std::io::Result<Option<StatRec>> {
 /// The paths a build or check depended on, collected while it ran.
 #[derive(Debug, Default)]
 pub struct Recorded {
-    /// Absolute paths inside the workspace: their ancestors up to the root are
-    /// recorded too, and none of them may be a symbolic link.
-    pub workspace: BTreeSet<PathBuf>,
+    /// Paths inside the workspace, relative to its root (the empty path is the
+    /// root): their ancestors up to the root are recorded too, and none of them
+    /// may be a symbolic link.
+    workspace: HashSet<PathBuf>,
     /// Of `workspace`: paths opened following a link at their last component
     /// (spec files, imports, glob bases): if one is a link, no snapshot.
-    pub followed: BTreeSet<PathBuf>,
+    followed: HashSet<PathBuf>,
+    /// Set when a path outside the root was recorded as a workspace path: a
+    /// snapshot could not describe it by its ancestors, so none is written.
+    stray: bool,
     /// Absolute paths outside the workspace (CAS blobs), recorded as they are.
     pub outside: BTreeSet<PathBuf>,
 }
 
 impl Recorded {
-    /// Records workspace path `rel` (relative to `root`).
-    pub fn ws(&mut self, root: &Path, rel: impl AsRef<Path>) {
-        let rel = rel.as_ref();
-        self.workspace.insert(if rel.as_os_str().is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        });
+    /// Records workspace path `path`: relative to `root`, or absolute below it.
+    pub fn ws(&mut self, root: &Path, path: impl AsRef<Path>) {
+        match relative(root, path.as_ref()) {
+            Some(rel) => {
+                self.workspace.insert(rel);
+            }
+            None => self.stray = true,
+        }
     }
 
-    /// Records workspace path `rel`, which was opened following a link.
-    pub fn ws_followed(&mut self, root: &Path, rel: impl AsRef<Path>) {
-        self.ws(root, rel.as_ref());
-        self.followed.insert(root.join(rel));
+    /// Records workspace path `path`, which was opened following a link.
+    pub fn ws_followed(&mut self, root: &Path, path: impl AsRef<Path>) {
+        match relative(root, path.as_ref()) {
+            Some(rel) => {
+                self.workspace.insert(rel.clone());
+                self.followed.insert(rel);
+            }
+            None => self.stray = true,
+        }
     }
+}
+
+/// `path` relative to `root` (`path` relative to it already, or absolute below
+/// it), its `.` components dropped; `None` if it is outside or climbs (`..`).
+fn relative(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let rel = if path.is_absolute() {
+        path.strip_prefix(root).ok()?
+    } else {
+        path
+    };
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// One invocation: where its snapshot lives and the key it must carry.
@@ -485,33 +514,47 @@ pub fn write(
     recorded: &Recorded,
     replay: Replay,
 ) -> std::io::Result<bool> {
-    let mut paths: BTreeSet<&Path> = BTreeSet::new();
+    if recorded.stray {
+        return refuse(inv);
+    }
+    // Every recorded path and every directory above it, up to the root (the
+    // empty path); `parents` are those with a recorded path below them.
+    let root = Path::new("");
+    let mut paths: HashSet<&Path> = HashSet::with_capacity(recorded.workspace.len() * 2);
+    let mut parents: HashSet<&Path> = HashSet::new();
     for p in &recorded.workspace {
-        if !p.starts_with(&inv.root) {
-            // Not under the root as given: not described by ancestors.
-            return refuse(inv);
-        }
         let mut at: &Path = p;
-        loop {
-            if !paths.insert(at) || at == inv.root {
-                break;
-            }
-            match at.parent() {
-                Some(parent) => at = parent,
-                None => break,
-            }
+        while paths.insert(at) {
+            let Some(parent) = at.parent() else { break };
+            parents.insert(parent);
+            at = parent;
         }
     }
-    let paths: Vec<&Path> = paths.into_iter().collect();
-    let stats: Vec<std::io::Result<Option<StatRec>>> = paths.par_iter().map(|p| lstat(p)).collect();
-    // A workspace path that is a link was followed (spec files, imports, glob
-    // bases) or is a directory above a recorded path: its target is not
-    // described. Paths are sorted, so the paths below `p` follow it.
-    for (i, (p, s)) in paths.iter().zip(&stats).enumerate() {
+    let mut paths: Vec<&Path> = paths.into_iter().collect();
+    paths.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    let base = rustix::fs::open(
+        &inv.root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let stats: Vec<std::io::Result<Option<StatRec>>> = paths
+        .par_iter()
+        .map(|p| {
+            if *p == root {
+                return lstat(&inv.root);
+            }
+            match std::ffi::CString::new(p.as_os_str().as_bytes()) {
+                Ok(c) => lstat_at(&base, &c),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .collect();
+    // A workspace path that is a link, followed (spec files, imports, glob bases)
+    // or a directory above a recorded path: its target is not described.
+    for (p, s) in paths.iter().zip(&stats) {
         let Ok(s) = s else { return refuse(inv) };
         if s.is_some_and(|s| s.is_symlink())
-            && (recorded.followed.contains(*p)
-                || paths.get(i + 1).is_some_and(|next| next.starts_with(p)))
+            && (recorded.followed.contains(*p) || parents.contains(*p))
         {
             return refuse(inv);
         }
@@ -536,19 +579,19 @@ pub fn write(
         true
     };
     // A directory recorded only as an ancestor need not be stat-ed when its parent
-    // is: replacing it (by a link, by another directory) changes its parent's
-    // mtime, and the paths below are stat-ed through it. Its own stat data adds
-    // nothing, so it is left out (the parent first: paths are sorted).
-    let mut kept: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    // is recorded in its own right (or is the root): replacing it (by a link, by
+    // another directory) changes that parent's mtime, and the paths below are
+    // stat-ed through it, so its own stat data adds nothing. (If its parent is
+    // only an ancestor too, it is kept: that parent may not be stat-ed.)
+    let covered = |p: &Path| {
+        p != root
+            && !recorded.workspace.contains(p)
+            && p.parent()
+                .is_some_and(|parent| parent == root || recorded.workspace.contains(parent))
+    };
     for (p, s) in paths.iter().zip(stats) {
         let Ok(s) = s else { return refuse(inv) };
-        let ancestor_only = !recorded.workspace.contains(*p) && *p != inv.root.as_path();
-        if ancestor_only && p.parent().is_some_and(|parent| kept.contains(parent)) {
-            continue;
-        }
-        kept.insert(p);
-        let rel = p.strip_prefix(&inv.root).unwrap_or(p);
-        if !add(&mut table, Base::Root, rel, s) {
+        if !covered(p) && !add(&mut table, Base::Root, p, s) {
             return refuse(inv);
         }
     }

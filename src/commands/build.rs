@@ -339,12 +339,7 @@ fn write_snapshot(
         // added to); `blobs/sha256`'s covers blobs added or removed; the CAS
         // files (below) cover blobs edited in place through their hard links.
         for member in ["", "oci-layout", "index.json", "blobs/sha256"] {
-            let p = if member.is_empty() {
-                path.clone()
-            } else {
-                path.join(member)
-            };
-            rec.workspace.insert(p);
+            rec.ws(&root, path.join(member));
         }
         materialized.push((loaded.graph.node(*n).label.clone(), path.clone(), *digest));
     }
