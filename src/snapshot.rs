@@ -882,6 +882,18 @@ mod tests {
         }
     }
 
+    /// Writes a snapshot of `rec` as if its build had started in 3 s (every file
+    /// already out of the racy window).
+    fn write_trusted(inv: &Invocation, rec: &Recorded) -> bool {
+        write(
+            inv,
+            SystemTime::now() + Duration::from_secs(3),
+            rec,
+            replay(),
+        )
+        .unwrap()
+    }
+
     /// A workspace with one file, and a snapshot of it written as if its build
     /// had started `shift` after now.
     fn setup(shift: Duration) -> (tempfile::TempDir, tempfile::TempDir, Invocation) {
@@ -949,15 +961,7 @@ mod tests {
         let mut rec = Recorded::default();
         rec.outside.insert(blob.clone());
         rec.outside.insert(other.clone());
-        assert!(
-            write(
-                &inv,
-                SystemTime::now() + Duration::from_secs(3),
-                &rec,
-                replay()
-            )
-            .unwrap()
-        );
+        assert!(write_trusted(&inv, &rec));
         let s = load(&inv).unwrap();
         let mut bases: Vec<u8> = (0..s.count).map(|i| s.path(i).unwrap().0).collect();
         bases.sort();
@@ -988,17 +992,7 @@ mod tests {
         let inv = inv(cache.path(), ws.path());
         let mut rec = Recorded::default();
         rec.ws(ws.path(), "d/e/f");
-        let write_it = || {
-            assert!(
-                write(
-                    &inv,
-                    SystemTime::now() + Duration::from_secs(3),
-                    &rec,
-                    replay()
-                )
-                .unwrap()
-            )
-        };
+        let write_it = || assert!(write_trusted(&inv, &rec));
         write_it();
         // The root, `f`, and every other ancestor below the root: `d` is left out
         // (the root's mtime covers it), `e` is not (`d` is not stat-ed).

@@ -82,11 +82,7 @@ fn a_build_on_a_terminal_says_what_it_does_before_the_first_target_line_and_leav
     }
     // Only results are left: each target line whole, the layouts, the summary last.
     assert_no_status_left(&screen);
-    let lines: Vec<&str> = screen
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = shown(&screen);
     assert_eq!(
         lines.len(),
         8,
@@ -134,11 +130,7 @@ fn the_fast_path_on_a_terminal_says_what_it_checks_and_leaves_only_results() {
     // Answered from the snapshot: no discovery.
     assert!(!written.contains("discovering packages"), "{written}");
     assert_no_status_left(&screen);
-    let lines: Vec<&str> = screen
-        .iter()
-        .map(String::as_str)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = shown(&screen);
     assert_eq!(lines.len(), 3, "two layouts and the summary: {screen:#?}");
     assert!(lines[0].starts_with("//app:app imgc-out/app/app sha256:"));
     assert!(lines[1].starts_with("//base:base imgc-out/base/base sha256:"));
@@ -213,4 +205,13 @@ fn progress_goes_to_a_terminal_only_never_to_a_pipe_json_or_a_dumb_terminal() {
         written.contains("2 images, 0 actions run, 5 from cache, "),
         "{written}"
     );
+}
+
+/// The lines left on the screen, blank ones left out.
+fn shown(screen: &[String]) -> Vec<&str> {
+    screen
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
