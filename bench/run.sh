@@ -161,7 +161,7 @@ ms() { calc "'%.1f' % ($1 * 1000)"; }
 f1() { calc "'%.1f' % ($1)"; }
 
 # ---------------------------------------------------------------- 1. front end
-log "1/7 front end: $FRONTEND_PACKAGES packages"
+log "1/8 front end: $FRONTEND_PACKAGES packages"
 FE="$BENCH_DIR/frontend"
 python3 "$GEN" --out "$FE" --frontend-only --packages "$FRONTEND_PACKAGES"
 git_commit_tree "$FE"
@@ -174,7 +174,7 @@ fe_files=$(cd "$FE" && git ls-files | wc -l)
 # One tree per size of the series, each committed to git and built three times first.
 no_imgc=() no_imgc_sd=() no_git=() no_git_sd=() noop_files=() noop_ran=()
 for n in "${NOOP_SERIES[@]}"; do
-  log "2/7 no-op build: $n images x $NOOP_FILES files of $NOOP_FILE_SIZE bytes"
+  log "2/8 no-op build: $n images x $NOOP_FILES files of $NOOP_FILE_SIZE bytes"
   NO="$BENCH_DIR/noop-$n"
   NOC="$BENCH_DIR/cache-noop-$n"
   python3 "$GEN" --out "$NO" --images "$n" --files-per-layer "$NOOP_FILES" --file-size "$NOOP_FILE_SIZE"
@@ -198,7 +198,7 @@ noop_check_t0=$(now)
 noop_check=$(calc "$(now) - $noop_check_t0")
 
 # ---------------------------------------------------------------- 3. profile
-log "3/7 profile: one no-op build of $NOOP_REF images (strace -c, perf stat)"
+log "3/8 profile: one no-op build of $NOOP_REF images (strace -c, perf stat)"
 strace -c -f -o "$BENCH_DIR/profile-imgc.strace" \
   "$IMGC_BIN" --cache-dir "$NOC" -C "$NO" build //... >/dev/null 2>&1
 (cd "$NO" && strace -c -f -o "$BENCH_DIR/profile-git.strace" git status -uno >/dev/null)
@@ -231,8 +231,32 @@ if probe=$(perf_instr "$BENCH_DIR/perf-probe.csv" true 2>/dev/null) && [ -n "$pr
   perf_git=$(cd "$NO" && perf_instr "$BENCH_DIR/profile-git.perf" git status -uno 2>/dev/null)
 fi
 
-# ---------------------------------------------------------------- 4. cold builds
-log "4/7 cold builds: $COLD_IMAGES images x $COLD_FILES files of $COLD_FILE_SIZE bytes"
+# ---------------------------------------------------------------- 4. first progress on a terminal
+# The full path with everything cached on the largest no-op tree, on a pseudo-terminal
+# (bench/pty_first.py): time from the exec to the first byte imgc writes, and the
+# silences after it. Before each run one BUILD.kdl is touched (same text: every parse
+# and action stays cached), so the snapshot is refused after its stat walk and the
+# full path runs. After the profile above, which must still see a no-op tree.
+FP="$BENCH_DIR/noop-$NOOP_MAX"
+FPC="$BENCH_DIR/cache-noop-$NOOP_MAX"
+FP_PKG=$(printf 'services/svc-%04d' $((NOOP_MAX / 2)))
+log "4/8 first progress on a terminal: the full path on $NOOP_MAX images"
+{ read -r fp_first fp_gap fp_still _ fp_runs; IFS= read -r fp_still_text; } < <(
+  python3 "$HERE/pty_first.py" --runs 5 --log "$BENCH_DIR/first-progress.log" \
+    --prepare "touch '$FP/$FP_PKG/BUILD.kdl'" -- "$IMGC_BIN" --cache-dir "$FPC" -C "$FP" build //...)
+# The same on the fast path: the touched file out of the racy window, a snapshot
+# written by a full build, then answered from it.
+sleep 3
+"$IMGC_BIN" --cache-dir "$FPC" -C "$FP" build //... >/dev/null 2>&1
+"$IMGC_BIN" --cache-dir "$FPC" -C "$FP" build --message-format json //... >"$BENCH_DIR/first-progress-fast.jsonl"
+grep -q '"snapshot":true' "$BENCH_DIR/first-progress-fast.jsonl" ||
+  die "no snapshot answered the build of $FP after the first-progress runs"
+{ read -r ff_first _ ff_still _ ff_runs; read -r _; } < <(
+  python3 "$HERE/pty_first.py" --runs 5 --log "$BENCH_DIR/first-progress-fast.log" \
+    -- "$IMGC_BIN" --cache-dir "$FPC" -C "$FP" build //...)
+
+# ---------------------------------------------------------------- 5. cold builds
+log "5/8 cold builds: $COLD_IMAGES images x $COLD_FILES files of $COLD_FILE_SIZE bytes"
 CO="$BENCH_DIR/cold"
 python3 "$GEN" --out "$CO" --images "$COLD_IMAGES" --files-per-layer "$COLD_FILES" --file-size "$COLD_FILE_SIZE"
 tree_bytes() { (cd "$1" && find bases services -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'); }
@@ -272,9 +296,9 @@ timed t_imgc_gz maxrss_run "$BENCH_DIR/cold-gzip.maxrss" \
 read -r size_imgc_gz nlayers_gz < <(layer_bytes "$CO/imgc-out")
 rss_kb=$(tail -n 1 "$BENCH_DIR/cold-gzip.maxrss")
 
-# ---------------------------------------------------------------- 5. incremental
+# ---------------------------------------------------------------- 6. incremental
 SVC=$(printf 'svc-%04d' $((COLD_IMAGES / 2)))
-log "5/7 incremental: one file of //services/$SVC"
+log "6/8 incremental: one file of //services/$SVC"
 sleep 3   # outputs of the cold build older than 2 s
 echo "# bench edit $(now)" >>"$CO/services/$SVC/data/d000/f00000.txt"
 timed t_incr "$IMGC_BIN" --cache-dir "$COC" -C "$CO" build --message-format json //... >"$BENCH_DIR/incremental.jsonl"
@@ -282,8 +306,8 @@ read -r incr_ran incr_images incr_labels < <(build_events "$BENCH_DIR/incrementa
 incr_expected="//services/$SVC:data,//services/$SVC:$SVC"
 if [ "$incr_ran" = 2 ] && [ "$incr_labels" = "$incr_expected" ]; then incr_check=PASS; else incr_check=MISS; fi
 
-# ---------------------------------------------------------------- 6. base cascade
-log "6/7 base cascade: one file of //bases:files"
+# ---------------------------------------------------------------- 7. base cascade
+log "7/8 base cascade: one file of //bases:files"
 sleep 3
 echo "# bench edit $(now)" >>"$CO/bases/files/d000/f00000.txt"
 timed t_casc "$IMGC_BIN" --cache-dir "$COC" -C "$CO" build --message-format json //... >"$BENCH_DIR/cascade.jsonl"
@@ -297,9 +321,9 @@ else
   casc_check=MISS
 fi
 
-# ---------------------------------------------------------------- 7. peak memory, 5x the input
+# ---------------------------------------------------------------- 8. peak memory, 5x the input
 # The cold tree and its cache make room for a tree of BIG_IMAGES images of the same shape.
-log "7/7 peak memory: a cold gzip build of $BIG_IMAGES images x $COLD_FILES files of $COLD_FILE_SIZE bytes"
+log "8/8 peak memory: a cold gzip build of $BIG_IMAGES images x $COLD_FILES files of $COLD_FILE_SIZE bytes"
 rm -rf "$CO" "$COC"
 BIG="$BENCH_DIR/big"
 python3 "$GEN" --out "$BIG" --images "$BIG_IMAGES" --files-per-layer "$COLD_FILES" --file-size "$COLD_FILE_SIZE"
@@ -356,6 +380,9 @@ mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
     echo "| no-op build, flat as the tree grows: ratio at $(n3 "$NOOP_MAX") images / ratio at $(n3 "$NOOP_MIN") | | | $(f2 "$no_growth")x | ≤ 1.25x | $(pass "$no_growth <= 1.25") |"
   fi
   echo "| no-op builds ran no action (every size) | $noop_ran_total actions | 0 | | 0 | $noop_ran_check |"
+  echo "| first progress on a terminal: \`imgc build //...\` on a pty, full path (snapshot refused: one BUILD.kdl touched, all cached), $(n3 "$NOOP_MAX") images: exec to the first byte, median of $fp_runs | $(f1 "$fp_first") ms | | | ≤ 100 ms | $(pass "$fp_first <= 100") |"
+  echo "| first progress on a terminal, the no-op fast path (answered from the snapshot), $(n3 "$NOOP_MAX") images: exec to the first byte, median of $ff_runs; the text stood still for at most | $(f1 "$ff_first") ms; $(f1 "$ff_still") ms | | | ≤ 100 ms | $(pass "$ff_first <= 100") |"
+  echo "| first progress: the full-path builds' longest silence (no byte written), and longest stretch without new text (spinner and clock aside) | $(f1 "$fp_gap") ms; $(f1 "$fp_still") ms (\"${fp_still_text//|/\\|}\") | | | | |"
   echo "| cold build, gzip: $COLD_IMAGES images, $cold_nfiles files, $(mb "$cold_bytes") MB vs \`tar \| pigz -6\` | $(f2 "$t_imgc_gz") s, $(mbs "$t_imgc_gz") MB/s | $(f2 "$t_pipe_pigz") s, $(mbs "$t_pipe_pigz") MB/s | $(f2 "$pigz_speed")x the speed | ≥ 2.3x | $(pass "$pigz_speed >= 2.3") |"
   echo "| cold build, gzip vs \`tar \| gzip -6\` | $(f2 "$t_imgc_gz") s | $(f2 "$t_pipe_gz") s, $(mbs "$t_pipe_gz") MB/s | $(f2 "$gz_speed")x the speed | | |"
   echo "| cold build, zstd vs \`tar \| zstd -3 -T0\` | $(f2 "$t_imgc_zst") s, $(mbs "$t_imgc_zst") MB/s | $(f2 "$t_pipe_zst") s, $(mbs "$t_pipe_zst") MB/s | $(f2 "$zst_speed")x the speed | ≥ 1.0x | $(pass "$zst_speed >= 1.0") |"

@@ -215,18 +215,27 @@ impl Output {
     /// Every blob the output refers to, with its size: all must be in the CAS
     /// for a cache hit to be used.
     pub fn blobs(&self) -> Vec<(Digest, u64)> {
+        let mut v = self.oci_blobs();
+        let layers = match self {
+            Output::Layer(l) => std::slice::from_ref(l),
+            Output::Image(i) => &i.layers[..],
+        };
+        v.extend(
+            layers
+                .iter()
+                .filter_map(|l| l.listing.map(|b| (b.digest, b.size))),
+        );
+        v
+    }
+
+    /// The OCI blobs of the output (manifest, config, layers; no listing): what
+    /// a layout of it holds.
+    pub fn oci_blobs(&self) -> Vec<(Digest, u64)> {
         match self {
-            Output::Layer(l) => {
-                let mut v = vec![(l.digest, l.size)];
-                v.extend(l.listing.map(|b| (b.digest, b.size)));
-                v
-            }
+            Output::Layer(l) => vec![(l.digest, l.size)],
             Output::Image(i) => {
                 let mut v = vec![(i.manifest, i.manifest_size), (i.config, i.config_size)];
-                for l in &i.layers {
-                    v.push((l.digest, l.size));
-                    v.extend(l.listing.map(|b| (b.digest, b.size)));
-                }
+                v.extend(i.layers.iter().map(|l| (l.digest, l.size)));
                 v
             }
         }

@@ -3,6 +3,19 @@
 //! Diagnostics are rendered with miette: colour and Unicode on a terminal,
 //! plain text (same meaning, no escapes) when stderr is not a terminal or
 //! `NO_COLOR` is set.
+//!
+//! # The status line
+//!
+//! On a terminal (stderr is one, `TERM` is not `dumb`), a build says what it is
+//! doing on one live line at the bottom of stderr from its first milliseconds to
+//! its summary: [`announce`] draws it at once without starting a thread (the no-op
+//! fast path must stay as cheap as it was), [`Progress::status`] takes it over as a
+//! spinner with counts through the phases of loading, and the [`Reporter`] turns it
+//! into the build's bar. There is only ever one such line, kept here: every other
+//! output of this module (results on stdout, warnings, errors) takes it down first
+//! and draws it again after, so nothing is printed into it, and whoever ends it
+//! clears it. When stderr is not a terminal, or with `--message-format json`, there
+//! is no line at all and nothing of it is printed.
 
 use crate::actions::ActionError;
 pub use crate::diag::escape_controls;
@@ -12,11 +25,68 @@ use crate::label::Label;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Whether stderr gets colour.
 pub fn color_enabled() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Whether stderr gets a live status line (see the module docs): it is a terminal
+/// that can move its cursor. `NO_COLOR` turns off colour, not progress.
+pub fn progress_enabled() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// The live status line, if one is drawn: a handle on it (the owner holds another).
+static LINE: Mutex<Option<indicatif::ProgressBar>> = Mutex::new(None);
+
+fn live_line() -> std::sync::MutexGuard<'static, Option<indicatif::ProgressBar>> {
+    LINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `print` with the status line taken down, then draws the line again.
+fn above_line<R>(print: impl FnOnce() -> R) -> R {
+    let line = live_line().clone();
+    match line {
+        Some(bar) => bar.suspend(print),
+        None => print(),
+    }
+}
+
+/// Clears the status line `bar` for good.
+fn end_line(bar: &indicatif::ProgressBar) {
+    bar.finish_and_clear();
+    *live_line() = None;
+}
+
+/// The spinner of a status line saying `what` (drawn once; no thread ticks it).
+fn new_line(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(plain_style());
+    bar.set_message(escape_controls(what).into_owned());
+    bar
+}
+
+fn plain_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+/// Says what imgc is doing on the status line at once (on a terminal only): one
+/// draw, no thread, so that it costs a command answering in milliseconds nothing it
+/// would notice. A [`Progress::status`] or a [`Reporter`]'s bar takes the line over;
+/// any other output of this module takes it down first.
+pub fn announce(what: &str) {
+    if !progress_enabled() {
+        return;
+    }
+    let mut live = live_line();
+    match live.as_ref() {
+        Some(bar) => bar.set_message(escape_controls(what).into_owned()),
+        None => *live = Some(new_line(what)),
+    }
 }
 
 /// Prints a result line (or block) on stdout, control characters escaped.
@@ -26,14 +96,20 @@ pub fn result(text: &str) {
 
 /// Prints `text` on stdout as it is (JSON lines: serde escapes control characters).
 fn raw_stdout(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
+    above_line(|| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        // Before the status line is drawn again on the same terminal.
+        let _ = out.flush();
+    });
 }
 
 /// Prints a status line on stderr, as it is: callers escape what they put in it
 /// (rendered diagnostics carry the colour codes of the renderer).
 pub fn status(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
+    above_line(|| {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    });
 }
 
 /// Prints a warning on stderr, control characters escaped.
@@ -77,8 +153,12 @@ pub enum Failure<'a> {
     Usage(&'a str),
 }
 
-/// Prints a command's failure on stderr.
+/// Prints a command's failure on stderr (and ends the status line, if one is left).
 pub fn error(failure: Failure<'_>) {
+    let line = live_line().clone();
+    if let Some(bar) = line {
+        end_line(&bar);
+    }
     let mut e = std::io::stderr().lock();
     let _ = match failure {
         Failure::Diagnostics(sources, diags) => {
@@ -207,12 +287,19 @@ pub struct Reporter {
     /// Workspace root, to print paths relative to it.
     root: PathBuf,
     sources: Sources,
+    /// The status line (see the module docs): taken over when the reporter is made,
+    /// the build's bar from [`Event::Planned`]. Ended by the summary or when dropped.
     bar: Option<indicatif::ProgressBar>,
     total: usize,
     done: usize,
     quiet_plan: bool,
     /// Why each running action started, shown when it finishes.
     reasons: std::collections::BTreeMap<String, String>,
+    /// Actions started (keyed, missed every cache): the bar counts them while its
+    /// position (actions done) waits for the first to finish.
+    started: usize,
+    /// Stdout lines held back until the summary (see [`Reporter::buffered`]).
+    held: std::cell::RefCell<Option<Vec<u8>>>,
 }
 
 impl Reporter {
@@ -221,11 +308,44 @@ impl Reporter {
             json,
             root: root.to_path_buf(),
             sources,
-            bar: None,
+            bar: if json { None } else { live_line().clone() },
             total: 0,
             done: 0,
             quiet_plan: false,
             reasons: Default::default(),
+            started: 0,
+            held: Default::default(),
+        }
+    }
+
+    /// Holds stdout lines back and writes them at once before the summary (or
+    /// when dropped): for a replay, which has nothing to show live and would
+    /// otherwise make one write per line.
+    pub fn buffered(self) -> Reporter {
+        *self.held.borrow_mut() = Some(Vec::new());
+        self
+    }
+
+    fn flush_held(&self) {
+        if let Some(held) = self.held.borrow_mut().as_mut()
+            && !held.is_empty()
+        {
+            above_line(|| {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(held);
+                let _ = out.flush();
+            });
+            held.clear();
+        }
+    }
+
+    /// A result line on stdout, as [`result`] prints it (or held back).
+    fn result_line(&self, text: &str) {
+        match self.held.borrow_mut().as_mut() {
+            Some(held) => {
+                let _ = writeln!(held, "{}", escape_controls(text));
+            }
+            None => result(text),
         }
     }
 
@@ -235,8 +355,21 @@ impl Reporter {
         self
     }
 
+    /// Says what the build is doing on its status line (before its bar counts
+    /// actions, or after), if there is one.
+    pub fn say(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(escape_controls(what).into_owned());
+        }
+    }
+
     fn json_line(&self, v: serde_json::Value) {
-        raw_stdout(&v.to_string());
+        match self.held.borrow_mut().as_mut() {
+            Some(held) => {
+                let _ = writeln!(held, "{v}");
+            }
+            None => raw_stdout(&v.to_string()),
+        }
     }
 
     fn line(&self, text: &str) {
@@ -340,16 +473,31 @@ impl Reporter {
         match e {
             Event::Planned { actions } => {
                 self.total = *actions;
-                if !self.quiet_plan && color_enabled() && *actions > 0 {
-                    let bar = indicatif::ProgressBar::new(*actions as u64);
+                let adopted = self.bar.take();
+                if !self.quiet_plan && progress_enabled() && *actions > 0 {
+                    // The status line becomes the bar: no gap, nothing left behind.
+                    let bar = adopted.unwrap_or_else(|| {
+                        let bar = indicatif::ProgressBar::new_spinner();
+                        *live_line() = Some(bar.clone());
+                        bar
+                    });
+                    // Every frame drawn on the way is true (see `Progress::phase`).
+                    bar.set_style(plain_style());
+                    bar.set_message("keying targets and checking the cache");
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(
                             "{spinner} [{pos}/{len}] {wide_msg} {elapsed}",
                         )
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                     );
+                    bar.update(|state| {
+                        state.set_pos(0);
+                        state.set_len(*actions as u64);
+                    });
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bar = Some(bar);
+                } else if let Some(bar) = adopted {
+                    end_line(&bar);
                 }
             }
             Event::Started {
@@ -358,8 +506,12 @@ impl Reporter {
                 reason,
                 ..
             } => {
+                self.started += 1;
                 if let Some(bar) = &self.bar {
-                    bar.set_message(format!("{kind} {label}"));
+                    bar.set_message(format!(
+                        "building {kind} {label} ({} started)",
+                        self.started
+                    ));
                 }
                 self.reasons.insert(label.to_string(), reason.to_string());
             }
@@ -414,11 +566,8 @@ impl Reporter {
                 path,
                 digest,
             } => {
-                if let Some(bar) = &self.bar {
-                    bar.suspend(|| result(&format!("{label} {} {digest}", self.relative(path))));
-                } else {
-                    result(&format!("{label} {} {digest}", self.relative(path)));
-                }
+                // Above the bar, if any (see `above_line`), or held back.
+                self.result_line(&format!("{label} {} {digest}", self.relative(path)));
             }
             Event::Warning { message } => {
                 self.line(&format!("warning: {}", escape_controls(message)))
@@ -429,7 +578,7 @@ impl Reporter {
             )),
             Event::Plan { plan } => {
                 if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
+                    end_line(&bar);
                 }
                 result(plan.render().trim_end());
             }
@@ -440,8 +589,9 @@ impl Reporter {
     /// the remote cache gave and took).
     pub fn summary(&mut self, t: &Totals) {
         if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+            end_line(&bar);
         }
+        self.flush_held();
         if self.json {
             self.json_line(serde_json::json!({
                 "event": "summary", "images": t.images, "ran": t.ran, "cached": t.cached,
@@ -482,14 +632,40 @@ impl Reporter {
                 t.elapsed.as_secs_f64()
             ));
         }
+        self.flush_held();
+    }
+}
+
+impl Drop for Reporter {
+    /// A build that stops early (an error) leaves no bar behind, and what it
+    /// held back printed.
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            end_line(&bar);
+        }
+        self.flush_held();
     }
 }
 
 /// A progress bar on stderr for long work counted in bytes (`imgc cache
 /// verify`): drawn only on a terminal and only for work large enough to take a
-/// while; otherwise nothing. Shared by worker threads.
+/// while; otherwise nothing. Or the status line of a build while it loads the
+/// workspace ([`Progress::status`]). Shared by worker threads.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// The bar is the status line (see the module docs): ended when dropped.
+    is_line: bool,
+}
+
+/// What a phase of [`Progress::status`] counts (with [`Progress::add`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Nothing: the spinner and the clock move.
+    Nothing,
+    /// Things found, with no total known: `what: N found`.
+    Found,
+    /// Steps of a known total: `what: i/N`.
+    Of(u64),
 }
 
 impl Progress {
@@ -509,35 +685,69 @@ impl Progress {
         );
         bar.set_message(escape_controls(what).into_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(bar),
+            is_line: false,
+        }
     }
 
     pub fn hidden() -> Progress {
-        Progress { bar: None }
+        Progress {
+            bar: None,
+            is_line: false,
+        }
     }
 
-    /// A spinner saying what imgc is doing (loading a workspace before a build's
-    /// bar can count actions), on a terminal only; cleared when finished or dropped.
+    /// The status line saying what imgc is doing (loading a workspace before a
+    /// build's bar can count actions), as a spinner, on a terminal only: it takes
+    /// over the line [`announce`] drew, if any. Ended when finished or dropped, or
+    /// handed to the build's [`Reporter`] ([`Progress::hand_over`]).
     pub fn status(what: &str) -> Progress {
-        if !std::io::stderr().is_terminal() {
+        if !progress_enabled() {
             return Progress::hidden();
         }
-        let bar =
-            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {wide_msg} {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
+        let bar = {
+            let mut live = live_line();
+            live.get_or_insert_with(|| new_line(what)).clone()
+        };
+        bar.set_style(plain_style());
         bar.set_message(escape_controls(what).into_owned());
         bar.enable_steady_tick(Duration::from_millis(80));
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(bar),
+            is_line: true,
+        }
     }
 
     /// Changes what a [`Progress::status`] spinner says.
     pub fn say(&self, what: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(escape_controls(what).into_owned());
-        }
+        self.phase(what, Tally::Nothing);
+    }
+
+    /// Starts a phase of a [`Progress::status`]: says `what`, counting from zero
+    /// as `tally` says.
+    pub fn phase(&self, what: &str, tally: Tally) {
+        let Some(bar) = &self.bar else {
+            return;
+        };
+        // Every frame drawn on the way is true: the message alone, then with its count.
+        bar.set_style(plain_style());
+        bar.set_message(escape_controls(what).into_owned());
+        let counted = match tally {
+            Tally::Nothing => return,
+            Tally::Found => "{spinner} {wide_msg} {human_pos} found {elapsed}",
+            Tally::Of(_) => "{spinner} {wide_msg} {human_pos}/{human_len} {elapsed}",
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(counted)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.update(|state| {
+            state.set_pos(0);
+            if let Tally::Of(n) = tally {
+                state.set_len(n);
+            }
+        });
     }
 
     pub fn add(&self, n: u64) {
@@ -548,7 +758,25 @@ impl Progress {
 
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+            if self.is_line {
+                end_line(bar);
+            } else {
+                bar.finish_and_clear();
+            }
+        }
+    }
+
+    /// Leaves the status line drawn for the build's [`Reporter`], which takes it
+    /// over (and ends it).
+    pub fn hand_over(mut self) {
+        self.bar = None;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.is_line {
+            self.finish();
         }
     }
 }

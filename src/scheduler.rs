@@ -129,8 +129,10 @@ pub struct Summary {
     pub touched: Vec<(PathBuf, bool)>,
     /// The key of every target served from a cache.
     pub keys: BTreeMap<NodeIndex, Key>,
-    /// The CAS file of every blob of every output (see [`crate::snapshot`]), if
-    /// nothing ran or failed (else empty: no snapshot is written).
+    /// The CAS file of every OCI blob of every output (see [`crate::snapshot`]:
+    /// layer listings are the cache's own, in no output, and verified by the full
+    /// path before any use), if nothing ran or failed (else empty: no snapshot is
+    /// written).
     pub blob_paths: BTreeSet<PathBuf>,
 }
 
@@ -191,6 +193,8 @@ impl Engine<'_> {
             std::io::Error::new(e.kind(), format!("cannot resolve the workspace root: {e}"))
         })?;
         let ws = WorkspaceId::of_root(&canonical_root);
+        self.reporter
+            .say("loading the file-hash memo (what each input file hashed to)");
         let memo = match self.cache.load_memo(&ws) {
             Ok(m) => m,
             Err(e) => {
@@ -548,6 +552,7 @@ impl Engine<'_> {
                 && let Some(out) = &settings.output_dir
             {
                 let out: &crate::output::Root = out;
+                self.reporter.say("checking the image layouts");
                 let records = self.cache.layout_records(&ws).unwrap_or_default();
                 checks.note_repairs(cas, &mut batch);
                 let mut written = BTreeMap::new();
@@ -602,11 +607,15 @@ impl Engine<'_> {
                         let _ = tx.send(Msg::Materialized(n, r));
                     });
                 }
+                let mut done = 0;
                 while in_flight > 0 {
                     let Ok(msg) = rx.recv() else { break };
                     in_flight -= 1;
                     if let Msg::Materialized(n, r) = msg {
                         written.insert(graph.node(n).label.clone(), (n, r));
+                        done += 1;
+                        self.reporter
+                            .say(&format!("writing image layouts: {done}/{}", checked.len()));
                     }
                 }
                 for (n, mut record, blobs) in checked {
@@ -637,6 +646,7 @@ impl Engine<'_> {
 
         checks.note_repairs(self.cas, &mut batch);
         batch.touch_memo(memo);
+        self.reporter.say("saving what the build did in the cache");
         self.commit(&mut batch, &mut summary);
         summary.warnings.extend(self.cache.take_warnings());
         summary.images = requested
@@ -651,7 +661,7 @@ impl Engine<'_> {
                 .outcomes
                 .values()
                 .filter_map(Outcome::output)
-                .flat_map(|o| o.blobs())
+                .flat_map(|o| o.oci_blobs())
                 .map(|(d, _)| self.cas.blob_path(&d))
                 .collect();
         }

@@ -20,8 +20,8 @@
 //! | discovery | every directory the package search listed, the output directory (or its absence) | a new or removed package directory, or a `BUILD.kdl` added anywhere, changes a listed directory's mtime |
 //! | specs | `imgc.kdl` and every `BUILD.kdl` | platform, compression, output directory, policy, targets |
 //! | inputs | every file, symlink and directory a layer's `copy` (or a glob's walk) `lstat`ed or listed; every file a local import read | an edited file changes its mtime/ctime/size; a new or deleted file in a copied directory or a glob's directories changes that directory's mtime |
-//! | ancestors | every directory above a recorded workspace path, up to the root | a parent replaced (by a link, by another directory) changes its inode |
-//! | outputs | every CAS blob of every target in the build, and per image layout its directory (its mtime covers the mark and `blobs`), `oci-layout`, `index.json`, `blobs/sha256`; with `//...`, every directory of the output directory that the stale-layout sweep listed | a deleted blob, a blob or layout file edited in place (ctime), a blob unlinked from a layout (the CAS file's link count and ctime), a layout added or removed |
+//! | ancestors | every directory above a recorded workspace path, up to the root, except one recorded only as an ancestor whose parent is stat-ed | a parent replaced (by a link, by another directory) changes its inode, and its own parent's mtime (which is why the parent suffices) |
+//! | outputs | the CAS file of every OCI blob (manifest, config, layer) of every target in the build, and per image layout its directory (its mtime covers the mark and `blobs`), `oci-layout`, `index.json`, `blobs/sha256`; with `//...`, every directory of the output directory that the stale-layout sweep listed | a deleted blob, a blob or layout file edited in place (ctime), a blob unlinked from a layout (the CAS file's link count and ctime), a layout added or removed |
 //! | replay | the events of the build (targets, keys, digests, layouts) or the result line of `check` | a no-op prints what the full path would print |
 //!
 //! Each path's record is `lstat`'s device, inode, mode, size, link count, mtime and
@@ -41,6 +41,13 @@
 //! snapshot, since a link's target can change without the link's stat data
 //! changing.
 //!
+//! Paths are stored relative to the workspace root or to the CAS directory and
+//! `lstat`ed relative to a descriptor of it; the records have a fixed size and are
+//! checked in place, in parallel, so loading a snapshot allocates nothing per
+//! path. A no-op build's cost is then its `lstat` calls: as many as git's for the
+//! inputs (`git status` stats the same files and directories), plus about nine
+//! per image for its outputs.
+//!
 //! # What stat data cannot see, and why that is no loss
 //!
 //! A file rewritten in place to the same size with its mtime set back *and* within
@@ -50,7 +57,10 @@
 //! not see it either. The action cache's rows are not validated: a snapshot
 //! answers "cached" from the outputs it checked, which are the bytes the cache
 //! rows name; `imgc cache gc` and `imgc cache verify` drop every snapshot, and
-//! `imgc clean --cache` removes them with the cache.
+//! `imgc clean --cache` removes them with the cache. The layers' listing blobs
+//! are not recorded either: they are the cache's own, in no output, so a damaged
+//! one cannot make the outputs differ from the full path's, and the full
+//! path verifies them (and rebuilds the layer) before any use.
 //!
 //! # What it does not do
 //!
@@ -63,7 +73,7 @@
 use crate::hash::{Digest, Key, KeyHasher};
 use crate::label::Label;
 use rayon::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -79,7 +89,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 /// The directory of snapshots inside the cache directory.
 pub const DIR: &str = crate::cache::SNAPSHOT_DIR;
 
-const MAGIC: &[u8; 8] = b"IMGCSNP1";
+const MAGIC: &[u8; 8] = b"IMGCSNP2";
 
 /// The stat data of one path, or its absence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,34 +141,61 @@ fn lstat(path: &Path) -> std::io::Result<Option<StatRec>> {
 /// The paths a build or check depended on, collected while it ran.
 #[derive(Debug, Default)]
 pub struct Recorded {
-    /// Absolute paths inside the workspace: their ancestors up to the root are
-    /// recorded too, and none of them may be a symbolic link.
-    pub workspace: BTreeSet<PathBuf>,
+    /// Paths inside the workspace, relative to its root (the empty path is the
+    /// root): their ancestors up to the root are recorded too, and none of them
+    /// may be a symbolic link.
+    workspace: HashSet<PathBuf>,
     /// Of `workspace`: paths opened following a link at their last component
     /// (spec files, imports, glob bases): if one is a link, no snapshot.
-    pub followed: BTreeSet<PathBuf>,
+    followed: HashSet<PathBuf>,
+    /// Set when a path outside the root was recorded as a workspace path: a
+    /// snapshot could not describe it by its ancestors, so none is written.
+    stray: bool,
     /// Absolute paths outside the workspace (CAS blobs), recorded as they are.
     pub outside: BTreeSet<PathBuf>,
-    /// Set when the build depended on something a snapshot cannot describe.
-    pub refused: bool,
 }
 
 impl Recorded {
-    /// Records workspace path `rel` (relative to `root`).
-    pub fn ws(&mut self, root: &Path, rel: impl AsRef<Path>) {
-        let rel = rel.as_ref();
-        self.workspace.insert(if rel.as_os_str().is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        });
+    /// Records workspace path `path`: relative to `root`, or absolute below it.
+    pub fn ws(&mut self, root: &Path, path: impl AsRef<Path>) {
+        match relative(root, path.as_ref()) {
+            Some(rel) => {
+                self.workspace.insert(rel);
+            }
+            None => self.stray = true,
+        }
     }
 
-    /// Records workspace path `rel`, which was opened following a link.
-    pub fn ws_followed(&mut self, root: &Path, rel: impl AsRef<Path>) {
-        self.ws(root, rel.as_ref());
-        self.followed.insert(root.join(rel));
+    /// Records workspace path `path`, which was opened following a link.
+    pub fn ws_followed(&mut self, root: &Path, path: impl AsRef<Path>) {
+        match relative(root, path.as_ref()) {
+            Some(rel) => {
+                self.workspace.insert(rel.clone());
+                self.followed.insert(rel);
+            }
+            None => self.stray = true,
+        }
     }
+}
+
+/// `path` relative to `root` (`path` relative to it already, or absolute below
+/// it), its `.` components dropped; `None` if it is outside or climbs (`..`).
+fn relative(root: &Path, path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let rel = if path.is_absolute() {
+        path.strip_prefix(root).ok()?
+    } else {
+        path
+    };
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// One invocation: where its snapshot lives and the key it must carry.
@@ -237,14 +274,53 @@ pub enum Replay {
     Check { result: String },
 }
 
-/// A loaded snapshot.
+/// Where a recorded path is stat-ed from: each path is stored relative to one of
+/// these, and checked relative to a descriptor of it (the kernel then walks only
+/// the rest of the path, and nothing is joined or stripped per path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    /// The workspace root (recorded itself, as the empty path).
+    Root = 0,
+    /// The cache's blob store, `<cache>/v1/cas`: it moves with the snapshot.
+    Cas = 1,
+    /// An absolute path.
+    Absolute = 2,
+}
+
+/// A loaded snapshot: its payload kept as read, its path records read in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// When the build that wrote it started (ns since the epoch).
     pub start_ns: i64,
-    pub entries: Vec<(PathBuf, Option<StatRec>)>,
-    pub replay: Replay,
+    /// The payload: the table of path records starts at [`TABLE`], their
+    /// NUL-terminated paths follow it.
+    payload: Vec<u8>,
+    count: usize,
+    heap: std::ops::Range<usize>,
+    /// The payload's blake3 as the file says: checked by [`Snapshot::holds`],
+    /// beside the paths, not before them.
+    sum: [u8; 32],
+    /// Decoded (safely) from bytes not yet checked: only [`Snapshot::holds`]
+    /// hands it out.
+    replay: Replay,
 }
+
+/// The payload's header: `start_ns` (i64), the record count (u64), the length of
+/// the path heap (u64).
+const TABLE: usize = 24;
+
+/// One path record, fixed size so records are read in place and in parallel:
+///
+/// | bytes | field |
+/// |---|---|
+/// | 0 | base (0 root, 1 CAS, 2 absolute) |
+/// | 1 | 1 if the path existed, else 0 (the rest then zero) |
+/// | 2..4 | zero |
+/// | 4..8 | offset of the path in the heap (u32) |
+/// | 8..12 | its length without the NUL (u32) |
+/// | 12..16 | mode (u32) |
+/// | 16..64 | dev, ino, nlink, size (u64), mtime, ctime (i64 ns) |
+const RECORD: usize = 64;
 
 fn ns_of(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
@@ -253,52 +329,150 @@ fn ns_of(t: SystemTime) -> i64 {
     }
 }
 
+fn put_record(out: &mut Vec<u8>, base: Base, path: (u32, u32), rec: Option<StatRec>) {
+    let r = rec.unwrap_or(StatRec {
+        dev: 0,
+        ino: 0,
+        mode: 0,
+        nlink: 0,
+        size: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+    });
+    out.extend_from_slice(&[base as u8, rec.is_some() as u8, 0, 0]);
+    out.extend_from_slice(&path.0.to_le_bytes());
+    out.extend_from_slice(&path.1.to_le_bytes());
+    out.extend_from_slice(&stat_array(&r));
+}
+
+/// Bytes 12..64 of a record.
+fn stat_array(r: &StatRec) -> [u8; RECORD - 12] {
+    let mut a = [0; RECORD - 12];
+    a[0..4].copy_from_slice(&r.mode.to_le_bytes());
+    a[4..12].copy_from_slice(&r.dev.to_le_bytes());
+    a[12..20].copy_from_slice(&r.ino.to_le_bytes());
+    a[20..28].copy_from_slice(&r.nlink.to_le_bytes());
+    a[28..36].copy_from_slice(&r.size.to_le_bytes());
+    a[36..44].copy_from_slice(&r.mtime_ns.to_le_bytes());
+    a[44..52].copy_from_slice(&r.ctime_ns.to_le_bytes());
+    a
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn le_i64(b: &[u8]) -> i64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_le_bytes(a)
+}
+
 impl Snapshot {
-    /// Whether every recorded path is as recorded, none too recent to trust, and
-    /// the snapshot young enough.
-    pub fn holds(&self) -> bool {
-        self.holds_below(&[])
+    fn record(&self, i: usize) -> &[u8] {
+        &self.payload[TABLE + i * RECORD..TABLE + (i + 1) * RECORD]
     }
 
-    /// [`Snapshot::holds`], each path below one of `bases` stat-ed relative to a
-    /// descriptor of that directory (the kernel then walks only the rest of the
-    /// path). A base is opened by its path: it is recorded too (the workspace
-    /// root), or names no recorded path's parent link (the cache's blobs).
-    pub fn holds_below(&self, bases: &[&Path]) -> bool {
+    /// Record `i`'s base and NUL-terminated path; `None` if malformed.
+    fn path(&self, i: usize) -> Option<(u8, &std::ffi::CStr)> {
+        let r = self.record(i);
+        let off = le_u32(&r[4..8]) as usize;
+        let len = le_u32(&r[8..12]) as usize;
+        let bytes = self
+            .payload
+            .get(self.heap.start.checked_add(off)?..)?
+            .get(..len.checked_add(1)?)?;
+        Some((r[0], std::ffi::CStr::from_bytes_with_nul(bytes).ok()?))
+    }
+
+    /// Every recorded path, as its base would name it, and its stat data.
+    pub fn entries(&self, inv: &Invocation) -> Vec<(PathBuf, Option<StatRec>)> {
+        (0..self.count)
+            .filter_map(|i| {
+                let (base, path) = self.path(i)?;
+                let path = Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
+                let path = match base {
+                    0 if path.as_os_str().is_empty() => inv.root.clone(),
+                    0 => inv.root.join(path),
+                    1 => inv.cache_dir.join("cas").join(path),
+                    _ => path.to_path_buf(),
+                };
+                let r = self.record(i);
+                let rec = (r[1] == 1).then(|| {
+                    let u = |a: usize| u64::from_le_bytes(r[a..a + 8].try_into().unwrap_or([0; 8]));
+                    StatRec {
+                        mode: le_u32(&r[12..16]),
+                        dev: u(16),
+                        ino: u(24),
+                        nlink: u(32),
+                        size: u(40),
+                        mtime_ns: le_i64(&r[48..56]),
+                        ctime_ns: le_i64(&r[56..64]),
+                    }
+                });
+                Some((path, rec))
+            })
+            .collect()
+    }
+
+    /// What the invocation printed, if the snapshot is whole (its checksum), young
+    /// enough, and every recorded path is as recorded and none too recent to
+    /// trust. Each path is `lstat`ed relative to a descriptor of its base, in
+    /// parallel (the checksum is computed meanwhile); the fresh stat data is
+    /// encoded as the record was and compared byte for byte.
+    pub fn holds(&self, inv: &Invocation) -> Option<&Replay> {
         let now = ns_of(SystemTime::now());
         if now.saturating_sub(self.start_ns) > MAX_AGE.as_nanos() as i64 {
-            return false;
+            return None;
         }
+        let (whole, held) = rayon::join(
+            || blake3::hash(&self.payload).as_bytes() == &self.sum,
+            || self.paths_hold(inv),
+        );
+        (whole && held).then_some(&self.replay)
+    }
+
+    fn paths_hold(&self, inv: &Invocation) -> bool {
         let limit = self.start_ns.saturating_sub(RACY_WINDOW.as_nanos() as i64);
-        let opened: Vec<(&Path, Option<std::os::fd::OwnedFd>)> = bases
-            .iter()
-            .map(|b| {
-                let fd = rustix::fs::open(
-                    *b,
-                    rustix::fs::OFlags::PATH
-                        | rustix::fs::OFlags::DIRECTORY
-                        | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                .ok();
-                (*b, fd)
-            })
-            .collect();
-        self.entries.par_iter().all(|(path, rec)| {
-            if let Some(r) = rec
-                && (r.mtime_ns > limit || r.ctime_ns > limit)
-            {
+        let open = |p: &Path| {
+            rustix::fs::open(
+                p,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        };
+        // A base that cannot be opened fails every path below it.
+        let root = open(&inv.root);
+        let cas = open(&inv.cache_dir.join("cas"));
+        (0..self.count).into_par_iter().all(|i| {
+            let r = self.record(i);
+            if r[1] == 1 && (le_i64(&r[48..56]) > limit || le_i64(&r[56..64]) > limit) {
                 return false;
             }
-            let below = opened.iter().find_map(|(base, fd)| {
-                let rel = path.strip_prefix(base).ok()?;
-                (!rel.as_os_str().is_empty()).then_some((fd.as_ref()?, rel))
-            });
-            let now = match below {
-                Some((fd, rel)) => lstat_at(fd, rel),
-                None => lstat(path),
+            let Some((base, path)) = self.path(i) else {
+                return false;
             };
-            matches!(now, Ok(now) if now == *rec)
+            let now = match base {
+                0 if path.is_empty() => lstat(&inv.root),
+                0 => match &root {
+                    Some(fd) => lstat_at(fd, path),
+                    None => return false,
+                },
+                1 => match &cas {
+                    Some(fd) => lstat_at(fd, path),
+                    None => return false,
+                },
+                2 => lstat(Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()))),
+                _ => return false,
+            };
+            match now {
+                Ok(None) => r[1] == 0,
+                Ok(Some(now)) => r[1] == 1 && r[12..] == stat_array(&now)[..],
+                Err(_) => false,
+            }
         })
     }
 }
@@ -306,7 +480,7 @@ impl Snapshot {
 /// `lstat` of `rel` below the directory `dir`: `Ok(None)` if it does not exist.
 /// Field types differ between architectures (hence the casts).
 #[allow(clippy::unnecessary_cast)]
-fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<Option<StatRec>> {
+fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &std::ffi::CStr) -> std::io::Result<Option<StatRec>> {
     let ns = |sec: i64, nsec: i64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
     match rustix::fs::statat(dir, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
         Ok(s) => Ok(Some(StatRec {
@@ -323,10 +497,11 @@ fn lstat_at(dir: &std::os::fd::OwnedFd, rel: &Path) -> std::io::Result<Option<St
     }
 }
 
-/// Loads the snapshot of `inv`, if there is a whole one for it.
+/// Loads the snapshot of `inv`, if there is one of the right shape for it (its
+/// checksum is checked by [`Snapshot::holds`]).
 pub fn load(inv: &Invocation) -> Option<Snapshot> {
     let bytes = std::fs::read(&inv.file).ok()?;
-    decode(&bytes, &inv.key)
+    decode(bytes, &inv.key)
 }
 
 /// Writes the snapshot of `inv`: stat data of everything `recorded` names, taken
@@ -339,56 +514,100 @@ pub fn write(
     recorded: &Recorded,
     replay: Replay,
 ) -> std::io::Result<bool> {
-    let mut paths: BTreeSet<&Path> = BTreeSet::new();
-    for p in &recorded.workspace {
-        if !p.starts_with(&inv.root) {
-            // Not under the root as given: not described by ancestors.
-            return refuse(inv);
-        }
-        let mut at: &Path = p;
-        loop {
-            if !paths.insert(at) || at == inv.root {
-                break;
-            }
-            match at.parent() {
-                Some(parent) => at = parent,
-                None => break,
-            }
-        }
-    }
-    paths.extend(recorded.outside.iter().map(PathBuf::as_path));
-    if recorded.refused {
+    if recorded.stray {
         return refuse(inv);
     }
-    let paths: Vec<&Path> = paths.into_iter().collect();
-    let stats: Vec<std::io::Result<Option<StatRec>>> = paths.par_iter().map(|p| lstat(p)).collect();
-    let mut entries = Vec::with_capacity(paths.len());
-    for (p, s) in paths.iter().zip(stats) {
-        let Ok(s) = s else { return refuse(inv) };
-        // Every blob of the answer was just found intact: one gone now (another
-        // process's gc) means the answer is already stale.
-        if s.is_none() && recorded.outside.contains(*p) {
-            return refuse(inv);
+    // Every recorded path and every directory above it, up to the root (the
+    // empty path); `parents` are those with a recorded path below them.
+    let root = Path::new("");
+    let mut paths: HashSet<&Path> = HashSet::with_capacity(recorded.workspace.len() * 2);
+    let mut parents: HashSet<&Path> = HashSet::new();
+    for p in &recorded.workspace {
+        let mut at: &Path = p;
+        while paths.insert(at) {
+            let Some(parent) = at.parent() else { break };
+            parents.insert(parent);
+            at = parent;
         }
-        // A workspace path that is a link was followed (spec files, imports,
-        // glob bases) or a directory above one: its target is not described.
+    }
+    let mut paths: Vec<&Path> = paths.into_iter().collect();
+    paths.sort_unstable_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    let base = rustix::fs::open(
+        &inv.root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let stats: Vec<std::io::Result<Option<StatRec>>> = paths
+        .par_iter()
+        .map(|p| {
+            if *p == root {
+                return lstat(&inv.root);
+            }
+            match std::ffi::CString::new(p.as_os_str().as_bytes()) {
+                Ok(c) => lstat_at(&base, &c),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .collect();
+    // A workspace path that is a link, followed (spec files, imports, glob bases)
+    // or a directory above a recorded path: its target is not described.
+    for (p, s) in paths.iter().zip(&stats) {
+        let Ok(s) = s else { return refuse(inv) };
         if s.is_some_and(|s| s.is_symlink())
-            && (recorded.followed.contains(*p)
-                || recorded
-                    .workspace
-                    .iter()
-                    .any(|w| w != p && w.starts_with(p)))
+            && (recorded.followed.contains(*p) || parents.contains(*p))
         {
             return refuse(inv);
         }
-        entries.push((p.to_path_buf(), s));
     }
-    let snapshot = Snapshot {
-        start_ns: ns_of(start),
-        entries,
-        replay,
+    let cas = inv.cache_dir.join("cas");
+    let outside: Vec<&Path> = recorded.outside.iter().map(PathBuf::as_path).collect();
+    let outside_stats: Vec<std::io::Result<Option<StatRec>>> =
+        outside.par_iter().map(|p| lstat(p)).collect();
+    let mut table = Vec::with_capacity((paths.len() + outside.len()) * RECORD);
+    let mut heap = Vec::new();
+    let mut add = |table: &mut Vec<u8>, base: Base, rel: &Path, rec: Option<StatRec>| -> bool {
+        let bytes = rel.as_os_str().as_bytes();
+        if bytes.contains(&0) {
+            return false;
+        }
+        let (Ok(off), Ok(len)) = (u32::try_from(heap.len()), u32::try_from(bytes.len())) else {
+            return false;
+        };
+        heap.extend_from_slice(bytes);
+        heap.push(0);
+        put_record(table, base, (off, len), rec);
+        true
     };
-    let bytes = encode(&snapshot, &inv.key);
+    // A directory recorded only as an ancestor need not be stat-ed when its parent
+    // is recorded in its own right (or is the root): replacing it (by a link, by
+    // another directory) changes that parent's mtime, and the paths below are
+    // stat-ed through it, so its own stat data adds nothing. (If its parent is
+    // only an ancestor too, it is kept: that parent may not be stat-ed.)
+    let covered = |p: &Path| {
+        p != root
+            && !recorded.workspace.contains(p)
+            && p.parent()
+                .is_some_and(|parent| parent == root || recorded.workspace.contains(parent))
+    };
+    for (p, s) in paths.iter().zip(stats) {
+        let Ok(s) = s else { return refuse(inv) };
+        if !covered(p) && !add(&mut table, Base::Root, p, s) {
+            return refuse(inv);
+        }
+    }
+    for (p, s) in outside.iter().zip(outside_stats) {
+        // Every blob of the answer was just found intact: one gone now (another
+        // process's gc) means the answer is already stale.
+        let Ok(Some(s)) = s else { return refuse(inv) };
+        let ok = match p.strip_prefix(&cas) {
+            Ok(rel) if !rel.as_os_str().is_empty() => add(&mut table, Base::Cas, rel, Some(s)),
+            _ => add(&mut table, Base::Absolute, p, Some(s)),
+        };
+        if !ok {
+            return refuse(inv);
+        }
+    }
+    let bytes = encode(ns_of(start), &table, &heap, &replay, &inv.key);
     let dir = inv.file.parent().expect("a snapshot file has a directory");
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -436,11 +655,15 @@ pub fn pretend_older_files(cache_dir: &Path, by: Duration) -> std::io::Result<us
         else {
             continue;
         };
-        let Some(mut s) = decode(&std::fs::read(&path)?, &key) else {
+        let Some(mut s) = decode(std::fs::read(&path)?, &key)
+            .filter(|s| blake3::hash(&s.payload).as_bytes() == &s.sum)
+        else {
             continue;
         };
         s.start_ns = s.start_ns.saturating_add(by.as_nanos() as i64);
-        std::fs::write(&path, encode(&s, &key))?;
+        let table = &s.payload[TABLE..TABLE + s.count * RECORD];
+        let heap = &s.payload[s.heap.clone()];
+        std::fs::write(&path, encode(s.start_ns, table, heap, &s.replay, &key))?;
         n += 1;
     }
     Ok(n)
@@ -448,8 +671,10 @@ pub fn pretend_older_files(cache_dir: &Path, by: Duration) -> std::io::Result<us
 
 // ---------------------------------------------------------------------------
 // The file format: MAGIC, the invocation key (32 bytes), the payload's length
-// (u64 LE), the payload, its blake3 (32 bytes). Integers are little-endian;
-// strings and paths are a u32 length and their bytes.
+// (u64 LE), the payload, its blake3 (32 bytes). The payload: the header (see
+// [`TABLE`]), the path records ([`RECORD`] bytes each), the path heap, the
+// replay. Integers are little-endian; strings are a u32 length and their bytes;
+// keys and digests their 32 raw bytes.
 
 struct Enc(Vec<u8>);
 
@@ -463,18 +688,9 @@ impl Enc {
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
     fn bytes(&mut self, b: &[u8]) {
         self.u32(u32::try_from(b.len()).expect("a snapshot string fits in 4 GiB"));
         self.0.extend_from_slice(b);
-    }
-    fn key(&mut self, k: &Key) {
-        self.0.extend_from_slice(&k.0);
-    }
-    fn digest(&mut self, d: &Digest) {
-        self.bytes(d.to_string().as_bytes());
     }
     fn label(&mut self, l: &Label) {
         self.bytes(l.package().as_bytes());
@@ -502,9 +718,6 @@ impl<'a> Dec<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
         self.take(n)
@@ -512,11 +725,8 @@ impl<'a> Dec<'a> {
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
-    fn key(&mut self) -> Option<Key> {
-        Some(Key(self.take(32)?.try_into().ok()?))
-    }
-    fn digest(&mut self) -> Option<Digest> {
-        self.string()?.parse().ok()
+    fn raw32(&mut self) -> Option<[u8; 32]> {
+        self.take(32)?.try_into().ok()
     }
     fn label(&mut self) -> Option<Label> {
         Some(Label::new(self.string()?, self.string()?))
@@ -528,27 +738,14 @@ impl<'a> Dec<'a> {
     }
 }
 
-fn encode(s: &Snapshot, key: &Key) -> Vec<u8> {
-    let mut p = Enc(Vec::new());
-    p.i64(s.start_ns);
-    p.u64(s.entries.len() as u64);
-    for (path, rec) in &s.entries {
-        p.bytes(path.as_os_str().as_bytes());
-        match rec {
-            None => p.u8(0),
-            Some(r) => {
-                p.u8(1);
-                p.u64(r.dev);
-                p.u64(r.ino);
-                p.u32(r.mode);
-                p.u64(r.nlink);
-                p.u64(r.size);
-                p.i64(r.mtime_ns);
-                p.i64(r.ctime_ns);
-            }
-        }
-    }
-    match &s.replay {
+fn encode(start_ns: i64, table: &[u8], heap: &[u8], replay: &Replay, key: &Key) -> Vec<u8> {
+    let mut p = Enc(Vec::with_capacity(TABLE + table.len() + heap.len() + 4096));
+    p.u64(start_ns as u64);
+    p.u64((table.len() / RECORD) as u64);
+    p.u64(heap.len() as u64);
+    p.0.extend_from_slice(table);
+    p.0.extend_from_slice(heap);
+    match replay {
         Replay::Build {
             planned,
             images,
@@ -562,14 +759,14 @@ fn encode(s: &Snapshot, key: &Key) -> Vec<u8> {
             for f in finished {
                 p.label(&f.label);
                 p.bytes(f.kind.as_bytes());
-                p.key(&f.key);
-                p.digest(&f.digest);
+                p.0.extend_from_slice(&f.key.0);
+                p.0.extend_from_slice(&f.digest.0);
             }
             p.u64(materialized.len() as u64);
             for m in materialized {
                 p.label(&m.label);
                 p.bytes(m.path.as_os_str().as_bytes());
-                p.digest(&m.digest);
+                p.0.extend_from_slice(&m.digest.0);
             }
         }
         Replay::Check { result } => {
@@ -587,59 +784,51 @@ fn encode(s: &Snapshot, key: &Key) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8], key: &Key) -> Option<Snapshot> {
-    let mut d = Dec(bytes);
-    if d.take(8)? != MAGIC || d.key()? != *key {
-        return None;
-    }
-    let len = d.u64()? as usize;
-    let payload = d.take(len)?;
-    let sum = d.take(32)?;
-    if !d.0.is_empty() || blake3::hash(payload).as_bytes() != sum {
-        return None;
-    }
-    let mut d = Dec(payload);
-    let start_ns = d.i64()?;
-    let n = d.count(5)?;
-    let mut entries = Vec::with_capacity(n);
-    for _ in 0..n {
-        let path = PathBuf::from(OsString::from_vec(d.bytes()?.to_vec()));
-        let rec = match d.u8()? {
-            0 => None,
-            1 => Some(StatRec {
-                dev: d.u64()?,
-                ino: d.u64()?,
-                mode: d.u32()?,
-                nlink: d.u64()?,
-                size: d.u64()?,
-                mtime_ns: d.i64()?,
-                ctime_ns: d.i64()?,
-            }),
-            _ => return None,
-        };
-        entries.push((path, rec));
-    }
+fn decode(mut bytes: Vec<u8>, key: &Key) -> Option<Snapshot> {
+    let head = 8 + 32 + 8;
+    let (len, sum) = {
+        let mut d = Dec(&bytes);
+        if d.take(8)? != MAGIC || d.raw32()? != key.0 {
+            return None;
+        }
+        let len = d.u64()? as usize;
+        if d.0.len() != len.checked_add(32)? {
+            return None;
+        }
+        d.take(len)?;
+        (len, d.raw32()?)
+    };
+    bytes.truncate(head + len);
+    bytes.drain(..head);
+    let payload = bytes;
+    let mut d = Dec(&payload);
+    let start_ns = d.u64()? as i64;
+    let count = d.count(RECORD)?;
+    let heap_len = d.u64()? as usize;
+    d.take(count * RECORD)?;
+    let heap_start = TABLE + count * RECORD;
+    d.take(heap_len)?;
     let replay = match d.u8()? {
         1 => {
             let planned = d.u64()?;
             let images = d.u64()?;
-            let n = d.count(40)?;
+            let n = d.count(8 + 4 + 64)?;
             let mut finished = Vec::with_capacity(n);
             for _ in 0..n {
                 finished.push(Finished {
                     label: d.label()?,
                     kind: d.string()?,
-                    key: d.key()?,
-                    digest: d.digest()?,
+                    key: Key(d.raw32()?),
+                    digest: Digest(d.raw32()?),
                 });
             }
-            let n = d.count(12)?;
+            let n = d.count(12 + 32)?;
             let mut materialized = Vec::with_capacity(n);
             for _ in 0..n {
                 materialized.push(Materialized {
                     label: d.label()?,
                     path: PathBuf::from(OsString::from_vec(d.bytes()?.to_vec())),
-                    digest: d.digest()?,
+                    digest: Digest(d.raw32()?),
                 });
             }
             Replay::Build {
@@ -659,7 +848,10 @@ fn decode(bytes: &[u8], key: &Key) -> Option<Snapshot> {
     }
     Some(Snapshot {
         start_ns,
-        entries,
+        count,
+        heap: heap_start..heap_start + heap_len,
+        payload,
+        sum,
         replay,
     })
 }
@@ -690,6 +882,18 @@ mod tests {
         }
     }
 
+    /// Writes a snapshot of `rec` as if its build had started in 3 s (every file
+    /// already out of the racy window).
+    fn write_trusted(inv: &Invocation, rec: &Recorded) -> bool {
+        write(
+            inv,
+            SystemTime::now() + Duration::from_secs(3),
+            rec,
+            replay(),
+        )
+        .unwrap()
+    }
+
     /// A workspace with one file, and a snapshot of it written as if its build
     /// had started `shift` after now.
     fn setup(shift: Duration) -> (tempfile::TempDir, tempfile::TempDir, Invocation) {
@@ -699,6 +903,8 @@ mod tests {
         std::fs::write(ws.path().join("d/f"), "x").unwrap();
         let inv = inv(cache.path(), ws.path());
         let mut rec = Recorded::default();
+        // `d` as a listed directory (a copy's walk records it), `d/f` in it.
+        rec.ws(ws.path(), "d");
         rec.ws(ws.path(), "d/f");
         rec.ws(ws.path(), "gone");
         assert!(write(&inv, SystemTime::now() + shift, &rec, replay()).unwrap());
@@ -709,8 +915,9 @@ mod tests {
     fn round_trips_and_records_ancestors_and_absence() {
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         let s = load(&inv).unwrap();
-        assert_eq!(s.replay, replay());
-        let paths: Vec<&Path> = s.entries.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(s.holds(&inv), Some(&replay()));
+        let entries = s.entries(&inv);
+        let paths: Vec<&Path> = entries.iter().map(|(p, _)| p.as_path()).collect();
         for p in ["", "d", "d/f", "gone"] {
             let want = if p.is_empty() {
                 ws.path().to_path_buf()
@@ -720,47 +927,119 @@ mod tests {
             assert!(paths.contains(&want.as_path()), "{p} not recorded");
         }
         assert!(
-            s.entries
+            s.entries(&inv)
                 .iter()
                 .any(|(p, r)| p.ends_with("gone") && r.is_none())
         );
-        assert!(s.holds());
+        assert!(s.holds(&inv).is_some());
     }
 
     #[test]
     fn a_change_or_a_new_path_breaks_it() {
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("d/f"), "y").unwrap();
-        assert!(!load(&inv).unwrap().holds());
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("gone"), "").unwrap();
-        assert!(!load(&inv).unwrap().holds());
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         let (ws, _cache, inv) = setup(Duration::from_secs(3));
         std::fs::write(ws.path().join("d/new"), "").unwrap();
-        assert!(!load(&inv).unwrap().holds());
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
     }
 
     #[test]
-    fn paths_below_a_base_are_checked_through_its_descriptor() {
-        let (ws, _cache, inv) = setup(Duration::from_secs(3));
-        assert!(load(&inv).unwrap().holds_below(&[ws.path()]));
-        std::fs::write(ws.path().join("d/f"), "yy").unwrap();
-        assert!(!load(&inv).unwrap().holds_below(&[ws.path()]));
-        let (ws, _cache, inv) = setup(Duration::from_secs(3));
-        std::fs::write(ws.path().join("gone"), "").unwrap();
-        assert!(!load(&inv).unwrap().holds_below(&[ws.path()]));
+    fn blobs_are_recorded_below_the_cache_and_other_paths_absolutely() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let blob = cache.path().join("cas/sha256/ab/abcd");
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, "blob").unwrap();
+        let other = elsewhere.path().join("f");
+        std::fs::write(&other, "x").unwrap();
+        let inv = inv(cache.path(), ws.path());
+        let mut rec = Recorded::default();
+        rec.outside.insert(blob.clone());
+        rec.outside.insert(other.clone());
+        assert!(write_trusted(&inv, &rec));
+        let s = load(&inv).unwrap();
+        let mut bases: Vec<u8> = (0..s.count).map(|i| s.path(i).unwrap().0).collect();
+        bases.sort();
+        assert_eq!(bases, [Base::Cas as u8, Base::Absolute as u8]);
+        let mut paths: Vec<PathBuf> = s.entries(&inv).into_iter().map(|(p, _)| p).collect();
+        paths.sort();
+        let mut want = vec![blob.clone(), other.clone()];
+        want.sort();
+        assert_eq!(paths, want);
+        assert!(s.holds(&inv).is_some());
+        std::fs::write(&blob, "BLOB").unwrap();
+        assert!(s.holds(&inv).is_none());
+        std::fs::write(&blob, "blob").unwrap();
+        std::fs::write(&other, "y").unwrap();
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
+        // A blob gone when the snapshot is written: no snapshot.
+        std::fs::remove_file(&blob).unwrap();
+        assert!(!write(&inv, SystemTime::now(), &rec, replay()).unwrap());
+        assert!(load(&inv).is_none());
+    }
+
+    #[test]
+    fn a_directory_recorded_only_as_an_ancestor_is_covered_by_its_parent() {
+        let ws = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ws.path().join("d/e")).unwrap();
+        std::fs::write(ws.path().join("d/e/f"), "x").unwrap();
+        let inv = inv(cache.path(), ws.path());
+        let mut rec = Recorded::default();
+        rec.ws(ws.path(), "d/e/f");
+        let write_it = || assert!(write_trusted(&inv, &rec));
+        write_it();
+        // The root, `f`, and every other ancestor below the root: `d` is left out
+        // (the root's mtime covers it), `e` is not (`d` is not stat-ed).
+        let paths: Vec<PathBuf> = load(&inv)
+            .unwrap()
+            .entries(&inv)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let want: Vec<PathBuf> = ["", "d/e", "d/e/f"]
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    ws.path().to_path_buf()
+                } else {
+                    ws.path().join(p)
+                }
+            })
+            .collect();
+        assert_eq!(paths, want);
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
+        // `d` or `e` moved away and replaced by a link to it: `f` is the same file,
+        // reached through a link, and each is noticed.
+        for (dir, away, link) in [("d", "y", "y"), ("d/e", "x", "../x")] {
+            write_it();
+            std::fs::rename(ws.path().join(dir), ws.path().join(away)).unwrap();
+            std::os::unix::fs::symlink(link, ws.path().join(dir)).unwrap();
+            assert!(ws.path().join("d/e/f").exists());
+            assert!(
+                load(&inv).unwrap().holds(&inv).is_none(),
+                "{dir} replaced by a link"
+            );
+            std::fs::remove_file(ws.path().join(dir)).unwrap();
+            std::fs::rename(ws.path().join(away), ws.path().join(dir)).unwrap();
+        }
     }
 
     #[test]
     fn recent_files_are_not_trusted() {
         // Written just now: every file is within the racy window of the build start.
         let (_ws, cache, inv) = setup(Duration::ZERO);
-        assert!(!load(&inv).unwrap().holds());
+        assert!(load(&inv).unwrap().holds(&inv).is_none());
         assert_eq!(
             pretend_older_files(cache.path(), Duration::from_secs(3)).unwrap(),
             1
         );
-        assert!(load(&inv).unwrap().holds());
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
     }
 
     #[test]
@@ -771,11 +1050,19 @@ mod tests {
             std::fs::write(&inv.file, &good[..cut]).unwrap();
             assert_eq!(load(&inv), None, "cut at {cut}");
         }
-        let mut bad = good.clone();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 1;
-        std::fs::write(&inv.file, &bad).unwrap();
-        assert_eq!(load(&inv), None);
+        // A flipped bit anywhere (a path record, a path, the replay, the checksum):
+        // unreadable, or read but never held.
+        std::fs::write(&inv.file, &good).unwrap();
+        assert!(load(&inv).unwrap().holds(&inv).is_some());
+        for at in (8 + 32 + 8..good.len()).step_by(7) {
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            std::fs::write(&inv.file, &bad).unwrap();
+            assert!(
+                load(&inv).is_none_or(|s| s.holds(&inv).is_none()),
+                "bit flipped at {at}"
+            );
+        }
         std::fs::write(&inv.file, &good).unwrap();
         let other =
             Invocation::new(cache.path(), ws.path(), "build", &[("patterns", b"//a")]).unwrap();

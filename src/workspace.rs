@@ -41,6 +41,7 @@ use crate::cache::{Cache, CacheError};
 use crate::diag::{Code, Diag, Sources};
 use crate::hash::{Key, KeyHasher};
 use crate::input::{HashReader, InputError, Limit, Root, input_error, read_all};
+use crate::report::{Progress, Tally};
 use crate::spec::PARSE_FORMAT_VERSION;
 use crate::spec::model::{FileId, Package, Target, WorkspaceConfig};
 use crate::spec::parse::{parse_build_file, parse_workspace_file};
@@ -168,7 +169,7 @@ pub struct Discovered {
 /// file inside the workspace; otherwise it is reported in [`Discovered::problems`]
 /// (never read).
 pub fn discover_packages(root: &Path, output_dir: &str) -> Result<Discovered, WorkspaceError> {
-    discover(root, &open_root(root)?, output_dir)
+    discover(root, &open_root(root)?, output_dir, &Progress::hidden())
 }
 
 /// The workspace root `root`, opened (as a [`Root`], by its canonical path).
@@ -180,14 +181,21 @@ fn open_root(root: &Path) -> Result<Root, WorkspaceError> {
     Root::open(&std::fs::canonicalize(root).map_err(io)?).map_err(io)
 }
 
-/// [`discover_packages`] with the root already opened as `ws`.
-fn discover(root: &Path, ws: &Root, output_dir: &str) -> Result<Discovered, WorkspaceError> {
+/// [`discover_packages`] with the root already opened as `ws`, counting the
+/// packages found on `progress`.
+fn discover(
+    root: &Path,
+    ws: &Root,
+    output_dir: &str,
+    progress: &Progress,
+) -> Result<Discovered, WorkspaceError> {
     let out = crate::output::OutputDir::new(root, output_dir);
     let skip = out.is_marked().then(|| PathBuf::from(out.shown()));
     let walker = Walker {
         root,
         ws,
         skip: skip.as_deref(),
+        progress,
     };
     let mut found = walker.walk(Path::new(""))?;
     found.packages.sort();
@@ -201,6 +209,8 @@ struct Walker<'a> {
     ws: &'a Root,
     /// The output directory, relative, when it is to be skipped.
     skip: Option<&'a Path>,
+    /// Counts the packages found.
+    progress: &'a Progress,
 }
 
 impl Walker<'_> {
@@ -251,6 +261,7 @@ impl Walker<'_> {
         }
         found.problems.extend(problems);
         if is_package {
+            self.progress.add(1);
             let parts: Vec<String> = rel
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -439,7 +450,7 @@ pub fn load(
     root: &Path,
     cache: Option<&mut Cache>,
 ) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
-    load_with(root, cache, true)
+    load_with(root, cache, true, &Progress::hidden())
 }
 
 /// Like [`load`], but leaves the parse cache as it was: its hits are used, but
@@ -448,13 +459,25 @@ pub fn load_read_only(
     root: &Path,
     cache: Option<&mut Cache>,
 ) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
-    load_with(root, cache, false)
+    load_with(root, cache, false, &Progress::hidden())
+}
+
+/// [`load`] (or, without `store`, [`load_read_only`]), saying on `progress` what
+/// it is doing: packages found, spec files read and parsed, with counts.
+pub fn load_showing(
+    root: &Path,
+    cache: Option<&mut Cache>,
+    store: bool,
+    progress: &Progress,
+) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
+    load_with(root, cache, store, progress)
 }
 
 fn load_with(
     root: &Path,
     cache: Option<&mut Cache>,
     store: bool,
+    progress: &Progress,
 ) -> Result<(Workspace, Vec<Diag>), WorkspaceError> {
     let mut pc = ParseCache {
         cache,
@@ -491,7 +514,8 @@ fn load_with(
         }
     };
 
-    let found = discover(root, &ws, &config.output_dir)?;
+    progress.phase("discovering packages", Tally::Found);
+    let found = discover(root, &ws, &config.output_dir, progress)?;
     let mut recorded = crate::snapshot::Recorded::default();
     recorded.ws_followed(root, WORKSPACE_FILE);
     recorded.ws(root, &config.output_dir);
@@ -509,24 +533,37 @@ fn load_with(
     }
     diags.extend(output_dir_overlaps(&config, ws_file, &found.packages));
     let package_paths = found.packages;
+    let count = package_paths.len() as u64;
+    progress.phase("reading BUILD.kdl files", Tally::Of(count));
     let texts: Vec<(String, String, Key)> = package_paths
         .into_par_iter()
         .map(|pkg| {
             let text = read(root, &ws, &build_file_path(&pkg))?;
             let key = parse_key(FileKind::Build, &pkg, &text);
+            progress.add(1);
             Ok((pkg, text, key))
         })
         .collect::<Result<_, WorkspaceError>>()?;
     let keys: Vec<Key> = texts.iter().map(|(_, _, k)| *k).collect();
+    progress.say(&format!(
+        "looking up {count} BUILD.kdl files in the parse cache"
+    ));
     let (hits, stale) = pc.get(&keys);
     touch.extend(stale);
     let ids: Vec<usize> = texts
         .iter()
         .map(|(pkg, text, _)| sources.add(build_file_path(pkg), text.clone()))
         .collect();
+    progress.phase(
+        &format!(
+            "parsing BUILD.kdl files ({} from the parse cache)",
+            hits.len()
+        ),
+        Tally::Of(count),
+    );
     let parsed = match parse_pool() {
-        Some(pool) => pool.install(|| parse_texts(texts, ids, &hits)),
-        None => parse_texts(texts, ids, &hits),
+        Some(pool) => pool.install(|| parse_texts(texts, ids, &hits, progress)),
+        None => parse_texts(texts, ids, &hits, progress),
     };
     let mut packages = Vec::with_capacity(parsed.len());
     for p in parsed {
@@ -539,6 +576,12 @@ fn load_with(
         }
         packages.push(p.package);
         diags.extend(p.diags);
+    }
+    if !new_entries.is_empty() || !touch.is_empty() {
+        progress.say(&format!(
+            "storing {} parse results in the parse cache",
+            new_entries.len()
+        ));
     }
     pc.put(&new_entries, &touch);
     Ok((
@@ -560,42 +603,56 @@ fn parse_texts(
     texts: Vec<(String, String, Key)>,
     ids: Vec<usize>,
     hits: &BTreeMap<Key, String>,
+    progress: &Progress,
 ) -> Vec<Parsed> {
     texts
         .into_par_iter()
         .zip(ids.into_par_iter())
         .map(|((pkg, text, key), file)| {
-            if let Some(targets) = hits
-                .get(&key)
-                .and_then(|json| serde_json::from_str::<Vec<Target>>(json).ok())
-            {
-                return Parsed {
-                    package: Package {
-                        path: pkg,
-                        file,
-                        targets,
-                    },
-                    diags: Vec::new(),
-                    store: None,
-                };
-            }
-            let (targets, d) = parse_build_file(file, &pkg, &text);
-            let store = if d.is_empty() {
-                serde_json::to_string(&targets).ok().map(|json| (key, json))
-            } else {
-                None
-            };
-            Parsed {
-                package: Package {
-                    path: pkg,
-                    file,
-                    targets,
-                },
-                diags: d,
-                store: Some(store),
-            }
+            let parsed = parse_text(pkg, text, key, file, hits);
+            progress.add(1);
+            parsed
         })
         .collect()
+}
+
+/// One text of [`parse_texts`], parsed or taken from `hits`.
+fn parse_text(
+    pkg: String,
+    text: String,
+    key: Key,
+    file: usize,
+    hits: &BTreeMap<Key, String>,
+) -> Parsed {
+    if let Some(targets) = hits
+        .get(&key)
+        .and_then(|json| serde_json::from_str::<Vec<Target>>(json).ok())
+    {
+        return Parsed {
+            package: Package {
+                path: pkg,
+                file,
+                targets,
+            },
+            diags: Vec::new(),
+            store: None,
+        };
+    }
+    let (targets, d) = parse_build_file(file, &pkg, &text);
+    let store = if d.is_empty() {
+        serde_json::to_string(&targets).ok().map(|json| (key, json))
+    } else {
+        None
+    };
+    Parsed {
+        package: Package {
+            path: pkg,
+            file,
+            targets,
+        },
+        diags: d,
+        store: Some(store),
+    }
 }
 
 /// Stack of the threads that parse spec files: texts needing no more than this

@@ -99,6 +99,7 @@ pub fn run_engine(
     {
         return Err(CmdError::Env(why));
     }
+    reporter.say("opening the cache");
     let mut stores = super::cache::Stores::open_with(ctx, loaded.index.take())?;
     if let Some(w) = stores.warning.take() {
         crate::report::warning(&w);
@@ -126,34 +127,43 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
     // The fast path answers only what the full path would: a bad `-j` is refused first.
     super::jobs(args.jobs)?;
     let invocation = invocation(ctx, "build", &args.patterns);
-    if let Some(inv) = &invocation
-        && replay(inv, json)
-    {
-        return Ok(());
+    if let Some(inv) = &invocation {
+        // The first word on a terminal, within milliseconds whatever the path: a
+        // plain line (no thread) that the fast path's output or the spinner below
+        // takes over.
+        if !json {
+            crate::report::announce("checking what changed since the last build");
+        }
+        if replay(inv, json) {
+            return Ok(());
+        }
     }
-    // Until the reporter's bar counts actions: say what is going on.
+    // Until the reporter's bar counts actions: say what is going on, with counts.
     let progress = if json {
         crate::report::Progress::hidden()
     } else {
-        crate::report::Progress::status("loading the workspace: finding and parsing packages")
+        crate::report::Progress::status("loading the workspace")
     };
-    let mut loaded = Loaded::load(ctx)?;
+    let mut loaded = Loaded::load_showing(ctx, &progress)?;
     progress.say(&format!(
-        "{} packages loaded: selecting targets, checking policy and pins",
-        loaded.package_count
+        "{} packages, {} targets: selecting targets, checking the policy and pins",
+        loaded.package_count,
+        loaded.graph.len()
     ));
     let selected = loaded.select(&args.patterns)?;
     check_policy(&loaded, &selected)?;
     check_pinned(&loaded, &selected, Some(ctx))?;
     let settings = settings(ctx, &loaded, args.jobs, args.keep_going, Run::Build)?;
     let remote_in_force = settings.remote.is_some();
-    progress.finish();
+    // The reporter takes the status line over, and its bar counts the actions.
+    progress.hand_over();
     let mut reporter = Reporter::new(json, &loaded.ws.root, loaded.ws.sources.clone());
     let mut swept = false;
     let mut listed_outputs = None;
     if loaded.selects_everything(&args.patterns)
         && let Some(out) = &settings.output_dir
     {
+        reporter.say("looking for stale layouts in the output directory");
         let (removed, kept, listed) = out
             .remove_stale_listing(&loaded.image_layouts())
             .map_err(output_error)?;
@@ -170,26 +180,28 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         }
     }
     let summary = run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;
-    reporter.summary(&summary.totals());
     let out_of_room = summary
         .outcomes
         .values()
         .filter(|o| matches!(o, Outcome::Failed(ActionError::Env(_))))
         .count();
-    if out_of_room > 0 {
-        return Err(CmdError::Env(format!(
+    let failure = if out_of_room > 0 {
+        Some(CmdError::Env(format!(
             "{out_of_room} target{} failed because the disk is full (or a quota is exceeded)",
             if out_of_room == 1 { "" } else { "s" }
-        )));
-    }
-    if summary.failed > 0 {
-        return Err(CmdError::Failed(format!(
+        )))
+    } else if summary.failed > 0 {
+        Some(CmdError::Failed(format!(
             "{} target{} failed",
             summary.failed,
             if summary.failed == 1 { "" } else { "s" }
-        )));
-    }
-    if let Some(inv) = &invocation {
+        )))
+    } else {
+        None
+    };
+    if failure.is_none()
+        && let Some(inv) = &invocation
+    {
         if summary.ran > 0
             || swept
             || remote_in_force
@@ -199,10 +211,17 @@ pub fn run(ctx: &Context, args: BuildArgs) -> Result<(), CmdError> {
         {
             crate::snapshot::discard(inv);
         } else {
+            // Before the summary, under the bar: stat-ing every path the build
+            // depended on takes a while in a large workspace.
+            reporter.say("recording what the build depended on, for the next no-op build");
             write_snapshot(inv, start, &mut loaded, &summary, listed_outputs);
         }
     }
-    Ok(())
+    reporter.summary(&summary.totals());
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The invocation of `command` a snapshot answers: `None` (no fast path) if
@@ -250,20 +269,16 @@ fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
     let Some(snapshot) = crate::snapshot::load(inv) else {
         return false;
     };
-    let Replay::Build {
+    let Some(Replay::Build {
         planned,
         images,
         finished,
         materialized,
-    } = &snapshot.replay
+    }) = snapshot.holds(inv)
     else {
         return false;
     };
-    let blobs = inv.cache_dir.join("cas");
-    if !snapshot.holds_below(&[&inv.root, &blobs]) {
-        return false;
-    }
-    let mut reporter = Reporter::new(json, &inv.root, Default::default());
+    let mut reporter = Reporter::new(json, &inv.root, Default::default()).buffered();
     reporter.event(&Event::Planned {
         actions: *planned as usize,
     });
@@ -324,12 +339,7 @@ fn write_snapshot(
         // added to); `blobs/sha256`'s covers blobs added or removed; the CAS
         // files (below) cover blobs edited in place through their hard links.
         for member in ["", "oci-layout", "index.json", "blobs/sha256"] {
-            let p = if member.is_empty() {
-                path.clone()
-            } else {
-                path.join(member)
-            };
-            rec.workspace.insert(p);
+            rec.ws(&root, path.join(member));
         }
         materialized.push((loaded.graph.node(*n).label.clone(), path.clone(), *digest));
     }

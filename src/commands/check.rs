@@ -14,8 +14,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     let invocation = super::build::invocation(ctx, "check", &args.patterns);
     if let Some(inv) = &invocation
         && let Some(snapshot) = crate::snapshot::load(inv)
-        && let crate::snapshot::Replay::Check { result } = &snapshot.replay
-        && snapshot.holds_below(&[&inv.root])
+        && let Some(Replay::Check { result }) = snapshot.holds(inv)
     {
         report::result(result);
         return Ok(());

@@ -175,15 +175,25 @@ pub struct Loaded {
 impl Loaded {
     /// Loads everything; any spec or graph diagnostic fails the command.
     pub fn load(ctx: &Context) -> Result<Loaded, CmdError> {
-        Loaded::load_with(ctx, true)
+        Loaded::load_with(ctx, true, &report::Progress::hidden())
+    }
+
+    /// [`Loaded::load`], saying on `progress` what it is doing, with counts (see
+    /// [`report::Progress::status`]).
+    pub fn load_showing(ctx: &Context, progress: &report::Progress) -> Result<Loaded, CmdError> {
+        Loaded::load_with(ctx, true, progress)
     }
 
     /// Like [`Loaded::load`], writing nothing to the parse cache (dry runs).
     pub fn load_read_only(ctx: &Context) -> Result<Loaded, CmdError> {
-        Loaded::load_with(ctx, false)
+        Loaded::load_with(ctx, false, &report::Progress::hidden())
     }
 
-    fn load_with(ctx: &Context, store_parses: bool) -> Result<Loaded, CmdError> {
+    fn load_with(
+        ctx: &Context,
+        store_parses: bool,
+        progress: &report::Progress,
+    ) -> Result<Loaded, CmdError> {
         let root = workspace::find_root(&ctx.cwd)?;
         let mut index_error = None;
         let mut warned = false;
@@ -204,11 +214,8 @@ impl Loaded {
                 None
             }
         };
-        let (mut ws, mut diags) = if store_parses {
-            workspace::load(&root, index.as_mut())?
-        } else {
-            workspace::load_read_only(&root, index.as_mut())?
-        };
+        let (mut ws, mut diags) =
+            workspace::load_showing(&root, index.as_mut(), store_parses, progress)?;
         if let Some(w) = &ws.parse_cache.warning {
             report::warning(w);
             warned = true;
@@ -225,6 +232,9 @@ impl Loaded {
         // The graph takes the targets over; the workspace keeps the rest.
         let packages = std::mem::take(&mut ws.packages);
         let package_count = packages.len();
+        progress.say(&format!(
+            "{package_count} packages parsed: resolving their targets"
+        ));
         let (graph, graph_diags) = graph::build(packages);
         diags.extend(graph_diags);
         diags.extend(graph::output_path_limits(

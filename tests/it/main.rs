@@ -20,6 +20,7 @@ mod layers;
 mod parse_cache;
 mod plan;
 mod policy;
+mod progress;
 mod registry_auth;
 mod registry_import;
 mod registry_push;

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 pub mod auth;
 pub mod nginx;
+pub mod pty;
 pub mod registry;
 pub use nginx::{LogLine, Nginx, NginxOpts};
 
