@@ -358,16 +358,7 @@ fn a_build_holds_no_write_lock_while_actions_run() {
     use std::sync::{Arc, Mutex};
     let ws = small_ws();
     let ctx = context(&ws);
-    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
-    let selected = loaded.select(&[]).unwrap();
-    let mut settings = imgc::commands::build::settings(
-        &ctx,
-        &loaded,
-        Some(2),
-        false,
-        imgc::commands::build::Run::Build,
-    )
-    .unwrap();
+    let (mut loaded, selected, mut settings) = engine_setup(&ctx, 2, false);
     let db = ws.cache.path().join("v1/imgc.sqlite");
     let probes: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     let seen = probes.clone();
@@ -529,16 +520,7 @@ fn build_around_another(ws: &Ws, cache: &Path, other: &Path) {
         cache_dir: Some(cache.to_path_buf()),
         ..context(ws)
     };
-    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
-    let selected = loaded.select(&[]).unwrap();
-    let mut settings = imgc::commands::build::settings(
-        &ctx,
-        &loaded,
-        Some(2),
-        false,
-        imgc::commands::build::Run::Build,
-    )
-    .unwrap();
+    let (mut loaded, selected, mut settings) = engine_setup(&ctx, 2, false);
     let inner: Arc<Mutex<Option<std::process::Output>>> = Arc::default();
     let slot = inner.clone();
     let (other, cache_dir) = (other.to_path_buf(), cache.to_path_buf());

@@ -486,16 +486,7 @@ fn a_source_rewritten_after_keying_fails_the_layer_and_caches_nothing() {
     set_mtime(&src);
 
     let ctx = context(&ws);
-    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
-    let selected = loaded.select(&[]).unwrap();
-    let mut settings = imgc::commands::build::settings(
-        &ctx,
-        &loaded,
-        Some(1),
-        false,
-        imgc::commands::build::Run::Build,
-    )
-    .unwrap();
+    let (mut loaded, selected, mut settings) = engine_setup(&ctx, 1, false);
     let hooked = src.clone();
     settings.before_run = Some(std::sync::Arc::new(move |label| {
         if label.to_string() == "//pkg:l" {
@@ -561,16 +552,7 @@ fn a_cold_build_keys_layers_only_a_little_ahead_of_running() {
     }
 
     let ctx = context(&ws);
-    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
-    let selected = loaded.select(&[]).unwrap();
-    let mut settings = imgc::commands::build::settings(
-        &ctx,
-        &loaded,
-        Some(1),
-        true,
-        imgc::commands::build::Run::Build,
-    )
-    .unwrap();
+    let (mut loaded, selected, mut settings) = engine_setup(&ctx, 1, true);
     let first = std::sync::atomic::AtomicBool::new(true);
     let hooked = sources.clone();
     settings.before_run = Some(std::sync::Arc::new(move |_| {

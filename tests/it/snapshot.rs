@@ -476,16 +476,7 @@ fn a_bad_jobs_value_is_refused_by_the_fast_path_too() {
 /// The engine's summary of a build of everything in `ws` (in the library, `-j 2`).
 fn engine_summary(ws: &Ws) -> imgc::scheduler::Summary {
     let ctx = context(ws);
-    let mut loaded = imgc::commands::Loaded::load(&ctx).unwrap();
-    let selected = loaded.select(&[]).unwrap();
-    let settings = imgc::commands::build::settings(
-        &ctx,
-        &loaded,
-        Some(2),
-        false,
-        imgc::commands::build::Run::Build,
-    )
-    .unwrap();
+    let (mut loaded, selected, settings) = engine_setup(&ctx, 2, false);
     let mut reporter =
         imgc::report::Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
     imgc::commands::build::run_engine(&ctx, &mut loaded, &selected, settings, &mut reporter)

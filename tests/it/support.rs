@@ -407,6 +407,31 @@ pub fn last_layer_tar(layout: &Path) -> tar::Archive<flate2::read::MultiGzDecode
     ))
 }
 
+/// An in-process build of everything in `ctx`'s workspace, ready for the engine:
+/// the loaded workspace, the selection of `//...` and the build settings at
+/// `-j jobs`.
+pub fn engine_setup(
+    ctx: &imgc::commands::Context,
+    jobs: usize,
+    keep_going: bool,
+) -> (
+    imgc::commands::Loaded,
+    Vec<petgraph::graph::NodeIndex>,
+    imgc::scheduler::Settings,
+) {
+    let loaded = imgc::commands::Loaded::load(ctx).unwrap();
+    let selected = loaded.select(&[]).unwrap();
+    let settings = imgc::commands::build::settings(
+        ctx,
+        &loaded,
+        Some(jobs),
+        keep_going,
+        imgc::commands::build::Run::Build,
+    )
+    .unwrap();
+    (loaded, selected, settings)
+}
+
 /// The command context of an in-process build of `ws` with its own cache and no
 /// remote cache (change fields for others).
 pub fn context(ws: &Ws) -> imgc::commands::Context {
