@@ -386,7 +386,8 @@ impl Snapshot {
     }
 
     /// Every recorded path, as its base would name it, and its stat data.
-    pub fn entries(&self, inv: &Invocation) -> Vec<(PathBuf, Option<StatRec>)> {
+    #[cfg(test)]
+    fn entries(&self, inv: &Invocation) -> Vec<(PathBuf, Option<StatRec>)> {
         (0..self.count)
             .filter_map(|i| {
                 let (base, path) = self.path(i)?;
@@ -509,6 +510,16 @@ pub fn load(inv: &Invocation) -> Option<Snapshot> {
 /// anything). Writes nothing (and removes an old snapshot) if the build
 /// depended on a link, or on a path that cannot be stat-ed.
 pub fn write(
+    inv: &Invocation,
+    start: SystemTime,
+    recorded: &Recorded,
+    replay: Replay,
+) -> std::io::Result<bool> {
+    // An error leaves no snapshot behind either: the old one described another build.
+    write_or_refuse(inv, start, recorded, replay).inspect_err(|_| discard(inv))
+}
+
+fn write_or_refuse(
     inv: &Invocation,
     start: SystemTime,
     recorded: &Recorded,
@@ -1028,6 +1039,17 @@ mod tests {
             std::fs::remove_file(ws.path().join(dir)).unwrap();
             std::fs::rename(ws.path().join(away), ws.path().join(dir)).unwrap();
         }
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_written_leaves_no_old_one_behind() {
+        let (ws, _cache, inv) = setup(Duration::from_secs(3));
+        assert!(inv.file.exists());
+        let mut rec = Recorded::default();
+        rec.ws(ws.path(), "d/f");
+        std::fs::remove_dir_all(ws.path()).unwrap();
+        assert!(write(&inv, SystemTime::now(), &rec, replay()).is_err());
+        assert!(!inv.file.exists());
     }
 
     #[test]
