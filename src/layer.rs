@@ -1171,6 +1171,14 @@ fn copy_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool of `threads` threads for the compressors (0: one per core).
+    fn pool_of(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
     use std::io::Read;
 
     /// `entries` written as a layer in the default format of `compression`.
@@ -1399,10 +1407,7 @@ mod tests {
         let data = noise(3 * ZSTD_FRAME + 4321, 12);
         let mut blobs = Vec::new();
         for (threads, buffers) in [(1, 1), (1, 2), (4, 8), (3, 2)] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool_of(threads);
             let budget = Budget::new(buffers);
             let mut z = ZstdFrames::with_pool(Vec::new(), 3, &pool, &budget);
             // Uneven writes: the cut points are byte offsets, not writes.
@@ -1428,10 +1433,7 @@ mod tests {
     /// least, none to spare): both finish, with the bytes they have alone.
     #[test]
     fn zstd_layers_sharing_a_small_budget_both_finish() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = pool_of(2);
         let budget = Budget::new(2);
         let a = noise(3 * ZSTD_FRAME + 1, 13);
         let b = noise(2 * ZSTD_FRAME + 2, 14);
@@ -1455,10 +1457,7 @@ mod tests {
 
     #[test]
     fn zstd_empty_stream_is_one_valid_frame() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = pool_of(1);
         let budget = Budget::new(1);
         let blob = ZstdFrames::with_pool(Vec::new(), 3, &pool, &budget)
             .finish()
@@ -1542,10 +1541,7 @@ mod tests {
         .unwrap();
         let (_, tar) = write_tar(&entries, 0, Vec::new()).unwrap();
         let build = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = pool_of(threads);
             let mut gz = GzipMembers::with_pool(Vec::new(), 6, &pool);
             gz.write_all(&tar).unwrap();
             gz.finish().unwrap()
@@ -1558,10 +1554,7 @@ mod tests {
         let out = write_layer(&entries, &fmt, 0, &cas).unwrap();
         assert_eq!(out.digest, Digest::of_bytes(&one));
         // called from inside another pool (as the scheduler does), the same
-        let other = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let other = pool_of(3);
         assert_eq!(
             other.install(|| write_layer(&entries, &fmt, 0, &cas).unwrap()),
             out

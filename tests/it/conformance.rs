@@ -601,25 +601,6 @@ fn example_images_run_under_runc_and_print_what_their_layers_hold() {
     );
 }
 
-/// Deterministic bytes that compress like real binaries do (runs of words and
-/// of noise), `len` long.
-fn semi_random(len: usize, mut x: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 64);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x % 3 == 0 {
-            v.extend_from_slice(&x.to_le_bytes());
-        } else {
-            v.extend_from_slice(b"imgc layer bytes ");
-            v.extend_from_slice((x % 1000).to_string().as_bytes());
-        }
-    }
-    v.truncate(len);
-    v
-}
-
 /// Guards the zstd layer format (independent frames per 8 MiB of tar): a layer
 /// of several frames passes the independent checker (each layer decoded and
 /// hashed to its diff_id), and skopeo decodes it into a gzip layout with the

@@ -561,25 +561,9 @@ fn zstd_multi_frame_layers_are_the_same_with_jobs_1_and_2() {
              layer {\n        copy \"z.bin\" to=\"/z.bin\"\n    }\n}\n",
         ),
     ]);
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let mut bytes = |len: usize| {
-        let mut v = Vec::with_capacity(len + 16);
-        while v.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if x % 4 == 0 {
-                v.extend_from_slice(&x.to_le_bytes());
-            } else {
-                v.extend_from_slice(format!("line {} of a layer\n", x % 997).as_bytes());
-            }
-        }
-        v.truncate(len);
-        v
-    };
-    ws.write_bytes("a/x.bin", &bytes(17 << 20));
-    ws.write_bytes("b/y.bin", &bytes(9 << 20));
-    ws.write_bytes("b/z.bin", &bytes(25 << 20));
+    ws.write_bytes("a/x.bin", &semi_random(17 << 20, 0x2545_f491_4f6c_dd1d));
+    ws.write_bytes("b/y.bin", &semi_random(9 << 20, 0x9e37_79b9_7f4a_7c15));
+    ws.write_bytes("b/z.bin", &semi_random(25 << 20, 0x0123_4567_89ab_cdef));
     let one = fresh_output(&ws, &["-j", "1"]);
     let two = fresh_output(&ws, &["-j", "2"]);
     assert_same_tree(one.path(), two.path());

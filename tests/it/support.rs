@@ -556,3 +556,22 @@ pub fn assert_blobs_hash_to_their_names(dir: &Path) {
     }
     assert!(n > 0, "no blobs in {}", dir.display());
 }
+
+/// Deterministic bytes that compress like real binaries do (runs of words and
+/// of noise), `len` long.
+pub fn semi_random(len: usize, mut x: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 64);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x % 3 == 0 {
+            v.extend_from_slice(&x.to_le_bytes());
+        } else {
+            v.extend_from_slice(b"imgc layer bytes ");
+            v.extend_from_slice((x % 1000).to_string().as_bytes());
+        }
+    }
+    v.truncate(len);
+    v
+}
