@@ -27,7 +27,9 @@
 //!   is not held back.
 //! * **Lookup**: a hit is used only if every blob it names is in the CAS with its
 //!   recorded size and content (`BlobChecks`); a missing or damaged blob makes it
-//!   a miss, never an error. The rebuild publishes the blob again, which replaces
+//!   a miss, never an error. Stat data decides most blobs on the coordinator; a
+//!   blob that must be re-hashed (none remembered with its stat data, as after the
+//!   build that wrote it) is hashed on a worker while other lookups go on. The rebuild publishes the blob again, which replaces
 //!   the damaged file (see [`crate::cas`]); the damaged file is not removed first,
 //!   since another process may have just replaced it with a good copy.
 //! * **Recording**: the coordinator collects what the cache must remember (actions,
@@ -156,6 +158,9 @@ impl Summary {
 enum Msg {
     Keyed(NodeIndex, Result<actions::Keyed, ActionError>),
     Ran(NodeIndex, Result<Output, ActionError>, Duration),
+    /// A local cache entry's blobs re-hashed on a worker: whether each of its
+    /// [`Pending`] blobs is intact, in order.
+    Checked(NodeIndex, Vec<bool>),
     /// A remote lookup after a local miss: the hit, or `None` to run.
     Fetched(NodeIndex, Option<crate::remote::Hit>),
     /// An upload to the remote cache finished: bytes sent.
@@ -254,6 +259,8 @@ impl Engine<'_> {
             registries: &settings.registries,
         };
         let ctx = &ctx;
+        // Keyed targets whose local entry's blobs are being re-hashed on a worker.
+        let mut checking: BTreeMap<NodeIndex, (actions::Keyed, Pending)> = BTreeMap::new();
         // Keyed targets waiting for a remote lookup.
         let mut fetching: BTreeMap<NodeIndex, actions::Keyed> = BTreeMap::new();
         // Targets keyed on a worker (layers, imports) that are not done yet: being
@@ -382,6 +389,8 @@ impl Engine<'_> {
                     self.commit(&mut batch, &mut summary);
                     last_commit = Instant::now();
                 }
+                // A keyed target whose local lookup is complete: hit or miss.
+                let mut looked_up: Option<(NodeIndex, actions::Keyed, Option<Output>)> = None;
                 match msg {
                     Msg::Keyed(n, Err(e)) | Msg::Ran(n, Err(e), _) => {
                         self.fail(n, e, &mut summary, &mut stop);
@@ -395,51 +404,32 @@ impl Engine<'_> {
                             batch.learn(path, *entry);
                         }
                         match self.lookup(&k.key, &origin, &mut checks, &mut batch) {
-                            Some(output) => {
-                                // A local hit the remote may lack (a cache that was
-                                // emptied, a runner that built before the remote existed).
-                                if let Some(r) = remote.filter(|r| r.writes()) {
-                                    in_flight += 1;
-                                    spawn_upload(
-                                        scope,
-                                        &tx,
-                                        r,
-                                        cas,
-                                        graph,
-                                        n,
-                                        k.key,
-                                        output.clone(),
-                                        true,
-                                    );
-                                }
-                                self.hit(
-                                    n,
-                                    &k,
-                                    output,
-                                    Source::Local,
-                                    &mut batch,
-                                    &mut last_keys,
-                                    &mut summary,
-                                );
-                                ready.extend(self.release(n, &mut waiting));
+                            Local::Done(local) => looked_up = Some((n, k, local)),
+                            Local::Hash(pending) => {
+                                let blobs: Vec<(Digest, u64)> = pending
+                                    .blobs
+                                    .iter()
+                                    .map(|(d, size, _)| (*d, *size))
+                                    .collect();
+                                checking.insert(n, (k, pending));
+                                let tx = tx.clone();
+                                in_flight += 1;
+                                scope.spawn(move |_| {
+                                    let intact = blobs
+                                        .iter()
+                                        .map(|(d, size)| {
+                                            cas.verify(d, Some(*size)).unwrap_or(false)
+                                        })
+                                        .collect();
+                                    let _ = tx.send(Msg::Checked(n, intact));
+                                });
                             }
-                            None => match remote.filter(|r| r.reads()) {
-                                Some(r) => {
-                                    let key = k.key;
-                                    fetching.insert(n, k);
-                                    let tx = tx.clone();
-                                    let verified = checks.verified.clone();
-                                    in_flight += 1;
-                                    scope.spawn(move |_| {
-                                        let have = |d: &Digest, size: u64| {
-                                            local_blob_ok(cas, memo, &verified, d, size)
-                                        };
-                                        let _ =
-                                            tx.send(Msg::Fetched(n, r.lookup(&key, cas, &have)));
-                                    });
-                                }
-                                None => missed.push((n, k)),
-                            },
+                        }
+                    }
+                    Msg::Checked(n, intact) => {
+                        if let Some((k, pending)) = checking.remove(&n) {
+                            let local = checks.settle(pending, &intact, &mut batch);
+                            looked_up = Some((n, k, local));
                         }
                     }
                     Msg::Fetched(n, hit) => {
@@ -538,6 +528,54 @@ impl Engine<'_> {
                         ready.extend(self.release(n, &mut waiting));
                     }
                     Msg::Materialized(..) => unreachable!("materialized before the build ended"),
+                }
+                if let Some((n, k, local)) = looked_up {
+                    match local {
+                        Some(output) => {
+                            // A local hit the remote may lack (a cache that was
+                            // emptied, a runner that built before the remote existed).
+                            if let Some(r) = remote.filter(|r| r.writes()) {
+                                in_flight += 1;
+                                spawn_upload(
+                                    scope,
+                                    &tx,
+                                    r,
+                                    cas,
+                                    graph,
+                                    n,
+                                    k.key,
+                                    output.clone(),
+                                    true,
+                                );
+                            }
+                            self.hit(
+                                n,
+                                &k,
+                                output,
+                                Source::Local,
+                                &mut batch,
+                                &mut last_keys,
+                                &mut summary,
+                            );
+                            ready.extend(self.release(n, &mut waiting));
+                        }
+                        None => match remote.filter(|r| r.reads()) {
+                            Some(r) => {
+                                let key = k.key;
+                                fetching.insert(n, k);
+                                let tx = tx.clone();
+                                let verified = checks.verified.clone();
+                                in_flight += 1;
+                                scope.spawn(move |_| {
+                                    let have = |d: &Digest, size: u64| {
+                                        local_blob_ok(cas, memo, &verified, d, size)
+                                    };
+                                    let _ = tx.send(Msg::Fetched(n, r.lookup(&key, cas, &have)));
+                                });
+                            }
+                            None => missed.push((n, k)),
+                        },
+                    }
                 }
                 if let Some(r) = remote {
                     for w in r.take_warnings() {
@@ -745,32 +783,47 @@ impl Engine<'_> {
         }
     }
 
-    /// A cache hit whose every blob is present and intact. Hits not marked used
-    /// for a day are marked now (in the batch).
-    /// `origin` names the remote cache in use (`""` for none): entries fetched
-    /// from it are trusted, those fetched from another remote are not.
+    /// The local cache entry of `key`, if any, checked: every blob it names must
+    /// be present and intact. Blobs decided by stat data alone (verified earlier
+    /// in this build, or since with the same stat data) are checked here; blobs
+    /// that must be re-hashed are left [`Pending`] for a worker, so that the
+    /// re-hashing of many hits' blobs (the first build after one that wrote
+    /// them) runs on every core and not on this thread. `origin` names the
+    /// remote cache in use (`""` for none): entries fetched from it are
+    /// trusted, those fetched from another remote are not.
     fn lookup(
         &mut self,
         key: &Key,
         origin: &str,
         checks: &mut BlobChecks<'_>,
         batch: &mut Batch,
-    ) -> Option<Output> {
-        let (outputs, is_stale) = self.cache.get_outputs_from(key, origin).ok().flatten()?;
-        let output = Output::from_json(&outputs)?;
-        let mut ok = true;
-        for (digest, size) in output.blobs() {
+    ) -> Local {
+        let Some((outputs, stale)) = self.cache.get_outputs_from(key, origin).ok().flatten() else {
+            return Local::Done(None);
+        };
+        let Some(output) = Output::from_json(&outputs) else {
+            return Local::Done(None);
+        };
+        let mut pending = Pending {
+            key: *key,
+            stale,
+            intact: true,
+            blobs: Vec::new(),
+            output,
+        };
+        for (digest, size) in pending.output.blobs() {
             // Every blob, not only up to the first bad one: each bad one is a repair.
-            ok &= checks.intact(self.cas, &digest, size, batch);
+            match checks.by_stat(self.cas, &digest, size, batch) {
+                ByStat::Intact => {}
+                ByStat::Bad => pending.intact = false,
+                ByStat::Hash(stat) => pending.blobs.push((digest, size, stat)),
+            }
         }
-        if !ok {
-            batch.forget_action(key);
-            return None;
+        if pending.blobs.is_empty() {
+            Local::Done(checks.settle(pending, &[], batch))
+        } else {
+            Local::Hash(pending)
         }
-        if is_stale {
-            batch.mark_used(key);
-        }
-        Some(output)
     }
 
     /// Records a hit (local or remote) of keyed target `n`: its last build, its
@@ -863,32 +916,87 @@ struct BlobChecks<'m> {
     replaced: BTreeSet<Digest>,
 }
 
+/// A local lookup: decided, or waiting for blobs to be re-hashed on a worker.
+enum Local {
+    /// The checked entry's output, or `None` for a miss.
+    Done(Option<Output>),
+    Hash(Pending),
+}
+
+/// A local cache entry found, whose blobs are not all checked yet.
+struct Pending {
+    key: Key,
+    output: Output,
+    /// Whether the entry was not marked used for a day.
+    stale: bool,
+    /// Whether every blob checked so far (by stat data) is intact.
+    intact: bool,
+    /// Blobs to re-hash: digest, size, stat data taken before reading.
+    blobs: Vec<(Digest, u64, StatKey)>,
+}
+
+/// What stat data alone says of a blob (see [`BlobChecks::by_stat`]).
+enum ByStat {
+    Intact,
+    Bad,
+    Hash(StatKey),
+}
+
 impl BlobChecks<'_> {
-    fn intact(&mut self, cas: &Cas, d: &Digest, size: u64, batch: &mut Batch) -> bool {
+    /// What stat data alone says of blob `d`: intact (verified earlier in this
+    /// build, or before with exactly this stat data), bad (missing, of another
+    /// size, not a regular file), or to be re-hashed, with the stat data taken
+    /// before reading it.
+    fn by_stat(&mut self, cas: &Cas, d: &Digest, size: u64, batch: &mut Batch) -> ByStat {
         if lock(&self.verified).contains(d) {
-            return true;
+            return ByStat::Intact;
         }
-        let path = cas.blob_path(d);
-        let ok = match std::fs::symlink_metadata(&path) {
+        match std::fs::symlink_metadata(cas.blob_path(d)) {
             Ok(meta) if meta.is_file() && meta.len() == size => {
                 let stat = StatKey::from_metadata(&meta);
                 if self.memo.blob_verified(d, &stat) {
-                    true
-                } else if cas.verify(d, Some(size)).unwrap_or(false) {
-                    batch.blob_verified(d, stat);
-                    true
+                    lock(&self.verified).insert(*d);
+                    ByStat::Intact
                 } else {
-                    false
+                    ByStat::Hash(stat)
                 }
             }
-            _ => false,
-        };
-        if ok {
-            lock(&self.verified).insert(*d);
-        } else if self.replaced.insert(*d) {
+            _ => {
+                self.bad(d, batch);
+                ByStat::Bad
+            }
+        }
+    }
+
+    /// Completes the check of a [`Pending`] entry with whether each of its blobs
+    /// hashed to its name (in order): remembers the intact ones with the stat
+    /// data taken before they were read, notes the bad ones as repairs. The
+    /// entry's output if every blob is intact; otherwise it is forgotten.
+    fn settle(&mut self, p: Pending, hashed: &[bool], batch: &mut Batch) -> Option<Output> {
+        let mut intact = p.intact && hashed.len() == p.blobs.len();
+        for ((d, _, stat), ok) in p.blobs.iter().zip(hashed) {
+            if *ok {
+                batch.blob_verified(d, *stat);
+                lock(&self.verified).insert(*d);
+            } else {
+                self.bad(d, batch);
+                intact = false;
+            }
+        }
+        if !intact {
+            batch.forget_action(&p.key);
+            return None;
+        }
+        if p.stale {
+            batch.mark_used(&p.key);
+        }
+        Some(p.output)
+    }
+
+    fn bad(&mut self, d: &Digest, batch: &mut Batch) {
+        if self.replaced.insert(*d) {
             batch.blob_repaired(d);
         }
-        ok
     }
 
     /// Takes the blobs the store replaced (on any worker) since the last call:
