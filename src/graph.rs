@@ -1,8 +1,8 @@
 //! The target graph: labels resolved, dependencies checked, cycles found (pure).
 //!
-//! Nodes are targets (layers, images, imports); an edge `a → b` means "a needs b":
-//! an image needs its base and its layers, a layer needs the targets it copies
-//! from. Resolution collects every problem at once: unknown labels (with a "did
+//! Nodes are targets (layers, images, imports, http-files); an edge `a → b` means
+//! "a needs b": an image needs its base and its layers, a layer needs the targets
+//! it copies from (layers, http-files). Resolution collects every problem at once: unknown labels (with a "did
 //! you mean"), dependencies of the wrong kind (an image `from` a layer), duplicate
 //! targets, and every cycle, printed as the full path.
 //!
@@ -289,7 +289,7 @@ fn references(target: &Target) -> Vec<Reference<'_>> {
                 }
             }
         }
-        TargetKind::Import(_) => {}
+        TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
     }
     out
 }
@@ -303,8 +303,8 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
         (EdgeKind::Layer, _) => {
             Err("`layers` takes layer targets; to build on an image, use `from`")
         }
-        (EdgeKind::Copy, TargetKind::Layer(_)) => Ok(()),
-        (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer target"),
+        (EdgeKind::Copy, TargetKind::Layer(_) | TargetKind::HttpFile(_)) => Ok(()),
+        (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer or an http-file target"),
     }
 }
 
@@ -709,7 +709,7 @@ mod tests {
             match &g.node(n).target.kind {
                 TargetKind::Layer(l) => assert_eq!(l.entries.capacity(), l.entries.len()),
                 TargetKind::Image(i) => assert_eq!(i.layers.capacity(), i.layers.len()),
-                TargetKind::Import(_) => {}
+                TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
             }
         }
     }
