@@ -300,6 +300,9 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
         (EdgeKind::Base, TargetKind::Image(_) | TargetKind::Import(_)) => Ok(()),
         (EdgeKind::Base, _) => Err("`from` takes an image or an import (or \"scratch\")"),
         (EdgeKind::Layer, TargetKind::Layer(_)) => Ok(()),
+        (EdgeKind::Layer, TargetKind::HttpFile(_)) => Err(
+            "`layers` takes layer targets; to put a downloaded file in a layer, `copy` it: `copy \":file\" to=\"/path/in/image\"`",
+        ),
         (EdgeKind::Layer, _) => {
             Err("`layers` takes layer targets; to build on an image, use `from`")
         }
@@ -496,7 +499,8 @@ pub fn output_path_limits(g: &Graph, output_dir: &str, root_len: usize) -> Vec<D
 }
 
 fn article(kind: &str) -> &'static str {
-    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+    // "an http-file": the letter is read "aitch".
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'h']) {
         "an"
     } else {
         "a"

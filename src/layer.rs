@@ -1341,6 +1341,57 @@ mod tests {
         .unwrap()
     }
 
+    /// A downloaded file (a CAS blob) goes into the tar as the blob's bytes,
+    /// the same layer as inline bytes would give; a damaged blob fails the layer.
+    #[test]
+    fn blob_entries_stream_from_the_store_and_are_verified() {
+        let (_d, cas) = cas();
+        let content = b"#!/bin/sh\necho downloaded\n".repeat(1000);
+        let (digest, _) = cas.put_bytes(&content).unwrap();
+        let via_blob = write_default(
+            &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap();
+        let inline = write_default(
+            &[e("usr/bin/t", EntryData::Bytes(content.clone()), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap();
+        assert_eq!(via_blob.digest, inline.digest);
+        assert_eq!(via_blob.diff_id, inline.diff_id);
+
+        // The stored copy rots: the layer is refused, not written from it.
+        let path = cas.blob_path(&digest);
+        std::fs::remove_file(&path).unwrap();
+        let mut rotten = content.clone();
+        rotten[10] ^= 1;
+        std::fs::write(&path, &rotten).unwrap();
+        let err = write_default(
+            &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // A missing one too.
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            write_default(
+                &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+                Compression::Gzip,
+                0,
+                &cas
+            )
+            .is_err()
+        );
+    }
+
     #[test]
     fn golden_digests() {
         let (_d, cas) = cas();

@@ -346,3 +346,38 @@ fn transport(e: &ureq::Error) -> String {
         _ => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::Spanned;
+
+    fn spec(url: &str, sha: u8, size: Option<u64>, executable: bool) -> HttpFileSpec {
+        HttpFileSpec {
+            url: Spanned::new(url.into(), (0, 1).into()),
+            sha256: Spanned::new(Digest([sha; 32]), (2, 1).into()),
+            size: size.map(|s| Spanned::new(s, (4, 1).into())),
+            executable,
+        }
+    }
+
+    #[test]
+    fn the_key_holds_the_digest_and_size_not_the_url() {
+        let a = key(&spec("https://a.example/x", 1, None, false));
+        let mirror = key(&spec("http://mirror.example/y", 1, None, false));
+        assert_eq!(
+            a.key, mirror.key,
+            "a mirror of the same bytes is the same key"
+        );
+        // `executable` is how a layer uses the file, not the file itself.
+        let exec = key(&spec("https://a.example/x", 1, None, true));
+        assert_eq!(a.key, exec.key);
+        let other = key(&spec("https://a.example/x", 2, None, false));
+        assert_ne!(a.key, other.key);
+        let sized = key(&spec("https://a.example/x", 1, Some(10), false));
+        assert_ne!(a.key, sized.key);
+        assert_eq!(sized.components.get("size"), Some("10"));
+        assert_eq!(a.components.get("recipe"), Some(RECIPE));
+        assert_eq!(a.components.get("kind"), Some("http-file"));
+    }
+}

@@ -1186,13 +1186,13 @@ impl Build<'_, '_> {
         let url = self.http_url(node, parts);
         let sha256 = self.http_sha256(node, parts);
         let size = match parts.prop("size") {
-            None => None,
-            Some(e) => Some(self.http_size(e)?),
+            None => Some(None),
+            Some(e) => self.http_size(e).map(Some),
         };
         let executable = match parts.prop("executable") {
-            None => false,
+            None => Some(false),
             Some(e) => match e.value() {
-                KdlValue::Bool(b) => *b,
+                KdlValue::Bool(b) => Some(*b),
                 other => {
                     let d = self.cx.diag(
                         Code::WrongType,
@@ -1205,15 +1205,15 @@ impl Build<'_, '_> {
                     );
                     self.cx
                         .push(d.help("write `executable=#true` (KDL booleans start with `#`)"));
-                    return None;
+                    None
                 }
             },
         };
         Some(HttpFileSpec {
             url: url?,
             sha256: sha256?,
-            size,
-            executable,
+            size: size?,
+            executable: executable?,
         })
     }
 
@@ -1228,12 +1228,13 @@ impl Build<'_, '_> {
         match check_url(&s.value) {
             Ok(()) => Some(s),
             Err((why, help)) => {
-                let d = self.cx.diag(
-                    Code::BadUrl,
-                    s.span,
-                    format!("`url` {why}, got \"{}\"", escape_shown(&s.value)),
-                    "bad URL",
-                );
+                // The value is not repeated when it may hold a password.
+                let message = if why.contains("credentials") {
+                    format!("`url` {why}")
+                } else {
+                    format!("`url` {why}, got \"{}\"", escape_shown(&s.value))
+                };
+                let d = self.cx.diag(Code::BadUrl, s.span, message, "bad URL");
                 self.cx.push(d.help(help));
                 None
             }
