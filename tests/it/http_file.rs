@@ -114,10 +114,12 @@ fn downloads_once_then_builds_offline_and_a_mirror_rebuilds_nothing() {
     assert!(moved.ran().is_empty(), "{:?}", moved.ran());
     assert_eq!(moved.images()["//svc:app"], image);
 
-    // `explain` keys it without the network and says what the key holds.
+    // `explain` keys it without the network.
     let explained = stdout(&ws.ok(&["explain", "//svc:tool"]));
-    assert!(explained.contains("sha256"), "{explained}");
-    assert!(!explained.contains("mirror.invalid"), "{explained}");
+    assert_eq!(
+        explained.trim(),
+        format!("//svc:tool: up to date (sha256:{})", hex(&bytes))
+    );
 }
 
 #[test]
@@ -225,5 +227,31 @@ fn a_dry_run_plans_the_download_without_the_network() {
     let out = ws.ok(&["build", "--dry-run"]);
     let plan = stdout(&out);
     assert!(plan.contains("download: 1 file"), "{plan}");
-    assert!(plan.contains("//svc:tool"), "{plan}");
+    assert!(plan.contains("//svc:tool: never built"), "{plan}");
+    let explained = stdout(&ws.ok(&["explain", "//svc:tool"]));
+    assert_eq!(explained.trim(), "//svc:tool: would download: never built");
+}
+
+/// A remote cache serves a downloaded file like any other output: a second
+/// machine (a fresh local cache) builds with the server gone.
+#[test]
+fn the_remote_cache_serves_downloads() {
+    let mut server = FileServer::start();
+    let bytes = tool_bytes();
+    server.put("tool", &bytes);
+    let remote = tempfile::tempdir().unwrap();
+    let flag = remote.path().to_str().unwrap().to_string();
+    let a = ws_with(&server.url("tool"), &hex(&bytes), "");
+    let first = a.build(&["--remote-cache", &flag]);
+    assert!(first.ran().contains(&"//svc:tool".to_string()));
+    server.stop();
+
+    let b = ws_with(&server.url("tool"), &hex(&bytes), "");
+    let second = b.build(&["--remote-cache", &flag]);
+    assert!(second.ran().is_empty(), "{:?}", second.ran());
+    assert_eq!(second.images(), first.images());
+    assert!(
+        stored(&b, &hex(&bytes)),
+        "the file was fetched from the remote"
+    );
 }
