@@ -203,12 +203,20 @@ pub struct ImageOut {
     pub layers: Vec<LayerDesc>,
 }
 
+/// The output of an http-file: one blob in the CAS, the downloaded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOut {
+    pub digest: Digest,
+    pub size: u64,
+}
+
 /// What an action produced; stored (as JSON) in the action cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Output {
     Layer(LayerDesc),
     Image(ImageOut),
+    File(FileOut),
 }
 
 impl Output {
@@ -219,6 +227,7 @@ impl Output {
         let layers = match self {
             Output::Layer(l) => std::slice::from_ref(l),
             Output::Image(i) => &i.layers[..],
+            Output::File(_) => &[],
         };
         v.extend(
             layers
@@ -229,10 +238,12 @@ impl Output {
     }
 
     /// The OCI blobs of the output (manifest, config, layers; no listing): what
-    /// a layout of it holds.
+    /// a layout of it holds. A downloaded file is no OCI blob, but it is what
+    /// its output is made of, so it is listed too.
     pub fn oci_blobs(&self) -> Vec<(Digest, u64)> {
         match self {
             Output::Layer(l) => vec![(l.digest, l.size)],
+            Output::File(f) => vec![(f.digest, f.size)],
             Output::Image(i) => {
                 let mut v = vec![(i.manifest, i.manifest_size), (i.config, i.config_size)];
                 v.extend(i.layers.iter().map(|l| (l.digest, l.size)));
@@ -246,6 +257,7 @@ impl Output {
         match self {
             Output::Layer(l) => l.digest,
             Output::Image(i) => i.manifest,
+            Output::File(f) => f.digest,
         }
     }
 

@@ -329,7 +329,8 @@ impl Readers {
                         },
                     ));
                 }
-                TargetKind::Image(_) => {}
+                // An http-file reads no workspace file: its spec is its input.
+                TargetKind::Image(_) | TargetKind::HttpFile(_) => {}
             }
         }
         let aliases: Vec<(NodeIndex, Read)> = reads

@@ -460,6 +460,13 @@ impl BlobWriter {
         self.size
     }
 
+    /// The sha256 of the bytes written so far (the blob's digest if nothing
+    /// more is written): lets a caller refuse a blob, with the digest it has,
+    /// before anything is published.
+    pub fn digest_so_far(&self) -> Digest {
+        self.sha.clone().finish()
+    }
+
     /// Publishes the blob under its digest (see the module docs) and returns
     /// its digest and size. An intact existing copy is kept (and this one
     /// dropped); a damaged one is replaced.

@@ -211,6 +211,7 @@ pub enum TargetKindFilter {
     Layer,
     Image,
     Import,
+    HttpFile,
 }
 
 #[derive(Debug, Args)]

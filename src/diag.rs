@@ -69,10 +69,20 @@ pub enum Code {
     BadReference,
     /// A `registry` import without a digest (a tag moves; a build must not).
     NotPinned,
+    /// An `http-file` URL that imgc will not fetch: not `http`/`https`, no host,
+    /// credentials in it, spaces or control characters.
+    BadUrl,
+    /// A `sha256` that is not 64 hexadecimal digits.
+    BadChecksum,
+    /// An `http-file` download that failed: the server could not be reached or
+    /// answered with an error (404, 500, ...), or sent more than it should.
+    DownloadFailed,
+    /// An `http-file` download whose bytes do not have the pinned sha256 (or size).
+    DownloadMismatch,
 }
 
 impl Code {
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 30] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -99,6 +109,10 @@ impl Code {
         Code::NotOnRequiredBase,
         Code::BadReference,
         Code::NotPinned,
+        Code::BadUrl,
+        Code::BadChecksum,
+        Code::DownloadFailed,
+        Code::DownloadMismatch,
     ];
 
     /// The stable code, `E001`...
@@ -130,6 +144,10 @@ impl Code {
             Code::NotOnRequiredBase => "E050",
             Code::BadReference => "E060",
             Code::NotPinned => "E061",
+            Code::BadUrl => "E070",
+            Code::BadChecksum => "E071",
+            Code::DownloadFailed => "E072",
+            Code::DownloadMismatch => "E073",
         }
     }
 }

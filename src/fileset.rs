@@ -11,6 +11,8 @@
 //! | `copy "d" to="/a/"` | `a/d/` and everything below it (as `cp -r d /a/`) |
 //! | `copy "c/*.toml" to="/etc/x/"` | each match, relative to the glob's literal directory `c`, into `/etc/x/` |
 //! | `copy ":layer" to="/a/"` | every entry of that layer, re-rooted under `/a/` |
+//! | `copy ":http-file" to="/a/b"` | file `a/b`: the downloaded bytes |
+//! | `copy ":http-file" to="/a/"` | file `a/<target name>` |
 //!
 //! Only what the spec declares becomes an entry: `copy "f" to="/a/b"` gives
 //! the one entry `a/b`, not `a` (see [`crate::layer`] on why a layer never
@@ -22,7 +24,13 @@
 //! (`copy ":layer"`) keep the modes and owners their own layer gave them, except
 //! that the `copy`'s `mode` applies to its files and its `owner` to all of them;
 //! its `exclude` is refused by the parser (patterns are source paths, and a
-//! layer's entries are not).
+//! layer's entries are not). A copied http-file is named by its target's name
+//! when copied into a directory (never by its URL, which is not in any key: a
+//! mirror must not rename the file), and gets the `copy`'s mode, else 0755 with
+//! `executable=#true`, else 0644. Its entry names the download by its sha256
+//! ([`EntryData::Blob`]): the layer's key holds that digest, and the layer
+//! writer reads the bytes from the store (the scheduler runs the http-file
+//! first, as it is a dependency).
 //!
 //! # Confinement
 //!
@@ -368,6 +376,24 @@ fn expand_entry(
                         Diag::new(Code::UnknownLabel, format!("unknown label `{label}`"))
                             .at(file, src.span)
                     })?;
+                    if let TargetKind::HttpFile(http) = &ctx.graph.node(dep).target.kind {
+                        let path = if into_dir {
+                            join(&dest, label.name())
+                        } else {
+                            dest
+                        };
+                        let default = if http.executable { 0o755 } else { 0o644 };
+                        out.planned.push(Planned {
+                            entry: entry(
+                                path,
+                                EntryData::Blob(http.sha256.value),
+                                opts.mode.unwrap_or(default),
+                                opts.owner,
+                            ),
+                            source: None,
+                        });
+                        return Ok(());
+                    }
                     let start = out.planned.len();
                     expand_into(ctx, dep, out)?;
                     // The entries keep what their own layer gave them, except
@@ -375,8 +401,10 @@ fn expand_entry(
                     let own = owner.as_ref().map(|o| o.value);
                     for p in &mut out.planned[start..] {
                         p.entry.path = join(&dest, &p.entry.path);
-                        if let (Some(m), EntryData::File { .. } | EntryData::Bytes(_)) =
-                            (opts.mode, &p.entry.data)
+                        if let (
+                            Some(m),
+                            EntryData::File { .. } | EntryData::Bytes(_) | EntryData::Blob(_),
+                        ) = (opts.mode, &p.entry.data)
                         {
                             p.entry.mode = m;
                         }

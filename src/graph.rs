@@ -1,8 +1,8 @@
 //! The target graph: labels resolved, dependencies checked, cycles found (pure).
 //!
-//! Nodes are targets (layers, images, imports); an edge `a → b` means "a needs b":
-//! an image needs its base and its layers, a layer needs the targets it copies
-//! from. Resolution collects every problem at once: unknown labels (with a "did
+//! Nodes are targets (layers, images, imports, http-files); an edge `a → b` means
+//! "a needs b": an image needs its base and its layers, a layer needs the targets
+//! it copies from (layers, http-files). Resolution collects every problem at once: unknown labels (with a "did
 //! you mean"), dependencies of the wrong kind (an image `from` a layer), duplicate
 //! targets, and every cycle, printed as the full path.
 //!
@@ -289,7 +289,7 @@ fn references(target: &Target) -> Vec<Reference<'_>> {
                 }
             }
         }
-        TargetKind::Import(_) => {}
+        TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
     }
     out
 }
@@ -300,11 +300,14 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
         (EdgeKind::Base, TargetKind::Image(_) | TargetKind::Import(_)) => Ok(()),
         (EdgeKind::Base, _) => Err("`from` takes an image or an import (or \"scratch\")"),
         (EdgeKind::Layer, TargetKind::Layer(_)) => Ok(()),
+        (EdgeKind::Layer, TargetKind::HttpFile(_)) => Err(
+            "`layers` takes layer targets; to put a downloaded file in a layer, `copy` it: `copy \":file\" to=\"/path/in/image\"`",
+        ),
         (EdgeKind::Layer, _) => {
             Err("`layers` takes layer targets; to build on an image, use `from`")
         }
-        (EdgeKind::Copy, TargetKind::Layer(_)) => Ok(()),
-        (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer target"),
+        (EdgeKind::Copy, TargetKind::Layer(_) | TargetKind::HttpFile(_)) => Ok(()),
+        (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer or an http-file target"),
     }
 }
 
@@ -496,7 +499,8 @@ pub fn output_path_limits(g: &Graph, output_dir: &str, root_len: usize) -> Vec<D
 }
 
 fn article(kind: &str) -> &'static str {
-    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+    // "an http-file": the letter is read "aitch".
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u', 'h']) {
         "an"
     } else {
         "a"
@@ -709,7 +713,7 @@ mod tests {
             match &g.node(n).target.kind {
                 TargetKind::Layer(l) => assert_eq!(l.entries.capacity(), l.entries.len()),
                 TargetKind::Image(i) => assert_eq!(i.layers.capacity(), i.layers.len()),
-                TargetKind::Import(_) => {}
+                TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
             }
         }
     }

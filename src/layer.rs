@@ -177,6 +177,10 @@
 //!   and the mtime) fails the layer, so nothing is stored or cached under a key
 //!   that does not describe it. blake3 runs at several GB/s: a few percent of
 //!   what compression costs.
+//! - It does not trust the store either: an [`EntryData::Blob`] (a downloaded
+//!   file) is opened without following a link, streamed with the size its file
+//!   has, and hashed on the way; a blob that does not hash to its digest fails
+//!   the layer.
 //! - No hard links, device nodes or whiteouts: imgc layers are additive.
 
 use crate::cas::Cas;
@@ -210,6 +214,10 @@ pub enum EntryData {
     },
     /// A regular file with inline content.
     Bytes(Vec<u8>),
+    /// A regular file whose bytes are the CAS blob with this sha256 (an
+    /// http-file's download): streamed from the store when the layer is
+    /// written, hashed on the way, and refused unless it hashes to the digest.
+    Blob(Digest),
     Dir,
     /// A symbolic link to the given target (stored as written).
     Symlink(String),
@@ -399,12 +407,12 @@ pub fn write_layer(
     let (diff_id, blob) = match format.compression {
         Compression::Gzip => {
             let enc = GzipMembers::new(blob, format.level);
-            let (diff_id, enc) = write_tar(entries, mtime, enc)?;
+            let (diff_id, enc) = write_tar(entries, mtime, Some(cas), enc)?;
             (diff_id, enc.finish().map_err(LayerError::Store)?)
         }
         Compression::Zstd => {
             let enc = ZstdFrames::new(blob, format.level);
-            let (diff_id, enc) = write_tar(entries, mtime, enc)?;
+            let (diff_id, enc) = write_tar(entries, mtime, Some(cas), enc)?;
             (diff_id, enc.finish().map_err(LayerError::Store)?)
         }
     };
@@ -427,7 +435,9 @@ fn listing(entries: &[Entry]) -> Listing {
             .iter()
             .map(|e| {
                 let (kind, target) = match &e.data {
-                    EntryData::File { .. } | EntryData::Bytes(_) => (PathKind::File, None),
+                    EntryData::File { .. } | EntryData::Bytes(_) | EntryData::Blob(_) => {
+                        (PathKind::File, None)
+                    }
                     EntryData::Dir => (PathKind::Dir, None),
                     EntryData::Symlink(t) => (PathKind::Symlink, Some(t.clone())),
                 };
@@ -959,13 +969,19 @@ fn zstd_frame(data: &[u8], frame: &mut Vec<u8>, level: i32) -> io::Result<()> {
     })
 }
 
-/// Writes the tar stream into `out`, returning its sha256 and `out`.
-fn write_tar<W: Write>(entries: &[Entry], mtime: u64, out: W) -> Result<(Digest, W), LayerError> {
+/// Writes the tar stream into `out`, returning its sha256 and `out`. `cas`
+/// holds the blobs of [`EntryData::Blob`] entries.
+fn write_tar<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    cas: Option<&Cas>,
+    out: W,
+) -> Result<(Digest, W), LayerError> {
     let mut w = TarSink::new(out);
     // One read buffer for every source file of the layer.
     let mut buf = Vec::new();
     for e in entries {
-        write_entry(&mut w, e, mtime, &mut buf)?;
+        write_entry(&mut w, e, mtime, cas, &mut buf)?;
     }
     // End of archive: two zero blocks.
     w.write_all(&[0u8; 2 * BLOCK]).map_err(LayerError::Store)?;
@@ -976,10 +992,21 @@ fn write_entry(
     w: &mut impl Write,
     e: &Entry,
     mtime: u64,
+    cas: Option<&Cas>,
     buf: &mut Vec<u8>,
 ) -> Result<(), LayerError> {
+    // A stored blob is opened first: its file's size goes into the header.
+    let blob = match &e.data {
+        EntryData::Blob(d) => Some(open_blob(cas, d)?),
+        _ => None,
+    };
     let (kind, size, link) = match &e.data {
         EntryData::File { size, .. } => (tar::EntryType::Regular, *size, None),
+        EntryData::Blob(_) => (
+            tar::EntryType::Regular,
+            blob.as_ref().map_or(0, |(_, len)| *len),
+            None,
+        ),
         EntryData::Bytes(b) => (tar::EntryType::Regular, b.len() as u64, None),
         EntryData::Dir => (tar::EntryType::Directory, 0, None),
         EntryData::Symlink(t) => (tar::EntryType::Symlink, 0, Some(t.as_str())),
@@ -1044,9 +1071,68 @@ fn write_entry(
             blake3,
         } => copy_source(w, source, *size, blake3, buf)?,
         EntryData::Bytes(b) => w.write_all(b).map_err(LayerError::Store)?,
+        EntryData::Blob(d) => {
+            if let Some((file, len)) = blob {
+                copy_blob(w, file, len, d, buf)?;
+            }
+        }
         EntryData::Dir | EntryData::Symlink(_) => {}
     }
     pad(w, size)
+}
+
+/// Opens the stored blob `d` (a regular file, never through a link) and its size.
+fn open_blob(cas: Option<&Cas>, d: &Digest) -> Result<(std::fs::File, u64), LayerError> {
+    let path = || PathBuf::from(format!("the stored download {d}"));
+    let cas = cas.ok_or_else(|| LayerError::Read {
+        path: path(),
+        source: io::Error::other("no store to read it from"),
+    })?;
+    cas.open_blob(d).map_err(|e| LayerError::Read {
+        path: path(),
+        source: e,
+    })
+}
+
+/// Copies exactly `len` bytes of the stored blob `file`, hashing them: they
+/// must hash to `d`.
+fn copy_blob(
+    w: &mut impl Write,
+    file: std::fs::File,
+    len: u64,
+    d: &Digest,
+    buf: &mut Vec<u8>,
+) -> Result<(), LayerError> {
+    let path = || PathBuf::from(format!("the stored download {d}"));
+    buf.resize(READ_BUF, 0);
+    let mut r = HashReader::new(file, Limit::Exactly(len)).sha256();
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(LayerError::Read {
+                    path: path(),
+                    source: e,
+                });
+            }
+        };
+        w.write_all(&buf[..n]).map_err(LayerError::Store)?;
+    }
+    let h = r.finish().map_err(|e| LayerError::Read {
+        path: path(),
+        source: e,
+    })?;
+    if h.sha256 != Some(*d) {
+        return Err(LayerError::SourceChanged {
+            path: path(),
+            reason: "the store's copy is damaged (it does not hash to its digest): \
+                     build again to fetch it anew"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// One ustar header with every field set explicitly. Values too long or too
@@ -1253,6 +1339,57 @@ mod tests {
             file("app/server", "binary"),
         ])
         .unwrap()
+    }
+
+    /// A downloaded file (a CAS blob) goes into the tar as the blob's bytes,
+    /// the same layer as inline bytes would give; a damaged blob fails the layer.
+    #[test]
+    fn blob_entries_stream_from_the_store_and_are_verified() {
+        let (_d, cas) = cas();
+        let content = b"#!/bin/sh\necho downloaded\n".repeat(1000);
+        let (digest, _) = cas.put_bytes(&content).unwrap();
+        let via_blob = write_default(
+            &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap();
+        let inline = write_default(
+            &[e("usr/bin/t", EntryData::Bytes(content.clone()), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap();
+        assert_eq!(via_blob.digest, inline.digest);
+        assert_eq!(via_blob.diff_id, inline.diff_id);
+
+        // The stored copy rots: the layer is refused, not written from it.
+        let path = cas.blob_path(&digest);
+        std::fs::remove_file(&path).unwrap();
+        let mut rotten = content.clone();
+        rotten[10] ^= 1;
+        std::fs::write(&path, &rotten).unwrap();
+        let err = write_default(
+            &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+            Compression::Gzip,
+            0,
+            &cas,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // A missing one too.
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            write_default(
+                &[e("usr/bin/t", EntryData::Blob(digest), 0o755)],
+                Compression::Gzip,
+                0,
+                &cas
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -1539,7 +1676,7 @@ mod tests {
             e("b.bin", EntryData::Bytes(noise(4 * GZIP_MEMBER, 3)), 0o644),
         ])
         .unwrap();
-        let (_, tar) = write_tar(&entries, 0, Vec::new()).unwrap();
+        let (_, tar) = write_tar(&entries, 0, None, Vec::new()).unwrap();
         let build = |threads: usize| {
             let pool = pool_of(threads);
             let mut gz = GzipMembers::with_pool(Vec::new(), 6, &pool);
@@ -2089,7 +2226,7 @@ mod tests {
         // The CLIs on the same tar, from a file, for comparison: GNU gzip, and
         // zstd single-threaded and on every core (what `tar | zstd -T0` does).
         let tar_path = dir.path().join("layer.tar");
-        write_tar(&entries, 0, std::fs::File::create(&tar_path).unwrap()).unwrap();
+        write_tar(&entries, 0, None, std::fs::File::create(&tar_path).unwrap()).unwrap();
         let out_path = dir.path().join("layer.tar.out");
         for (tool, args, media_type) in [
             ("gzip", &["-6"][..], MEDIA_TYPE_GZIP),

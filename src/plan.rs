@@ -16,6 +16,7 @@
 //! | rebuild | layers (named or inline) whose key missed | reads, tars and compresses the layer's files again | the expensive part: proportional to the layer's bytes |
 //! | re-assemble | images whose key missed | writes a new config and manifest from its base's and layers' outputs | a few KB per image, whatever the image's size |
 //! | re-import | imports whose key missed | reads and verifies the imported layout or archive again | proportional to the imported bytes (no compression) |
+//! | download | http-files whose key missed (never fetched, or fetched under another sha256) | fetches the file and verifies its sha256 | the network: proportional to the file's bytes |
 //! | reuse | targets whose key hit | nothing: the cached output is used | none |
 //! | fail | targets that cannot be keyed, or depend on one | the build would fail here | |
 //!
@@ -56,6 +57,8 @@ pub enum Step {
     Reassemble,
     /// An import whose files changed: read and verified again.
     Reimport,
+    /// An http-file not in the store: fetched and verified.
+    Download,
     /// Up to date: the cached output is used.
     Reuse,
     /// Cannot be keyed (or depends on a target that cannot): the build would fail.
@@ -64,10 +67,11 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order a plan lists them.
-    pub const ALL: [Step; 5] = [
+    pub const ALL: [Step; 6] = [
         Step::Rebuild,
         Step::Reassemble,
         Step::Reimport,
+        Step::Download,
         Step::Reuse,
         Step::Fail,
     ];
@@ -78,6 +82,7 @@ impl Step {
             TargetKind::Layer(_) => Step::Rebuild,
             TargetKind::Image(_) => Step::Reassemble,
             TargetKind::Import(_) => Step::Reimport,
+            TargetKind::HttpFile(_) => Step::Download,
         }
     }
 
@@ -87,6 +92,7 @@ impl Step {
             Step::Rebuild => "rebuild",
             Step::Reassemble => "reassemble",
             Step::Reimport => "reimport",
+            Step::Download => "download",
             Step::Reuse => "reuse",
             Step::Fail => "fail",
         }
@@ -107,6 +113,10 @@ impl Step {
                 "re-import: {} (read and verified again)",
                 count(n, "import")
             ),
+            Step::Download => format!(
+                "download: {} (fetched and verified against its sha256)",
+                count(n, "file")
+            ),
             Step::Reuse => format!("reuse: {} (up to date)", count(n, "target")),
             Step::Fail => format!("cannot plan: {} (the build would fail)", count(n, "target")),
         }
@@ -122,7 +132,7 @@ fn count(n: usize, noun: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub label: Label,
-    /// `layer`, `image` or `import`.
+    /// `layer`, `image`, `import` or `http-file`.
     pub kind: &'static str,
     pub step: Step,
     /// Why it would run, or why it cannot be planned; empty for a reused target.
@@ -203,6 +213,9 @@ impl Plan {
                 "{} to re-import",
                 count(n(Step::Reimport), "import")
             ));
+        }
+        if n(Step::Download) > 0 {
+            parts.push(format!("{} to download", count(n(Step::Download), "file")));
         }
         parts.push(format!("{} reused", count(n(Step::Reuse), "target")));
         if n(Step::Fail) > 0 {
@@ -420,7 +433,7 @@ mod tests {
         assert_eq!(v["reimport"], serde_json::json!([]));
         assert_eq!(
             v["counts"],
-            serde_json::json!({"rebuild": 1, "reassemble": 2, "reimport": 0, "reuse": 5, "fail": 0})
+            serde_json::json!({"rebuild": 1, "reassemble": 2, "reimport": 0, "download": 0, "reuse": 5, "fail": 0})
         );
         assert_eq!(v["targets"], 8);
     }

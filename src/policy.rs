@@ -153,9 +153,10 @@ fn validate_base(
     let kind = graph.node(ix).kind_name();
     match graph.node(ix).target.kind {
         TargetKind::Image(_) | TargetKind::Import(_) => Some(ix),
-        TargetKind::Layer(_) => {
+        TargetKind::Layer(_) | TargetKind::HttpFile(_) => {
+            let article = if kind.starts_with('h') { "an" } else { "a" };
             diags.push(
-                Diag::new(Code::WrongKind, format!("`{label}` is a {kind}"))
+                Diag::new(Code::WrongKind, format!("`{label}` is {article} {kind}"))
                     .at(file, rule.base.span)
                     .label(format!("{kind} here"))
                     .help(
@@ -183,7 +184,12 @@ fn unknown_base(graph: &Graph, label: &Label, file: FileId, rule: &RequireBase) 
     };
     let bases: Vec<String> = graph
         .nodes()
-        .filter(|n| !matches!(graph.node(*n).target.kind, TargetKind::Layer(_)))
+        .filter(|n| {
+            !matches!(
+                graph.node(*n).target.kind,
+                TargetKind::Layer(_) | TargetKind::HttpFile(_)
+            )
+        })
         .map(|n| graph.node(n).label.to_string())
         .collect();
     let d = Diag::new(Code::UnknownLabel, message)

@@ -239,6 +239,8 @@ pub enum Event<'a> {
         source: Source,
         digest: &'a Digest,
         duration: Duration,
+        /// The bytes fetched by an http-file that ran (`None` for every other).
+        size: Option<u64>,
     },
     /// An action's outputs were sent to the remote cache.
     Uploaded {
@@ -413,17 +415,22 @@ impl Reporter {
                 source,
                 digest,
                 duration,
+                size,
             } => {
                 let (cache, downloaded) = match source {
                     Source::Local => (json!("local"), 0),
                     Source::Remote { downloaded } => (json!("remote"), *downloaded),
                     Source::Ran => (serde_json::Value::Null, 0),
                 };
-                json!({
+                let mut v = json!({
                     "event": "finished", "label": label.to_string(), "kind": kind, "key": key.to_hex(),
                     "cached": *source != Source::Ran, "cache": cache, "downloaded_bytes": downloaded,
                     "digest": digest.to_string(), "duration_ms": duration.as_millis() as u64
-                })
+                });
+                if let Some(size) = size {
+                    v["size_bytes"] = json!(size);
+                }
+                v
             }
             Event::Uploaded { label, key, bytes } => json!({
                 "event": "uploaded", "label": label.to_string(), "key": key.to_hex(), "bytes": bytes
@@ -508,10 +515,12 @@ impl Reporter {
             } => {
                 self.started += 1;
                 if let Some(bar) = &self.bar {
-                    bar.set_message(format!(
-                        "building {kind} {label} ({} started)",
-                        self.started
-                    ));
+                    let verb = if *kind == "http-file" {
+                        "downloading"
+                    } else {
+                        "building"
+                    };
+                    bar.set_message(format!("{verb} {kind} {label} ({} started)", self.started));
                 }
                 self.reasons.insert(label.to_string(), reason.to_string());
             }
@@ -520,6 +529,7 @@ impl Reporter {
                 kind,
                 source,
                 duration,
+                size,
                 ..
             } => {
                 self.done += 1;
@@ -538,8 +548,12 @@ impl Reporter {
                 }
                 if *source == Source::Ran && !self.quiet_plan {
                     let reason = self.reasons.remove(&label.to_string()).unwrap_or_default();
+                    let done = match size {
+                        Some(n) => format!("downloaded {kind} {label} ({})", bytes(*n)),
+                        None => format!("built {kind} {label}"),
+                    };
                     self.line(&format!(
-                        "[{}/{}] built {kind} {label} in {:.2}s ({reason})",
+                        "[{}/{}] {done} in {:.2}s ({reason})",
                         self.done,
                         self.total,
                         duration.as_secs_f64()

@@ -521,6 +521,10 @@ impl Engine<'_> {
                             source: Source::Ran,
                             digest: &output.digest(),
                             duration: took,
+                            size: match &output {
+                                Output::File(f) => Some(f.size),
+                                _ => None,
+                            },
                         });
                         summary.ran += 1;
                         summary.touched = Vec::new();
@@ -862,6 +866,7 @@ impl Engine<'_> {
             source,
             digest: &output.digest(),
             duration: Duration::ZERO,
+            size: None,
         });
         summary.cached += 1;
         summary.keys.insert(n, k.key);

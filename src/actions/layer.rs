@@ -96,6 +96,9 @@ fn entries_params(planned: &[Planned]) -> String {
                 EntryData::Bytes(b) => {
                     h.str("bytes").bytes(b);
                 }
+                EntryData::Blob(d) => {
+                    h.str("blob").digest(d);
+                }
                 EntryData::Dir => {
                     h.str("dir");
                 }

@@ -9,6 +9,7 @@
 //! | layer | [`layer`] | a worker (expands the file set, hashes files through the memo) | a worker (writes the tar into the CAS) |
 //! | import | [`import`] | a worker (hashes the layout or archive; a registry import: its digest, no IO) | a worker (copies and verifies blobs; fetches a registry image's) |
 //! | image | [`image`] | the coordinator (spec + dependencies' output digests, no IO) | a worker (config + manifest) |
+//! | http-file | [`http_file`] | the coordinator (the pinned sha256 and size, no IO) | a worker (downloads into the CAS, verified) |
 //!
 //! # What enters a key
 //!
@@ -18,12 +19,12 @@
 //!
 //! | kind | component | value |
 //! |---|---|---|
-//! | all | `kind` | `layer`, `image`, `import` (also the hash domain) |
-//! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`]) |
+//! | all | `kind` | `layer`, `image`, `import`, `http-file` (also the hash domain) |
+//! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`], [`http_file::RECIPE`]) |
 //! | layer | `format` | tar format, compressor, level and member or frame size (`tar-pax-1+gzip/libdeflate/6/members-1MiB`, `tar-pax-1+zstd/3/frames-8MiB`) |
 //! | layer | `compressor` | the versions of the compression crates imgc was built with ([`COMPRESSOR_VERSIONS`]) |
 //! | layer | `epoch` | source-date-epoch (every mtime in the tar) |
-//! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path |
+//! | layer | `entries` | blake3 of the canonical entry list: in-image path, type, mode, owner, symlink target, text content, source path, the sha256 of a copied http-file |
 //! | layer | `file:<path>` | blake3 of the contents of each input file (workspace-relative path) |
 //! | image | `base` | label and manifest digest of the base (`scratch` for none) |
 //! | image | `base.name` | the base's first tag, written as `org.opencontainers.image.base.name` (empty without one) |
@@ -34,6 +35,8 @@
 //! | import | `file:<path>` | blake3 of each file the import reads (layouts, archives) |
 //! | import | `digest` | a registry import's pinned digest (not its host, repository or tag: a mirror with the same digest rebuilds nothing) |
 //! | import | `platform` | the platform picked from a multi-platform index |
+//! | http-file | `sha256` | the pinned sha256 (not the URL: a mirror of the same bytes rebuilds nothing) |
+//! | http-file | `size` | the pinned size, when given |
 //!
 //! # Recipe versions
 //!
@@ -59,6 +62,7 @@
 //! layers. A tag only names the image in its layout's `index.json`; it is not
 //! part of the image, so changing it re-materializes without re-assembling.
 
+pub mod http_file;
 pub mod image;
 pub mod import;
 pub mod layer;
@@ -172,6 +176,8 @@ pub enum Prepared {
     Layer(layer::Prepared),
     Import(import::Prepared),
     Image,
+    /// An http-file needs nothing but its spec.
+    HttpFile,
 }
 
 /// The state of one target at the end of a run.
@@ -207,9 +213,13 @@ pub struct Keyed {
     pub touched: Vec<(std::path::PathBuf, bool)>,
 }
 
-/// Whether `n`'s key needs file IO (and so a worker); image keys do not.
+/// Whether `n`'s key needs file IO (and so a worker); image and http-file
+/// keys do not.
 pub fn keyed_with_io(graph: &Graph, n: NodeIndex) -> bool {
-    !matches!(graph.node(n).target.kind, TargetKind::Image(_))
+    !matches!(
+        graph.node(n).target.kind,
+        TargetKind::Image(_) | TargetKind::HttpFile(_)
+    )
 }
 
 /// Computes the key of action `n`; `deps` are its dependencies' outputs.
@@ -218,6 +228,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<Keyed, ActionErr
         TargetKind::Layer(_) => layer::key(ctx, n),
         TargetKind::Import(spec) => import::key(ctx, n, spec),
         TargetKind::Image(spec) => Ok(image::key(ctx, n, spec, deps)),
+        TargetKind::HttpFile(spec) => Ok(http_file::key(spec)),
     }
 }
 
@@ -232,6 +243,7 @@ pub fn run(
         Prepared::Layer(p) => layer::run(ctx, n, p),
         Prepared::Import(p) => import::run(ctx, n, p),
         Prepared::Image => image::run(ctx, n, deps),
+        Prepared::HttpFile => http_file::run(ctx, n),
     }
 }
 

@@ -290,6 +290,7 @@ fn replay(inv: &crate::snapshot::Invocation, json: bool) -> bool {
             source: crate::report::Source::Local,
             digest: &f.digest,
             duration: std::time::Duration::ZERO,
+            size: None,
         });
     }
     for m in materialized {

@@ -27,7 +27,13 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
         let label = &g.node(n).label;
         let line = match summary.outcomes.get(&n) {
             Some(Outcome::Cached(o)) => format!("{label}: up to date ({})", o.digest()),
-            Some(Outcome::WouldRun(reason)) => format!("{label}: would rebuild: {reason}"),
+            Some(Outcome::WouldRun(reason)) => {
+                let verb = match g.node(n).target.kind {
+                    crate::spec::model::TargetKind::HttpFile(_) => "download",
+                    _ => "rebuild",
+                };
+                format!("{label}: would {verb}: {reason}")
+            }
             Some(Outcome::Skipped(why)) => format!("{label}: cannot tell: {why}"),
             Some(Outcome::Failed(e)) => format!("{label}: cannot tell: {e}"),
             Some(Outcome::Ran(_)) | None => continue,

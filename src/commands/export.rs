@@ -73,6 +73,12 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<(), CmdError> {
                  (an image made of this layer: `image \"x\" {{ from \"scratch\"; layers \"{label}\" }}`)"
             )));
         }
+        TargetKind::HttpFile(_) => {
+            return Err(CmdError::Usage(format!(
+                "`{label}` is an http-file: `imgc export` exports an image or an import \
+                 (put the file in a layer with `copy \"{label}\" to=\"/path/in/image\"`)"
+            )));
+        }
         TargetKind::Import(_) => {}
         TargetKind::Image(spec) => {
             let mut diags = Vec::new();

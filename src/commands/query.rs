@@ -104,6 +104,7 @@ fn kind_matches(g: &Graph, n: NodeIndex, filter: Option<TargetKindFilter>) -> bo
             | (Some(TargetKindFilter::Layer), TargetKind::Layer(_))
             | (Some(TargetKindFilter::Image), TargetKind::Image(_))
             | (Some(TargetKindFilter::Import), TargetKind::Import(_))
+            | (Some(TargetKindFilter::HttpFile), TargetKind::HttpFile(_))
     )
 }
 
@@ -148,6 +149,7 @@ pub fn render(g: &Graph, nodes: &[NodeIndex], output: QueryOutput) -> String {
                     TargetKind::Image(_) => "box",
                     TargetKind::Layer(_) => "note",
                     TargetKind::Import(_) => "cylinder",
+                    TargetKind::HttpFile(_) => "component",
                 };
                 let _ = writeln!(out, "  \"{}\" [shape={shape}];", node.label);
             }

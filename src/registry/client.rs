@@ -348,16 +348,6 @@ impl<'a> Call<'a> {
 
 impl Client {
     pub fn new(options: ClientOptions) -> Client {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        let native = rustls_native_certs::load_native_certs();
-        if !native.certs.is_empty() {
-            let certs: Vec<ureq::tls::Certificate<'static>> = native
-                .certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -366,7 +356,7 @@ impl Client {
             .timeout_per_write(Some(STALL_TIMEOUT))
             .timeout_recv_response(Some(STALL_TIMEOUT))
             .user_agent(options.user_agent.as_str())
-            .tls_config(tls.build())
+            .tls_config(tls_config())
             .build();
         Client {
             agent: ureq::Agent::new_with_config(config),
@@ -1251,6 +1241,23 @@ fn scope_string(scopes: &Scopes) -> String {
     let mut v: Vec<String> = scopes.iter().map(|(r, a)| format!("{r}:{a}")).collect();
     v.sort();
     v.join(" ")
+}
+
+/// TLS verified against the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when
+/// set, else the platform's store), else Mozilla's roots: for every client imgc
+/// makes to fetch over `https` (registries, `http-file` downloads).
+pub(crate) fn tls_config() -> ureq::tls::TlsConfig {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    let native = rustls_native_certs::load_native_certs();
+    if !native.certs.is_empty() {
+        let certs: Vec<ureq::tls::Certificate<'static>> = native
+            .certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    tls.build()
 }
 
 /// Whether an answer with this status is worth another attempt.

@@ -221,6 +221,7 @@ pub enum TargetKind {
     Layer(LayerSpec),
     Image(ImageSpec),
     Import(ImportSpec),
+    HttpFile(HttpFileSpec),
 }
 
 impl TargetKind {
@@ -239,7 +240,7 @@ impl TargetKind {
                 i.annotations.shrink_to_fit();
                 i.tags.shrink_to_fit();
             }
-            TargetKind::Import(_) => {}
+            TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
         }
     }
 
@@ -248,6 +249,7 @@ impl TargetKind {
             TargetKind::Layer(_) => "layer",
             TargetKind::Image(_) => "image",
             TargetKind::Import(_) => "import",
+            TargetKind::HttpFile(_) => "http-file",
         }
     }
 }
@@ -390,4 +392,18 @@ impl<'de> Deserialize<'de> for RegistryRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImportSpec {
     pub source: Spanned<ImportSource>,
+}
+
+/// `http-file "NAME" url="..." sha256="..."`: one file fetched over HTTP(S),
+/// pinned by its sha256 (and optionally its size). The URL says where to fetch,
+/// the digest what is fetched: only the digest (and size) enter the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpFileSpec {
+    /// `http://` or `https://`, with a host and no credentials (checked by the parser).
+    pub url: Spanned<String>,
+    pub sha256: Spanned<crate::hash::Digest>,
+    /// The expected size in bytes, when given: checked while downloading.
+    pub size: Option<Spanned<u64>>,
+    /// `executable=#true`: the file's default mode in a layer is 0755, not 0644.
+    pub executable: bool,
 }

@@ -12,9 +12,9 @@
 use crate::diag::{Code, Diag, did_you_mean};
 use crate::label::{Label, Pattern, check_target_name};
 use crate::spec::model::{
-    BaseRef, Compression, CopySource, FileId, ImageSpec, ImportSource, ImportSpec, LayerEntry,
-    LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned, Target,
-    TargetKind, WorkspaceConfig, inline_layer_name,
+    BaseRef, Compression, CopySource, FileId, HttpFileSpec, ImageSpec, ImportSource, ImportSpec,
+    LayerEntry, LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned,
+    Target, TargetKind, WorkspaceConfig, inline_layer_name,
 };
 use crate::spec::paths::{Rejection, check_image_path, normalize_expose, normalize_source};
 use crate::spec::reader::{Ctx, Parts, head_span, name, value_span};
@@ -31,7 +31,8 @@ const WORKSPACE_NODES: &[&str] = &[
 ];
 const WORKSPACE_FILE_NODES: &[&str] = &["workspace", "policy"];
 const POLICY_NODES: &[&str] = &["require-base"];
-const TARGET_NODES: &[&str] = &["layer", "image", "import"];
+const TARGET_NODES: &[&str] = &["layer", "image", "import", "http-file"];
+const HTTP_FILE_PROPS: &[&str] = &["url", "sha256", "size", "executable"];
 const LAYER_NODES: &[&str] = &["copy", "text", "dir", "symlink", "owner"];
 const IMAGE_NODES: &[&str] = &[
     "from",
@@ -461,9 +462,21 @@ impl Build<'_, '_> {
             }
             return;
         }
-        let parts = self.cx.parts(node, Some(&[]));
+        let allowed: &[&str] = if kind == "http-file" {
+            HTTP_FILE_PROPS
+        } else {
+            &[]
+        };
+        let parts = self.cx.parts(node, Some(allowed));
         let target_name = self.target_name(node, &parts);
         match kind {
+            "http-file" => {
+                self.cx.no_children(node);
+                let spec = self.http_file(node, &parts);
+                if let (Some(n), Some(spec)) = (target_name, spec) {
+                    out.push(target(n, node, TargetKind::HttpFile(spec)));
+                }
+            }
             "layer" => {
                 let spec = self.layer_body(node);
                 if let Some(n) = target_name {
@@ -1163,6 +1176,209 @@ impl Build<'_, '_> {
             ImportSource::DockerArchive(path)
         };
         Some(Spanned::new(src, s.span))
+    }
+}
+
+impl Build<'_, '_> {
+    // -- http-file --------------------------------------------------------------
+
+    fn http_file(&mut self, node: &KdlNode, parts: &Parts) -> Option<HttpFileSpec> {
+        let url = self.http_url(node, parts);
+        let sha256 = self.http_sha256(node, parts);
+        let size = match parts.prop("size") {
+            None => Some(None),
+            Some(e) => self.http_size(e).map(Some),
+        };
+        let executable = match parts.prop("executable") {
+            None => Some(false),
+            Some(e) => match e.value() {
+                KdlValue::Bool(b) => Some(*b),
+                other => {
+                    let d = self.cx.diag(
+                        Code::WrongType,
+                        value_span(e),
+                        format!(
+                            "`executable` must be #true or #false, got {}",
+                            crate::spec::reader::describe(other)
+                        ),
+                        "not a boolean",
+                    );
+                    self.cx
+                        .push(d.help("write `executable=#true` (KDL booleans start with `#`)"));
+                    None
+                }
+            },
+        };
+        Some(HttpFileSpec {
+            url: url?,
+            sha256: sha256?,
+            size: size?,
+            executable: executable?,
+        })
+    }
+
+    fn http_url(&mut self, node: &KdlNode, parts: &Parts) -> Option<Spanned<String>> {
+        if parts.prop("url").is_none() {
+            let msg = "`http-file` needs a `url=` property".to_string();
+            self.cx
+                .missing(head_span(node), msg, "add `url=\"https://host/path/file\"`");
+            return None;
+        }
+        let s = self.string_prop(parts, "url")?;
+        match check_url(&s.value) {
+            Ok(()) => Some(s),
+            Err((why, help)) => {
+                // The value is not repeated when it may hold a password.
+                let message = if why.contains("credentials") {
+                    format!("`url` {why}")
+                } else {
+                    format!("`url` {why}, got \"{}\"", escape_shown(&s.value))
+                };
+                let d = self.cx.diag(Code::BadUrl, s.span, message, "bad URL");
+                self.cx.push(d.help(help));
+                None
+            }
+        }
+    }
+
+    fn http_sha256(
+        &mut self,
+        node: &KdlNode,
+        parts: &Parts,
+    ) -> Option<Spanned<crate::hash::Digest>> {
+        if parts.prop("sha256").is_none() {
+            let msg = "`http-file` needs a `sha256=` property".to_string();
+            let help = "add `sha256=\"<64 hex digits>\"`: run `sha256sum` on the file, or build \
+                        once with any 64 hex digits and copy the actual sha256 from the error";
+            self.cx.missing(head_span(node), msg, help);
+            return None;
+        }
+        let s = self.string_prop(parts, "sha256")?;
+        let hex = s.value.strip_prefix("sha256:").unwrap_or(&s.value);
+        let lower = hex.to_ascii_lowercase();
+        if let Some(d) = crate::hash::Digest::from_hex(&lower) {
+            return Some(Spanned::new(d, s.span));
+        }
+        let why = if hex.len() != 64 {
+            format!("has {} characters", hex.chars().count())
+        } else {
+            "has characters that are not hexadecimal digits".to_string()
+        };
+        let d = self.cx.diag(
+            Code::BadChecksum,
+            s.span,
+            format!(
+                "`sha256` must be 64 hexadecimal digits, and \"{}\" {why}",
+                escape_shown(&s.value)
+            ),
+            "not a sha256",
+        );
+        self.cx
+            .push(d.help("write the file's sha256 as `sha256sum` prints it (64 hex digits)"));
+        None
+    }
+
+    fn http_size(&mut self, e: &KdlEntry) -> Option<Spanned<u64>> {
+        let span = value_span(e);
+        let (code, got) = match e.value() {
+            KdlValue::Integer(i) => match u64::try_from(*i) {
+                Ok(v) => return Some(Spanned::new(v, span)),
+                Err(_) => (Code::InvalidValue, i.to_string()),
+            },
+            other => (Code::WrongType, crate::spec::reader::describe(other)),
+        };
+        let d = self.cx.diag(
+            code,
+            span,
+            format!("`size` must be a number of bytes (a non-negative integer), got {got}"),
+            "not a size",
+        );
+        self.cx
+            .push(d.help("write the size in bytes unquoted, like `size=1048576`, or leave it out"));
+        None
+    }
+}
+
+/// Whether imgc will fetch `url`: `http://` or `https://` (any case), then a
+/// host (with an optional port), no `user:password@` (a spec is committed; a
+/// secret does not belong in it), no fragment, and nothing but printable ASCII
+/// (other characters must be percent-encoded). `Err((why, help))` otherwise.
+fn check_url(url: &str) -> Result<(), (String, String)> {
+    let scheme_end = url.find("://");
+    let scheme = scheme_end.map(|i| &url[..i]);
+    let rest = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+            &url[s.len() + 3..]
+        }
+        Some(s) => {
+            return Err((
+                format!("must be http:// or https://, not `{}://`", escape_shown(s)),
+                "imgc fetches `http-file`s over HTTP(S) only: put the file on a web server or \
+                 copy it into the workspace"
+                    .to_string(),
+            ));
+        }
+        None => {
+            return Err((
+                "must start with http:// or https://".to_string(),
+                "write the full URL, like `url=\"https://example.com/tool-1.2.tar.gz\"`"
+                    .to_string(),
+            ));
+        }
+    };
+    if let Some(c) = url
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == ' ')
+    {
+        return Err((
+            format!("may hold printable ASCII only, and it holds {c:?}"),
+            "percent-encode it (a space is `%20`)".to_string(),
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err((
+            "holds credentials (`user:password@`)".to_string(),
+            "a spec is committed, a secret does not belong in it: serve the file without \
+             credentials (it is verified by its sha256 anyway)"
+                .to_string(),
+        ));
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || authority.starts_with('[') => {
+            if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err((
+                    "has a port that is not a number".to_string(),
+                    "write `host:port`, like `example.com:8080`".to_string(),
+                ));
+            }
+            h
+        }
+        _ => authority,
+    };
+    if host.is_empty() {
+        return Err((
+            "has no host".to_string(),
+            "write the full URL, like `url=\"https://example.com/tool-1.2.tar.gz\"`".to_string(),
+        ));
+    }
+    if url.contains('#') {
+        return Err((
+            "has a fragment (`#...`), which is never sent to the server".to_string(),
+            "remove the `#` and what follows it".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// At most 200 characters of a user's value, for a message.
+fn escape_shown(s: &str) -> String {
+    let cut: String = s.chars().take(200).collect();
+    let cut = cut.escape_debug().to_string();
+    if s.chars().count() > 200 {
+        format!("{cut}...")
+    } else {
+        cut
     }
 }
 

@@ -1041,3 +1041,92 @@ fn registry_import_round_trips_through_the_parse_cache_format() {
     let tampered = json.replace(&format!("a.io/b:1@sha256:{HEX}"), "Not A Ref");
     assert!(serde_json::from_str::<Vec<Target>>(&tampered).is_err());
 }
+
+#[test]
+fn http_file_parses_with_its_optional_properties() {
+    let hex = "0123456789abcdef".repeat(4);
+    let text = format!(
+        "http-file \"jq\" url=\"https://example.com/jq-1.7\" sha256=\"{}\" size=123 executable=#true\n\
+         http-file \"plain\" url=\"HTTP://127.0.0.1:8080/a?b=c\" sha256=\"sha256:{hex}\"\n",
+        hex.to_uppercase()
+    );
+    let (targets, diags) = build(&text);
+    assert!(diags.is_empty(), "{diags:?}");
+    let TargetKind::HttpFile(jq) = &targets[0].kind else {
+        panic!("not an http-file: {:?}", targets[0].kind);
+    };
+    assert_eq!(jq.url.value, "https://example.com/jq-1.7");
+    assert_eq!(jq.sha256.value.hex(), hex, "upper case is read as lower");
+    assert_eq!(jq.size.as_ref().map(|s| s.value), Some(123));
+    assert!(jq.executable);
+    assert_eq!(
+        &text[jq.url.span.offset()..][..jq.url.span.len()],
+        "\"https://example.com/jq-1.7\""
+    );
+    let TargetKind::HttpFile(plain) = &targets[1].kind else {
+        panic!("not an http-file");
+    };
+    assert_eq!(plain.sha256.value.hex(), hex);
+    assert!(plain.size.is_none() && !plain.executable);
+    assert_eq!(targets[1].kind.kind_name(), "http-file");
+}
+
+#[test]
+fn http_file_urls_are_checked() {
+    let hex = "ab".repeat(32);
+    let cases = [
+        ("ftp://example.com/x", "must be http:// or https://"),
+        ("file:///etc/passwd", "must be http:// or https://"),
+        ("example.com/x", "must start with http:// or https://"),
+        ("https:///x", "has no host"),
+        ("https://u:p@example.com/x", "holds credentials"),
+        ("https://example.com/a b", "printable ASCII only"),
+        ("https://example.com/é", "printable ASCII only"),
+        ("https://example.com:80a/x", "port that is not a number"),
+        ("https://example.com/x#frag", "has a fragment"),
+    ];
+    for (url, why) in cases {
+        let d = one_diag(&format!("http-file \"f\" url=\"{url}\" sha256=\"{hex}\"\n"));
+        assert_eq!(d.code, Code::BadUrl, "{url}: {d:?}");
+        assert!(d.message.contains(why), "{url}: {}", d.message);
+        assert!(!d.message.contains("u:p@"), "{}", d.message);
+    }
+    for url in [
+        "http://127.0.0.1:8080/x",
+        "https://[::1]:8443/x",
+        "https://example.com",
+        "https://example.com/dl?version=1&arch=amd64",
+    ] {
+        let (_, diags) = build(&format!("http-file \"f\" url=\"{url}\" sha256=\"{hex}\"\n"));
+        assert!(diags.is_empty(), "{url}: {diags:?}");
+    }
+}
+
+#[test]
+fn http_file_needs_a_well_formed_sha256() {
+    for (sha, code) in [
+        ("abc", Code::BadChecksum),
+        (&"g".repeat(64)[..], Code::BadChecksum),
+        (&format!("md5:{}", "a".repeat(64))[..], Code::BadChecksum),
+    ] {
+        let d = one_diag(&format!(
+            "http-file \"f\" url=\"https://e.com/x\" sha256=\"{sha}\"\n"
+        ));
+        assert_eq!(d.code, code, "{sha}: {d:?}");
+    }
+    let d = one_diag("http-file \"f\" url=\"https://e.com/x\"\n");
+    assert_eq!(d.code, Code::Missing);
+    assert!(d.message.contains("sha256="), "{}", d.message);
+    let d = one_diag(&format!("http-file \"f\" sha256=\"{}\"\n", "a".repeat(64)));
+    assert_eq!(d.code, Code::Missing);
+    let d = one_diag(&format!(
+        "http-file \"f\" url=\"https://e.com/x\" sha256=\"{}\" size=-1\n",
+        "a".repeat(64)
+    ));
+    assert_eq!(d.code, Code::InvalidValue);
+    let d = one_diag(&format!(
+        "http-file \"f\" url=\"https://e.com/x\" sha256=\"{}\" {{ copy \"a\" to=\"/a\" }}\n",
+        "a".repeat(64)
+    ));
+    assert_eq!(d.code, Code::UnknownNode, "{d:?}");
+}

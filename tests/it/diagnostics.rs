@@ -55,6 +55,7 @@ cases!(
     invalid_value,
     several_errors,
     not_on_required_base,
+    http_file,
 );
 
 #[test]

@@ -15,6 +15,7 @@ mod determinism;
 mod diagnostics;
 mod differential;
 mod export;
+mod http_file;
 mod imports;
 mod layers;
 mod parse_cache;

@@ -160,7 +160,7 @@ fn dry_run_after_a_base_change_plans_exactly_what_the_build_then_runs() {
     assert_eq!(strings(&summary["reuse"]), reused);
     assert_eq!(
         summary["counts"],
-        serde_json::json!({"rebuild": 1, "reassemble": 5, "reimport": 0, "reuse": 12, "fail": 0})
+        serde_json::json!({"rebuild": 1, "reassemble": 5, "reimport": 0, "download": 0, "reuse": 12, "fail": 0})
     );
     assert_eq!(summary["targets"], 18);
     assert!(

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod auth;
+pub mod http_server;
 pub mod nginx;
 pub mod pty;
 pub mod registry;
+pub use http_server::FileServer;
 pub use nginx::{LogLine, Nginx, NginxOpts};
 
 /// A workspace in a temp dir with its own cache directory.
