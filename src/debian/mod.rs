@@ -1,0 +1,3 @@
+//! Debian packages: `.deb` files fetched into the store and turned into layers.
+
+pub mod deb;
