@@ -818,3 +818,91 @@ fn written_layer_unpacks_with_gnu_tar() {
         (1234, 0o640)
     );
 }
+
+/// libc6's layer on a base layer of the merged-/usr links, as an OCI image
+/// unpacked by umoci: the ELF interpreter at `/lib64/ld-linux-x86-64.so.2`
+/// (two links away, through the base's `/lib64` and `/lib`) runs in a chroot.
+#[test]
+fn libc6_on_merged_usr_base_unpacks_with_umoci_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = Cas::open(&dir.path().join("cache")).unwrap();
+    let format = LayerFormat::default_for(Compression::Gzip);
+    let base = layer::normalize(merged_usr_links()).unwrap();
+    let libc = layer_of(&real_deb("libc6_")).unwrap();
+    let layers = [
+        write_layer(&base, &format, 0, &cas).unwrap(),
+        write_layer(&libc.entries, &format, 0, &cas).unwrap(),
+    ];
+    let layout = dir.path().join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let put = |bytes: &[u8]| {
+        let d = Digest::of_bytes(bytes);
+        std::fs::write(blobs.join(d.hex()), bytes).unwrap();
+        serde_json::json!({"digest": d.to_string(), "size": bytes.len()})
+    };
+    for l in &layers {
+        std::fs::copy(cas.blob_path(&l.digest), blobs.join(l.digest.hex())).unwrap();
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>()},
+    });
+    let mut config_desc = put(config.to_string().as_bytes());
+    config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let mut manifest_desc = put(manifest.to_string().as_bytes());
+    manifest_desc["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    manifest_desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest_desc]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+
+    let bundle = dir.path().join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:t", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci runs (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_link(rootfs.join("lib64")).unwrap(),
+        Path::new("usr/lib64")
+    );
+    assert!(
+        std::fs::symlink_metadata(rootfs.join("lib"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "/lib is still the base's symlink"
+    );
+    let out = Command::new("chroot")
+        .arg(&rootfs)
+        .args(["/lib64/ld-linux-x86-64.so.2", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("GLIBC 2.36"), "{text}");
+}
