@@ -128,7 +128,7 @@
 
 mod archive;
 pub(crate) mod layout;
-mod scan;
+pub(crate) mod scan;
 
 pub use scan::EXT_HEADER_LIMIT;
 

@@ -51,6 +51,7 @@ pub mod cache;
 pub mod cas;
 pub mod cli;
 pub mod commands;
+pub mod debian;
 pub mod diag;
 pub mod docgen;
 pub mod export;
