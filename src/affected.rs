@@ -330,7 +330,8 @@ impl Readers {
                     ));
                 }
                 // An http-file reads no workspace file: its spec is its input.
-                TargetKind::Image(_) | TargetKind::HttpFile(_) => {}
+                // Package layers read imgc.lock, not workspace files.
+                TargetKind::Image(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {}
             }
         }
         let aliases: Vec<(NodeIndex, Read)> = reads

@@ -289,7 +289,7 @@ fn references(target: &Target) -> Vec<Reference<'_>> {
                 }
             }
         }
-        TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
+        TargetKind::Import(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {}
     }
     out
 }

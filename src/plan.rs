@@ -79,7 +79,7 @@ impl Step {
     /// The step of a target of this kind that would run.
     pub fn for_kind(kind: &TargetKind) -> Step {
         match kind {
-            TargetKind::Layer(_) => Step::Rebuild,
+            TargetKind::Layer(_) | TargetKind::DebPackage(_) => Step::Rebuild,
             TargetKind::Image(_) => Step::Reassemble,
             TargetKind::Import(_) => Step::Reimport,
             TargetKind::HttpFile(_) => Step::Download,

@@ -153,7 +153,7 @@ fn validate_base(
     let kind = graph.node(ix).kind_name();
     match graph.node(ix).target.kind {
         TargetKind::Image(_) | TargetKind::Import(_) => Some(ix),
-        TargetKind::Layer(_) | TargetKind::HttpFile(_) => {
+        TargetKind::Layer(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {
             let article = if kind.starts_with('h') { "an" } else { "a" };
             diags.push(
                 Diag::new(Code::WrongKind, format!("`{label}` is {article} {kind}"))
@@ -187,7 +187,7 @@ fn unknown_base(graph: &Graph, label: &Label, file: FileId, rule: &RequireBase) 
         .filter(|n| {
             !matches!(
                 graph.node(*n).target.kind,
-                TargetKind::Layer(_) | TargetKind::HttpFile(_)
+                TargetKind::Layer(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_)
             )
         })
         .map(|n| graph.node(n).label.to_string())

@@ -10,6 +10,7 @@
 //! | import | [`import`] | a worker (hashes the layout or archive; a registry import: its digest, no IO) | a worker (copies and verifies blobs; fetches a registry image's) |
 //! | image | [`image`] | the coordinator (spec + dependencies' output digests, no IO) | a worker (config + manifest) |
 //! | http-file | [`http_file`] | the coordinator (the pinned sha256 and size, no IO) | a worker (downloads into the CAS, verified) |
+//! | package | [`deb_package`] | the coordinator (the lock's sha256 and size, the layer format, no IO) | a worker (fetches the `.deb` into the CAS unless stored, verified; writes its layer) |
 //!
 //! # What enters a key
 //!
@@ -19,8 +20,8 @@
 //!
 //! | kind | component | value |
 //! |---|---|---|
-//! | all | `kind` | `layer`, `image`, `import`, `http-file` (also the hash domain) |
-//! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`], [`http_file::RECIPE`]) |
+//! | all | `kind` | `layer`, `image`, `import`, `http-file`, `deb-package` (also the hash domain) |
+//! | all | `recipe` | the kind's recipe version ([`layer::RECIPE`], [`image::RECIPE`], [`import::RECIPE`], [`http_file::RECIPE`], [`deb_package::RECIPE`]) |
 //! | layer | `format` | tar format, compressor, level and member or frame size (`tar-pax-1+gzip/libdeflate/6/members-1MiB`, `tar-pax-1+zstd/3/frames-8MiB`) |
 //! | layer | `compressor` | the versions of the compression crates imgc was built with ([`COMPRESSOR_VERSIONS`]) |
 //! | layer | `epoch` | source-date-epoch (every mtime in the tar) |
@@ -37,6 +38,10 @@
 //! | import | `platform` | the platform picked from a multi-platform index |
 //! | http-file | `sha256` | the pinned sha256 (not the URL: a mirror of the same bytes rebuilds nothing) |
 //! | http-file | `size` | the pinned size, when given |
+//! | deb-package | `deb`, `layer` | the recipes of what is made of a `.deb` ([`crate::debian::deb::RECIPE`]) and of the layer writer ([`layer::RECIPE`]) |
+//! | deb-package | `sha256`, `size` | the `.deb` as `imgc.lock` pins it (not its URL: a mirror rebuilds nothing) |
+//! | deb-package | `format`, `compressor`, `epoch` | as for a layer |
+//! | image | `layer.<n>:<label>` | also the package layers, numbered first (see [`crate::debian::plan`]) |
 //!
 //! # Recipe versions
 //!
@@ -62,6 +67,7 @@
 //! layers. A tag only names the image in its layout's `index.json`; it is not
 //! part of the image, so changing it re-materializes without re-assembling.
 
+pub mod deb_package;
 pub mod http_file;
 pub mod image;
 pub mod import;
@@ -178,6 +184,8 @@ pub enum Prepared {
     Image,
     /// An http-file needs nothing but its spec.
     HttpFile,
+    /// A package layer needs nothing but its spec.
+    DebPackage,
 }
 
 /// The state of one target at the end of a run.
@@ -213,12 +221,12 @@ pub struct Keyed {
     pub touched: Vec<(std::path::PathBuf, bool)>,
 }
 
-/// Whether `n`'s key needs file IO (and so a worker); image and http-file
-/// keys do not.
+/// Whether `n`'s key needs file IO (and so a worker); image, http-file and
+/// package-layer keys do not.
 pub fn keyed_with_io(graph: &Graph, n: NodeIndex) -> bool {
     !matches!(
         graph.node(n).target.kind,
-        TargetKind::Image(_) | TargetKind::HttpFile(_)
+        TargetKind::Image(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_)
     )
 }
 
@@ -229,6 +237,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<Keyed, ActionErr
         TargetKind::Import(spec) => import::key(ctx, n, spec),
         TargetKind::Image(spec) => Ok(image::key(ctx, n, spec, deps)),
         TargetKind::HttpFile(spec) => Ok(http_file::key(spec)),
+        TargetKind::DebPackage(spec) => Ok(deb_package::key(ctx, spec)),
     }
 }
 
@@ -244,6 +253,7 @@ pub fn run(
         Prepared::Import(p) => import::run(ctx, n, p),
         Prepared::Image => image::run(ctx, n, deps),
         Prepared::HttpFile => http_file::run(ctx, n),
+        Prepared::DebPackage => deb_package::run(ctx, n),
     }
 }
 

@@ -79,6 +79,12 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<(), CmdError> {
                  (put the file in a layer with `copy \"{label}\" to=\"/path/in/image\"`)"
             )));
         }
+        TargetKind::DebPackage(_) => {
+            return Err(CmdError::Usage(format!(
+                "`{label}` is a Debian package's layer: `imgc export` exports an image or an import \
+                 (an image with this package: `image \"x\" {{ packages \"...\" }}`)"
+            )));
+        }
         TargetKind::Import(_) => {}
         TargetKind::Image(spec) => {
             let mut diags = Vec::new();

@@ -150,6 +150,7 @@ pub fn render(g: &Graph, nodes: &[NodeIndex], output: QueryOutput) -> String {
                     TargetKind::Layer(_) => "note",
                     TargetKind::Import(_) => "cylinder",
                     TargetKind::HttpFile(_) => "component",
+                    TargetKind::DebPackage(_) => "folder",
                 };
                 let _ = writeln!(out, "  \"{}\" [shape={shape}];", node.label);
             }

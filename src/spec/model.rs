@@ -222,6 +222,9 @@ pub enum TargetKind {
     Image(ImageSpec),
     Import(ImportSpec),
     HttpFile(HttpFileSpec),
+    /// One locked Debian package's layer: generated from `imgc.lock`, never
+    /// written in a spec (see `crate::debian::plan`).
+    DebPackage(DebPackageSpec),
 }
 
 impl TargetKind {
@@ -240,7 +243,7 @@ impl TargetKind {
                 i.annotations.shrink_to_fit();
                 i.tags.shrink_to_fit();
             }
-            TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
+            TargetKind::Import(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {}
         }
     }
 
@@ -250,6 +253,7 @@ impl TargetKind {
             TargetKind::Image(_) => "image",
             TargetKind::Import(_) => "import",
             TargetKind::HttpFile(_) => "http-file",
+            TargetKind::DebPackage(_) => "package",
         }
     }
 }
@@ -406,4 +410,22 @@ pub struct HttpFileSpec {
     pub size: Option<Spanned<u64>>,
     /// `executable=#true`: the file's default mode in a layer is 0755, not 0644.
     pub executable: bool,
+}
+
+/// A package layer's target (generated from `imgc.lock`, see
+/// `crate::debian::plan`): which `.deb` it is made of and where to fetch it.
+/// Only `sha256` and `size` enter its key; the rest names it in messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebPackageSpec {
+    /// The `debian` repository's name.
+    pub repository: String,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// The repository's URL joined with `filename`.
+    pub url: String,
+    /// The `.deb`'s path below the repository's URL, as the lock gives it.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: crate::hash::Digest,
 }

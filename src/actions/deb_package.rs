@@ -1,0 +1,144 @@
+//! The deb-package action: one locked Debian package as one layer.
+//!
+//! Every package of `imgc.lock` that an image of the workspace uses becomes one
+//! generated target (see [`crate::debian::plan`]), and this action makes its
+//! layer: the `.deb` fetched into the store ([`crate::debian::fetch`]), read into
+//! the package's entries ([`crate::debian::deb::package_layer_from_cas`]: its
+//! data, merged-/usr rewritten, and `var/lib/dpkg/status.d/<package>`), and
+//! written by the same layer writer as any layer ([`crate::layer::write_layer`]),
+//! with a listing. Its output is an ordinary [`Output::Layer`], so image assembly
+//! stacks it like any other layer, and every image that uses the package shares
+//! the very same blob.
+//!
+//! # The key
+//!
+//! | component | value |
+//! |---|---|
+//! | `kind` | `deb-package` |
+//! | `recipe` | [`RECIPE`] |
+//! | `deb` | [`crate::debian::deb::RECIPE`]: what is made of a `.deb` |
+//! | `layer` | [`crate::actions::layer::RECIPE`]: how entries become a tar and a listing |
+//! | `sha256`, `size` | the `.deb` as the lock pins it |
+//! | `format`, `compressor`, `epoch` | as for every layer (tar format and compression, the crates' versions, source-date-epoch) |
+//!
+//! Deliberately not in the key: the URL (a mirror, or a repository moved to
+//! another host, rebuilds nothing), the package's name and version (the bytes
+//! of the `.deb` decide the layer; a package renamed in the lock with the same
+//! file is the same layer) and the repository's name. Keying needs no IO: it
+//! runs on the coordinator, and `imgc explain` or a dry run never touch the
+//! network.
+//!
+//! # Running
+//!
+//! The store is asked first: a `.deb` already there under its sha256 and size
+//! is used without any request, so a build whose packages are in the store is
+//! offline (also after `imgc clean` of the outputs, or into a fresh output
+//! directory). Otherwise it is downloaded and published only once its size and
+//! sha256 are the lock's; a mismatch is an error naming the URL and both hashes,
+//! and nothing is stored or cached. The stored `.deb` is hashed again while it
+//! is read into entries: a store damaged in between fails the action.
+//!
+//! What it deliberately does not do: resolve (the lock is the only source), run
+//! maintainer scripts, or add the merged-/usr symlinks (`/lib` → `usr/lib`...):
+//! those belong to the base image ([`crate::debian::deb::merged_usr_links`]).
+
+use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
+use crate::action::{Blob, Components, Output};
+use crate::debian::deb::{self, Limits};
+use crate::debian::fetch::Fetcher;
+use crate::oci::LayerDesc;
+use crate::spec::model::{DebPackageSpec, TargetKind};
+use petgraph::graph::NodeIndex;
+use std::sync::OnceLock;
+
+/// The deb-package recipe version: bump it whenever the output could change for
+/// the same key components (beyond [`deb::RECIPE`] and the layer recipe, which
+/// are keyed on their own).
+pub const RECIPE: &str = "deb-package-1";
+
+/// Key of a package layer: recipes, the pinned `.deb`, the layer format. No IO.
+pub fn key(ctx: &Ctx<'_>, spec: &DebPackageSpec) -> Keyed {
+    let mut c = Components::new("deb-package");
+    c.set("recipe", RECIPE);
+    c.set("deb", deb::RECIPE);
+    c.set("layer", super::layer::RECIPE);
+    c.set("sha256", spec.sha256.hex());
+    c.set("size", spec.size.to_string());
+    c.set("format", ctx.params.format.identity());
+    c.set("compressor", super::COMPRESSOR_VERSIONS);
+    c.set("epoch", ctx.params.source_date_epoch.to_string());
+    Keyed {
+        key: c.key(),
+        components: c,
+        prepared: AnyPrepared::DebPackage,
+        learnt: Vec::new(),
+        touched: Vec::new(),
+    }
+}
+
+/// The fetcher every package download uses, made on the first one.
+fn fetcher() -> &'static Fetcher {
+    static FETCHER: OnceLock<Fetcher> = OnceLock::new();
+    FETCHER.get_or_init(Fetcher::new)
+}
+
+/// Fetches package `n`'s `.deb` (or finds it in the store) and writes its layer.
+pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
+    let node = ctx.graph.node(n);
+    let TargetKind::DebPackage(spec) = &node.target.kind else {
+        return Err(ActionError::Message(format!(
+            "`{}` is not a package layer",
+            node.label
+        )));
+    };
+    let context = || {
+        format!(
+            "package layer `{}` ({} {} from `{}`)",
+            node.label, spec.name, spec.version, spec.repository
+        )
+    };
+    fetcher()
+        .fetch(ctx.cas, &spec.url, spec.size, &spec.sha256)
+        .map_err(|e| {
+            let text = format!("{}: {e}", context());
+            if crate::actions::is_out_of_room(&e) {
+                ActionError::Env(text)
+            } else {
+                ActionError::Message(text)
+            }
+        })?;
+    let file = spec
+        .filename
+        .rsplit('/')
+        .next()
+        .unwrap_or(&spec.filename)
+        .to_string();
+    let layer = deb::package_layer_from_cas(ctx.cas, &spec.sha256, &file, &Limits::default())
+        .map_err(|e| ActionError::Message(format!("{}: {e}", context())))?;
+    if layer.control.package != spec.name {
+        return Err(ActionError::Message(format!(
+            "{}: `{file}` is the package `{}`, not `{}` as imgc.lock says",
+            context(),
+            layer.control.package,
+            spec.name
+        )));
+    }
+    let out = crate::layer::write_layer(
+        &layer.entries,
+        &ctx.params.format,
+        ctx.params.source_date_epoch,
+        ctx.cas,
+    )
+    .map_err(|e| ActionError::failed(context(), &e))?;
+    let (digest, size) = ctx
+        .cas
+        .put_bytes(&out.listing.to_json())
+        .map_err(|e| ActionError::failed(context(), &e))?;
+    Ok(Output::Layer(LayerDesc {
+        digest: out.digest,
+        diff_id: out.diff_id,
+        size: out.size,
+        media_type: out.media_type,
+        listing: Some(Blob { digest, size }),
+    }))
+}
