@@ -69,10 +69,18 @@ pub enum Code {
     BadReference,
     /// A `registry` import without a digest (a tag moves; a build must not).
     NotPinned,
+    /// A Debian repository's `Packages` index that does not parse.
+    BadIndex,
+    /// Package requests that cannot be resolved against the repositories.
+    Unresolvable,
+    /// A lock file that no longer satisfies the spec's package requests.
+    StaleLock,
+    /// A lock file that contradicts itself (a target naming a package it lacks...).
+    BadLock,
 }
 
 impl Code {
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 30] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -99,6 +107,10 @@ impl Code {
         Code::NotOnRequiredBase,
         Code::BadReference,
         Code::NotPinned,
+        Code::BadIndex,
+        Code::Unresolvable,
+        Code::StaleLock,
+        Code::BadLock,
     ];
 
     /// The stable code, `E001`...
@@ -130,6 +142,10 @@ impl Code {
             Code::NotOnRequiredBase => "E050",
             Code::BadReference => "E060",
             Code::NotPinned => "E061",
+            Code::BadIndex => "E070",
+            Code::Unresolvable => "E071",
+            Code::StaleLock => "E072",
+            Code::BadLock => "E073",
         }
     }
 }
