@@ -79,6 +79,14 @@ pub enum Code {
     DownloadFailed,
     /// An `http-file` download whose bytes do not have the pinned sha256 (or size).
     DownloadMismatch,
+    /// A Debian repository's `Packages` index that does not parse.
+    BadIndex,
+    /// Package requests that cannot be resolved against the repositories.
+    Unresolvable,
+    /// A lock file that no longer satisfies the spec's package requests.
+    StaleLock,
+    /// A lock file that contradicts itself (a target naming a package it lacks...).
+    BadLock,
 }
 
 impl Code {
@@ -113,6 +121,10 @@ impl Code {
         Code::BadChecksum,
         Code::DownloadFailed,
         Code::DownloadMismatch,
+        Code::BadIndex,
+        Code::Unresolvable,
+        Code::StaleLock,
+        Code::BadLock,
     ];
 
     /// The stable code, `E001`...
@@ -148,6 +160,10 @@ impl Code {
             Code::BadChecksum => "E071",
             Code::DownloadFailed => "E072",
             Code::DownloadMismatch => "E073",
+            Code::BadIndex => "E090",
+            Code::Unresolvable => "E091",
+            Code::StaleLock => "E092",
+            Code::BadLock => "E093",
         }
     }
 }

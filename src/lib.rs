@@ -21,7 +21,7 @@
 //!
 //! # Invariants
 //!
-//! 1. **Pure core.** [`label`], [`reference`](mod@reference), [`spec`], [`graph`], [`policy`] and [`action`] do no IO beyond the
+//! 1. **Pure core.** [`label`], [`reference`](mod@reference), [`spec`], [`graph`], [`policy`], [`action`] and [`debian`]'s index, resolver and lock do no IO beyond the
 //!    bytes handed to them; they are tested with strings.
 //! 2. **Nothing unstable enters a key**: no mtime, absolute path, environment
 //!    variable, clock, hostname, uid or completion order. Stat data only decides
@@ -103,6 +103,10 @@ mod architecture {
             ("sharing/html.rs", include_str!("sharing/html.rs")),
             ("policy.rs", include_str!("policy.rs")),
             ("reference.rs", include_str!("reference.rs")),
+            ("debian/mod.rs", include_str!("debian/mod.rs")),
+            ("debian/index.rs", include_str!("debian/index.rs")),
+            ("debian/resolve.rs", include_str!("debian/resolve.rs")),
+            ("debian/lock.rs", include_str!("debian/lock.rs")),
         ];
         let forbidden = [
             "std::fs",

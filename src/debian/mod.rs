@@ -1,4 +1,38 @@
-//! Debian packages: `.deb` files fetched into the store and turned into layers.
+//! Debian packages.
+//!
+//! The pure part takes text and returns values (no IO): index parsing, resolution,
+//! the lock file. The flow:
+//!
+//! 1. [`Index::parse`]`(packages_text, repo_name)`: one repository's `Packages`
+//!    index → typed packages ([`index`]). Errors ([`IndexError`], E090) name the
+//!    repository, the paragraph's line and package.
+//! 2. [`resolve`]`(&[&Index], &[Request], &Options)` → [`Resolution`]: the closure
+//!    over `Pre-Depends`/`Depends` (and `Recommends` on request), one version per
+//!    name, each package's resolved relations recorded ([`resolve`](mod@resolve) documents
+//!    the rules). Errors ([`ResolveError`], E091) name the package, the constraint
+//!    and who asked. [`Request::parse`] reads `name` / `name=version`.
+//! 3. [`Lock::from_resolutions`]`(repositories, [(label, resolution)])` → [`Lock`];
+//!    [`Lock::to_text`] writes the canonical `imgc.lock`; [`Lock::parse`]`(text,
+//!    file)` reads it back (located diagnostics: E002/E003/E004/E005/E015/E016,
+//!    E093 for a lock that contradicts itself).
+//! 4. Queries for builds and commands: [`Lock::target`], [`Lock::packages_of`],
+//!    [`Lock::package`], [`Lock::repository`], [`Lock::why`] (a chain from a
+//!    request to a package), [`Lock::check`] (does the lock still match a target's
+//!    requests; [`Stale`], E092).
+//!
+//! The parts that do IO, each the one owner of its side effect: [`fetch`] downloads
+//! a pinned `.deb` into the store (verified, offline when stored), and [`deb`] reads
+//! a `.deb` into the entries of its package's layer.
 
 pub mod deb;
 pub mod fetch;
+pub mod index;
+pub mod lock;
+pub mod resolve;
+
+pub use index::{Dep, Index, IndexError, MultiArch, Package, Provide, Relation, Version};
+pub use lock::{BuildError, Lock, LockedPackage, LockedTarget, PackageId, Repository, Stale};
+pub use resolve::{Asker, Options, Request, Resolution, ResolveError, Selected, resolve};
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@ pub mod limits;
 pub mod model;
 pub mod parse;
 mod paths;
-mod reader;
+pub(crate) mod reader;
 
 pub use parse::{parse_build_file, parse_workspace_file};
 pub use reader::set_parse_stack_hint;
