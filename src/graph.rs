@@ -10,7 +10,9 @@
 
 use crate::diag::{Code, Diag, did_you_mean};
 use crate::label::{Label, PatternSet};
-use crate::spec::model::{BaseRef, CopySource, FileId, LayerEntry, Package, Target, TargetKind};
+use crate::spec::model::{
+    BaseRef, CopySource, FileId, LayerEntry, Package, Spanned, Target, TargetKind,
+};
 use miette::SourceSpan;
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -21,6 +23,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum EdgeKind {
     /// `from`: the image's base.
     Base,
+    /// A Debian package's layer (generated from `imgc.lock`, see
+    /// [`crate::debian::plan`]): an image's packages, laid after its base and
+    /// before its own layers.
+    Package,
     /// `layers` (or an inline layer).
     Layer,
     /// `copy ":target"`.
@@ -77,18 +83,83 @@ impl Graph {
         self.graph.node_count() == 0
     }
 
-    /// Direct dependencies of `ix` in the order written.
+    /// Direct dependencies of `ix`: by kind (base, packages, layers, copies),
+    /// each kind in the order written (packages in the plan's order).
     pub fn deps(&self, ix: NodeIndex) -> Vec<(EdgeKind, NodeIndex)> {
-        let mut out: Vec<(usize, EdgeKind, NodeIndex)> = self
+        let mut out: Vec<(EdgeKind, usize, NodeIndex)> = self
             .graph
             .edges_directed(ix, Direction::Outgoing)
             .map(|e| {
                 use petgraph::visit::EdgeRef;
-                (e.id().index(), *e.weight(), e.target())
+                (*e.weight(), e.id().index(), e.target())
             })
             .collect();
         out.sort();
-        out.into_iter().map(|(_, k, t)| (k, t)).collect()
+        out.into_iter().map(|(k, _, t)| (k, t)).collect()
+    }
+
+    /// Adds the package layers of `plan` as targets (their spec file: `file`,
+    /// imgc.lock) and, for each image of `plan.uses`, an edge to each of its
+    /// packages that no image of its base chain already holds. Every problem is
+    /// returned (a generated label already taken; a layer target with packages,
+    /// which is not built yet).
+    pub fn add_packages(&mut self, plan: &crate::debian::plan::Plan, file: FileId) -> Vec<Diag> {
+        let mut diags = Vec::new();
+        for p in &plan.packages {
+            if self.by_label.contains_key(&p.label) {
+                diags.push(Diag::new(
+                    Code::DuplicateTarget,
+                    format!(
+                        "the layer of package `{}` would be named `{}`, which is taken",
+                        p.spec.name, p.label
+                    ),
+                ));
+                continue;
+            }
+            let ix = self.graph.add_node(Node {
+                label: p.label.clone(),
+                file,
+                target: Target {
+                    name: Spanned::new(p.label.name().to_string(), (0, 0).into()),
+                    span: (0, 0).into(),
+                    kind: TargetKind::DebPackage(p.spec.clone()),
+                },
+            });
+            self.by_label.insert(p.label.clone(), ix);
+        }
+        // An image's packages less those of every image below it (their
+        // closures, as planned: what each base holds whatever its own base).
+        let users: BTreeSet<NodeIndex> = plan.uses.keys().filter_map(|l| self.get(l)).collect();
+        for ix in users {
+            if !self.node(ix).is_image() {
+                continue;
+            }
+            let mut held: BTreeSet<&Label> = BTreeSet::new();
+            let mut cur = ix;
+            for _ in 0..=self.graph.node_count() {
+                let Some((_, base)) = self
+                    .deps(cur)
+                    .into_iter()
+                    .find(|(k, _)| *k == EdgeKind::Base)
+                else {
+                    break;
+                };
+                if let Some(ls) = plan.uses.get(&self.node(base).label) {
+                    held.extend(ls);
+                }
+                cur = base;
+            }
+            let own = &plan.uses[&self.node(ix).label];
+            let add: Vec<NodeIndex> = own
+                .iter()
+                .filter(|l| !held.contains(l))
+                .filter_map(|l| self.get(l))
+                .collect();
+            for dep in add {
+                self.graph.add_edge(ix, dep, EdgeKind::Package);
+            }
+        }
+        diags
     }
 
     /// Targets selected by `patterns`, in label order.
@@ -306,6 +377,8 @@ fn accepts(edge: EdgeKind, kind: &TargetKind) -> Result<(), &'static str> {
         (EdgeKind::Layer, _) => {
             Err("`layers` takes layer targets; to build on an image, use `from`")
         }
+        (EdgeKind::Package, TargetKind::DebPackage(_)) => Ok(()),
+        (EdgeKind::Package, _) => Err("packages come from imgc.lock: request them with `packages`"),
         (EdgeKind::Copy, TargetKind::Layer(_) | TargetKind::HttpFile(_)) => Ok(()),
         (EdgeKind::Copy, _) => Err("`copy` takes the files of a layer or an http-file target"),
     }
@@ -713,7 +786,7 @@ mod tests {
             match &g.node(n).target.kind {
                 TargetKind::Layer(l) => assert_eq!(l.entries.capacity(), l.entries.len()),
                 TargetKind::Image(i) => assert_eq!(i.layers.capacity(), i.layers.len()),
-                TargetKind::Import(_) | TargetKind::HttpFile(_) => {}
+                TargetKind::Import(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {}
             }
         }
     }

@@ -107,6 +107,7 @@ mod architecture {
             ("debian/index.rs", include_str!("debian/index.rs")),
             ("debian/resolve.rs", include_str!("debian/resolve.rs")),
             ("debian/lock.rs", include_str!("debian/lock.rs")),
+            ("debian/plan.rs", include_str!("debian/plan.rs")),
         ];
         let forbidden = [
             "std::fs",

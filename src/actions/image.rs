@@ -37,7 +37,7 @@ pub fn key(ctx: &Ctx<'_>, n: NodeIndex, spec: &ImageSpec, deps: &[Dep]) -> Keyed
                 c.set("base", format!("{label} {}", output.digest()));
                 c.set("base.name", base_name(ctx.graph, n).unwrap_or_default());
             }
-            EdgeKind::Layer => {
+            EdgeKind::Package | EdgeKind::Layer => {
                 c.set(
                     format!("layer.{layer_n}:{label}"),
                     output.digest().to_string(),
@@ -87,7 +87,9 @@ fn assemble(ctx: &Ctx<'_>, n: NodeIndex, deps: &[Dep]) -> Result<ImageOut, Actio
                 })?;
                 base = Some((img, cfg));
             }
-            (EdgeKind::Layer, Output::Layer(l)) => own.push((label.clone(), l.clone())),
+            (EdgeKind::Package | EdgeKind::Layer, Output::Layer(l)) => {
+                own.push((label.clone(), l.clone()))
+            }
             _ => {}
         }
     }

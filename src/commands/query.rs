@@ -112,6 +112,7 @@ fn edge_name(e: EdgeKind) -> &'static str {
     match e {
         EdgeKind::Base => "from",
         EdgeKind::Layer => "layer",
+        EdgeKind::Package => "package",
         EdgeKind::Copy => "copy",
     }
 }

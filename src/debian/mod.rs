@@ -28,6 +28,7 @@ pub mod deb;
 pub mod fetch;
 pub mod index;
 pub mod lock;
+pub mod plan;
 pub mod resolve;
 
 pub use index::{Dep, Index, IndexError, MultiArch, Package, Provide, Relation, Version};
