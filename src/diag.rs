@@ -90,7 +90,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 34] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
