@@ -69,10 +69,28 @@ pub enum Code {
     BadReference,
     /// A `registry` import without a digest (a tag moves; a build must not).
     NotPinned,
+    /// A `packages` node naming no `debian` repository of imgc.kdl (or none
+    /// when imgc.kdl declares several).
+    UnknownRepository,
+    /// A package request that is no Debian package name, or whose `=version` pin
+    /// is no Debian version.
+    BadPackageRequest,
+    /// Targets request packages and the workspace has no `imgc.lock`.
+    LockMissing,
+    /// A target with `packages` selected for a build: packages are locked, not
+    /// built yet.
+    PackagesNotBuilt,
+    /// A Debian repository that cannot be downloaded: transport failure,
+    /// timeout, an HTTP error, a refused redirect, an answer too large.
+    RepositoryUnavailable,
+    /// A Debian repository whose files cannot be trusted: a missing or bad
+    /// signature, an index whose size or SHA256 is not the Release's, a malformed
+    /// Release or keyring.
+    RepositoryUntrusted,
 }
 
 impl Code {
-    pub const ALL: [Code; 26] = [
+    pub const ALL: [Code; 32] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -99,6 +117,12 @@ impl Code {
         Code::NotOnRequiredBase,
         Code::BadReference,
         Code::NotPinned,
+        Code::UnknownRepository,
+        Code::BadPackageRequest,
+        Code::LockMissing,
+        Code::PackagesNotBuilt,
+        Code::RepositoryUnavailable,
+        Code::RepositoryUntrusted,
     ];
 
     /// The stable code, `E001`...
@@ -130,6 +154,12 @@ impl Code {
             Code::NotOnRequiredBase => "E050",
             Code::BadReference => "E060",
             Code::NotPinned => "E061",
+            Code::UnknownRepository => "E074",
+            Code::BadPackageRequest => "E075",
+            Code::LockMissing => "E076",
+            Code::PackagesNotBuilt => "E077",
+            Code::RepositoryUnavailable => "E078",
+            Code::RepositoryUntrusted => "E079",
         }
     }
 }
