@@ -65,6 +65,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod packages;
 pub mod plan;
 pub mod policy;
 pub mod reference;
@@ -101,6 +102,7 @@ mod architecture {
             ("sharing/html.rs", include_str!("sharing/html.rs")),
             ("policy.rs", include_str!("policy.rs")),
             ("reference.rs", include_str!("reference.rs")),
+            ("packages/requests.rs", include_str!("packages/requests.rs")),
         ];
         let forbidden = [
             "std::fs",
