@@ -5,6 +5,7 @@
 //! are pure and live beside them in `crate::debian`; `imgc lock` puts the three
 //! together.
 
+pub mod lockfile;
 pub mod repo;
 pub mod requests;
 

@@ -386,6 +386,11 @@ fn check_package_version(v: &str) -> Result<(), String> {
     if v.is_empty() {
         return Err("the version after `=` is empty".into());
     }
+    if v.ends_with('-') {
+        return Err(format!(
+            "`{v}` is not a Debian version: the revision after `-` is empty"
+        ));
+    }
     match debian_packaging::package_version::PackageVersion::parse(v) {
         Ok(_)
             if v.split(':')

@@ -488,3 +488,41 @@ fn check_wants_a_lock_when_targets_request_packages() {
     // Targets without packages need no lock.
     ws.ok(&["check", "//base:plain"]);
 }
+
+#[test]
+fn keyrings_are_read_from_the_workspace_only() {
+    let repo = repo_copy();
+    let server = Server::start(repo.path());
+    let text = format!(
+        "workspace {{}}\ndebian \"bookworm\" {{\n    url \"{}\"\n    suite \"bookworm\"\n    components \"main\"\n    arch \"amd64\"\n    keyring \"keys/repo.gpg\"\n}}\n",
+        server.url()
+    );
+    let (config, diags) = imgc::spec::parse_workspace_file(0, &text);
+    assert!(diags.is_empty(), "{diags:?}");
+    let names = std::collections::BTreeSet::from(["bookworm".to_string()]);
+    let ws = Ws::new(&[("imgc.kdl", &text)]);
+    let fetch_all =
+        || imgc::packages::lockfile::fetch_repositories(ws.root(), &config.debian, &names, &quiet);
+    // No keyring file: an error naming it, nothing fetched.
+    let e = fetch_all().err().expect("refused");
+    assert!(e.to_string().contains("keys/repo.gpg"), "{e}");
+    // A link out of the workspace is not followed.
+    std::fs::create_dir_all(ws.path("keys")).unwrap();
+    std::os::unix::fs::symlink(repo.path().join("keyring.gpg"), ws.path("keys/repo.gpg")).unwrap();
+    let e = fetch_all().err().expect("refused");
+    assert!(e.to_string().contains("keys/repo.gpg"), "{e}");
+    // The right key in the workspace: fetched and verified.
+    std::fs::remove_file(ws.path("keys/repo.gpg")).unwrap();
+    std::fs::copy(repo.path().join("keyring.asc"), ws.path("keys/repo.gpg")).unwrap();
+    let fetched = fetch_all().unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert!(fetched[0].1.verified);
+    // Another key: refused.
+    std::fs::copy(
+        repo.path().join("other-keyring.gpg"),
+        ws.path("keys/repo.gpg"),
+    )
+    .unwrap();
+    let e = fetch_all().err().expect("refused");
+    assert!(e.to_string().contains("no valid signature"), "{e}");
+}
