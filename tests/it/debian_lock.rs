@@ -504,12 +504,12 @@ fn keyrings_are_read_from_the_workspace_only() {
     let fetch_all =
         || imgc::packages::lockfile::fetch_repositories(ws.root(), &config.debian, &names, &quiet);
     // No keyring file: an error naming it, nothing fetched.
-    let e = fetch_all().err().expect("refused");
+    let e = fetch_all().expect_err("refused");
     assert!(e.to_string().contains("keys/repo.gpg"), "{e}");
     // A link out of the workspace is not followed.
     std::fs::create_dir_all(ws.path("keys")).unwrap();
     std::os::unix::fs::symlink(repo.path().join("keyring.gpg"), ws.path("keys/repo.gpg")).unwrap();
-    let e = fetch_all().err().expect("refused");
+    let e = fetch_all().expect_err("refused");
     assert!(e.to_string().contains("keys/repo.gpg"), "{e}");
     // The right key in the workspace: fetched and verified.
     std::fs::remove_file(ws.path("keys/repo.gpg")).unwrap();
@@ -523,6 +523,6 @@ fn keyrings_are_read_from_the_workspace_only() {
         ws.path("keys/repo.gpg"),
     )
     .unwrap();
-    let e = fetch_all().err().expect("refused");
+    let e = fetch_all().expect_err("refused");
     assert!(e.to_string().contains("no valid signature"), "{e}");
 }
