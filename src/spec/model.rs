@@ -274,12 +274,12 @@ impl TargetKind {
         }
     }
 
-    /// The target's `packages` nodes (none for an import).
+    /// The target's `packages` nodes (none for an import or an http-file).
     pub fn packages(&self) -> &[PackagesNode] {
         match self {
             TargetKind::Layer(l) => &l.packages,
             TargetKind::Image(i) => &i.packages,
-            TargetKind::Import(_) => &[],
+            TargetKind::Import(_) | TargetKind::HttpFile(_) => &[],
         }
     }
 
