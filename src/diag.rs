@@ -87,10 +87,28 @@ pub enum Code {
     StaleLock,
     /// A lock file that contradicts itself (a target naming a package it lacks...).
     BadLock,
+    /// A `packages` node naming no `debian` repository of imgc.kdl (or none
+    /// when imgc.kdl declares several).
+    UnknownRepository,
+    /// A package request that is no Debian package name, or whose `=version` pin
+    /// is no Debian version.
+    BadPackageRequest,
+    /// Targets request packages and the workspace has no `imgc.lock`.
+    LockMissing,
+    /// A target with `packages` selected for a build: packages are locked, not
+    /// built yet.
+    PackagesNotBuilt,
+    /// A Debian repository that cannot be downloaded: transport failure,
+    /// timeout, an HTTP error, a refused redirect, an answer too large.
+    RepositoryUnavailable,
+    /// A Debian repository whose files cannot be trusted: a missing or bad
+    /// signature, an index whose size or SHA256 is not the Release's, a malformed
+    /// Release or keyring.
+    RepositoryUntrusted,
 }
 
 impl Code {
-    pub const ALL: [Code; 34] = [
+    pub const ALL: [Code; 40] = [
         Code::Syntax,
         Code::UnknownNode,
         Code::UnknownProperty,
@@ -125,6 +143,12 @@ impl Code {
         Code::Unresolvable,
         Code::StaleLock,
         Code::BadLock,
+        Code::UnknownRepository,
+        Code::BadPackageRequest,
+        Code::LockMissing,
+        Code::PackagesNotBuilt,
+        Code::RepositoryUnavailable,
+        Code::RepositoryUntrusted,
     ];
 
     /// The stable code, `E001`...
@@ -164,6 +188,12 @@ impl Code {
             Code::Unresolvable => "E091",
             Code::StaleLock => "E092",
             Code::BadLock => "E093",
+            Code::UnknownRepository => "E074",
+            Code::BadPackageRequest => "E075",
+            Code::LockMissing => "E076",
+            Code::PackagesNotBuilt => "E077",
+            Code::RepositoryUnavailable => "E078",
+            Code::RepositoryUntrusted => "E079",
         }
     }
 }

@@ -646,6 +646,36 @@ impl Dir {
         result
     }
 
+    /// Creates the regular file `name` holding `bytes` (mode `mode`), only if
+    /// nothing of that name exists (else [`io::ErrorKind::AlreadyExists`]): the
+    /// bytes go to a temporary file beside it (`O_EXCL | O_NOFOLLOW`), are
+    /// synced, and are hard-linked under `name` (which never replaces anything),
+    /// then the temporary name is removed. A reader sees no file or the whole one.
+    pub fn create_regular(&self, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<()> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(
+            ".imgc-tmp-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o600))?;
+        let write = || -> io::Result<()> {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
+            let mut f = File::from(fd.try_clone()?);
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            rustix::fs::linkat(&self.fd, &tmp, &self.fd, name, AtFlags::empty())?;
+            Ok(())
+        };
+        let result = write();
+        let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        result
+    }
+
     /// The names of the directory's entries (without `.` and `..`), sorted
     /// bytewise.
     pub fn names(&self) -> io::Result<Vec<OsString>> {

@@ -67,6 +67,7 @@ pub mod layer;
 pub mod listing;
 pub mod oci;
 pub mod output;
+pub mod packages;
 pub mod plan;
 pub mod policy;
 pub mod reference;
@@ -108,6 +109,7 @@ mod architecture {
             ("debian/resolve.rs", include_str!("debian/resolve.rs")),
             ("debian/lock.rs", include_str!("debian/lock.rs")),
             ("debian/plan.rs", include_str!("debian/plan.rs")),
+            ("packages/requests.rs", include_str!("packages/requests.rs")),
         ];
         let forbidden = [
             "std::fs",

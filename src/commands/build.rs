@@ -384,11 +384,11 @@ fn write_snapshot(
 /// The policy of imgc.kdl over the selection and what it depends on: a build
 /// (and its plan) refuses images the policy forbids before any work.
 fn check_policy(loaded: &Loaded, selected: &[NodeIndex]) -> Result<(), CmdError> {
-    loaded.check_policy(
-        &loaded
-            .graph
-            .closure(selected, petgraph::Direction::Outgoing),
-    )
+    let within = loaded
+        .graph
+        .closure(selected, petgraph::Direction::Outgoing);
+    loaded.check_policy(&within)?;
+    loaded.refuse_packages(&within)
 }
 
 /// The `registry` imports the selection builds on must be pinned (see

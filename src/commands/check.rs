@@ -24,6 +24,7 @@ pub fn run(ctx: &Context, args: CheckArgs) -> Result<(), CmdError> {
     let roots = loaded.select(&args.patterns)?;
     let selected = loaded.graph.closure(&roots, petgraph::Direction::Outgoing);
     loaded.check_policy(&selected)?;
+    loaded.check_lock(&selected)?;
     super::pin::check_pinned(&loaded, &selected, None)?;
     let result = format!(
         "ok: {} targets checked in {} packages",

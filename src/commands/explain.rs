@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, args: ExplainArgs) -> Result<(), CmdError> {
         )));
     };
     let selected = loaded.select(std::slice::from_ref(&args.label))?;
+    loaded.refuse_packages(&loaded.graph.closure(&selected, Direction::Outgoing))?;
     let settings = super::build::settings(ctx, &loaded, None, true, super::build::Run::DryRun)?;
     let mut reporter = Reporter::new(false, &loaded.ws.root, loaded.ws.sources.clone()).quiet();
     let summary = super::build::run_engine(ctx, &mut loaded, &selected, settings, &mut reporter)?;

@@ -121,11 +121,11 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<(), CmdError> {
     }
 
     // Built as `imgc build` would build it (and held to the same policy).
-    loaded.check_policy(
-        &loaded
-            .graph
-            .closure(&selected, petgraph::Direction::Outgoing),
-    )?;
+    let within = loaded
+        .graph
+        .closure(&selected, petgraph::Direction::Outgoing);
+    loaded.check_policy(&within)?;
+    loaded.refuse_packages(&within)?;
     let mtime = super::build::source_date_epoch(loaded.ws.config.source_date_epoch)?;
     let settings =
         super::build::settings(ctx, &loaded, args.jobs, false, super::build::Run::BuildOnly)?;

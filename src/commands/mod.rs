@@ -170,6 +170,9 @@ pub struct Loaded {
     /// A warning was printed while loading (or while opening the stores): a
     /// snapshot could not print it again, so none is written.
     pub warned: bool,
+    /// Every target with `packages`, its requests checked against imgc.kdl's
+    /// `debian` repositories (sorted by label).
+    pub package_requests: Vec<crate::packages::requests::TargetRequests>,
 }
 
 impl Loaded {
@@ -242,6 +245,9 @@ impl Loaded {
             &ws.config.output_dir,
             ws.root.as_os_str().len(),
         ));
+        let (package_requests, request_diags) =
+            crate::packages::requests::collect(&graph, &ws.config.debian);
+        diags.extend(request_diags);
         if !diags.is_empty() {
             return Err(CmdError::Diagnostics {
                 sources: ws.sources,
@@ -257,6 +263,7 @@ impl Loaded {
             index,
             index_error,
             warned,
+            package_requests,
         })
     }
 
@@ -372,6 +379,89 @@ impl Loaded {
         if diags.is_empty() {
             return Ok(());
         }
+        Err(CmdError::Diagnostics {
+            sources: self.ws.sources.clone(),
+            diags,
+        })
+    }
+
+    /// Refuses a build of targets with `packages` among `within`: packages are
+    /// locked (`imgc lock`) but not built yet, and a build must not leave them out.
+    pub fn refuse_packages(
+        &self,
+        within: &std::collections::BTreeSet<NodeIndex>,
+    ) -> Result<(), CmdError> {
+        let labels: std::collections::BTreeSet<&crate::label::Label> =
+            within.iter().map(|n| &self.graph.node(*n).label).collect();
+        let diags: Vec<Diag> = self
+            .package_requests
+            .iter()
+            .filter(|t| labels.contains(&t.label))
+            .map(|t| {
+                Diag::new(
+                    Code::PackagesNotBuilt,
+                    format!(
+                        "`{}` has `packages`: Debian packages are locked by `imgc lock` but not built into layers yet",
+                        t.label
+                    ),
+                )
+                .at(t.file, t.span)
+                .label("not built yet")
+                .help("build the targets without `packages` (`imgc check` and `imgc lock` handle these)")
+            })
+            .collect();
+        if diags.is_empty() {
+            return Ok(());
+        }
+        Err(CmdError::Diagnostics {
+            sources: self.ws.sources.clone(),
+            diags,
+        })
+    }
+
+    /// Holds the targets of `within` that request packages to `imgc.lock`: with
+    /// no lock at all, each is an error ([`Code::LockMissing`]). The lock's path
+    /// is recorded for the snapshot (a lock written later changes the answer).
+    pub fn check_lock(
+        &mut self,
+        within: &std::collections::BTreeSet<NodeIndex>,
+    ) -> Result<(), CmdError> {
+        let root = self.ws.root.clone();
+        self.ws.recorded.ws(&root, crate::packages::LOCK_FILE);
+        let labels: std::collections::BTreeSet<&crate::label::Label> =
+            within.iter().map(|n| &self.graph.node(*n).label).collect();
+        let wanted: Vec<&crate::packages::requests::TargetRequests> = self
+            .package_requests
+            .iter()
+            .filter(|t| labels.contains(&t.label))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let lock = workspace::read_workspace_file(
+            &root,
+            crate::packages::LOCK_FILE,
+            crate::packages::MAX_LOCK_BYTES,
+        )?;
+        if lock.is_some() {
+            return Ok(());
+        }
+        let diags = wanted
+            .iter()
+            .map(|t| {
+                Diag::new(
+                    Code::LockMissing,
+                    format!(
+                        "`{}` requests packages and the workspace has no `{}`",
+                        t.label,
+                        crate::packages::LOCK_FILE
+                    ),
+                )
+                .at(t.file, t.span)
+                .label("not locked")
+                .help("run `imgc lock` to resolve the packages and write the lock")
+            })
+            .collect();
         Err(CmdError::Diagnostics {
             sources: self.ws.sources.clone(),
             diags,

@@ -62,6 +62,7 @@ pub fn run(ctx: &Context, args: PushArgs) -> Result<(), CmdError> {
     // Build them, as `imgc build` does.
     let within = loaded.graph.closure(&images, petgraph::Direction::Outgoing);
     loaded.check_policy(&within)?;
+    loaded.refuse_packages(&within)?;
     super::pin::check_pinned(&loaded, &within, Some(ctx))?;
     let settings =
         super::build::settings(ctx, &loaded, args.jobs, false, super::build::Run::Build)?;

@@ -94,6 +94,9 @@ pub struct WorkspaceConfig {
     /// The `policy` node (a sibling of `workspace` in imgc.kdl), empty if none.
     #[serde(default)]
     pub policy: Policy,
+    /// The `debian` repositories of imgc.kdl, in the order written (names unique).
+    #[serde(default)]
+    pub debian: Vec<DebianRepo>,
 }
 
 impl Default for WorkspaceConfig {
@@ -110,8 +113,31 @@ impl Default for WorkspaceConfig {
             },
             remote_cache: None,
             policy: Policy::default(),
+            debian: Vec::new(),
         }
     }
+}
+
+/// A `debian "NAME" { url ...; suite ...; components ...; arch ...; keyring ... }`
+/// node of imgc.kdl: a Debian repository that `packages` requests resolve against
+/// (see `crate::packages`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebianRepo {
+    /// The name `packages ... from="NAME"` refers to.
+    pub name: Spanned<String>,
+    /// The repository's base URL (`http://` or `https://`), without a trailing `/`.
+    pub url: Spanned<String>,
+    /// The directory below `dists/` (`bookworm`, `stable`...).
+    pub suite: Spanned<String>,
+    /// The components whose indexes are read (`main`...), in the order written.
+    pub components: Spanned<Vec<String>>,
+    /// The Debian architecture (`amd64`, `arm64`...); packages of `all` count too.
+    pub arch: Spanned<String>,
+    /// OpenPGP public keys (binary or armored) that must have signed the Release:
+    /// a path relative to the workspace root, normalized. `None`: not verified.
+    pub keyring: Option<Spanned<String>>,
+    /// The node, without its children block.
+    pub span: SourceSpan,
 }
 
 /// The `policy` node of `imgc.kdl`: rules on the target graph, checked by
@@ -233,7 +259,10 @@ impl TargetKind {
     /// room for several entries (a layer's list of entries of about 200 bytes each).
     pub fn shrink_to_fit(&mut self) {
         match self {
-            TargetKind::Layer(l) => l.entries.shrink_to_fit(),
+            TargetKind::Layer(l) => {
+                l.entries.shrink_to_fit();
+                l.packages.shrink_to_fit();
+            }
             TargetKind::Image(i) => {
                 i.layers.shrink_to_fit();
                 i.env.shrink_to_fit();
@@ -242,8 +271,18 @@ impl TargetKind {
                 i.labels.shrink_to_fit();
                 i.annotations.shrink_to_fit();
                 i.tags.shrink_to_fit();
+                i.packages.shrink_to_fit();
             }
             TargetKind::Import(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => {}
+        }
+    }
+
+    /// The target's `packages` nodes (none for an import, an http-file or a package layer).
+    pub fn packages(&self) -> &[PackagesNode] {
+        match self {
+            TargetKind::Layer(l) => &l.packages,
+            TargetKind::Image(i) => &i.packages,
+            TargetKind::Import(_) | TargetKind::HttpFile(_) | TargetKind::DebPackage(_) => &[],
         }
     }
 
@@ -263,6 +302,114 @@ pub struct LayerSpec {
     pub entries: Vec<LayerEntry>,
     /// Default owner of every entry of the layer (`owner "UID:GID"`).
     pub owner: Option<Spanned<Owner>>,
+    /// `packages` nodes, in the order written (locked by `imgc lock`).
+    #[serde(default)]
+    pub packages: Vec<PackagesNode>,
+}
+
+/// `packages "name" "name=version" ... from="REPO" recommends=#false`: Debian
+/// packages for a layer or an image, resolved by `imgc lock` into `imgc.lock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackagesNode {
+    /// The requests, in the order written (no name twice in one target).
+    pub requests: Vec<Spanned<PackageRequest>>,
+    /// `from=`: the name of a `debian` repository of imgc.kdl; `None` when not
+    /// written (allowed when imgc.kdl declares exactly one).
+    pub from: Option<Spanned<String>>,
+    /// `recommends=#true`: Recommends are installed too (default: not).
+    pub recommends: bool,
+    /// The node, without a children block.
+    pub span: SourceSpan,
+}
+
+/// One requested package: a name, and optionally an exact version (`name=version`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PackageRequest {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+impl PackageRequest {
+    /// Parses `name` or `name=version`: a Debian package name (lowercase letters,
+    /// digits, `+ - .`, at least two characters, starting with a letter or digit)
+    /// and a Debian version (`[epoch:]upstream[-revision]`).
+    pub fn parse(s: &str) -> Result<PackageRequest, String> {
+        let (name, version) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        check_package_name(name)?;
+        let version = match version {
+            None => None,
+            Some(v) => {
+                check_package_version(v)?;
+                Some(v.to_string())
+            }
+        };
+        Ok(PackageRequest {
+            name: name.to_string(),
+            version,
+        })
+    }
+}
+
+impl std::fmt::Display for PackageRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(v) = &self.version {
+            write!(f, "={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Debian policy 5.6.1: `[a-z0-9][a-z0-9+.-]+`.
+fn check_package_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the package name is empty".into());
+    }
+    if let Some((_, arch)) = name.split_once(':') {
+        return Err(format!(
+            "`{name}` has an architecture qualifier (`:{arch}`): the repository's `arch` applies to every package"
+        ));
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c);
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.len() < 2 || !first_ok || !name.chars().all(ok_char) {
+        return Err(format!(
+            "`{name}` is not a Debian package name (lowercase letters, digits, `+`, `-` and `.`, \
+             at least two characters, starting with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// A Debian version (`[epoch:]upstream[-revision]`), as dpkg orders them.
+fn check_package_version(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("the version after `=` is empty".into());
+    }
+    if v.ends_with('-') {
+        return Err(format!(
+            "`{v}` is not a Debian version: the revision after `-` is empty"
+        ));
+    }
+    match debian_packaging::package_version::PackageVersion::parse(v) {
+        Ok(_)
+            if v.split(':')
+                .next_back()
+                .is_some_and(|u| u.starts_with(|c: char| c.is_ascii_digit())) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(format!(
+            "`{v}` is not a Debian version: the upstream version must start with a digit"
+        )),
+        Err(e) => Err(format!("`{v}` is not a Debian version: {e}")),
+    }
 }
 
 /// Where a `copy` takes its files from.
@@ -336,6 +483,9 @@ pub struct ImageSpec {
     pub annotations: Vec<(String, String)>,
     pub stop_signal: Option<String>,
     pub tags: Vec<Spanned<String>>,
+    /// `packages` nodes, in the order written (locked by `imgc lock`).
+    #[serde(default)]
+    pub packages: Vec<PackagesNode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

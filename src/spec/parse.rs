@@ -12,9 +12,9 @@
 use crate::diag::{Code, Diag, did_you_mean};
 use crate::label::{Label, Pattern, check_target_name};
 use crate::spec::model::{
-    BaseRef, Compression, CopySource, FileId, HttpFileSpec, ImageSpec, ImportSource, ImportSpec,
-    LayerEntry, LayerSpec, Mode, Owner, Platform, Policy, RegistryRef, RequireBase, Spanned,
-    Target, TargetKind, WorkspaceConfig, inline_layer_name,
+    BaseRef, Compression, CopySource, DebianRepo, FileId, HttpFileSpec, ImageSpec, ImportSource,
+    ImportSpec, LayerEntry, LayerSpec, Mode, Owner, PackageRequest, PackagesNode, Platform, Policy,
+    RegistryRef, RequireBase, Spanned, Target, TargetKind, WorkspaceConfig, inline_layer_name,
 };
 use crate::spec::paths::{Rejection, check_image_path, normalize_expose, normalize_source};
 use crate::spec::reader::{Ctx, Parts, head_span, name, value_span};
@@ -29,11 +29,12 @@ const WORKSPACE_NODES: &[&str] = &[
     "platform",
     "remote-cache",
 ];
-const WORKSPACE_FILE_NODES: &[&str] = &["workspace", "policy"];
+const WORKSPACE_FILE_NODES: &[&str] = &["workspace", "policy", "debian"];
+const DEBIAN_NODES: &[&str] = &["url", "suite", "components", "arch", "keyring"];
 const POLICY_NODES: &[&str] = &["require-base"];
 const TARGET_NODES: &[&str] = &["layer", "image", "import", "http-file"];
 const HTTP_FILE_PROPS: &[&str] = &["url", "sha256", "size", "executable"];
-const LAYER_NODES: &[&str] = &["copy", "text", "dir", "symlink", "owner"];
+const LAYER_NODES: &[&str] = &["copy", "text", "dir", "symlink", "owner", "packages"];
 const IMAGE_NODES: &[&str] = &[
     "from",
     "layers",
@@ -49,6 +50,7 @@ const IMAGE_NODES: &[&str] = &[
     "annotation",
     "stop-signal",
     "tag",
+    "packages",
 ];
 const IMPORT_NODES: &[&str] = &["oci-layout", "docker-archive", "registry"];
 
@@ -77,6 +79,10 @@ pub fn parse_workspace_file(file: FileId, text: &str) -> (WorkspaceConfig, Vec<D
                 }
                 first_policy = Some(node.span().offset());
                 policy_node(&mut cx, node, &mut config.policy);
+                continue;
+            }
+            if name(node) == "debian" {
+                debian_node(&mut cx, node, &mut config.debian);
                 continue;
             }
             if name(node) != "workspace" {
@@ -172,6 +178,261 @@ fn workspace_setting(cx: &mut Ctx, node: &KdlNode, config: &mut WorkspaceConfig)
             }
         }
     }
+}
+
+// -- debian ------------------------------------------------------------------
+
+fn debian_node(cx: &mut Ctx, node: &KdlNode, repos: &mut Vec<DebianRepo>) {
+    let parts = cx.parts(node, Some(&[]));
+    let repo_name = cx
+        .exact_args(
+            node,
+            &parts.args,
+            1,
+            "a name, like `debian \"bookworm\" { ... }`",
+        )
+        .and_then(|args| cx.string(args[0], "the repository name"));
+    let repo_name = repo_name.and_then(|n| repository_name(cx, n));
+    let mut seen = HashMap::new();
+    let mut url = None;
+    let mut suite = None;
+    let mut components = None;
+    let mut arch = None;
+    let mut keyring = None;
+    for child in node.children().map(|c| c.nodes()).unwrap_or_default() {
+        let key = name(child);
+        if !DEBIAN_NODES.contains(&key) {
+            cx.unknown_node(child, "a `debian` repository", DEBIAN_NODES);
+            continue;
+        }
+        cx.no_children(child);
+        if !cx.singleton(&mut seen, child) {
+            continue;
+        }
+        let parts = cx.parts(child, Some(&[]));
+        if key == "components" {
+            if cx.some_args(
+                child,
+                &parts.args,
+                "one or more component names, like \"main\"",
+            ) {
+                let all = cx.strings(&parts.args, "a component");
+                if all.len() == parts.args.len() {
+                    components = debian_components(cx, child, all);
+                }
+            }
+            continue;
+        }
+        let Some(args) = cx.exact_args(child, &parts.args, 1, "one value") else {
+            continue;
+        };
+        let Some(v) = cx.string(args[0], &format!("`{key}`")) else {
+            continue;
+        };
+        match key {
+            "url" => url = debian_url(cx, v),
+            "suite" => suite = debian_word(cx, v, "`suite`", "bookworm"),
+            "arch" => arch = debian_word(cx, v, "`arch`", "amd64"),
+            _ => {
+                keyring = match normalize_source("`keyring`", "", &v.value) {
+                    Ok(p) if p != "." => Some(Spanned::new(p, v.span)),
+                    Ok(_) => {
+                        let d = cx.diag(
+                            Code::InvalidValue,
+                            v.span,
+                            "`keyring` names a directory".into(),
+                            "not a file",
+                        );
+                        cx.push(d.help(
+                            "name a keyring file in the workspace, like \"keys/debian.gpg\"",
+                        ));
+                        None
+                    }
+                    Err(r) => {
+                        cx.reject(v.span, r);
+                        None
+                    }
+                }
+            }
+        }
+    }
+    let head = head_span(node);
+    for (key, a, missing, example) in [
+        (
+            "url",
+            "a",
+            url.is_none(),
+            "url \"http://deb.debian.org/debian\"",
+        ),
+        ("suite", "a", suite.is_none(), "suite \"bookworm\""),
+        (
+            "components",
+            "a",
+            components.is_none(),
+            "components \"main\"",
+        ),
+        ("arch", "an", arch.is_none(), "arch \"amd64\""),
+    ] {
+        if missing && !seen.contains_key(key) {
+            cx.missing(
+                head,
+                format!("`debian` needs {a} `{key}`"),
+                &format!("add `{example}`"),
+            );
+        }
+    }
+    let (Some(name), Some(url), Some(suite), Some(components), Some(arch)) =
+        (repo_name, url, suite, components, arch)
+    else {
+        return;
+    };
+    if let Some(first) = repos.iter().find(|r| r.name.value == name.value) {
+        let line = cx.line_of(first.span.offset());
+        let d = cx.diag(
+            Code::Duplicate,
+            name.span,
+            format!(
+                "repository `{}` is declared twice (first on line {line})",
+                name.value
+            ),
+            "declared again here",
+        );
+        cx.push(d.help("rename one of the repositories"));
+        return;
+    }
+    repos.push(DebianRepo {
+        name,
+        url,
+        suite,
+        components,
+        arch,
+        keyring,
+        span: head,
+    });
+}
+
+fn repository_name(cx: &mut Ctx, n: Spanned<String>) -> Option<Spanned<String>> {
+    let ok = !n.value.is_empty()
+        && n.value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        return Some(n);
+    }
+    let d = cx.diag(
+        Code::InvalidValue,
+        n.span,
+        format!(
+            "repository name \"{}\" must be ASCII letters, digits and `- _ .`",
+            n.value
+        ),
+        "invalid name",
+    );
+    cx.push(d.help("name it like the suite, for example \"bookworm\""));
+    None
+}
+
+fn debian_url(cx: &mut Ctx, v: Spanned<String>) -> Option<Spanned<String>> {
+    let rest = v
+        .value
+        .strip_prefix("http://")
+        .or_else(|| v.value.strip_prefix("https://"));
+    let why = match rest {
+        None => Some("must start with `http://` or `https://`"),
+        Some(r) if r.is_empty() || r.starts_with('/') => Some("names no host"),
+        Some(r) if r.contains(['?', '#', ' ']) || r.chars().any(|c| c.is_control()) => {
+            Some("may not hold a query, a fragment, spaces or control characters")
+        }
+        Some(r) if r.split('/').next().is_some_and(|h| h.contains('@')) => {
+            Some("may not hold credentials")
+        }
+        Some(_) => None,
+    };
+    if let Some(why) = why {
+        let d = cx.diag(
+            Code::InvalidValue,
+            v.span,
+            format!("the repository URL \"{}\" {why}", v.value),
+            "invalid URL",
+        );
+        cx.push(
+            d.help("write the URL of the repository's root, like \"http://deb.debian.org/debian\""),
+        );
+        return None;
+    }
+    let trimmed = v.value.trim_end_matches('/').to_string();
+    Some(Spanned::new(trimmed, v.span))
+}
+
+/// A suite or an architecture: one path segment of a repository URL.
+fn debian_word(
+    cx: &mut Ctx,
+    v: Spanned<String>,
+    what: &str,
+    example: &str,
+) -> Option<Spanned<String>> {
+    let ok = !v.value.is_empty()
+        && v.value != "."
+        && v.value != ".."
+        && v.value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+~".contains(c));
+    if ok {
+        return Some(v);
+    }
+    let d = cx.diag(
+        Code::InvalidValue,
+        v.span,
+        format!(
+            "{what} must be one word of ASCII letters, digits and `- _ . + ~`, got \"{}\"",
+            v.value
+        ),
+        "invalid value",
+    );
+    cx.push(d.help(format!("for example \"{example}\"")));
+    None
+}
+
+fn debian_components(
+    cx: &mut Ctx,
+    node: &KdlNode,
+    all: Vec<Spanned<String>>,
+) -> Option<Spanned<Vec<String>>> {
+    let mut out: Vec<String> = Vec::new();
+    for c in all {
+        // A component may have a directory part (`updates/main`), never `..`.
+        let ok = !c.value.is_empty()
+            && c.value.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.+~".contains(ch))
+            });
+        if !ok {
+            let d = cx.diag(
+                Code::InvalidValue,
+                c.span,
+                format!("\"{}\" is not a component name", c.value),
+                "invalid component",
+            );
+            cx.push(d.help("for example \"main\" or \"contrib\""));
+            return None;
+        }
+        if out.contains(&c.value) {
+            let d = cx.diag(
+                Code::Duplicate,
+                c.span,
+                format!("component \"{}\" is given twice", c.value),
+                "given again here",
+            );
+            cx.push(d.help("keep one"));
+            return None;
+        }
+        out.push(c.value);
+    }
+    Some(Spanned::new(out, head_span(node)))
 }
 
 // -- policy ------------------------------------------------------------------
@@ -647,6 +908,12 @@ impl Build<'_, '_> {
                 }
                 continue;
             }
+            if kind == "packages" {
+                if let Some(p) = self.packages(child, &spec.packages) {
+                    spec.packages.push(p);
+                }
+                continue;
+            }
             if let Some(entry) = self.layer_entry(child) {
                 spec.entries.push(entry);
             }
@@ -823,6 +1090,92 @@ impl Build<'_, '_> {
         non_empty(self.cx, &s, "`target`").then_some(s)
     }
 
+    // -- packages ---------------------------------------------------------------
+
+    /// `packages "a" "b=1.0" from="repo" recommends=#true`. `earlier` are the
+    /// target's `packages` nodes before this one: a name requested twice in one
+    /// target is an error.
+    fn packages(&mut self, node: &KdlNode, earlier: &[PackagesNode]) -> Option<PackagesNode> {
+        let parts = self.cx.parts(node, Some(&["from", "recommends"]));
+        let from = match parts.prop("from") {
+            None => None,
+            Some(e) => {
+                let s = self.cx.string(e, "`from`")?;
+                non_empty(self.cx, &s, "`from`").then_some(s)?.into()
+            }
+        };
+        let recommends = match parts.prop("recommends") {
+            None => false,
+            Some(e) => match e.value() {
+                KdlValue::Bool(b) => *b,
+                other => {
+                    let d = self.cx.diag(
+                        Code::WrongType,
+                        value_span(e),
+                        format!(
+                            "`recommends` must be #true or #false, got {}",
+                            crate::spec::reader::describe(other)
+                        ),
+                        "not a boolean",
+                    );
+                    self.cx.push(d.help("write `recommends=#true`"));
+                    return None;
+                }
+            },
+        };
+        let what = "one or more package names, like `packages \"ca-certificates\" \"tzdata\"`";
+        if !self.cx.some_args(node, &parts.args, what) {
+            return None;
+        }
+        let mut requests: Vec<Spanned<PackageRequest>> = Vec::new();
+        let mut ok = true;
+        for s in self.cx.strings(&parts.args, "a package") {
+            let r = match PackageRequest::parse(&s.value) {
+                Ok(r) => r,
+                Err(why) => {
+                    let d =
+                        self.cx
+                            .diag(Code::BadPackageRequest, s.span, why, "bad package request");
+                    self.cx.push(d.help(
+                        "write a package name, or pin a version with `name=version`, like \"tzdata=2024a-0+deb12u1\"",
+                    ));
+                    ok = false;
+                    continue;
+                }
+            };
+            let before = earlier
+                .iter()
+                .flat_map(|p| p.requests.iter())
+                .chain(requests.iter())
+                .find(|o| o.value.name == r.name);
+            if let Some(first) = before {
+                let line = self.cx.line_of(first.span.offset());
+                let d = self.cx.diag(
+                    Code::Duplicate,
+                    s.span,
+                    format!(
+                        "package `{}` is requested twice in this target (first on line {line})",
+                        r.name
+                    ),
+                    "requested again here",
+                );
+                self.cx.push(d.help("keep one request per package"));
+                ok = false;
+                continue;
+            }
+            requests.push(Spanned::new(r, s.span));
+        }
+        if !ok || requests.len() != parts.args.len() {
+            return None;
+        }
+        Some(PackagesNode {
+            requests,
+            from,
+            recommends,
+            span: head_span(node),
+        })
+    }
+
     // -- image ------------------------------------------------------------------
 
     fn image(&mut self, node: &KdlNode, name: Option<Spanned<String>>, out: &mut Vec<Target>) {
@@ -902,6 +1255,12 @@ impl Build<'_, '_> {
         }
         if kind == "env" {
             self.env(node, spec);
+            return;
+        }
+        if kind == "packages" {
+            if let Some(p) = self.packages(node, &spec.packages) {
+                spec.packages.push(p);
+            }
             return;
         }
         let parts = self.cx.parts(node, Some(&[]));

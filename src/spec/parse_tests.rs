@@ -1130,3 +1130,72 @@ fn http_file_needs_a_well_formed_sha256() {
     ));
     assert_eq!(d.code, Code::UnknownNode, "{d:?}");
 }
+// -- debian and packages -------------------------------------------------------
+
+#[test]
+fn debian_repositories_parse_with_spans_and_defaults() {
+    let text = "workspace {}\ndebian \"bookworm\" {\n    url \"http://deb.example/debian/\"\n    suite \"bookworm\"\n    components \"main\" \"contrib\"\n    arch \"amd64\"\n    keyring \"keys/./d.gpg\"\n}\n";
+    let (config, diags) = parse_workspace_file(0, text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let r = &config.debian[0];
+    assert_eq!(r.name.value, "bookworm");
+    assert_eq!(r.url.value, "http://deb.example/debian");
+    assert_eq!(r.components.value, ["main", "contrib"]);
+    assert_eq!(r.keyring.as_ref().unwrap().value, "keys/d.gpg");
+    assert_eq!(&text[r.suite.span.offset()..][..10], "\"bookworm\"");
+}
+
+#[test]
+fn packages_parse_into_requests() {
+    let text = "layer \"l\" {\n    packages \"tzdata=2024a-0+deb12u1\" \"libc6\" from=\"bookworm\" recommends=#true\n}\nimage \"i\" {\n    from \"scratch\"\n    packages \"redis-server=5:7.0.15-1~deb12u1\"\n}\n";
+    let (targets, diags) = parse_build_file(0, "p", text);
+    assert!(diags.is_empty(), "{diags:#?}");
+    let TargetKind::Layer(l) = &targets[0].kind else {
+        panic!("a layer")
+    };
+    let p = &l.packages[0];
+    assert!(p.recommends);
+    assert_eq!(p.from.as_ref().unwrap().value, "bookworm");
+    assert_eq!(p.requests[0].value.name, "tzdata");
+    assert_eq!(
+        p.requests[0].value.version.as_deref(),
+        Some("2024a-0+deb12u1")
+    );
+    assert_eq!(p.requests[1].value.to_string(), "libc6");
+    let TargetKind::Image(i) = &targets[1].kind else {
+        panic!("an image")
+    };
+    assert_eq!(
+        i.packages[0].requests[0].value.version.as_deref(),
+        Some("5:7.0.15-1~deb12u1")
+    );
+    assert!(!i.packages[0].recommends);
+}
+
+#[test]
+fn bad_package_requests_are_refused() {
+    for bad in [
+        "",
+        "a",
+        "Redis",
+        "-x",
+        "libc6:amd64",
+        "xy=",
+        "xy=a1",
+        "xy=1:",
+        "xy=1.0-",
+        "xy=1 2",
+    ] {
+        assert!(PackageRequest::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    for good in [
+        "libc6",
+        "g++-12",
+        "xy=1.0",
+        "xy=1:2.3-4+deb12u1",
+        "xy=2024a-0+deb12u1",
+        "xy=1.0~rc1",
+    ] {
+        assert!(PackageRequest::parse(good).is_ok(), "{good:?} refused");
+    }
+}
