@@ -173,6 +173,21 @@ pub struct Loaded {
     /// Every target with `packages`, its requests checked against imgc.kdl's
     /// `debian` repositories (sorted by label).
     pub package_requests: Vec<crate::packages::requests::TargetRequests>,
+    /// Why targets with `packages` cannot be built (see [`PackageProblems`]).
+    pub package_problems: PackageProblems,
+}
+
+/// Why targets with `packages` cannot be built, found while loading (and
+/// reported only by the commands that build or check them, so `query` works on
+/// a workspace with a stale lock).
+#[derive(Debug, Default)]
+pub struct PackageProblems {
+    /// imgc.lock could not be read or parsed (E093 and the syntax codes), or
+    /// contradicts itself: every target with packages is affected.
+    pub lock: Vec<Diag>,
+    /// One problem per target: no lock (E076), a lock that no longer satisfies
+    /// its requests (E092, naming the package), a layer with packages (E077).
+    pub targets: Vec<(crate::label::Label, Diag)>,
 }
 
 impl Loaded {
@@ -238,7 +253,7 @@ impl Loaded {
         progress.say(&format!(
             "{package_count} packages parsed: resolving their targets"
         ));
-        let (graph, graph_diags) = graph::build(packages);
+        let (mut graph, graph_diags) = graph::build(packages);
         diags.extend(graph_diags);
         diags.extend(graph::output_path_limits(
             &graph,
@@ -254,6 +269,7 @@ impl Loaded {
                 diags,
             });
         }
+        let package_problems = packages_from_lock(&mut ws, &mut graph, &package_requests)?;
         let cwd_package = workspace::package_of_dir(&root, &ctx.cwd).unwrap_or_default();
         Ok(Loaded {
             ws,
@@ -264,6 +280,7 @@ impl Loaded {
             index_error,
             warned,
             package_requests,
+            package_problems,
         })
     }
 
@@ -385,31 +402,33 @@ impl Loaded {
         })
     }
 
-    /// Refuses a build of targets with `packages` among `within`: packages are
-    /// locked (`imgc lock`) but not built yet, and a build must not leave them out.
+    /// Refuses to build or check targets with `packages` among `within` that
+    /// imgc.lock does not satisfy: no lock (E076), a lock that cannot be read or
+    /// parsed, a lock that no longer satisfies a target's requests (E092, naming
+    /// the package), a layer target with packages (E077, not built yet).
     pub fn refuse_packages(
         &self,
         within: &std::collections::BTreeSet<NodeIndex>,
     ) -> Result<(), CmdError> {
         let labels: std::collections::BTreeSet<&crate::label::Label> =
             within.iter().map(|n| &self.graph.node(*n).label).collect();
-        let diags: Vec<Diag> = self
+        let wanted = self
             .package_requests
             .iter()
-            .filter(|t| labels.contains(&t.label))
-            .map(|t| {
-                Diag::new(
-                    Code::PackagesNotBuilt,
-                    format!(
-                        "`{}` has `packages`: Debian packages are locked by `imgc lock` but not built into layers yet",
-                        t.label
-                    ),
-                )
-                .at(t.file, t.span)
-                .label("not built yet")
-                .help("build the targets without `packages` (`imgc check` and `imgc lock` handle these)")
-            })
-            .collect();
+            .any(|t| labels.contains(&t.label));
+        if !wanted {
+            return Ok(());
+        }
+        let diags: Vec<Diag> = if self.package_problems.lock.is_empty() {
+            self.package_problems
+                .targets
+                .iter()
+                .filter(|(l, _)| labels.contains(l))
+                .map(|(_, d)| d.clone())
+                .collect()
+        } else {
+            self.package_problems.lock.clone()
+        };
         if diags.is_empty() {
             return Ok(());
         }
@@ -419,53 +438,12 @@ impl Loaded {
         })
     }
 
-    /// Holds the targets of `within` that request packages to `imgc.lock`: with
-    /// no lock at all, each is an error ([`Code::LockMissing`]). The lock's path
-    /// is recorded for the snapshot (a lock written later changes the answer).
+    /// [`Loaded::refuse_packages`] for `imgc check`.
     pub fn check_lock(
         &mut self,
         within: &std::collections::BTreeSet<NodeIndex>,
     ) -> Result<(), CmdError> {
-        let root = self.ws.root.clone();
-        self.ws.recorded.ws(&root, crate::packages::LOCK_FILE);
-        let labels: std::collections::BTreeSet<&crate::label::Label> =
-            within.iter().map(|n| &self.graph.node(*n).label).collect();
-        let wanted: Vec<&crate::packages::requests::TargetRequests> = self
-            .package_requests
-            .iter()
-            .filter(|t| labels.contains(&t.label))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let lock = workspace::read_workspace_file(
-            &root,
-            crate::packages::LOCK_FILE,
-            crate::packages::MAX_LOCK_BYTES,
-        )?;
-        if lock.is_some() {
-            return Ok(());
-        }
-        let diags = wanted
-            .iter()
-            .map(|t| {
-                Diag::new(
-                    Code::LockMissing,
-                    format!(
-                        "`{}` requests packages and the workspace has no `{}`",
-                        t.label,
-                        crate::packages::LOCK_FILE
-                    ),
-                )
-                .at(t.file, t.span)
-                .label("not locked")
-                .help("run `imgc lock` to resolve the packages and write the lock")
-            })
-            .collect();
-        Err(CmdError::Diagnostics {
-            sources: self.ws.sources.clone(),
-            diags,
-        })
+        self.refuse_packages(within)
     }
 
     fn no_match(&self, p: &Pattern) -> Diag {
@@ -517,4 +495,127 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Push(args) => push::run(&ctx, args),
         Command::Export(args) => export::run(&ctx, args),
     }
+}
+
+/// Reads imgc.lock when some target requests packages, checks each such target
+/// against it, and adds the package layers of those it satisfies to `graph`
+/// ([`crate::debian::plan`], [`graph::Graph::add_packages`]). The lock is read
+/// beneath the workspace root and recorded for the no-op snapshot (a lock
+/// written or changed later sends a build down the full path). What cannot be
+/// built is returned, for the commands that build or check those targets.
+fn packages_from_lock(
+    ws: &mut workspace::Workspace,
+    graph: &mut graph::Graph,
+    requests: &[crate::packages::requests::TargetRequests],
+) -> Result<PackageProblems, CmdError> {
+    use crate::packages::{LOCK_FILE, MAX_LOCK_BYTES};
+    let mut problems = PackageProblems::default();
+    if requests.is_empty() {
+        return Ok(problems);
+    }
+    let root = ws.root.clone();
+    ws.recorded.ws(&root, LOCK_FILE);
+    let Some(bytes) = workspace::read_workspace_file(&root, LOCK_FILE, MAX_LOCK_BYTES)? else {
+        for t in requests {
+            let d = Diag::new(
+                Code::LockMissing,
+                format!(
+                    "`{}` requests packages and the workspace has no `{LOCK_FILE}`",
+                    t.label
+                ),
+            )
+            .at(t.file, t.span)
+            .label("not locked")
+            .help("run `imgc lock` to resolve the packages and write the lock");
+            problems.targets.push((t.label.clone(), d));
+        }
+        return Ok(problems);
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.lock.push(
+                Diag::new(
+                    Code::BadLock,
+                    format!(
+                        "`{LOCK_FILE}` is not UTF-8 text (byte {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )
+                .help("run `imgc lock` to write it again"),
+            );
+            return Ok(problems);
+        }
+    };
+    let file = ws.sources.add(LOCK_FILE, text.clone());
+    let lock = match crate::debian::Lock::parse(&text, file) {
+        Ok(l) => l,
+        Err(diags) => {
+            problems.lock = diags;
+            return Ok(problems);
+        }
+    };
+    let mut ok = Vec::new();
+    for t in requests {
+        if !graph
+            .get(&t.label)
+            .is_some_and(|n| graph.node(n).is_image())
+        {
+            let d = Diag::new(
+                Code::PackagesNotBuilt,
+                format!(
+                    "`{}` is a layer with `packages`: only images build their packages (one layer per package) in this version",
+                    t.label
+                ),
+            )
+            .at(t.file, t.span)
+            .label("not built yet")
+            .help("move the `packages` into the images that use this layer");
+            problems.targets.push((t.label.clone(), d));
+            continue;
+        }
+        let mut reqs = Vec::with_capacity(t.requests.len());
+        for r in &t.requests {
+            match crate::debian::Request::parse(&r.value.to_string()) {
+                Ok(q) => reqs.push(q),
+                Err(e) => {
+                    let d = Diag::new(Code::InvalidValue, e).at(t.file, r.span);
+                    problems.targets.push((t.label.clone(), d));
+                }
+            }
+        }
+        if reqs.len() != t.requests.len() {
+            continue;
+        }
+        match lock.check(&t.label.to_string(), &reqs, t.recommends) {
+            Ok(()) => ok.push(t.label.clone()),
+            Err(stale) => {
+                let span = stale
+                    .package()
+                    .and_then(|p| t.requests.iter().find(|r| r.value.name == p))
+                    .map_or(t.span, |r| r.span);
+                problems
+                    .targets
+                    .push((t.label.clone(), stale.to_diag().at(t.file, span)));
+            }
+        }
+    }
+    let plan = match crate::debian::plan::plan(&lock, &ok) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.lock.push(
+                Diag::new(Code::BadLock, format!("`{LOCK_FILE}`: {e}"))
+                    .help("run `imgc lock` to write it again"),
+            );
+            return Ok(problems);
+        }
+    };
+    let diags = graph.add_packages(&plan, file);
+    if !diags.is_empty() {
+        return Err(CmdError::Diagnostics {
+            sources: ws.sources.clone(),
+            diags,
+        });
+    }
+    Ok(problems)
 }
