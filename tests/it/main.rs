@@ -11,6 +11,7 @@ mod completions;
 mod concurrency;
 mod confinement;
 mod conformance;
+mod debian_build;
 mod debian_lock;
 mod determinism;
 mod diagnostics;

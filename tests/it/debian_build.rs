@@ -1,0 +1,405 @@
+//! Debian packages built into images: the lock's packages as one layer each,
+//! shared by every image that uses them, fetched from a local repository
+//! (tests/fixtures/debian/make_repo.py: crafted and real Debian 12 packages)
+//! served on 127.0.0.1 by python's http.server, which each test starts and
+//! stops by its PID.
+
+use crate::support::*;
+use imgc::debian::{Index, Lock, Options, Repository, Request, resolve};
+use imgc::hash::Digest;
+use imgc::packages::repo::{Source, fetch};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The real .debs: `IMGC_TEST_DEBS`, else `target/test-debs` (scripts/test
+/// downloads them with tests/fixtures/debian/fetch-debs.sh).
+fn test_debs() -> PathBuf {
+    let dir = std::env::var_os("IMGC_TEST_DEBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-debs"));
+    let has_debs = std::fs::read_dir(&dir).is_ok_and(|mut d| {
+        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".deb")))
+    });
+    assert!(
+        has_debs,
+        "no Debian packages in `{}`: run scripts/test (it downloads them with \
+         tests/fixtures/debian/fetch-debs.sh), or set IMGC_TEST_DEBS",
+        dir.display()
+    );
+    dir
+}
+
+/// The repository, built once per test run.
+fn pristine_repo() -> &'static Path {
+    static REPO: OnceLock<tempfile::TempDir> = OnceLock::new();
+    REPO.get_or_init(|| {
+        require("dpkg-scanpackages");
+        require("gpg");
+        let dir = tempfile::tempdir().unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian/make_repo.py");
+        let status = Command::new("python3")
+            .arg(script)
+            .arg("--out")
+            .arg(dir.path().join("repo"))
+            .arg("--debs")
+            .arg(test_debs())
+            .stdout(Stdio::null())
+            .status()
+            .expect("python3 runs");
+        assert!(status.success(), "make_repo.py failed");
+        dir
+    })
+    .path()
+}
+
+/// A server of a fresh copy of the repository (to tamper with).
+fn serve_repo() -> FileServer {
+    let server = FileServer::start();
+    copy_tree(&pristine_repo().join("repo"), server.root());
+    server
+}
+
+fn imgc_kdl(url: &str, extra: &str) -> String {
+    format!(
+        "workspace {{\n{extra}}}\ndebian \"bookworm\" {{\n    url \"{url}\"\n    suite \"bookworm\"\n    components \"main\"\n    arch \"amd64\"\n}}\n"
+    )
+}
+
+const APPS: &str = "image \"files\" {\n    from \"scratch\"\n    packages \"imgc-files\"\n}\n\
+image \"alt\" {\n    from \"scratch\"\n    packages \"imgc-alt-user\" \"libc6\"\n    layer {\n        text \"/etc/alt\" \"alt\"\n    }\n}\n";
+
+/// Resolves `targets` (label, requests) against the served repository and
+/// writes `imgc.lock`, as `imgc lock` does (through the library: fetch, parse,
+/// resolve, lock).
+fn write_lock(ws: &Ws, url: &str, targets: &[(&str, &[&str])]) -> Lock {
+    let source = Source {
+        name: "bookworm".into(),
+        url: url.into(),
+        suite: "bookworm".into(),
+        components: vec!["main".into()],
+        arch: "amd64".into(),
+    };
+    let fetched = fetch(&source, None, &|_| {}).unwrap();
+    let index = Index::parse(&fetched.indexes[0].text, "bookworm").unwrap();
+    let options = Options {
+        arch: "amd64".into(),
+        recommends: false,
+    };
+    let resolutions = targets
+        .iter()
+        .map(|(label, reqs)| {
+            let reqs: Vec<Request> = reqs.iter().map(|r| Request::parse(r).unwrap()).collect();
+            (
+                label.to_string(),
+                resolve(&[&index], &reqs, &options).unwrap(),
+            )
+        })
+        .collect();
+    let repo = Repository {
+        name: "bookworm".into(),
+        url: url.into(),
+        suite: "bookworm".into(),
+        components: vec!["main".into()],
+        arch: "amd64".into(),
+        release_sha256: Digest::from_hex(&fetched.release_sha256).unwrap(),
+    };
+    let lock = Lock::from_resolutions(vec![repo], resolutions).unwrap();
+    ws.write("imgc.lock", &lock.to_text());
+    lock
+}
+
+const TARGETS: &[(&str, &[&str])] = &[
+    ("//apps:alt", &["imgc-alt-user", "libc6"]),
+    ("//apps:files", &["imgc-files"]),
+];
+
+fn setup(server: &FileServer) -> (Ws, String) {
+    let url = server.url("").trim_end_matches('/').to_string();
+    let ws = Ws::new(&[("imgc.kdl", &imgc_kdl(&url, "")), ("apps/BUILD.kdl", APPS)]);
+    write_lock(&ws, &url, TARGETS);
+    (ws, url)
+}
+
+/// The layer digests of an image's manifest, in order.
+fn layers(ws: &Ws, name: &str) -> Vec<String> {
+    layer_field(&ws.layout("apps", name), "digest")
+}
+
+fn package_digests(e: &Events) -> std::collections::BTreeMap<String, String> {
+    e.outputs_with_kind()
+        .into_iter()
+        .filter(|(_, (kind, _))| kind == "package")
+        .map(|(l, (_, d))| (l, d))
+        .collect()
+}
+
+fn cas_has(ws: &Ws, hex: &str) -> bool {
+    ws.cache
+        .path()
+        .join("v1/cas/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .exists()
+}
+
+#[test]
+fn images_share_package_layers_rebuild_nothing_and_build_offline() {
+    let mut server = serve_repo();
+    let (ws, _) = setup(&server);
+    let e = ws.build(&[]);
+    let pkgs = package_digests(&e);
+    let names: Vec<&str> = pkgs.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "//:bookworm~gcc-12-base",
+            "//:bookworm~imgc-alt-second",
+            "//:bookworm~imgc-alt-user",
+            "//:bookworm~imgc-files",
+            "//:bookworm~libc6",
+            "//:bookworm~libgcc-s1",
+        ],
+        "one target per package used anywhere"
+    );
+    // Each package layer ran once, though two images use libc6 and its deps.
+    let ran = e.ran();
+    for p in pkgs.keys() {
+        assert_eq!(ran.iter().filter(|l| *l == p).count(), 1, "{p}: {ran:?}");
+    }
+    // Base (none), packages by name, then the image's own layers.
+    let d = |l: &str| format!("sha256:{}", pkgs[l].trim_start_matches("sha256:"));
+    let files = layers(&ws, "files");
+    assert_eq!(
+        files,
+        [
+            d("//:bookworm~gcc-12-base"),
+            d("//:bookworm~imgc-files"),
+            d("//:bookworm~libc6"),
+            d("//:bookworm~libgcc-s1"),
+        ]
+    );
+    let alt = layers(&ws, "alt");
+    assert_eq!(alt.len(), 6, "{alt:?}");
+    assert_eq!(
+        alt[..5],
+        [
+            d("//:bookworm~gcc-12-base"),
+            d("//:bookworm~imgc-alt-second"),
+            d("//:bookworm~imgc-alt-user"),
+            d("//:bookworm~libc6"),
+            d("//:bookworm~libgcc-s1"),
+        ]
+    );
+    // The shared layers are one blob, hard-linked into both layouts.
+    use std::os::unix::fs::MetadataExt;
+    let libc = d("//:bookworm~libc6");
+    let blob = |img: &str| {
+        ws.layout("apps", img)
+            .join("blobs/sha256")
+            .join(libc.trim_start_matches("sha256:"))
+    };
+    assert_eq!(
+        std::fs::metadata(blob("files")).unwrap().ino(),
+        std::fs::metadata(blob("alt")).unwrap().ino(),
+        "stored once"
+    );
+
+    // A no-op rebuild runs nothing.
+    assert_eq!(ws.build(&[]).ran(), Vec::<String>::new());
+
+    // The server gone, outputs cleaned, and every layer to rebuild (another
+    // compression): the .debs come from the store, nothing from the network.
+    server.stop();
+    ws.ok(&["clean"]);
+    ws.write(
+        "imgc.kdl",
+        &imgc_kdl(
+            &server.url("").trim_end_matches('/').to_string(),
+            "    compression \"zstd\"\n",
+        ),
+    );
+    let e = ws.build(&[]);
+    for p in pkgs.keys() {
+        assert!(e.ran().contains(p), "{p} rebuilt offline: {:?}", e.ran());
+    }
+    assert!(ws.layout("apps", "files").join("index.json").exists());
+}
+
+#[test]
+fn package_layers_hold_merged_usr_paths_and_dpkg_status_and_unpack_with_umoci() {
+    require("umoci");
+    let server = serve_repo();
+    let (ws, _) = setup(&server);
+    ws.build(&[]);
+    let layout = ws.layout("apps", "files");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let refname = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bundle = tempfile::tempdir().unwrap();
+    let target = bundle.path().join("b");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{refname}", layout.display()))
+        .arg(&target));
+    let rootfs = target.join("rootfs");
+    for path in [
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libimgc.so.1",
+        "var/lib/dpkg/status.d/imgc-files",
+        "var/lib/dpkg/status.d/libc6",
+    ] {
+        assert!(
+            rootfs.join(path).symlink_metadata().is_ok(),
+            "{path} in the rootfs"
+        );
+    }
+    // Merged /usr: nothing under a real /lib.
+    assert!(!rootfs.join("lib").exists(), "no /lib directory");
+    let status = std::fs::read_to_string(rootfs.join("var/lib/dpkg/status.d/imgc-files")).unwrap();
+    assert!(
+        status.starts_with("Package: imgc-files\nStatus: install ok installed\n"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_tampered_deb_is_refused_naming_the_url_and_both_hashes() {
+    let server = serve_repo();
+    let (ws, _) = setup(&server);
+    let lock = std::fs::read_to_string(ws.path("imgc.lock")).unwrap();
+    let lock = Lock::parse(&lock, 0).unwrap();
+    let entry = lock
+        .packages
+        .iter()
+        .find(|p| p.name == "imgc-alt-second")
+        .unwrap();
+    let served = server.root().join(&entry.filename);
+    let mut bytes = std::fs::read(&served).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&served, &bytes).unwrap();
+    let out = ws.run(&["build", "--keep-going"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let url = server.url(&entry.filename);
+    let tampered = Digest::of_bytes(&bytes).hex();
+    assert!(
+        err.contains(&url) && err.contains(&entry.sha256.hex()) && err.contains(&tampered),
+        "{err}"
+    );
+    assert!(err.contains("//:bookworm~imgc-alt-second"), "{err}");
+    assert!(!cas_has(&ws, &tampered) && !cas_has(&ws, &entry.sha256.hex()));
+    // The image that does not use it is built (`--keep-going`).
+    assert!(ws.layout("apps", "files").join("index.json").exists());
+    assert!(!ws.layout("apps", "alt").exists());
+}
+
+#[test]
+fn a_changed_lock_entry_rebuilds_that_package_and_the_images_above_it() {
+    let server = serve_repo();
+    let url = server.url("").trim_end_matches('/').to_string();
+    let ws = Ws::new(&[
+        ("imgc.kdl", &imgc_kdl(&url, "")),
+        (
+            "apps/BUILD.kdl",
+            "image \"one\" {\n    from \"scratch\"\n    packages \"imgc-versioned\" \"imgc-extra\"\n}\n\
+             image \"two\" {\n    from \"scratch\"\n    packages \"imgc-extra\"\n}\n\
+             image \"three\" {\n    from \":one\"\n    packages \"imgc-provider\" \"imgc-extra\"\n}\n",
+        ),
+    ]);
+    let lock = write_lock(
+        &ws,
+        &url,
+        &[
+            ("//apps:one", &["imgc-extra", "imgc-versioned"]),
+            ("//apps:three", &["imgc-extra", "imgc-provider"]),
+            ("//apps:two", &["imgc-extra"]),
+        ],
+    );
+    let first = ws.build(&[]);
+    // `three` holds only what its base `one` does not.
+    assert_eq!(layers(&ws, "three").len(), 3);
+    assert_eq!(layers(&ws, "three")[..2], layers(&ws, "one")[..]);
+    let extra = package_digests(&first)["//:bookworm~imgc-extra"].clone();
+    assert!(layers(&ws, "two").contains(&extra));
+
+    // The lock moves imgc-versioned from 2.1 to 1.0 (same requests): exactly
+    // that package's layer and the images above it run again.
+    let v2 = lock
+        .packages
+        .iter()
+        .find(|p| p.name == "imgc-versioned")
+        .unwrap();
+    assert_eq!(v2.version.to_string(), "2.1");
+    let packages = std::fs::read_to_string(
+        pristine_repo().join("repo/dists/bookworm/main/binary-amd64/Packages"),
+    )
+    .unwrap();
+    let para = packages
+        .split("\n\n")
+        .find(|p| p.starts_with("Package: imgc-versioned\n") && p.contains("\nVersion: 1.0\n"))
+        .unwrap();
+    let field = |f: &str| {
+        para.lines()
+            .find_map(|l| l.strip_prefix(&format!("{f}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let text = std::fs::read_to_string(ws.path("imgc.lock")).unwrap();
+    let text = text
+        .replace("version=\"2.1\"", "version=\"1.0\"")
+        .replace(&v2.filename, &field("Filename"))
+        .replace(
+            &format!("size={}", v2.size),
+            &format!("size={}", field("Size")),
+        )
+        .replace(&v2.sha256.hex(), &field("SHA256"));
+    ws.write("imgc.lock", &text);
+    let e = ws.build(&[]);
+    assert_eq!(
+        e.ran(),
+        ["//:bookworm~imgc-versioned", "//apps:one", "//apps:three"]
+    );
+    assert!(
+        e.reason("//:bookworm~imgc-versioned")
+            .unwrap()
+            .contains("sha256")
+    );
+}
+
+#[test]
+fn a_stale_or_missing_lock_is_an_error_naming_the_package() {
+    let server = serve_repo();
+    let (ws, _) = setup(&server);
+    ws.write(
+        "apps/BUILD.kdl",
+        &APPS.replace(
+            "\"imgc-alt-user\" \"libc6\"",
+            "\"imgc-alt-user\" \"libc6\" \"imgc-extra\"",
+        ),
+    );
+    for cmd in ["check", "build"] {
+        let out = ws.run(&[cmd]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("E092") && err.contains("imgc-extra") && err.contains("apps/BUILD.kdl"),
+            "{cmd}: {err}"
+        );
+    }
+    // The image whose requests still match builds.
+    ws.ok(&["build", "//apps:files"]);
+    std::fs::remove_file(ws.path("imgc.lock")).unwrap();
+    let out = ws.run(&["build", "//apps:files"]);
+    assert!(stderr(&out).contains("E076"), "{}", stderr(&out));
+    // A lock that does not parse: an error with its file and line.
+    ws.write("imgc.lock", "lock-version 1\nbogus 1\n");
+    let out = ws.run(&["build", "//apps:files"]);
+    let err = stderr(&out);
+    assert!(err.contains("imgc.lock:2"), "{err}");
+}
