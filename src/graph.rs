@@ -101,8 +101,8 @@ impl Graph {
     /// Adds the package layers of `plan` as targets (their spec file: `file`,
     /// imgc.lock) and, for each image of `plan.uses`, an edge to each of its
     /// packages that no image of its base chain already holds. Every problem is
-    /// returned (a generated label already taken; a layer target with packages,
-    /// which is not built yet).
+    /// returned (a generated label already taken). A layer target gets an edge
+    /// to every package of its closure (it holds them all, in one layer).
     pub fn add_packages(&mut self, plan: &crate::debian::plan::Plan, file: FileId) -> Vec<Diag> {
         let mut diags = Vec::new();
         for p in &plan.packages {
@@ -132,6 +132,14 @@ impl Graph {
         let users: BTreeSet<NodeIndex> = plan.uses.keys().filter_map(|l| self.get(l)).collect();
         for ix in users {
             if !self.node(ix).is_image() {
+                // A layer holds its whole closure, in one layer.
+                let all: Vec<NodeIndex> = plan.uses[&self.node(ix).label]
+                    .iter()
+                    .filter_map(|l| self.get(l))
+                    .collect();
+                for dep in all {
+                    self.graph.add_edge(ix, dep, EdgeKind::Package);
+                }
                 continue;
             }
             let mut held: BTreeSet<&Label> = BTreeSet::new();

@@ -82,21 +82,21 @@ fn fetcher() -> &'static Fetcher {
     FETCHER.get_or_init(Fetcher::new)
 }
 
-/// Fetches package `n`'s `.deb` (or finds it in the store) and writes its layer.
-pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
-    let node = ctx.graph.node(n);
-    let TargetKind::DebPackage(spec) = &node.target.kind else {
-        return Err(ActionError::Message(format!(
-            "`{}` is not a package layer",
-            node.label
-        )));
-    };
-    let context = || {
-        format!(
-            "package layer `{}` ({} {} from `{}`)",
-            node.label, spec.name, spec.version, spec.repository
-        )
-    };
+fn describe(node: &crate::graph::Node, spec: &DebPackageSpec) -> String {
+    format!(
+        "`{}` (package {} {} from `{}`)",
+        node.label, spec.name, spec.version, spec.repository
+    )
+}
+
+/// Fetches the `.deb` of `spec` into the store (or finds it there, verified)
+/// and reads it into its package layer; `node` is the target it is for.
+fn read(
+    ctx: &Ctx<'_>,
+    node: &crate::graph::Node,
+    spec: &DebPackageSpec,
+) -> Result<deb::PackageLayer, ActionError> {
+    let context = || describe(node, spec);
     fetcher()
         .fetch(ctx.cas, &spec.url, spec.size, &spec.sha256)
         .map_err(|e| {
@@ -123,6 +123,30 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
             spec.name
         )));
     }
+    Ok(layer)
+}
+
+/// The entries of the package `spec` for the layer target `node` (a layer
+/// with `packages`, see [`super::layer`]).
+pub fn entries(
+    ctx: &Ctx<'_>,
+    node: &crate::graph::Node,
+    spec: &DebPackageSpec,
+) -> Result<Vec<crate::layer::Entry>, ActionError> {
+    read(ctx, node, spec).map(|l| l.entries)
+}
+
+/// Fetches package `n`'s `.deb` (or finds it in the store) and writes its layer.
+pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
+    let node = ctx.graph.node(n);
+    let TargetKind::DebPackage(spec) = &node.target.kind else {
+        return Err(ActionError::Message(format!(
+            "`{}` is not a package layer",
+            node.label
+        )));
+    };
+    let context = || describe(node, spec);
+    let layer = read(ctx, node, spec)?;
     let out = crate::layer::write_layer(
         &layer.entries,
         &ctx.params.format,

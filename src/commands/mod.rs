@@ -186,7 +186,7 @@ pub struct PackageProblems {
     /// contradicts itself: every target with packages is affected.
     pub lock: Vec<Diag>,
     /// One problem per target: no lock (E076), a lock that no longer satisfies
-    /// its requests (E092, naming the package), a layer with packages (E077).
+    /// its requests (E092, naming the package).
     pub targets: Vec<(crate::label::Label, Diag)>,
 }
 
@@ -405,7 +405,7 @@ impl Loaded {
     /// Refuses to build or check targets with `packages` among `within` that
     /// imgc.lock does not satisfy: no lock (E076), a lock that cannot be read or
     /// parsed, a lock that no longer satisfies a target's requests (E092, naming
-    /// the package), a layer target with packages (E077, not built yet).
+    /// the package).
     pub fn refuse_packages(
         &self,
         within: &std::collections::BTreeSet<NodeIndex>,
@@ -557,23 +557,6 @@ fn packages_from_lock(
     };
     let mut ok = Vec::new();
     for t in requests {
-        if !graph
-            .get(&t.label)
-            .is_some_and(|n| graph.node(n).is_image())
-        {
-            let d = Diag::new(
-                Code::PackagesNotBuilt,
-                format!(
-                    "`{}` is a layer with `packages`: only images build their packages (one layer per package) in this version",
-                    t.label
-                ),
-            )
-            .at(t.file, t.span)
-            .label("not built yet")
-            .help("move the `packages` into the images that use this layer");
-            problems.targets.push((t.label.clone(), d));
-            continue;
-        }
         let mut reqs = Vec::with_capacity(t.requests.len());
         for r in &t.requests {
             match crate::debian::Request::parse(&r.value.to_string()) {

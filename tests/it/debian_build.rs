@@ -403,3 +403,51 @@ fn a_stale_or_missing_lock_is_an_error_naming_the_package() {
     let err = stderr(&out);
     assert!(err.contains("imgc.lock:2"), "{err}");
 }
+
+#[test]
+fn a_layer_with_packages_is_one_layer_holding_its_closure() {
+    let server = serve_repo();
+    let url = server.url("").trim_end_matches('/').to_string();
+    let build = |own: &str| {
+        format!(
+            "layer \"pkgs\" {{\n    packages \"imgc-files\"\n    text \"{own}\" \"mine\"\n}}\n\
+             image \"img\" {{\n    from \"scratch\"\n    layers \":pkgs\"\n}}\n"
+        )
+    };
+    let ws = Ws::new(&[
+        ("imgc.kdl", &imgc_kdl(&url, "")),
+        ("apps/BUILD.kdl", &build("/etc/mine")),
+    ]);
+    write_lock(&ws, &url, &[("//apps:pkgs", &["imgc-files"])]);
+    ws.build(&[]);
+    assert_eq!(layers(&ws, "img").len(), 1);
+    let mut tar = last_layer_tar(&ws.layout("apps", "img"));
+    let paths: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for p in [
+        "etc/mine",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/libimgc.so.1",
+        "var/lib/dpkg/status.d/imgc-files",
+        "var/lib/dpkg/status.d/libc6",
+        "var/lib/dpkg/status.d/libgcc-s1",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} in {paths:?}");
+    }
+    // The layer's own entry and a package's file at one path, differently:
+    // refused, naming both and the path.
+    ws.write(
+        "apps/BUILD.kdl",
+        &build("/var/lib/dpkg/status.d/imgc-files"),
+    );
+    let out = ws.run(&["build"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("layer `//apps:pkgs` and package `imgc-files` both have `/var/lib/dpkg/status.d/imgc-files`"),
+        "{err}"
+    );
+}
