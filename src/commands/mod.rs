@@ -9,6 +9,7 @@ pub mod clean;
 pub mod completions;
 pub mod explain;
 pub mod export;
+pub mod lock;
 pub mod man;
 pub mod pin;
 pub mod push;
@@ -443,8 +444,8 @@ impl Loaded {
             crate::packages::LOCK_FILE,
             crate::packages::MAX_LOCK_BYTES,
         )?;
-        if lock.is_some() {
-            return Ok(());
+        if let Some(bytes) = lock {
+            return self.check_against_lock(&wanted, bytes);
         }
         let diags = wanted
             .iter()
@@ -466,6 +467,53 @@ impl Loaded {
             sources: self.ws.sources.clone(),
             diags,
         })
+    }
+
+    /// Holds each of `wanted` to the lock's text `bytes`: the lock must parse and
+    /// hold exactly the target's requests ([`Code::StaleLock`] at its `packages`
+    /// otherwise, naming the package).
+    fn check_against_lock(
+        &self,
+        wanted: &[&crate::packages::requests::TargetRequests],
+        bytes: Vec<u8>,
+    ) -> Result<(), CmdError> {
+        let mut sources = self.ws.sources.clone();
+        let Ok(text) = String::from_utf8(bytes) else {
+            return Err(CmdError::Failed(format!(
+                "{} is not UTF-8; run `imgc lock` to write it again",
+                crate::packages::LOCK_FILE
+            )));
+        };
+        let file = sources.add(crate::packages::LOCK_FILE, text.clone());
+        let lock = match crate::debian::Lock::parse(&text, file) {
+            Ok(l) => l,
+            Err(diags) => return Err(CmdError::Diagnostics { sources, diags }),
+        };
+        let mut diags = Vec::new();
+        for t in wanted {
+            let mut requests = Vec::new();
+            for r in &t.requests {
+                match crate::debian::Request::parse(&r.value.to_string()) {
+                    Ok(req) => requests.push(req),
+                    Err(why) => diags.push(
+                        Diag::new(Code::BadPackageRequest, why)
+                            .at(t.file, r.span)
+                            .label("this request"),
+                    ),
+                }
+            }
+            if let Err(stale) = lock.check(&t.label.to_string(), &requests, t.recommends) {
+                let span = stale
+                    .package()
+                    .and_then(|p| t.requests.iter().find(|r| r.value.name == p))
+                    .map_or(t.span, |r| r.span);
+                diags.push(stale.to_diag().at(t.file, span).label("not as locked"));
+            }
+        }
+        if diags.is_empty() {
+            return Ok(());
+        }
+        Err(CmdError::Diagnostics { sources, diags })
     }
 
     fn no_match(&self, p: &Pattern) -> Diag {
@@ -514,6 +562,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
+        Command::Lock(args) => lock::run(&ctx, args),
         Command::Push(args) => push::run(&ctx, args),
         Command::Export(args) => export::run(&ctx, args),
     }
