@@ -126,6 +126,8 @@ pub enum Command {
     Affected(AffectedArgs),
     /// Pin `registry` imports to the digest their tag points at now (rewrites the specs).
     Pin(PinArgs),
+    /// Resolve the `packages` requests against the Debian repositories; write imgc.lock.
+    Lock(LockArgs),
     /// Build the selected images and push them to their registries.
     Push(PushArgs),
     /// Build an image and write it as an archive for `docker load` or `podman load`.
@@ -352,6 +354,19 @@ pub struct PinArgs {
     /// Also re-resolve imports that are already pinned, following their tag.
     #[arg(long)]
     pub update: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Write nothing: exit 1 if imgc.lock is missing or differs from what
+    /// `imgc lock` would write now (the repositories are fetched).
+    #[arg(long, conflicts_with = "why")]
+    pub check: bool,
+
+    /// Print the chain of dependencies that puts PACKAGE in TARGET's packages,
+    /// from imgc.lock alone (nothing is fetched).
+    #[arg(long, num_args = 2, value_names = ["TARGET", "PACKAGE"])]
+    pub why: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]

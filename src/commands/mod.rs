@@ -9,6 +9,7 @@ pub mod clean;
 pub mod completions;
 pub mod explain;
 pub mod export;
+pub mod lock;
 pub mod man;
 pub mod pin;
 pub mod push;
@@ -492,6 +493,7 @@ pub fn run(cli: Cli) -> Result<(), CmdError> {
         Command::Man => man::run(),
         Command::Affected(args) => affected::run(&ctx, args),
         Command::Pin(args) => pin::run(&ctx, args),
+        Command::Lock(args) => lock::run(&ctx, args),
         Command::Push(args) => push::run(&ctx, args),
         Command::Export(args) => export::run(&ctx, args),
     }
@@ -562,7 +564,9 @@ fn packages_from_lock(
             match crate::debian::Request::parse(&r.value.to_string()) {
                 Ok(q) => reqs.push(q),
                 Err(e) => {
-                    let d = Diag::new(Code::InvalidValue, e).at(t.file, r.span);
+                    let d = Diag::new(Code::BadPackageRequest, e)
+                        .at(t.file, r.span)
+                        .label("this request");
                     problems.targets.push((t.label.clone(), d));
                 }
             }
@@ -577,9 +581,8 @@ fn packages_from_lock(
                     .package()
                     .and_then(|p| t.requests.iter().find(|r| r.value.name == p))
                     .map_or(t.span, |r| r.span);
-                problems
-                    .targets
-                    .push((t.label.clone(), stale.to_diag().at(t.file, span)));
+                let d = stale.to_diag().at(t.file, span).label("not as locked");
+                problems.targets.push((t.label.clone(), d));
             }
         }
     }

@@ -526,3 +526,118 @@ fn keyrings_are_read_from_the_workspace_only() {
     let e = fetch_all().expect_err("refused");
     assert!(e.to_string().contains("no valid signature"), "{e}");
 }
+
+/// A workspace locking against `server`'s repository, verified with its key.
+fn locking_ws(server: &Server, repo: &Path, build: &str) -> Ws {
+    let kdl = format!(
+        "workspace {{}}\ndebian \"bookworm\" {{\n    url \"{}\"\n    suite \"bookworm\"\n    components \"main\"\n    arch \"amd64\"\n    keyring \"keys/repo.gpg\"\n}}\n",
+        server.url()
+    );
+    let ws = Ws::new(&[("imgc.kdl", &kdl), ("base/BUILD.kdl", build)]);
+    std::fs::create_dir_all(ws.path("keys")).unwrap();
+    std::fs::copy(repo.join("keyring.gpg"), ws.path("keys/repo.gpg")).unwrap();
+    ws
+}
+
+#[test]
+fn imgc_lock_writes_a_stable_lock_that_check_holds_the_specs_to() {
+    let repo = repo_copy();
+    let server = Server::start(repo.path());
+    let build = "image \"app\" {\n    from \"scratch\"\n    packages \"redis-server\" \"ca-certificates\"\n}\nlayer \"edge\" {\n    packages \"imgc-alt-user\" \"imgc-virt-user\" \"imgc-ver-user\"\n}\n";
+    let ws = locking_ws(&server, repo.path(), build);
+    let out = ws.ok(&["lock"]);
+    assert!(stdout(&out).contains("wrote imgc.lock"), "{}", stdout(&out));
+    let lock = std::fs::read_to_string(ws.path("imgc.lock")).unwrap();
+    for want in [
+        "package \"bookworm\" \"redis-tools\"",
+        "package \"bookworm\" \"libc6\"",
+        "package \"bookworm\" \"imgc-alt-second\"",
+        "package \"bookworm\" \"imgc-provider\"",
+        "package \"bookworm\" \"imgc-versioned\" version=\"2.1\"",
+        "target \"//base:app\"",
+        "target \"//base:edge\"",
+    ] {
+        assert!(lock.contains(want), "{want} not in:\n{lock}");
+    }
+    assert!(!lock.contains("imgc-versioned\" version=\"1.0\""), "{lock}");
+    // Again: the same bytes, left alone.
+    let out = ws.ok(&["lock"]);
+    assert!(stdout(&out).contains("up to date"), "{}", stdout(&out));
+    assert_eq!(std::fs::read_to_string(ws.path("imgc.lock")).unwrap(), lock);
+    ws.ok(&["lock", "--check"]);
+    ws.ok(&["check"]);
+    // Why is a package there: a chain of real dependencies, from the lock alone.
+    drop(server);
+    let out = ws.ok(&["lock", "--why", "//base:app", "libc6"]);
+    let why = stdout(&out);
+    assert!(
+        why.starts_with("//base:app: ") && why.contains("libc6 "),
+        "{why}"
+    );
+    let out = ws.run(&["lock", "--why", "//base:app", "imgc-provider"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // A spec asking for more than the lock holds: `check` names the package.
+    let server = Server::start(repo.path());
+    let ws2 = locking_ws(
+        &server,
+        repo.path(),
+        &build.replace("\"ca-certificates\"", "\"ca-certificates\" \"tzdata\""),
+    );
+    std::fs::write(ws2.path("imgc.lock"), &lock).unwrap();
+    let err = check_stderr(&ws2);
+    assert!(err.contains("E092") && err.contains("tzdata"), "{err}");
+    let out = ws2.run(&["lock", "--check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("+bookworm/tzdata"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws2.path("imgc.lock")).unwrap(),
+        lock,
+        "--check writes nothing"
+    );
+    ws2.ok(&["lock"]);
+    ws2.ok(&["check"]);
+    assert!(
+        std::fs::read_to_string(ws2.path("imgc.lock"))
+            .unwrap()
+            .contains("\"tzdata\"")
+    );
+}
+
+#[test]
+fn imgc_lock_refuses_what_cannot_be_resolved_and_a_repository_it_cannot_trust() {
+    let repo = repo_copy();
+    let server = Server::start(repo.path());
+    let ws = locking_ws(
+        &server,
+        repo.path(),
+        "layer \"l\" {\n    packages \"imgc-unsat\"\n}\n",
+    );
+    let out = ws.run(&["lock"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("E091") && err.contains("imgc-nowhere"),
+        "{err}"
+    );
+    assert!(!ws.path("imgc.lock").exists(), "nothing written");
+    // Signed by a key the workspace does not trust: refused, nothing written.
+    std::fs::copy(
+        repo.path().join("other-keyring.gpg"),
+        ws.path("keys/repo.gpg"),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path("base/BUILD.kdl"),
+        "layer \"l\" {\n    packages \"tzdata\"\n}\n",
+    )
+    .unwrap();
+    let out = ws.run(&["lock"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("E079"), "{}", stderr(&out));
+    assert!(!ws.path("imgc.lock").exists(), "nothing written");
+}
