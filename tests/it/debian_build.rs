@@ -176,7 +176,7 @@ fn images_share_package_layers_rebuild_nothing_and_build_offline() {
     ws.write(
         "imgc.kdl",
         &imgc_kdl(
-            &server.url("").trim_end_matches('/').to_string(),
+            server.url("").trim_end_matches('/'),
             "    compression \"zstd\"\n",
         ),
     );
