@@ -8,6 +8,7 @@
 //! | 1 | discover | [`workspace`] | cwd → workspace root (`imgc.kdl`), sorted `BUILD.kdl` files |
 //! | 2 | parse & lower | [`spec`] | KDL text → typed, spanned model; every diagnostic collected ([`diag`]) |
 //! | 3 | resolve & plan | [`label`], [`graph`], [`policy`] | model + patterns → graph of targets; unknown labels, cycles are errors; `check` and `build` hold the images to the workspace's policy |
+//! | 3 | packages | [`debian::lock`], [`debian::plan`] | `imgc.lock` (read beneath the root) + each target's `packages` → checked (stale is E092), one generated package-layer target per locked package in use, `Package` edges from images and layers |
 //! | 4 | key | [`actions`], [`action`], [`hash`] | recipe version + parameters + input hashes ([`fileset`], [`import`]) + deps' output digests → blake3 key |
 //! | 4, 6 | read inputs | [`input`] | workspace files opened beneath the root's descriptor (no link out of it, regular files only), read within bounds and hashed as read: the same bytes for the key and the output |
 //! | 5 | execute | [`scheduler`], [`actions`], [`remote`] | key hit in [`cache`] → fresh; else a hit in the [`remote`] cache (a shared directory or Bazel's HTTP protocol) → its blobs fetched into [`cas`], verified; miss → the kind's action runs on a rayon worker, blobs into [`cas`], then uploaded |
@@ -36,7 +37,8 @@
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
 //!    remote caches, [`registry`] alone talks to registries, the http-file action
-//!    ([`actions::http_file`]) alone downloads files, [`output`] alone writes and
+//!    ([`actions::http_file`]) alone downloads files, [`debian::fetch`] (for the
+//!    package-layer action, [`actions::deb_package`]) alone downloads `.deb`s, [`output`] alone writes and
 //!    removes in the output directory, [`export`] alone writes archives (to the
 //!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
