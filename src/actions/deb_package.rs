@@ -58,15 +58,19 @@ pub const RECIPE: &str = "deb-package-1";
 
 /// Key of a package layer: recipes, the pinned `.deb`, the layer format. No IO.
 pub fn key(ctx: &Ctx<'_>, spec: &DebPackageSpec) -> Keyed {
+    key_with(ctx.params, spec)
+}
+
+fn key_with(params: &super::Params, spec: &DebPackageSpec) -> Keyed {
     let mut c = Components::new("deb-package");
     c.set("recipe", RECIPE);
     c.set("deb", deb::RECIPE);
     c.set("layer", super::layer::RECIPE);
     c.set("sha256", spec.sha256.hex());
     c.set("size", spec.size.to_string());
-    c.set("format", ctx.params.format.identity());
+    c.set("format", params.format.identity());
     c.set("compressor", super::COMPRESSOR_VERSIONS);
-    c.set("epoch", ctx.params.source_date_epoch.to_string());
+    c.set("epoch", params.source_date_epoch.to_string());
     Keyed {
         key: c.key(),
         components: c,
@@ -165,4 +169,70 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
         media_type: out.media_type,
         listing: Some(Blob { digest, size }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::Digest;
+    use crate::layer::LayerFormat;
+    use crate::spec::model::{Compression, Platform};
+
+    fn spec(url: &str, sha: u8, size: u64) -> DebPackageSpec {
+        DebPackageSpec {
+            repository: "bookworm".into(),
+            name: "libc6".into(),
+            version: "2.36-9".into(),
+            arch: "amd64".into(),
+            url: url.into(),
+            filename: "pool/main/g/glibc/libc6_2.36-9_amd64.deb".into(),
+            size,
+            sha256: Digest([sha; 32]),
+        }
+    }
+
+    fn params(compression: Compression, epoch: u64) -> crate::actions::Params {
+        crate::actions::Params {
+            source_date_epoch: epoch,
+            format: LayerFormat {
+                compression,
+                level: 6,
+            },
+            platform: Platform::parse("linux/amd64").unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_key_holds_the_deb_and_the_layer_format_not_the_url_or_names() {
+        let p = params(Compression::Gzip, 0);
+        let a = key_with(&p, &spec("http://a.example/debian/x.deb", 1, 10));
+        let mirror = key_with(&p, &spec("https://mirror.example/y.deb", 1, 10));
+        assert_eq!(a.key, mirror.key, "a mirror rebuilds nothing");
+        let mut renamed = spec("http://a.example/debian/x.deb", 1, 10);
+        renamed.repository = "other".into();
+        renamed.version = "2.36-9+b1".into();
+        assert_eq!(a.key, key_with(&p, &renamed).key, "the .deb decides");
+        for other in [
+            key_with(&p, &spec("http://a.example/debian/x.deb", 2, 10)),
+            key_with(&p, &spec("http://a.example/debian/x.deb", 1, 11)),
+            key_with(
+                &params(Compression::Zstd, 0),
+                &spec("http://a.example/debian/x.deb", 1, 10),
+            ),
+            key_with(
+                &params(Compression::Gzip, 1),
+                &spec("http://a.example/debian/x.deb", 1, 10),
+            ),
+        ] {
+            assert_ne!(a.key, other.key);
+        }
+        assert_eq!(a.components.get("kind"), Some("deb-package"));
+        assert_eq!(a.components.get("recipe"), Some(RECIPE));
+        assert_eq!(a.components.get("deb"), Some(deb::RECIPE));
+        assert_eq!(
+            a.components.get("layer"),
+            Some(crate::actions::layer::RECIPE)
+        );
+        assert_eq!(a.components.get("size"), Some("10"));
+    }
 }

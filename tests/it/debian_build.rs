@@ -403,3 +403,71 @@ fn a_layer_with_packages_is_one_layer_holding_its_closure() {
         "{err}"
     );
 }
+
+/// Golden package-layer digests per recipe (the deb-package recipe, what is
+/// made of a `.deb`, the layer writer's), of a crafted package whose bytes
+/// make_repo.py fixes: a change of output without a bump fails here (see
+/// `determinism::recipes_pin_their_output`).
+const PACKAGE_GOLDEN: &[(&str, &str, &str)] = &[
+    (
+        "deb-package-1/deb-layer-1/layer-3",
+        "gzip",
+        "sha256:4838aec414ad8a727986d14a5a109b3061433d90cbf70e85f2b588f3758cece0",
+    ),
+    (
+        "deb-package-1/deb-layer-1/layer-3",
+        "zstd",
+        "sha256:44635c82bff610a44bb82ea82f8653c63c84e793cd933389df2056ac8fab27cb",
+    ),
+];
+
+#[test]
+fn package_layer_recipes_pin_their_output() {
+    use imgc::actions::{deb_package, layer};
+    let server = serve_repo();
+    let url = server.url("").trim_end_matches('/').to_string();
+    let recipe = format!(
+        "{}/{}/{}",
+        deb_package::RECIPE,
+        imgc::debian::deb::RECIPE,
+        layer::RECIPE
+    );
+    let mut missing = Vec::new();
+    for compression in ["gzip", "zstd"] {
+        let ws = Ws::new(&[
+            (
+                "imgc.kdl",
+                &imgc_kdl(
+                    &url,
+                    &format!(
+                        "    source-date-epoch 1700000000\n    compression \"{compression}\"\n"
+                    ),
+                ),
+            ),
+            (
+                "apps/BUILD.kdl",
+                "image \"one\" {\n    from \"scratch\"\n    packages \"imgc-files\"\n}\n",
+            ),
+        ]);
+        write_lock(&ws);
+        let digest = package_digests(&ws.build(&[]))["//:bookworm~imgc-files"].clone();
+        match PACKAGE_GOLDEN
+            .iter()
+            .find(|(r, c, _)| *r == recipe && *c == compression)
+        {
+            Some((_, _, golden)) => assert_eq!(
+                *golden, digest,
+                "the package layer ({compression}) changed under `{recipe}`: bump a RECIPE \
+                 and add golden lines for the new version"
+            ),
+            None => missing.push(format!(
+                "    (\"{recipe}\", \"{compression}\", \"{digest}\"),"
+            )),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no golden output; add to PACKAGE_GOLDEN:\n{}",
+        missing.join("\n")
+    );
+}
