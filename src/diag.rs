@@ -95,8 +95,8 @@ pub enum Code {
     BadPackageRequest,
     /// Targets request packages and the workspace has no `imgc.lock`.
     LockMissing,
-    /// A target with `packages` selected for a build: packages are locked, not
-    /// built yet.
+    /// Retired: a target with `packages` selected for a build, when packages
+    /// were locked but not built. Kept so the code never means anything else.
     PackagesNotBuilt,
     /// A Debian repository that cannot be downloaded: transport failure,
     /// timeout, an HTTP error, a refused redirect, an answer too large.

@@ -13,7 +13,7 @@
 //!
 //! | step | targets | what the build does | cost |
 //! |---|---|---|---|
-//! | rebuild | layers (named or inline) whose key missed | reads, tars and compresses the layer's files again | the expensive part: proportional to the layer's bytes |
+//! | rebuild | layers (named, inline or a package's) whose key missed | reads, tars and compresses the layer's files again | the expensive part: proportional to the layer's bytes |
 //! | re-assemble | images whose key missed | writes a new config and manifest from its base's and layers' outputs | a few KB per image, whatever the image's size |
 //! | re-import | imports whose key missed | reads and verifies the imported layout or archive again | proportional to the imported bytes (no compression) |
 //! | download | http-files whose key missed (never fetched, or fetched under another sha256) | fetches the file and verifies its sha256 | the network: proportional to the file's bytes |
