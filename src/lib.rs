@@ -35,8 +35,9 @@
 //!    what its key hashed, else it fails and nothing is cached.
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
-//!    remote caches, [`registry`] alone talks to registries, the http-file action
-//!    ([`actions::http_file`]) alone downloads files, [`output`] alone writes and
+//!    remote caches, [`registry`] alone talks to registries, [`fetch`] alone
+//!    downloads pinned files (`http-file` targets, `.deb` packages), the
+//!    repository client of [`packages`] alone fetches Debian indexes, [`output`] alone writes and
 //!    removes in the output directory, [`export`] alone writes archives (to the
 //!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
@@ -55,6 +56,7 @@ pub mod debian;
 pub mod diag;
 pub mod docgen;
 pub mod export;
+pub mod fetch;
 pub mod fileset;
 pub mod gc;
 pub mod git;
