@@ -619,31 +619,12 @@ impl Dir {
         if old != expected {
             return Err(changed_meanwhile());
         }
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut tmp = OsString::from(".");
-        tmp.push(name);
-        tmp.push(format!(
-            ".imgc-tmp-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o600))?;
-        let write = || -> io::Result<()> {
-            // Set after creation: the umask must not narrow the kept mode.
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-            let mut f = File::from(fd.try_clone()?);
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)?;
-            Ok(())
-        };
-        let result = write();
+        let tmp = self.synced_temp(name, bytes, mode)?;
+        let result = rustix::fs::renameat(&self.fd, &tmp, &self.fd, name);
         if result.is_err() {
             let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
         }
-        result
+        Ok(result?)
     }
 
     /// Creates the regular file `name` holding `bytes` (mode `mode`), only if
@@ -652,6 +633,17 @@ impl Dir {
     /// synced, and are hard-linked under `name` (which never replaces anything),
     /// then the temporary name is removed. A reader sees no file or the whole one.
     pub fn create_regular(&self, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<()> {
+        let tmp = self.synced_temp(name, bytes, mode)?;
+        let result = rustix::fs::linkat(&self.fd, &tmp, &self.fd, name, AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        Ok(result?)
+    }
+
+    /// A new temporary file beside `name` (`.NAME.imgc-tmp-PID-N`, created with
+    /// `O_EXCL | O_NOFOLLOW`, so never anything that was there) holding `bytes`
+    /// with permission bits `mode` (set after creation: the umask must not narrow
+    /// them), synced. Its name, for the caller to publish; removed on failure.
+    fn synced_temp(&self, name: &OsStr, bytes: &[u8], mode: u32) -> io::Result<OsString> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut tmp = OsString::from(".");
         tmp.push(name);
@@ -667,13 +659,15 @@ impl Dir {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
             let mut f = File::from(fd.try_clone()?);
             f.write_all(bytes)?;
-            f.sync_all()?;
-            rustix::fs::linkat(&self.fd, &tmp, &self.fd, name, AtFlags::empty())?;
-            Ok(())
+            f.sync_all()
         };
-        let result = write();
-        let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
-        result
+        match write() {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+                Err(e)
+            }
+        }
     }
 
     /// The names of the directory's entries (without `.` and `..`), sorted

@@ -36,9 +36,9 @@
 //!    what its key hashed, else it fails and nothing is cached.
 //! 6. **One owner per side effect.** [`cache`] alone talks to SQLite (on the
 //!    coordinating thread), [`cas`] alone writes blobs, [`remote`] alone talks to
-//!    remote caches, [`registry`] alone talks to registries, the http-file action
-//!    ([`actions::http_file`]) alone downloads files, [`debian::fetch`] (for the
-//!    package-layer action, [`actions::deb_package`]) alone downloads `.deb`s, [`output`] alone writes and
+//!    remote caches, [`registry`] alone talks to registries, [`fetch`] alone
+//!    downloads pinned files (`http-file` targets, the `.deb`s of package layers), the
+//!    repository client of [`packages`] alone fetches Debian indexes, [`output`] alone writes and
 //!    removes in the output directory, [`export`] alone writes archives (to the
 //!    file `-o` names, or as bytes on stdout), [`input`] alone opens workspace files,
 //!    [`report`] alone prints.
@@ -57,6 +57,7 @@ pub mod debian;
 pub mod diag;
 pub mod docgen;
 pub mod export;
+pub mod fetch;
 pub mod fileset;
 pub mod gc;
 pub mod git;

@@ -49,7 +49,6 @@ use crate::debian::fetch::Fetcher;
 use crate::oci::LayerDesc;
 use crate::spec::model::{DebPackageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
-use std::sync::OnceLock;
 
 /// The deb-package recipe version: bump it whenever the output could change for
 /// the same key components (beyond [`deb::RECIPE`] and the layer recipe, which
@@ -80,12 +79,6 @@ fn key_with(params: &super::Params, spec: &DebPackageSpec) -> Keyed {
     }
 }
 
-/// The fetcher every package download uses, made on the first one.
-fn fetcher() -> &'static Fetcher {
-    static FETCHER: OnceLock<Fetcher> = OnceLock::new();
-    FETCHER.get_or_init(Fetcher::new)
-}
-
 fn describe(node: &crate::graph::Node, spec: &DebPackageSpec) -> String {
     format!(
         "`{}` (package {} {} from `{}`)",
@@ -101,7 +94,7 @@ fn read(
     spec: &DebPackageSpec,
 ) -> Result<deb::PackageLayer, ActionError> {
     let context = || describe(node, spec);
-    fetcher()
+    Fetcher::new()
         .fetch(ctx.cas, &spec.url, spec.size, &spec.sha256)
         .map_err(|e| {
             let text = format!("{}: {e}", context());

@@ -11,13 +11,8 @@
 //! sha256 (so a user who changed a pin on purpose can paste the new one), and
 //! the temp file is dropped: nothing unverified is ever stored.
 //!
-//! Transport: `http` and `https` (verified against the system's roots, as the
-//! registry client does). Redirects are followed (at most
-//! [`MAX_REDIRECTS`]; mirrors redirect, and the content is verified whatever
-//! serves it). Transport errors, 408, 429 and 5xx are retried [`ATTEMPTS`]
-//! times with a growing pause; any other status fails at once. Connecting
-//! gives up after 10 s, and a response whose bytes stop coming for 60 s fails.
-//! Messages show URLs without any `user:password@` part.
+//! Transport, retries and the bounded read are [`crate::fetch`]'s (the one owner
+//! of pinned downloads). Messages show URLs without any `user:password@` part.
 //!
 //! What it deliberately does not do: decide what to fetch (the lock does),
 //! verify a repository's signatures (the repository fetcher does, before a
@@ -25,17 +20,9 @@
 
 use super::deb::Code;
 use crate::cas::Cas;
-use crate::hash::{Digest, Sha256};
+use crate::fetch::{Failure, download};
+use crate::hash::Digest;
 use crate::remote::http::redact;
-use std::io::{self, Read, Write};
-use std::time::Duration;
-
-/// Attempts per download (the first and two retries).
-pub const ATTEMPTS: u32 = 3;
-/// Redirects followed per request.
-pub const MAX_REDIRECTS: u32 = 5;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a pinned download failed. `url` holds no credentials.
 #[derive(Debug, thiserror::Error)]
@@ -56,43 +43,13 @@ pub struct Fetched {
     pub downloaded: bool,
 }
 
-/// Downloads pinned files into the store; one agent (pooled connections) for
-/// many downloads.
-pub struct Fetcher {
-    agent: ureq::Agent,
-}
-
-impl Default for Fetcher {
-    fn default() -> Self {
-        Fetcher::new()
-    }
-}
+/// Downloads pinned `.deb` files into the store.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fetcher;
 
 impl Fetcher {
     pub fn new() -> Fetcher {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        let native = rustls_native_certs::load_native_certs();
-        if !native.certs.is_empty() {
-            let certs: Vec<ureq::tls::Certificate<'static>> = native
-                .certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(MAX_REDIRECTS)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_per_read(Some(STALL_TIMEOUT))
-            .timeout_per_write(Some(STALL_TIMEOUT))
-            .timeout_recv_response(Some(STALL_TIMEOUT))
-            .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
-            .build();
-        Fetcher {
-            agent: ureq::Agent::new_with_config(config),
-        }
+        Fetcher
     }
 
     /// Makes the blob `sha256` of `size` bytes present in `cas`: kept if the
@@ -110,15 +67,15 @@ impl Fetcher {
             url: shown.clone(),
             message,
         };
-        match cas.verify(sha256, Some(size)) {
-            Ok(true) => {
+        match crate::fetch::stored(cas, sha256, Some(size)) {
+            Ok(Some(_)) => {
                 return Ok(Fetched {
                     digest: *sha256,
                     size,
                     downloaded: false,
                 });
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => {
                 return Err(fail(
                     Code::Download,
@@ -132,99 +89,59 @@ impl Fetcher {
                 "only http:// and https:// URLs can be downloaded".into(),
             ));
         }
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 1)));
+        let w = match download(url, size, cas) {
+            Ok(w) => w,
+            Err(Failure::TooLong { .. }) => {
+                return Err(fail(
+                    Code::Mismatch,
+                    format!("the server sent more than the expected {size} bytes"),
+                ));
             }
-            let response = match self.agent.get(url).call() {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            match status {
-                200 => {}
-                408 | 429 | 500..=599 => {
-                    last = format!("HTTP {status}");
-                    continue;
-                }
-                _ => return Err(fail(Code::Download, format!("HTTP {status}"))),
+            Err(Failure::Http { why, attempts }) => {
+                let tries = if attempts > 1 {
+                    format!(" (after {attempts} attempts)")
+                } else {
+                    String::new()
+                };
+                return Err(fail(Code::Download, format!("{why}{tries}")));
             }
-            let body = response.into_body().into_reader();
-            match store(body, cas, size, sha256) {
-                Ok(()) => {
-                    return Ok(Fetched {
-                        digest: *sha256,
-                        size,
-                        downloaded: true,
-                    });
-                }
-                Err(Stored::Mismatch(m)) => return Err(fail(Code::Mismatch, m)),
-                Err(Stored::Store(e)) => {
-                    return Err(fail(
-                        Code::Download,
-                        format!("cannot write it into the store: {e}"),
-                    ));
-                }
-                // A connection broken mid-body: retried like any transport error.
-                Err(Stored::Transfer(e)) => last = e.to_string(),
+            Err(Failure::Store(e)) => {
+                return Err(fail(
+                    Code::Download,
+                    format!("cannot write it into the store: {e}"),
+                ));
             }
-        }
-        Err(fail(
-            Code::Download,
-            format!("{last} (after {ATTEMPTS} attempts)"),
-        ))
-    }
-}
-
-enum Stored {
-    Mismatch(String),
-    Store(io::Error),
-    Transfer(io::Error),
-}
-
-/// Streams `body` into the store, reading at most `size + 1` bytes, and
-/// publishes it only if it is `size` bytes hashing to `sha256`.
-fn store(body: impl Read, cas: &Cas, size: u64, sha256: &Digest) -> Result<(), Stored> {
-    let mut w = cas.writer().map_err(Stored::Store)?;
-    let mut sha = Sha256::new();
-    let mut got = 0u64;
-    let mut body = body.take(size.saturating_add(1));
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Stored::Transfer(e)),
         };
-        got += n as u64;
-        if got > size {
-            return Err(Stored::Mismatch(format!(
-                "the server sent more than the expected {size} bytes"
-            )));
+        let got = w.bytes_written();
+        if got != size {
+            return Err(fail(
+                Code::Mismatch,
+                format!("expected {size} bytes, got {got}"),
+            ));
         }
-        sha.update(&buf[..n]);
-        w.write_all(&buf[..n]).map_err(Stored::Store)?;
+        let actual = w.digest_so_far();
+        if actual != *sha256 {
+            return Err(fail(
+                Code::Mismatch,
+                format!(
+                    "sha256 mismatch: expected {}, got {}",
+                    sha256.hex(),
+                    actual.hex()
+                ),
+            ));
+        }
+        w.commit_expecting(sha256).map_err(|e| {
+            fail(
+                Code::Download,
+                format!("cannot write it into the store: {e}"),
+            )
+        })?;
+        Ok(Fetched {
+            digest: *sha256,
+            size,
+            downloaded: true,
+        })
     }
-    if got != size {
-        return Err(Stored::Mismatch(format!(
-            "expected {size} bytes, got {got}"
-        )));
-    }
-    let actual = sha.finish();
-    if actual != *sha256 {
-        return Err(Stored::Mismatch(format!(
-            "sha256 mismatch: expected {}, got {}",
-            sha256.hex(),
-            actual.hex()
-        )));
-    }
-    w.commit_expecting(sha256).map_err(Stored::Store)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -262,7 +179,7 @@ mod tests {
                     if child.try_wait().unwrap().is_some() {
                         break; // lost the port to another process: try another
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 let _ = child.kill();
                 let _ = child.wait();
@@ -328,7 +245,10 @@ mod tests {
         let missing = server.url("nope.deb");
         let e = fetcher.fetch(&cas, &missing, size, &digest).unwrap_err();
         assert_eq!(e.code, Code::Download);
-        assert_eq!(e.to_string(), format!("E085 `{missing}`: HTTP 404"));
+        assert_eq!(
+            e.to_string(),
+            format!("E085 `{missing}`: HTTP 404 Not Found")
+        );
 
         // The right pin: downloaded and stored.
         let f = fetcher.fetch(&cas, &url, size, &digest).unwrap();

@@ -451,16 +451,6 @@ struct Http {
 
 impl Http {
     fn new() -> Http {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        let native = rustls_native_certs::load_native_certs();
-        if !native.certs.is_empty() {
-            let certs: Vec<ureq::tls::Certificate<'static>> = native
-                .certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
-                .collect();
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -468,7 +458,7 @@ impl Http {
             .timeout_per_read(Some(STALL_TIMEOUT))
             .timeout_recv_response(Some(STALL_TIMEOUT))
             .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls.build())
+            .tls_config(crate::registry::client::tls_config())
             .build();
         Http {
             agent: ureq::Agent::new_with_config(config),

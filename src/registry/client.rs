@@ -1245,7 +1245,7 @@ fn scope_string(scopes: &Scopes) -> String {
 
 /// TLS verified against the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when
 /// set, else the platform's store), else Mozilla's roots: for every client imgc
-/// makes to fetch over `https` (registries, `http-file` downloads).
+/// makes to fetch over `https` (registries, pinned downloads, Debian repositories).
 pub(crate) fn tls_config() -> ureq::tls::TlsConfig {
     let mut tls = ureq::tls::TlsConfig::builder();
     let native = rustls_native_certs::load_native_certs();
