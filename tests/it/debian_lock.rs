@@ -7,9 +7,8 @@
 use crate::support::*;
 use imgc::packages::repo::{Keyring, RepoError, Source, fetch};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// The real .debs: `IMGC_TEST_DEBS`, else `target/test-debs` (scripts/test
 /// downloads them with tests/fixtures/debian/fetch-debs.sh).
@@ -61,57 +60,6 @@ fn repo_copy() -> tempfile::TempDir {
     dir
 }
 
-/// python3's http.server on 127.0.0.1, serving `dir`; killed by PID when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        require("python3");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new("python3")
-                .args([
-                    "-m",
-                    "http.server",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--directory",
-                ])
-                .arg(dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("python3 starts");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Server { child, port };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            stop_child(&mut child);
-        }
-        panic!("python3 -m http.server did not start on 127.0.0.1");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
-
 fn source(url: &str) -> Source {
     Source {
         name: "bookworm".into(),
@@ -154,11 +102,11 @@ fn other_hex(c: char) -> char {
 #[test]
 fn a_good_signed_repository_is_fetched_and_verified() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let said = std::sync::Mutex::new(Vec::new());
     for ring in ["keyring.gpg", "keyring.asc"] {
         let fetched = fetch(
-            &source(&server.url()),
+            &source(&server.base()),
             Some(&keyring(repo.path(), ring)),
             &|s| said.lock().unwrap().push(s.to_string()),
         )
@@ -205,9 +153,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[test]
 fn a_release_signed_by_another_key_is_refused() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "other-keyring.gpg")),
         &quiet,
     )
@@ -216,7 +164,7 @@ fn a_release_signed_by_another_key_is_refused() {
     assert!(matches!(e, RepoError::Untrusted { .. }), "{msg}");
     assert_eq!(e.code().as_str(), "E079");
     assert!(
-        msg.contains(&format!("{}/dists/bookworm/InRelease", server.url())),
+        msg.contains(&format!("{}/dists/bookworm/InRelease", server.base())),
         "{msg}"
     );
     assert!(
@@ -240,10 +188,10 @@ fn a_tampered_release_is_refused() {
         &tampered,
     );
     edit(&repo.path().join("dists/bookworm/Release"), &sha, &tampered);
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     // With the keyring: the signature no longer matches.
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "keyring.gpg")),
         &quiet,
     )
@@ -252,7 +200,7 @@ fn a_tampered_release_is_refused() {
     assert!(msg.contains("/dists/bookworm/InRelease"), "{msg}");
     assert!(msg.contains("no valid signature"), "{msg}");
     // Without one: the index does not hash to what the Release says.
-    let e = fetch(&source(&server.url()), None, &quiet).unwrap_err();
+    let e = fetch(&source(&server.base()), None, &quiet).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("/dists/bookworm/main/binary-amd64/Packages.xz"),
@@ -262,7 +210,7 @@ fn a_tampered_release_is_refused() {
     // Neither InRelease nor Release: the detached signature of the Release fails too.
     std::fs::remove_file(repo.path().join("dists/bookworm/InRelease")).unwrap();
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "keyring.gpg")),
         &quiet,
     )
@@ -280,9 +228,9 @@ fn a_tampered_index_is_refused() {
             .path()
             .join("dists/bookworm/main/binary-amd64/Packages.xz"),
     );
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "keyring.gpg")),
         &quiet,
     )
@@ -292,7 +240,7 @@ fn a_tampered_index_is_refused() {
     assert!(
         msg.contains(&format!(
             "{}/dists/bookworm/main/binary-amd64/Packages.xz",
-            server.url()
+            server.base()
         )),
         "{msg}"
     );
@@ -303,9 +251,9 @@ fn a_tampered_index_is_refused() {
 fn without_inrelease_the_release_and_its_detached_signature_are_used() {
     let repo = repo_copy();
     std::fs::remove_file(repo.path().join("dists/bookworm/InRelease")).unwrap();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let fetched = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "keyring.gpg")),
         &quiet,
     )
@@ -313,7 +261,7 @@ fn without_inrelease_the_release_and_its_detached_signature_are_used() {
     let release = std::fs::read(repo.path().join("dists/bookworm/Release")).unwrap();
     assert_eq!(fetched.release_sha256, sha256_hex(&release));
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "other-keyring.gpg")),
         &quiet,
     )
@@ -322,21 +270,21 @@ fn without_inrelease_the_release_and_its_detached_signature_are_used() {
     // Unsigned, with a keyring: refused; without one: taken as it is.
     std::fs::remove_file(repo.path().join("dists/bookworm/Release.gpg")).unwrap();
     let e = fetch(
-        &source(&server.url()),
+        &source(&server.base()),
         Some(&keyring(repo.path(), "keyring.gpg")),
         &quiet,
     )
     .unwrap_err();
     assert!(e.to_string().contains("is not signed"), "{e}");
-    let fetched = fetch(&source(&server.url()), None, &quiet).unwrap();
+    let fetched = fetch(&source(&server.base()), None, &quiet).unwrap();
     assert!(!fetched.verified);
 }
 
 #[test]
 fn a_missing_repository_or_component_is_a_clear_error() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
-    let mut s = source(&server.url());
+    let server = FileServer::serve(repo.path());
+    let mut s = source(&server.base());
     s.suite = "trixie".into();
     let e = fetch(&s, None, &quiet).unwrap_err();
     let msg = e.to_string();
@@ -345,12 +293,12 @@ fn a_missing_repository_or_component_is_a_clear_error() {
         msg.contains("/dists/trixie/Release") && msg.contains("404"),
         "{msg}"
     );
-    let mut s = source(&server.url());
+    let mut s = source(&server.base());
     s.components = vec!["contrib".into()];
     let e = fetch(&s, None, &quiet).unwrap_err();
     assert!(e.to_string().contains("component `contrib`"), "{e}");
     // Nothing listens there any more.
-    let url = server.url();
+    let url = server.base();
     drop(server);
     let e = fetch(&source(&url), None, &quiet).unwrap_err();
     assert!(
@@ -492,10 +440,10 @@ fn check_wants_a_lock_when_targets_request_packages() {
 #[test]
 fn keyrings_are_read_from_the_workspace_only() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let text = format!(
         "workspace {{}}\ndebian \"bookworm\" {{\n    url \"{}\"\n    suite \"bookworm\"\n    components \"main\"\n    arch \"amd64\"\n    keyring \"keys/repo.gpg\"\n}}\n",
-        server.url()
+        server.base()
     );
     let (config, diags) = imgc::spec::parse_workspace_file(0, &text);
     assert!(diags.is_empty(), "{diags:?}");
@@ -528,10 +476,10 @@ fn keyrings_are_read_from_the_workspace_only() {
 }
 
 /// A workspace locking against `server`'s repository, verified with its key.
-fn locking_ws(server: &Server, repo: &Path, build: &str) -> Ws {
+fn locking_ws(server: &FileServer, repo: &Path, build: &str) -> Ws {
     let kdl = format!(
         "workspace {{}}\ndebian \"bookworm\" {{\n    url \"{}\"\n    suite \"bookworm\"\n    components \"main\"\n    arch \"amd64\"\n    keyring \"keys/repo.gpg\"\n}}\n",
-        server.url()
+        server.base()
     );
     let ws = Ws::new(&[("imgc.kdl", &kdl), ("base/BUILD.kdl", build)]);
     std::fs::create_dir_all(ws.path("keys")).unwrap();
@@ -542,7 +490,7 @@ fn locking_ws(server: &Server, repo: &Path, build: &str) -> Ws {
 #[test]
 fn imgc_lock_writes_a_stable_lock_that_check_holds_the_specs_to() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let build = "image \"app\" {\n    from \"scratch\"\n    packages \"redis-server\" \"ca-certificates\"\n}\nlayer \"edge\" {\n    packages \"imgc-alt-user\" \"imgc-virt-user\" \"imgc-ver-user\"\n}\n";
     let ws = locking_ws(&server, repo.path(), build);
     let out = ws.ok(&["lock"]);
@@ -578,7 +526,7 @@ fn imgc_lock_writes_a_stable_lock_that_check_holds_the_specs_to() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 
     // A spec asking for more than the lock holds: `check` names the package.
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let ws2 = locking_ws(
         &server,
         repo.path(),
@@ -611,7 +559,7 @@ fn imgc_lock_writes_a_stable_lock_that_check_holds_the_specs_to() {
 #[test]
 fn imgc_lock_refuses_what_cannot_be_resolved_and_a_repository_it_cannot_trust() {
     let repo = repo_copy();
-    let server = Server::start(repo.path());
+    let server = FileServer::serve(repo.path());
     let ws = locking_ws(
         &server,
         repo.path(),

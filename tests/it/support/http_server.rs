@@ -5,13 +5,15 @@
 
 use super::{free_port, stop_child};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A running `python3 -m http.server`; stopped and reaped on drop.
 pub struct FileServer {
-    dir: tempfile::TempDir,
+    /// The directory served, when the server made it (else the caller's).
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
     child: Option<Child>,
     port: u16,
 }
@@ -20,15 +22,25 @@ impl FileServer {
     /// Starts a server of an empty directory on a free port of 127.0.0.1 and
     /// returns once it accepts connections.
     pub fn start() -> FileServer {
-        super::require("python3");
         let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        FileServer::spawn(Some(dir), root)
+    }
+
+    /// Starts a server of the caller's directory `root`.
+    pub fn serve(root: &Path) -> FileServer {
+        FileServer::spawn(None, root.to_path_buf())
+    }
+
+    fn spawn(dir: Option<tempfile::TempDir>, root: PathBuf) -> FileServer {
+        super::require("python3");
         for _ in 0..10 {
             let port = free_port();
             let mut child = Command::new("python3")
                 .args(["-m", "http.server", "--bind", "127.0.0.1"])
                 .arg(port.to_string())
                 .arg("--directory")
-                .arg(dir.path())
+                .arg(&root)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -43,6 +55,7 @@ impl FileServer {
                 if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
                     return FileServer {
                         dir,
+                        root,
                         child: Some(child),
                         port,
                     };
@@ -54,6 +67,11 @@ impl FileServer {
         panic!("python3 -m http.server found no free port on 127.0.0.1");
     }
 
+    /// `http://127.0.0.1:PORT`, without a trailing `/`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// `http://127.0.0.1:PORT/<path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{path}", self.port)
@@ -61,13 +79,13 @@ impl FileServer {
 
     /// Serves `bytes` at `/<path>` (replacing what was there).
     pub fn put(&self, path: &str, bytes: &[u8]) {
-        let p = self.dir.path().join(path);
+        let p = self.root.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
 
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     /// Stops the server (its own PID) and waits for it.
