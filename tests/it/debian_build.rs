@@ -7,56 +7,12 @@
 use crate::support::*;
 use imgc::debian::Lock;
 use imgc::hash::Digest;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-
-/// The real .debs: `IMGC_TEST_DEBS`, else `target/test-debs` (scripts/test
-/// downloads them with tests/fixtures/debian/fetch-debs.sh).
-fn test_debs() -> PathBuf {
-    let dir = std::env::var_os("IMGC_TEST_DEBS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-debs"));
-    let has_debs = std::fs::read_dir(&dir).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".deb")))
-    });
-    assert!(
-        has_debs,
-        "no Debian packages in `{}`: run scripts/test (it downloads them with \
-         tests/fixtures/debian/fetch-debs.sh), or set IMGC_TEST_DEBS",
-        dir.display()
-    );
-    dir
-}
-
-/// The repository, built once per test run.
-fn pristine_repo() -> &'static Path {
-    static REPO: OnceLock<tempfile::TempDir> = OnceLock::new();
-    REPO.get_or_init(|| {
-        require("dpkg-scanpackages");
-        require("gpg");
-        let dir = tempfile::tempdir().unwrap();
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian/make_repo.py");
-        let status = Command::new("python3")
-            .arg(script)
-            .arg("--out")
-            .arg(dir.path().join("repo"))
-            .arg("--debs")
-            .arg(test_debs())
-            .stdout(Stdio::null())
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "make_repo.py failed");
-        dir
-    })
-    .path()
-}
+use std::process::Command;
 
 /// A server of a fresh copy of the repository (to tamper with).
 fn serve_repo() -> FileServer {
     let server = FileServer::start();
-    copy_tree(&pristine_repo().join("repo"), server.root());
+    copy_tree(pristine_repo(), server.root());
     server
 }
 
@@ -288,10 +244,9 @@ fn a_changed_lock_entry_rebuilds_that_package_and_the_images_above_it() {
         .find(|p| p.name == "imgc-versioned")
         .unwrap();
     assert_eq!(v2.version.to_string(), "2.1");
-    let packages = std::fs::read_to_string(
-        pristine_repo().join("repo/dists/bookworm/main/binary-amd64/Packages"),
-    )
-    .unwrap();
+    let packages =
+        std::fs::read_to_string(pristine_repo().join("dists/bookworm/main/binary-amd64/Packages"))
+            .unwrap();
     let para = packages
         .split("\n\n")
         .find(|p| p.starts_with("Package: imgc-versioned\n") && p.contains("\nVersion: 1.0\n"))

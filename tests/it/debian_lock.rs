@@ -6,59 +6,7 @@
 
 use crate::support::*;
 use imgc::packages::repo::{Keyring, RepoError, Source, fetch};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-
-/// The real .debs: `IMGC_TEST_DEBS`, else `target/test-debs` (scripts/test
-/// downloads them with tests/fixtures/debian/fetch-debs.sh).
-fn test_debs() -> PathBuf {
-    let dir = std::env::var_os("IMGC_TEST_DEBS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-debs"));
-    let has_debs = std::fs::read_dir(&dir).is_ok_and(|mut d| {
-        d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".deb")))
-    });
-    assert!(
-        has_debs,
-        "no Debian packages in `{}`: run scripts/test (it downloads them with \
-         tests/fixtures/debian/fetch-debs.sh), or set IMGC_TEST_DEBS",
-        dir.display()
-    );
-    dir
-}
-
-/// The repository, built once per test run (tests copy it before tampering).
-fn pristine_repo() -> &'static Path {
-    static REPO: OnceLock<tempfile::TempDir> = OnceLock::new();
-    REPO.get_or_init(|| {
-        require("dpkg-scanpackages");
-        require("gpg");
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("repo");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/debian/make_repo.py");
-        let status = Command::new("python3")
-            .arg(script)
-            .arg("--out")
-            .arg(&out)
-            .arg("--debs")
-            .arg(test_debs())
-            .stdout(Stdio::null())
-            .status()
-            .expect("python3 runs");
-        assert!(status.success(), "make_repo.py failed");
-        dir
-    })
-    .path()
-}
-
-/// A copy of the repository to serve (and tamper with).
-fn repo_copy() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&pristine_repo().join("repo"), dir.path());
-    dir
-}
+use std::path::Path;
 
 fn source(url: &str) -> Source {
     Source {

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod auth;
+pub mod debian;
 pub mod http_server;
 pub mod nginx;
 pub mod pty;
 pub mod registry;
+pub use debian::{pristine_repo, repo_copy};
 pub use http_server::FileServer;
 pub use nginx::{LogLine, Nginx, NginxOpts};
 
