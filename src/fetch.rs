@@ -45,6 +45,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const BUF_SIZE: usize = 256 * 1024;
 
+/// `value` with any `user:password@` part of a URL replaced by `***@`.
+pub fn redact(value: &str) -> String {
+    match value.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => value.to_string(),
+            }
+        }
+        None => value.to_string(),
+    }
+}
+
 /// The size of the blob `d` if the store holds it intact (and of the pinned
 /// size, when one is given).
 pub fn stored(cas: &Cas, d: &Digest, pinned: Option<u64>) -> io::Result<Option<u64>> {

@@ -677,6 +677,30 @@ impl Dir {
     }
 }
 
+/// The bytes of the file `rel` of the workspace at `root`, or `None` when there
+/// is none: opened beneath the root as spec files are (a link is followed only
+/// inside the workspace, only a regular file is read), at most `max` bytes (a
+/// larger file is an error).
+pub fn read_beneath(root: &Path, rel: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let ws = Root::open(&std::fs::canonicalize(root)?)?;
+    let opened = match ws.open_regular(Path::new(rel)) {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let too_large = || io::Error::other(format!("larger than the {} it may have", human_size(max)));
+    let size = opened.meta.len();
+    if size > max {
+        return Err(too_large());
+    }
+    let reader = HashReader::new(opened.file, Limit::AtMost(max));
+    let (bytes, _) = read_all(reader, size).map_err(|e| match input_error(&e) {
+        Some(_) => too_large(),
+        None => e,
+    })?;
+    Ok(Some(bytes))
+}
+
 fn changed_meanwhile() -> io::Error {
     io::Error::other("it changed while imgc was reading it; run the command again")
 }

@@ -326,40 +326,16 @@ fn read(root: &Path, ws: &Root, rel: &str) -> Result<String, WorkspaceError> {
 }
 
 /// The bytes of the workspace file `rel` (a keyring, `imgc.lock`), or `None`
-/// when there is none: opened beneath the root as spec files are (a link is
-/// followed only inside the workspace, only a regular file is read), at most
-/// `max` bytes (a larger file is an error).
+/// when there is none ([`crate::input::read_beneath`]), errors naming the path.
 pub fn read_workspace_file(
     root: &Path,
     rel: &str,
     max: u64,
 ) -> Result<Option<Vec<u8>>, WorkspaceError> {
-    let ws = open_root(root)?;
-    let err = |source| WorkspaceError::Io {
+    crate::input::read_beneath(root, rel, max).map_err(|source| WorkspaceError::Io {
         path: root.join(rel),
         source,
-    };
-    let opened = match ws.open_regular(Path::new(rel)) {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(err(e)),
-    };
-    let too_large = || {
-        err(std::io::Error::other(format!(
-            "larger than the {} it may have",
-            crate::input::human_size(max)
-        )))
-    };
-    if opened.meta.len() > max {
-        return Err(too_large());
-    }
-    let size = opened.meta.len();
-    let reader = HashReader::new(opened.file, Limit::AtMost(max));
-    let (bytes, _) = read_all(reader, size).map_err(|e| match input_error(&e) {
-        Some(_) => too_large(),
-        None => err(e),
-    })?;
-    Ok(Some(bytes))
+    })
 }
 
 /// Diagnostics for an `output-dir` that holds or is inside a package: imgc would

@@ -2,8 +2,8 @@
 //!
 //! Every package of `imgc.lock` that an image of the workspace uses becomes one
 //! generated target (see [`crate::debian::plan`]), and this action makes its
-//! layer: the `.deb` fetched into the store ([`crate::debian::fetch`]), read into
-//! the package's entries ([`crate::debian::deb::package_layer_from_cas`]: its
+//! layer: the `.deb` fetched into the store ([`crate::packages::fetch`]), read into
+//! the package's entries ([`crate::packages::deb::package_layer_from_cas`]: its
 //! data, merged-/usr rewritten, and `var/lib/dpkg/status.d/<package>`), and
 //! written by the same layer writer as any layer ([`crate::layer::write_layer`]),
 //! with a listing. Its output is an ordinary [`Output::Layer`], so image assembly
@@ -16,8 +16,8 @@
 //! |---|---|
 //! | `kind` | `deb-package` |
 //! | `recipe` | [`RECIPE`] |
-//! | `deb` | [`crate::debian::deb::RECIPE`]: what is made of a `.deb` |
-//! | `layer` | [`crate::actions::layer::RECIPE`]: how entries become a tar and a listing |
+//! | `deb` | [`crate::packages::deb::RECIPE`]: what is made of a `.deb` |
+//! | `layer` | [`crate::actions::LAYER_RECIPE`]: how entries become a tar and a listing |
 //! | `sha256`, `size` | the `.deb` as the lock pins it |
 //! | `format`, `compressor`, `epoch` | as for every layer (tar format and compression, the crates' versions, source-date-epoch) |
 //!
@@ -40,13 +40,13 @@
 //!
 //! What it deliberately does not do: resolve (the lock is the only source), run
 //! maintainer scripts, or add the merged-/usr symlinks (`/lib` → `usr/lib`...):
-//! those belong to the base image ([`crate::debian::deb::merged_usr_links`]).
+//! those belong to the base image ([`crate::packages::deb::merged_usr_links`]).
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
 use crate::action::{Blob, Components, Output};
-use crate::debian::deb::{self, Limits};
-use crate::debian::fetch::Fetcher;
 use crate::oci::LayerDesc;
+use crate::packages::deb::{self, Limits};
+use crate::packages::fetch::Fetcher;
 use crate::spec::model::{DebPackageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
 
@@ -64,7 +64,7 @@ fn key_with(params: &super::Params, spec: &DebPackageSpec) -> Keyed {
     let mut c = Components::new("deb-package");
     c.set("recipe", RECIPE);
     c.set("deb", deb::RECIPE);
-    c.set("layer", super::layer::RECIPE);
+    c.set("layer", super::LAYER_RECIPE);
     c.set("sha256", spec.sha256.hex());
     c.set("size", spec.size.to_string());
     c.set("format", params.format.identity());
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(a.components.get("deb"), Some(deb::RECIPE));
         assert_eq!(
             a.components.get("layer"),
-            Some(crate::actions::layer::RECIPE)
+            Some(crate::actions::LAYER_RECIPE)
         );
         assert_eq!(a.components.get("size"), Some("10"));
     }

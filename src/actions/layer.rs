@@ -11,7 +11,7 @@
 //!
 //! A layer target with `packages` is one layer holding every package of its
 //! locked closure (its `Package` edges, see [`crate::debian::plan`]) besides
-//! its own entries. Its key then also holds [`crate::debian::deb::RECIPE`] and,
+//! its own entries. Its key then also holds [`crate::packages::deb::RECIPE`] and,
 //! per package, `package:<name>` = the `.deb`'s sha256 and size (not its URL).
 //! Running reads each `.deb` from the store (its package target, a dependency,
 //! fetched and verified it; the store is asked again, verified, and the
@@ -25,20 +25,18 @@
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
 use crate::action::{Blob, Components, Output, params_hash};
-use crate::debian::deb;
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
 use crate::graph::EdgeKind;
 use crate::layer::{self, Entry, EntryData};
 use crate::oci::LayerDesc;
+use crate::packages::deb;
 use crate::spec::model::{DebPackageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
 
-/// The layer recipe version: bump it whenever a layer's output could change
-/// for the same key components (tar writing, entry expansion, normalization,
-/// the listing). History: 2 added the listing; 3 dropped the entries of
-/// undeclared parent directories (they replaced the base's).
-pub const RECIPE: &str = "layer-3";
+/// The layer recipe version ([`super::LAYER_RECIPE`], kept beside the other
+/// kinds' shared constants: package layers are written the same way and key it too).
+pub use super::LAYER_RECIPE as RECIPE;
 
 /// What keying prepared for the run: the expanded entries, and the packages
 /// (by name) the layer holds.

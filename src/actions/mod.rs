@@ -38,7 +38,7 @@
 //! | import | `platform` | the platform picked from a multi-platform index |
 //! | http-file | `sha256` | the pinned sha256 (not the URL: a mirror of the same bytes rebuilds nothing) |
 //! | http-file | `size` | the pinned size, when given |
-//! | deb-package | `deb`, `layer` | the recipes of what is made of a `.deb` ([`crate::debian::deb::RECIPE`]) and of the layer writer ([`layer::RECIPE`]) |
+//! | deb-package | `deb`, `layer` | the recipes of what is made of a `.deb` ([`crate::packages::deb::RECIPE`]) and of the layer writer ([`LAYER_RECIPE`]) |
 //! | deb-package | `sha256`, `size` | the `.deb` as `imgc.lock` pins it (not its URL: a mirror rebuilds nothing) |
 //! | deb-package | `format`, `compressor`, `epoch` | as for a layer |
 //! | image | `layer.<n>:<label>` | also the package layers, numbered first (see [`crate::debian::plan`]) |
@@ -83,6 +83,13 @@ use crate::layer::LayerFormat;
 use crate::spec::model::{Platform, TargetKind};
 use petgraph::graph::NodeIndex;
 use std::path::Path;
+
+/// The layer recipe version: bump it whenever a layer's output could change
+/// for the same key components (tar writing, entry expansion, normalization,
+/// the listing). History: 2 added the listing; 3 dropped the entries of
+/// undeclared parent directories (they replaced the base's). Keyed by layers and
+/// by package layers, which the same writer makes.
+pub const LAYER_RECIPE: &str = "layer-3";
 
 /// The exact versions of the compression crates (from `Cargo.lock`, by `build.rs`):
 /// a new compressor may emit other bytes for the same input.

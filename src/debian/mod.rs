@@ -1,7 +1,6 @@
-//! Debian packages.
-//!
-//! The pure part takes text and returns values (no IO): index parsing, resolution,
-//! the lock file. The flow:
+//! Debian packages, the pure part: everything here takes text or values and
+//! returns values (no IO): index parsing, resolution, the lock file, the plan of
+//! package layers. The flow:
 //!
 //! 1. [`Index::parse`]`(packages_text, repo_name)`: one repository's `Packages`
 //!    index → typed packages ([`index`]). Errors ([`IndexError`], E090) name the
@@ -19,13 +18,11 @@
 //!    [`Lock::package`], [`Lock::repository`], [`Lock::why`] (a chain from a
 //!    request to a package), [`Lock::check`] (does the lock still match a target's
 //!    requests; [`Stale`], E092).
+//! 5. [`plan`]: the package-layer targets the lock's closures give the workspace.
 //!
-//! The parts that do IO, each the one owner of its side effect: [`fetch`] downloads
-//! a pinned `.deb` into the store (verified, offline when stored), and [`deb`] reads
-//! a `.deb` into the entries of its package's layer.
+//! The parts that do IO are in [`crate::packages`]: fetching repositories, reading
+//! and writing `imgc.lock`, fetching a `.deb` into the store and reading it.
 
-pub mod deb;
-pub mod fetch;
 pub mod index;
 pub mod lock;
 pub mod plan;

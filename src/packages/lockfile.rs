@@ -12,7 +12,6 @@
 use super::repo::{self, Fetched, Keyring, RepoError, Source};
 use super::{LOCK_FILE, MAX_LOCK_BYTES};
 use crate::spec::model::DebianRepo;
-use crate::workspace::read_workspace_file;
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -52,7 +51,8 @@ pub fn write(root: &Path, text: &str) -> Result<Written, String> {
 
 /// The bytes of `imgc.lock` at the workspace root `root`, `None` if there is none.
 pub fn read(root: &Path) -> Result<Option<Vec<u8>>, String> {
-    read_workspace_file(root, LOCK_FILE, MAX_LOCK_BYTES).map_err(|e| e.to_string())
+    crate::input::read_beneath(root, LOCK_FILE, MAX_LOCK_BYTES)
+        .map_err(|e| format!("cannot read `{LOCK_FILE}`: {e}"))
 }
 
 /// The keyring of `r`, read from the workspace at `root` (`None` if the spec
@@ -61,7 +61,7 @@ pub fn keyring(root: &Path, r: &DebianRepo) -> Result<Option<Keyring>, RepoError
     let Some(path) = &r.keyring else {
         return Ok(None);
     };
-    let bytes = read_workspace_file(root, &path.value, repo::MAX_KEYRING_BYTES)
+    let bytes = crate::input::read_beneath(root, &path.value, repo::MAX_KEYRING_BYTES)
         .map_err(|e| RepoError::Keyring {
             origin: path.value.clone(),
             why: e.to_string(),

@@ -95,19 +95,7 @@ impl Credentials {
     }
 }
 
-/// `value` with any `user:password@` part of a URL replaced by `***@`.
-pub fn redact(value: &str) -> String {
-    match value.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => value.to_string(),
-            }
-        }
-        None => value.to_string(),
-    }
-}
+pub use crate::fetch::redact;
 
 impl Endpoint {
     /// Parses `http://[user[:password]@]host[:port][/prefix]`.

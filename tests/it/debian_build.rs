@@ -384,7 +384,7 @@ fn package_layer_recipes_pin_their_output() {
     let recipe = format!(
         "{}/{}/{}",
         deb_package::RECIPE,
-        imgc::debian::deb::RECIPE,
+        imgc::packages::deb::RECIPE,
         layer::RECIPE
     );
     let mut missing = Vec::new();

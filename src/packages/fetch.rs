@@ -20,9 +20,8 @@
 
 use super::deb::Code;
 use crate::cas::Cas;
-use crate::fetch::{Failure, download};
+use crate::fetch::{Failure, download, redact};
 use crate::hash::Digest;
-use crate::remote::http::redact;
 
 /// Why a pinned download failed. `url` holds no credentials.
 #[derive(Debug, thiserror::Error)]
