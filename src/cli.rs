@@ -181,6 +181,28 @@ pub enum QueryCommand {
     Deps(QueryArgs),
     /// The matching targets and everything in the workspace that depends on them.
     Rdeps(QueryArgs),
+    /// The images that contain a Debian package (from imgc.lock), for security fixes.
+    Package(QueryPackageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryPackageArgs {
+    /// The Debian package's name, e.g. `libssl3`.
+    #[arg(value_name = "PACKAGE")]
+    pub package: String,
+
+    /// Only images whose version of the package is below this one (dpkg's order),
+    /// e.g. the first version with a fix.
+    #[arg(long, value_name = "VERSION")]
+    pub below: Option<String>,
+
+    /// The images to look at [default: //...].
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+
+    /// Output format: `label` prints `LABEL PACKAGE VERSION` per image, `json` an array.
+    #[arg(long, value_enum, default_value_t = QueryOutput::Label)]
+    pub output: QueryOutput,
 }
 
 #[derive(Debug, Args)]

@@ -1,4 +1,7 @@
-//! `imgc query targets|deps|rdeps PATTERN... [--output label|json|dot]`.
+//! `imgc query targets|deps|rdeps PATTERN... [--output label|json|dot]`, and
+//! `imgc query package NAME [--below VERSION] [PATTERN...]`: the images whose layers
+//! hold a locked Debian package (their own package layers, a layer with `packages`,
+//! or their base chain's), read from the graph the lock adds; nothing is built.
 //!
 //! `rdeps` also takes paths (see [`crate::affected::is_path_argument`]): the
 //! layers and imports that read a path ([`crate::affected::Readers`]) are
@@ -22,6 +25,7 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
         QueryCommand::Targets(a) => (a, None),
         QueryCommand::Deps(a) => (a, Some(Direction::Outgoing)),
         QueryCommand::Rdeps(a) => (a, Some(Direction::Incoming)),
+        QueryCommand::Package(a) => return package(ctx, a),
     };
     let loaded = Loaded::load(ctx)?;
     loaded.warn_without_cache();
@@ -48,6 +52,85 @@ pub fn run(ctx: &Context, q: QueryCommand) -> Result<(), CmdError> {
         .collect();
     result.sort_by(|a, b| g.node(*a).label.cmp(&g.node(*b).label));
     report::result(render(g, &result, args.output).trim_end());
+    Ok(())
+}
+
+/// `imgc query package`: each selected image holding `args.package` (in the
+/// closure of its layers and base images), with the locked version, optionally
+/// only below `--below` in dpkg's order.
+fn package(ctx: &Context, args: crate::cli::QueryPackageArgs) -> Result<(), CmdError> {
+    let below = args
+        .below
+        .as_deref()
+        .map(crate::debian::Version::parse)
+        .transpose()
+        .map_err(|why| CmdError::Usage(format!("--below: not a Debian version: {why}")))?;
+    let loaded = Loaded::load(ctx)?;
+    loaded.warn_without_cache();
+    let patterns = if args.patterns.is_empty() {
+        vec!["//...".to_string()]
+    } else {
+        args.patterns.clone()
+    };
+    let roots = loaded.select(&patterns)?;
+    let g = &loaded.graph;
+    let mut images: Vec<NodeIndex> = roots
+        .into_iter()
+        .filter(|n| g.node(*n).is_image())
+        .collect();
+    images.sort_by(|a, b| g.node(*a).label.cmp(&g.node(*b).label));
+    images.dedup();
+    let mut found = Vec::new();
+    for img in images {
+        let mut versions: BTreeSet<(String, String)> = BTreeSet::new();
+        for n in g.closure(&[img], Direction::Outgoing) {
+            if let TargetKind::DebPackage(p) = &g.node(n).target.kind
+                && p.name == args.package
+            {
+                let old = match (&below, crate::debian::Version::parse(&p.version)) {
+                    (Some(limit), Ok(v)) => v.dpkg_cmp(limit) == std::cmp::Ordering::Less,
+                    (Some(_), Err(_)) => false,
+                    (None, _) => true,
+                };
+                if old {
+                    versions.insert((p.repository.clone(), p.version.clone()));
+                }
+            }
+        }
+        for (repository, version) in versions {
+            found.push((g.node(img).label.to_string(), repository, version));
+        }
+    }
+    let text = match args.output {
+        QueryOutput::Dot => {
+            return Err(CmdError::Usage(
+                "`query package` prints labels or json, not dot".into(),
+            ));
+        }
+        QueryOutput::Json => {
+            let v: Vec<serde_json::Value> = found
+                .iter()
+                .map(|(image, repository, version)| {
+                    serde_json::json!({
+                        "image": image,
+                        "package": args.package,
+                        "repository": repository,
+                        "version": version,
+                    })
+                })
+                .collect();
+            String::from_utf8_lossy(&crate::oci::canonical_json(&serde_json::Value::Array(v)))
+                .into_owned()
+        }
+        QueryOutput::Label => found
+            .iter()
+            .map(|(image, _, version)| format!("{image} {} {version}\n", args.package))
+            .collect(),
+    };
+    // No image holds it: no line at all (as `grep` prints nothing).
+    if !text.is_empty() {
+        report::result(text.trim_end());
+    }
     Ok(())
 }
 

@@ -426,3 +426,66 @@ fn package_layer_recipes_pin_their_output() {
         missing.join("\n")
     );
 }
+
+#[test]
+fn query_package_names_the_images_holding_a_package_below_a_version() {
+    let server = serve_repo();
+    let url = server.url("").trim_end_matches('/').to_string();
+    let ws = Ws::new(&[
+        ("imgc.kdl", &imgc_kdl(&url, "")),
+        (
+            "apps/BUILD.kdl",
+            "image \"base\" {\n    from \"scratch\"\n    packages \"imgc-versioned\"\n}\n\
+             image \"above\" {\n    from \":base\"\n    packages \"imgc-extra\"\n}\n\
+             image \"other\" {\n    from \"scratch\"\n    packages \"imgc-extra\"\n}\n\
+             image \"bundled\" {\n    from \"scratch\"\n    layer {\n        packages \"imgc-ver-user\"\n    }\n}\n",
+        ),
+    ]);
+    write_lock(&ws);
+    drop(server); // the lock alone answers: nothing is fetched or built
+    let lines = |args: &[&str]| -> Vec<String> {
+        stdout(&ws.ok(args)).lines().map(str::to_string).collect()
+    };
+    // Its own package layer, a base's (inherited), and one inside a layer with packages.
+    assert_eq!(
+        lines(&["query", "package", "imgc-versioned"]),
+        [
+            "//apps:above imgc-versioned 2.1",
+            "//apps:base imgc-versioned 2.1",
+            "//apps:bundled imgc-versioned 2.1",
+        ]
+    );
+    assert_eq!(
+        lines(&["query", "package", "imgc-versioned", "--below", "2.1"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        lines(&[
+            "query",
+            "package",
+            "imgc-versioned",
+            "--below",
+            "2.1-1",
+            "//apps:above"
+        ]),
+        ["//apps:above imgc-versioned 2.1"]
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&ws.ok(&[
+        "query",
+        "package",
+        "imgc-extra",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"image": "//apps:above", "package": "imgc-extra", "repository": "bookworm", "version": "1.0"},
+            {"image": "//apps:other", "package": "imgc-extra", "repository": "bookworm", "version": "1.0"},
+        ])
+    );
+    let out = ws.run(&["query", "package", "imgc-extra", "--below", "not a version"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(ws.path("imgc-out").read_dir().is_err(), "nothing was built");
+}
