@@ -120,7 +120,7 @@ pub fn plan(lock: &Lock, targets: &[Label]) -> Result<Plan, String> {
                 url: format!(
                     "{}/{}",
                     repo.url.trim_end_matches('/'),
-                    p.filename.trim_start_matches('/')
+                    pool_path(&p.filename)
                 ),
                 filename: p.filename.clone(),
                 size: p.size,
@@ -137,6 +137,32 @@ pub fn plan(lock: &Lock, targets: &[Label]) -> Result<Plan, String> {
         })
         .collect();
     Ok(Plan { packages, uses })
+}
+
+/// Bytes of a pool path that a URL path cannot hold as they are: controls, space,
+/// and what would end the path or start an escape (`?`, `#`, `%`...). `/` stays a
+/// separator; `+`, `~` and `:` (common in Debian file names) are kept.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// A lock's pool path (`Filename`), relative and percent-encoded for a URL: a file
+/// named `x%3a1.deb` is fetched as that name, not as `x:1.deb`.
+fn pool_path(filename: &str) -> String {
+    percent_encoding::utf8_percent_encode(filename.trim_start_matches('/'), PATH).to_string()
 }
 
 #[cfg(test)]
@@ -195,6 +221,10 @@ target "//c:three" {
             "http://127.0.0.1:1/debian/pool/main/g/glibc/libc6_2.36-9_amd64.deb"
         );
         assert_eq!((libc.size, libc.sha256.0[0]), (12, 0x33));
+        assert_eq!(
+            pool_path("pool/main/r/redis/redis_5%3a7.0~rc1+b1 x#y?.deb"),
+            "pool/main/r/redis/redis_5%253a7.0~rc1+b1%20x%23y%3F.deb"
+        );
         assert_eq!(
             (libc.name.as_str(), libc.version.as_str()),
             ("libc6", "2.36-9")
