@@ -43,8 +43,7 @@
 //! those belong to the base image ([`crate::packages::deb::merged_usr_links`]).
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
-use crate::action::{Blob, Components, Output};
-use crate::oci::LayerDesc;
+use crate::action::{Components, Output};
 use crate::packages::deb::{self, Limits};
 use crate::packages::fetch::Fetcher;
 use crate::spec::model::{DebPackageSpec, TargetKind};
@@ -142,26 +141,8 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex) -> Result<Output, ActionError> {
             node.label
         )));
     };
-    let context = || describe(node, spec);
     let layer = read(ctx, node, spec)?;
-    let out = crate::layer::write_layer(
-        &layer.entries,
-        &ctx.params.format,
-        ctx.params.source_date_epoch,
-        ctx.cas,
-    )
-    .map_err(|e| ActionError::failed(context(), &e))?;
-    let (digest, size) = ctx
-        .cas
-        .put_bytes(&out.listing.to_json())
-        .map_err(|e| ActionError::failed(context(), &e))?;
-    Ok(Output::Layer(LayerDesc {
-        digest: out.digest,
-        diff_id: out.diff_id,
-        size: out.size,
-        media_type: out.media_type,
-        listing: Some(Blob { digest, size }),
-    }))
+    super::write_layer(ctx, &layer.entries, describe(node, spec))
 }
 
 #[cfg(test)]

@@ -24,12 +24,11 @@
 //! (`copy ":layer"` expands a spec, and packages are not in it).
 
 use super::{ActionError, Ctx, Keyed, Prepared as AnyPrepared};
-use crate::action::{Blob, Components, Output, params_hash};
+use crate::action::{Components, Output, params_hash};
 use crate::diag::{Code, Diag};
 use crate::fileset::{self, Planned};
 use crate::graph::EdgeKind;
 use crate::layer::{self, Entry, EntryData};
-use crate::oci::LayerDesc;
 use crate::packages::deb;
 use crate::spec::model::{DebPackageSpec, TargetKind};
 use petgraph::graph::NodeIndex;
@@ -140,24 +139,7 @@ pub fn run(ctx: &Ctx<'_>, n: NodeIndex, prepared: Prepared) -> Result<Output, Ac
                 .at(node.file, node.target.span),
         )
     })?;
-    let out = layer::write_layer(
-        &entries,
-        &ctx.params.format,
-        ctx.params.source_date_epoch,
-        ctx.cas,
-    )
-    .map_err(|e| ActionError::failed(format_args!("layer `{}`", node.label), &e))?;
-    let (digest, size) = ctx
-        .cas
-        .put_bytes(&out.listing.to_json())
-        .map_err(|e| ActionError::failed(format_args!("layer `{}`", node.label), &e))?;
-    Ok(Output::Layer(LayerDesc {
-        digest: out.digest,
-        diff_id: out.diff_id,
-        size: out.size,
-        media_type: out.media_type,
-        listing: Some(Blob { digest, size }),
-    }))
+    super::write_layer(ctx, &entries, format_args!("layer `{}`", node.label))
 }
 
 /// The entries of `debs` for layer `n`: each `.deb` read from the store

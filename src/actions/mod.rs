@@ -264,6 +264,34 @@ pub fn run(
     }
 }
 
+/// Writes `entries` as a layer in the workspace's format, with its listing in
+/// the store: the output of every layer-making kind (layers, package layers).
+/// `context` names the target in errors.
+pub fn write_layer(
+    ctx: &Ctx<'_>,
+    entries: &[crate::layer::Entry],
+    context: impl std::fmt::Display,
+) -> Result<Output, ActionError> {
+    let out = crate::layer::write_layer(
+        entries,
+        &ctx.params.format,
+        ctx.params.source_date_epoch,
+        ctx.cas,
+    )
+    .map_err(|e| ActionError::failed(&context, &e))?;
+    let (digest, size) = ctx
+        .cas
+        .put_bytes(&out.listing.to_json())
+        .map_err(|e| ActionError::failed(&context, &e))?;
+    Ok(Output::Layer(crate::oci::LayerDesc {
+        digest: out.digest,
+        diff_id: out.diff_id,
+        size: out.size,
+        media_type: out.media_type,
+        listing: Some(crate::action::Blob { digest, size }),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

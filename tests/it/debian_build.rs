@@ -51,15 +51,6 @@ fn package_digests(e: &Events) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-fn cas_has(ws: &Ws, hex: &str) -> bool {
-    ws.cache
-        .path()
-        .join("v1/cas/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .exists()
-}
-
 #[test]
 fn images_share_package_layers_rebuild_nothing_and_build_offline() {
     let mut server = serve_repo();
@@ -209,7 +200,7 @@ fn a_tampered_deb_is_refused_naming_the_url_and_both_hashes() {
         "{err}"
     );
     assert!(err.contains("//:bookworm~imgc-alt-second"), "{err}");
-    assert!(!cas_has(&ws, &tampered) && !cas_has(&ws, &entry.sha256.hex()));
+    assert!(!cas_holds(&ws, &tampered) && !cas_holds(&ws, &entry.sha256.hex()));
     // The image that does not use it is built (`--keep-going`).
     assert!(ws.layout("apps", "files").join("index.json").exists());
     assert!(!ws.layout("apps", "alt").exists());

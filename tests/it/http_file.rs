@@ -54,16 +54,6 @@ fn layer_files(ws: &Ws) -> std::collections::BTreeMap<String, (u32, Vec<u8>)> {
     out
 }
 
-/// The CAS file a blob with this sha256 would be stored under.
-fn stored(ws: &Ws, hex: &str) -> bool {
-    ws.cache
-        .path()
-        .join("v1/cas/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .exists()
-}
-
 fn failing_build(ws: &Ws) -> String {
     let out = ws.run(&["build"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -139,8 +129,8 @@ fn a_wrong_sha256_fails_with_the_actual_one_and_caches_nothing() {
         err.contains(&format!("sha256=\"{actual}\"")),
         "the actual sha256, ready to paste: {err}"
     );
-    assert!(!stored(&ws, &actual), "nothing may be stored");
-    assert!(!stored(&ws, &wrong));
+    assert!(!cas_holds(&ws, &actual), "nothing may be stored");
+    assert!(!cas_holds(&ws, &wrong));
     let tmp: Vec<_> = std::fs::read_dir(ws.cache.path().join("v1/tmp"))
         .map(|d| d.collect())
         .unwrap_or_default();
@@ -152,7 +142,7 @@ fn a_wrong_sha256_fails_with_the_actual_one_and_caches_nothing() {
     set_spec(&ws, &server.url("tool"), &actual, "");
     let fixed = ws.build(&[]);
     assert!(fixed.ran().contains(&"//svc:tool".to_string()));
-    assert!(stored(&ws, &actual));
+    assert!(cas_holds(&ws, &actual));
     let files = layer_files(&ws);
     // Not executable: 0644 by default.
     assert_eq!(files["usr/local/bin/tool"], (0o644, bytes));
@@ -175,8 +165,8 @@ fn other_bytes_at_the_same_url_are_refused() {
     let err = failing_build(&fresh);
     assert!(err.contains("E073"), "{err}");
     assert!(err.contains(&hex(&tampered)), "{err}");
-    assert!(!stored(&fresh, &hex(&tampered)));
-    assert!(!stored(&fresh, &hex(&bytes)));
+    assert!(!cas_holds(&fresh, &hex(&tampered)));
+    assert!(!cas_holds(&fresh, &hex(&bytes)));
 
     // The first workspace still has the pinned bytes: it rebuilds nothing.
     let again = ws.build(&[]);
@@ -206,7 +196,7 @@ fn a_wrong_size_or_a_longer_body_is_refused() {
     let err = failing_build(&long);
     assert!(err.contains("E073"), "{err}");
     assert!(err.contains(&format!("sent {TOOL_LEN} bytes")), "{err}");
-    assert!(!stored(&long, &hex(&bytes)));
+    assert!(!cas_holds(&long, &hex(&bytes)));
 }
 
 #[test]
@@ -251,7 +241,7 @@ fn the_remote_cache_serves_downloads() {
     assert!(second.ran().is_empty(), "{:?}", second.ran());
     assert_eq!(second.images(), first.images());
     assert!(
-        stored(&b, &hex(&bytes)),
+        cas_holds(&b, &hex(&bytes)),
         "the file was fetched from the remote"
     );
 }

@@ -579,3 +579,13 @@ pub fn semi_random(len: usize, mut x: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
+
+/// Whether the workspace's local store holds a blob with this sha256 (hex).
+pub fn cas_holds(ws: &Ws, hex: &str) -> bool {
+    ws.cache
+        .path()
+        .join("v1/cas/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .exists()
+}
